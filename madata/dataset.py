@@ -1,0 +1,411 @@
+"""The reader: ``madata.open(path)`` returns a :class:`Dataset`.
+
+Every read goes through :meth:`Dataset.read_rows`, which decodes whole chunks and
+checks each against the content checksum in the commit record, so damaged data raises
+a :class:`~madata.errors.CorruptionError` naming the array, the rows and the episodes,
+and is never returned.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import zarr
+from zarr.storage import LocalStore
+
+from madata.commit import CommitRecord, read_commit
+from madata.errors import CorruptionError, DatasetNotFoundError, MadataError, SchemaError, UnknownNameError
+from madata.schema import AgentSpec, DatasetSpec, Metadata, behaviour_column, episode_table_schema
+from madata.spaces import Box, Space
+from madata.store import chunk_key, content_crc
+from madata.writer import read_metadata
+
+FIELDS = (
+    "obs", "next_obs", "action", "state", "next_state", "reward", "agent_reward",
+    "terminated", "truncated", "action_mask", "next_action_mask", "episode_id", "timestep",
+)  # fmt: skip
+_PER_AGENT = {"obs", "next_obs", "action", "agent_reward", "action_mask", "next_action_mask"}
+_STORED = {"next_obs": "obs", "next_state": "state", "next_action_mask": "action_mask"}
+_CACHE_BYTES = 256 << 20
+
+
+@dataclass
+class Episode:
+    """One episode of ``length`` T steps. Per-agent fields are dicts keyed by agent id.
+
+    ``obs[agent]`` [T+1, *obs_shape], ``actions[agent]`` [T, *act_shape], ``rewards`` [T],
+    ``terminated``/``truncated`` [T], ``state`` [T+1, *state_shape] or None, ``info``: its
+    episode-table row (return, end, seed, behaviour labels, provenance).
+    """
+
+    id: int
+    length: int
+    obs: dict[str, np.ndarray]
+    actions: dict[str, np.ndarray]
+    rewards: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+    state: np.ndarray | None
+    agent_rewards: dict[str, np.ndarray] | None
+    action_masks: dict[str, np.ndarray] | None
+    info: dict[str, Any]
+
+    @property
+    def behaviour(self) -> dict[str, str | None]:
+        return {k.split(".", 1)[1]: v for k, v in self.info.items() if k.startswith("behaviour.")}
+
+
+class Dataset:
+    """A committed madata store, or a selection of its episodes. Read-only."""
+
+    def __init__(self, root: Path, meta: Metadata, record: CommitRecord, table: pa.Table, group: zarr.Group,
+                 selection: np.ndarray | None = None):  # fmt: skip
+        self.root, self.meta, self.record, self._table, self._group = root, meta, record, table, group
+        self._selection = selection  # episode ids, sorted; None = all
+        self._arrays: dict[str, zarr.Array] = {}
+        self._cache: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+        self._cache_bytes = 0
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Dataset:
+        """Load metadata, commit record and episode table without checking the data."""
+        root = Path(path)
+        if not root.is_dir():
+            raise DatasetNotFoundError(f"{root}: no such dataset directory")
+        meta = read_metadata(root)
+        record = read_commit(root)
+        table = _read_episode_table(root, record, meta.spec.agent_ids)
+        group = zarr.open_group(store=LocalStore(root, read_only=True), mode="r")
+        return cls(root, meta, record, table, group)
+
+    # ------------------------------------------------------------ description
+
+    @property
+    def spec(self) -> DatasetSpec:
+        return self.meta.spec
+
+    @property
+    def agents(self) -> list[AgentSpec]:
+        return list(self.spec.agents)
+
+    @property
+    def agent_ids(self) -> list[str]:
+        return self.spec.agent_ids
+
+    @property
+    def spaces(self) -> dict[str, dict[str, Space]]:
+        """``{agent_id: {"observation": Box, "action": Box | Discrete}}``."""
+        return {a.id: {"observation": a.observation_space, "action": a.action_space} for a in self.spec.agents}
+
+    @property
+    def state_space(self) -> Box | None:
+        return self.spec.state_space
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return self.meta.to_json()
+
+    @property
+    def episodes(self) -> pa.Table:
+        """The episode table (Arrow) of this dataset or selection; ``.to_pandas()`` works."""
+        if self._selection is None:
+            return self._table
+        return self._table.take(pa.array(self._selection))
+
+    @property
+    def episode_ids(self) -> np.ndarray:
+        if self._selection is None:
+            return np.arange(self.record.num_episodes, dtype=np.int64)
+        return self._selection
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self.episode_ids)
+
+    @property
+    def num_transitions(self) -> int:
+        if self._selection is None:
+            return self.record.step_rows
+        return int(self._column("length")[self._selection].sum())
+
+    def __len__(self) -> int:
+        return self.num_episodes
+
+    def __repr__(self) -> str:
+        env = self.meta.env.get("id", "?")
+        return f"<madata.Dataset {self.root} env={env} agents={self.agent_ids} episodes={self.num_episodes} transitions={self.num_transitions}>"
+
+    # ------------------------------------------------------------ selection
+
+    def select(
+        self,
+        behaviour: dict[str, str | list[str]] | None = None,
+        min_return: float | None = None,
+        max_return: float | None = None,
+        episodes: list[int] | np.ndarray | None = None,
+    ) -> Dataset:
+        """Episodes matching every condition: ``behaviour={"agent_0": "medium"}`` (a label or a
+        list of labels per agent), a return range, or explicit episode ids."""
+        mask = np.zeros(self.record.num_episodes, dtype=bool)
+        mask[self.episode_ids] = True
+        for agent, labels in (behaviour or {}).items():
+            if agent not in self.agent_ids:
+                raise UnknownNameError(f"select: unknown agent {agent!r}; agents are {self.agent_ids}")
+            labels = [labels] if isinstance(labels, str) else list(labels)
+            col = self._table.column(behaviour_column(agent))
+            mask &= pc.fill_null(pc.is_in(col, value_set=pa.array(labels, pa.string())), False).to_numpy(zero_copy_only=False)
+        ret = self._column("return")
+        if min_return is not None:
+            mask &= ret >= min_return
+        if max_return is not None:
+            mask &= ret <= max_return
+        if episodes is not None:
+            ids = np.asarray(episodes, dtype=np.int64)
+            if ids.size and (ids.min() < 0 or ids.max() >= self.record.num_episodes):
+                raise SchemaError(f"select: episode ids must be in 0..{self.record.num_episodes - 1}")
+            keep = np.zeros_like(mask)
+            keep[ids] = True
+            mask &= keep
+        ds = Dataset(self.root, self.meta, self.record, self._table, self._group, np.flatnonzero(mask))
+        ds._arrays = self._arrays
+        return ds
+
+    # ------------------------------------------------------------ reading
+
+    def episode(self, i: int) -> Episode:
+        """The ``i``-th episode of this dataset or selection."""
+        ids = self.episode_ids
+        if not -len(ids) <= i < len(ids):
+            raise SchemaError(f"episode index {i} out of range: this dataset has {len(ids)} episodes")
+        e = int(ids[i])
+        info = {k: v[0] for k, v in self._table.slice(e, 1).to_pydict().items()}
+        T, s0, o0 = int(info["length"]), int(info["step_offset"]), int(info["obs_offset"])
+
+        def obs_rows(name):
+            return self.read_rows(name, o0, o0 + T + 1, cache=True)
+
+        def step_rows(name):
+            return self.read_rows(name, s0, s0 + T, cache=True)
+
+        spec = self.spec
+        return Episode(
+            id=e,
+            length=T,
+            obs={a: obs_rows(f"obs/{a}") for a in self.agent_ids},
+            actions={a: step_rows(f"action/{a}") for a in self.agent_ids},
+            rewards=step_rows("reward"),
+            terminated=step_rows("terminated"),
+            truncated=step_rows("truncated"),
+            state=obs_rows("state") if spec.state_space is not None else None,
+            agent_rewards={a: step_rows(f"agent_reward/{a}") for a in self.agent_ids} if spec.agent_rewards else None,
+            action_masks={a: obs_rows(f"action_mask/{a}") for a in self.agent_ids} if spec.action_masks else None,
+            info=info,
+        )
+
+    def iter_episodes(self):
+        for i in range(self.num_episodes):
+            yield self.episode(i)
+
+    def transitions(self, fields: list[str] | None = None, agents: list[str] | None = None) -> dict[str, np.ndarray]:
+        """Flat transitions (o, a, r, o', terminated, truncated) of this dataset or selection.
+
+        Keys: ``"obs/<agent>"`` [N, *obs_shape], ``"next_obs/<agent>"``, ``"action/<agent>"``,
+        ``"state"``/``"next_state"`` [N, *state_shape], ``"reward"`` [N], ``"terminated"``,
+        ``"truncated"`` [N] bool, ``"agent_reward/<agent>"``, ``"action_mask/<agent>"``,
+        ``"next_action_mask/<agent>"``, ``"episode_id"``, ``"timestep"`` [N] int64.
+        Next observations are derived through the episode index. A truncated transition's
+        next observation is real (bootstrap from it); a terminated one's is the final
+        observation the environment returned.
+        """
+        fields = list(fields) if fields is not None else self.default_fields()
+        agents = list(agents) if agents is not None else self.agent_ids
+        for f in fields:
+            if f not in FIELDS:
+                raise UnknownNameError(f"unknown transition field {f!r}; fields are {list(FIELDS)}")
+            if f in ("state", "next_state") and self.spec.state_space is None:
+                raise UnknownNameError(f"field {f!r}: this dataset has no global state")
+            if f == "agent_reward" and not self.spec.agent_rewards:
+                raise UnknownNameError("field 'agent_reward': this dataset has no per-agent rewards")
+            if f in ("action_mask", "next_action_mask") and not self.spec.action_masks:
+                raise UnknownNameError(f"field {f!r}: this dataset has no action masks")
+        for a in agents:
+            if a not in self.agent_ids:
+                raise UnknownNameError(f"unknown agent {a!r}; agents are {self.agent_ids}")
+        rows, ep = self._step_rows()
+        out: dict[str, np.ndarray] = {}
+        if len(rows) == 0:
+            s0 = o0 = 0
+        else:
+            s0, o0 = int(rows.min()), int(rows.min() + ep.min())
+        s1 = int(rows.max()) + 1 if len(rows) else 0
+        o1 = int((rows + ep).max()) + 2 if len(rows) else 0
+        for f in fields:
+            names = [f"{f}/{a}" for a in agents] if f in _PER_AGENT else [f]
+            for key in names:
+                if f == "episode_id":
+                    out[key] = ep
+                elif f == "timestep":
+                    out[key] = rows - self._column("step_offset")[ep]
+                else:
+                    stored = key.replace(f, _STORED.get(f, f), 1)
+                    if self.spec.array(stored).rows == "step":
+                        out[key] = self.read_rows(stored, s0, s1)[rows - s0]
+                    else:
+                        shift = 1 if f.startswith("next_") else 0
+                        out[key] = self.read_rows(stored, o0, o1)[rows + ep + shift - o0]
+        return out
+
+    def default_fields(self) -> list[str]:
+        f = ["obs", "action", "reward", "next_obs", "terminated", "truncated"]
+        if self.spec.state_space is not None:
+            f += ["state", "next_state"]
+        if self.spec.agent_rewards:
+            f += ["agent_reward"]
+        if self.spec.action_masks:
+            f += ["action_mask", "next_action_mask"]
+        return f
+
+    def read_rows(self, name: str, start: int = 0, stop: int | None = None, cache: bool = False) -> np.ndarray:
+        """Rows ``[start, stop)`` of a stored array, checked against the committed checksums."""
+        spec = self.spec.array(name)
+        committed = self.record.arrays[name].rows
+        stop = committed if stop is None else stop
+        if not 0 <= start <= stop <= committed:
+            raise SchemaError(f"{name}: rows {start}..{stop} outside the committed 0..{committed}")
+        if start == stop:
+            return spec.empty(0)
+        C = self.meta.chunk_rows
+        k0, k1 = start // C, (stop - 1) // C
+        if cache:
+            blocks = [self._cached_chunk(name, k) for k in range(k0, k1 + 1)]
+            block = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
+        else:
+            block = self._read_chunks(name, k0, k1)
+        return block[start - k0 * C : stop - k0 * C]
+
+    # ------------------------------------------------------------ internals
+
+    def _column(self, name: str) -> np.ndarray:
+        return self._table.column(name).to_numpy()
+
+    def _step_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """Step-row index and episode id of every transition of this selection, in order."""
+        ids = self.episode_ids
+        lengths = self._column("length")[ids]
+        offsets = self._column("step_offset")[ids]
+        total = int(lengths.sum())
+        starts = np.repeat(offsets - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+        return starts + np.arange(total, dtype=np.int64), np.repeat(ids, lengths)
+
+    def array(self, name: str) -> zarr.Array:
+        if name not in self._arrays:
+            try:
+                self._arrays[name] = self._group[name]
+            except Exception as e:
+                raise CorruptionError(f"{self.root / name / 'zarr.json'}: array {name} cannot be opened ({type(e).__name__}: {e})") from e
+        return self._arrays[name]
+
+    def chunk_location(self, name: str, k: int) -> str:
+        """``"<array> chunk k (rows a..b, episodes e0..e1)"`` for error messages."""
+        C, rows = self.meta.chunk_rows, self.record.arrays[name].rows
+        lo, hi = k * C, min((k + 1) * C, rows) - 1
+        offsets = self._column("obs_offset" if self.spec.array(name).rows == "obs" else "step_offset")
+        e0 = max(int(np.searchsorted(offsets, lo, side="right")) - 1, 0)
+        e1 = max(int(np.searchsorted(offsets, hi, side="right")) - 1, 0)
+        return f"{name} chunk {k} (rows {lo}..{hi}, episodes {e0}..{e1})"
+
+    def chunk_path(self, name: str, k: int) -> Path:
+        return self.root / chunk_key(name, k, 1 + len(self.spec.array(name).feature_shape))
+
+    def _read_chunks(self, name: str, k0: int, k1: int) -> np.ndarray:
+        C, committed = self.meta.chunk_rows, self.record.arrays[name]
+        lo, hi = k0 * C, min((k1 + 1) * C, committed.rows)
+        try:
+            block = self.array(name)[lo:hi]
+        except MadataError:
+            raise
+        except Exception as e:
+            if k0 == k1:
+                raise self._damaged(name, k0, f"cannot be decoded ({type(e).__name__}: {e})") from e
+            for k in range(k0, k1 + 1):  # find the chunk that failed
+                self._read_chunks(name, k, k)
+            raise
+        for k in range(k0, k1 + 1):
+            a, b = k * C - lo, min((k + 1) * C, committed.rows) - lo
+            if content_crc(block[a:b]) != committed.content_crc[k]:
+                raise self._damaged(name, k, "does not match its committed checksum")
+        return block
+
+    def _damaged(self, name: str, k: int, what: str) -> CorruptionError:
+        path = self.chunk_path(name, k)
+        if not path.exists():
+            what = f"is missing ({path} does not exist)"
+        return CorruptionError(f"{self.root}: {self.chunk_location(name, k)} {what}; the data there cannot be trusted")
+
+    def _cached_chunk(self, name: str, k: int) -> np.ndarray:
+        key = (name, k)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        block = self._read_chunks(name, k, k)
+        self._cache[key] = block
+        self._cache_bytes += block.nbytes
+        while self._cache_bytes > _CACHE_BYTES and len(self._cache) > 1:
+            _, old = self._cache.popitem(last=False)
+            self._cache_bytes -= old.nbytes
+        return block
+
+
+def _read_episode_table(root: Path, record: CommitRecord, agent_ids: list[str]) -> pa.Table:
+    schema = episode_table_schema(agent_ids)
+    tables = []
+    for part in record.episode_parts:
+        path = root / part
+        try:
+            t = pq.read_table(path)
+        except FileNotFoundError as e:
+            raise CorruptionError(f"{path}: episode table part listed in the commit record is missing") from e
+        except (pa.ArrowException, OSError) as e:
+            raise CorruptionError(f"{path}: episode table part cannot be read ({e})") from e
+        if not t.schema.equals(schema, check_metadata=False):
+            raise CorruptionError(f"{path}: episode table columns {t.schema.names} do not match the schema {schema.names}")
+        tables.append(t)
+    table = pa.concat_tables(tables) if tables else schema.empty_table()
+    if table.num_rows != record.num_episodes:
+        raise CorruptionError(
+            f"{root}: episode table has {table.num_rows} rows but the commit record says {record.num_episodes} episodes"
+        )
+    return table.combine_chunks()
+
+
+def open(path: str | os.PathLike, verify: Literal["quick", "none"] = "quick") -> Dataset:  # noqa: A001
+    """Open a madata dataset for reading.
+
+    ``verify="quick"`` (default) checks metadata, commit record, episode table, every
+    array's shape and dtype, that every chunk file exists and matches its stored
+    checksum (full chunks: raw bytes; the partial last chunk: decoded content). It reads
+    each file once without decoding, which is fast. Every later read is checked again
+    against the content checksums; ``madata verify`` checks everything.
+    """
+    from madata.integrity import quick_problems
+
+    ds = Dataset.load(path)
+    if verify == "quick":
+        problems = list(quick_problems(ds))
+        if problems:
+            more = f" (and {len(problems) - 3} more; run `madata verify {ds.root}`)" if len(problems) > 3 else ""
+            raise CorruptionError("; ".join(str(p) for p in problems[:3]) + more)
+    elif verify != "none":
+        raise SchemaError(f"verify must be 'quick' or 'none', got {verify!r}")
+    return ds
+
+
