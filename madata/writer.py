@@ -254,9 +254,15 @@ class DatasetWriter:
             raise SchemaError(f"{self.root}: writer is closed")
         ep = self.num_episodes
         blocks = self._validate(ep, obs, actions, rewards, terminated, truncated, state, agent_rewards, action_masks)
+        labels = dict(behaviour or {})
+        for k in labels:
+            if k not in self.spec.agent_ids:
+                raise SchemaError(f"episode {ep}: behaviour label for unknown agent {k!r}; agents are {self.spec.agent_ids}")
+        try:
+            prov = None if provenance is None else dumps(dict(provenance))
+        except (TypeError, ValueError) as e:
+            raise SchemaError(f"episode {ep}: provenance must be plain JSON: {e}") from e
         T = len(blocks["reward"])
-        for name, block in blocks.items():
-            self.columns[name].append(block)
         step_offset = self.record.step_rows + sum(r["length"] for r in self._pending)
         row = {
             "episode_id": ep,
@@ -266,14 +272,13 @@ class DatasetWriter:
             "return": float(np.sum(blocks["reward"], dtype=np.float64)),
             "end": "terminated" if blocks["terminated"][-1] else "truncated",
             "seed": None if seed is None else int(seed),
-            "provenance": None if provenance is None else dumps(dict(provenance)),
+            "provenance": prov,
         }
-        labels = dict(behaviour or {})
-        for k in labels:
-            if k not in self.spec.agent_ids:
-                raise SchemaError(f"episode {ep}: behaviour label for unknown agent {k!r}; agents are {self.spec.agent_ids}")
         for a in self.spec.agent_ids:
             row[behaviour_column(a)] = None if labels.get(a) is None else str(labels[a])
+        # nothing is appended before everything is validated: a rejected episode leaves no trace
+        for name, block in blocks.items():
+            self.columns[name].append(block)
         self._pending.append(row)
         if self.commit_every and len(self._pending) >= self.commit_every:
             self.commit()

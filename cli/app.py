@@ -1,0 +1,169 @@
+"""The ``madata`` command. Thin: parse options, call the library, print.
+
+Library errors (:class:`madata.errors.MadataError`) are printed as one line on stderr
+and exit with code 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from madata.errors import MadataError
+
+app = typer.Typer(
+    name="madata",
+    help="Offline multi-agent RL datasets: collect, convert, inspect, verify, export.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def handle_errors(fn):
+    """Turn madata errors into one line on stderr and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except MadataError as e:
+            typer.echo(f"madata: error: {e}", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("madata: interrupted; committed episodes are kept (rerun with --resume to continue)", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of text.")]
+DatasetArg = Annotated[Path, typer.Argument(help="A madata dataset directory.", show_default=False)]
+
+
+def _print_json(obj) -> None:
+    typer.echo(json.dumps(obj, indent=2, default=str))
+
+
+@app.command()
+@handle_errors
+def info(path: DatasetArg, as_json: JsonOpt = False) -> None:
+    """Agents, spaces, sizes, return statistics, behaviour labels and metadata of a dataset."""
+    import madata
+    from madata.summary import summarize
+
+    s = summarize(madata.open(path))
+    if as_json:
+        _print_json(s)
+        return
+    from cli.format import format_summary
+
+    typer.echo(format_summary(s))
+
+
+@app.command()
+@handle_errors
+def verify(
+    path: DatasetArg,
+    quick: Annotated[bool, typer.Option(help="Skip decoding every chunk (structure and stored checksums only).")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check schema, shapes, episode index, terminated/truncated semantics and every checksum.
+
+    Exit code 0 when the dataset is sound, 2 with the list of problems otherwise.
+    """
+    from madata.integrity import verify as run_verify
+
+    report = run_verify(path, full=not quick)
+    if as_json:
+        _print_json(report.to_json())
+    else:
+        for n in report.notes:
+            typer.echo(f"note: {n}")
+        if report.ok:
+            typer.echo(
+                f"OK: {report.path}: {report.num_episodes} episodes, {report.num_transitions} transitions, "
+                f"{report.chunks_checked} chunks checked"
+            )
+        for p in report.problems:
+            typer.echo(f"problem: {p}", err=True)
+    if not report.ok:
+        if not as_json:
+            typer.echo(f"madata: error: {len(report.problems)} problem(s) in {path}", err=True)
+        raise typer.Exit(2)
+
+
+class ExportFormat(str, Enum):
+    parquet = "parquet"
+
+
+@app.command()
+@handle_errors
+def export(
+    path: DatasetArg,
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output file.")],
+    fmt: Annotated[ExportFormat, typer.Option("--format", help="Output format.")] = ExportFormat.parquet,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
+) -> None:
+    """Write the flat transition table (one row per transition) for DuckDB, polars or pandas."""
+    from tqdm import tqdm
+
+    import madata
+    from madata.export import export_parquet
+
+    ds = madata.open(path)
+    with tqdm(total=ds.num_transitions, unit="tr", desc="export", disable=None, file=sys.stderr) as bar:
+        rows = export_parquet(ds, out, overwrite=overwrite, progress=bar.update)
+    typer.echo(f"wrote {rows} transitions to {out}")
+
+
+@app.command()
+@handle_errors
+def collect(
+    task: Annotated[str, typer.Argument(help="Task name, e.g. grid or halfcheetah-2x3.", show_default=False)],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output dataset directory.")],
+    mix: Annotated[
+        str | None, typer.Option(help="Comma-separated behaviour levels; every per-agent combination gets an equal share.")
+    ] = None,
+    combo: Annotated[str | None, typer.Option(help="One explicit combination, e.g. agent_0=medium,agent_1=expert.")] = None,
+    episodes: Annotated[int, typer.Option(help="Number of episodes.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed; the same seed reproduces the dataset bit for bit.")] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted collection into --out.")] = False,
+    commit_every: Annotated[int, typer.Option(help="Episodes between commits (each commit is crash-safe).")] = 10,
+    chunk_rows: Annotated[int | None, typer.Option(help="Rows per Zarr chunk (default: madata's).")] = None,
+) -> None:
+    """Run per-agent behaviour policies in TASK and write a dataset."""
+    from madata.behaviour.mix import parse_combo, parse_mix
+    from madata.collect import collect as run_collect
+    from madata.envs.registry import get_task
+
+    info_ = get_task(task)
+    if (mix is None) == (combo is None):
+        raise typer.BadParameter("give exactly one of --mix and --combo")
+    ds = run_collect(
+        task,
+        out,
+        mix=parse_mix(mix) if mix is not None else None,
+        combo=parse_combo(combo, info_.agent_ids) if combo is not None else None,
+        episodes=episodes,
+        seed=seed,
+        resume=resume,
+        commit_every=commit_every,
+        chunk_rows=chunk_rows,
+        progress=True,
+    )
+    typer.echo(f"wrote {ds.num_episodes} episodes, {ds.num_transitions} transitions to {out}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

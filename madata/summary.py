@@ -1,0 +1,76 @@
+"""What ``madata info`` shows: sizes, spaces, return statistics, behaviour labels, metadata."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from madata.dataset import Dataset
+from madata.schema import behaviour_column
+from madata.spaces import Box
+
+
+def normalized_score(returns, reference: dict[str, float] | None):
+    """D4RL's convention: 100 * (return - min) / (max - min); None without reference scores."""
+    if not reference:
+        return None
+    return 100.0 * (np.asarray(returns, dtype=np.float64) - reference["min"]) / (reference["max"] - reference["min"])
+
+
+def _stats(x: np.ndarray) -> dict[str, float] | None:
+    if len(x) == 0:
+        return None
+    return {"mean": float(x.mean()), "std": float(x.std()), "min": float(x.min()), "max": float(x.max())}
+
+
+def _space(s) -> dict[str, Any]:
+    if isinstance(s, Box):
+        lo, hi = np.asarray(s.low), np.asarray(s.high)
+        bounds = [float(lo.min()), float(hi.max())] if lo.size else []
+        return {"type": "box", "shape": list(s.shape), "dtype": s.dtype, "bounds": bounds}
+    return {"type": "discrete", "n": s.n, "start": s.start}
+
+
+def summarize(ds: Dataset) -> dict[str, Any]:
+    """A JSON-ready summary of a dataset (or selection)."""
+    t = ds.episodes
+    returns = t.column("return").to_numpy()
+    lengths = t.column("length").to_numpy()
+    ends = t.column("end").to_pylist()
+    ref = ds.meta.reference_scores
+    labels = {a: t.column(behaviour_column(a)).to_pylist() for a in ds.agent_ids}
+    per_agent = {a: {str(k): v for k, v in zip(*np.unique(np.asarray(labels[a], dtype=object).astype(str), return_counts=True))}
+                 for a in ds.agent_ids if any(x is not None for x in labels[a])}  # fmt: skip
+    combos: dict[str, list[float]] = {}
+    if per_agent:
+        for i, r in enumerate(returns):
+            key = ",".join(f"{a}={labels[a][i]}" for a in ds.agent_ids)
+            combos.setdefault(key, []).append(float(r))
+    size = sum(p.stat().st_size for p in ds.root.rglob("*") if p.is_file())
+    norm = normalized_score(returns, ref)
+    return {
+        "path": str(ds.root),
+        "env": ds.meta.env,
+        "description": ds.meta.description,
+        "agents": [
+            {"id": a.id, "observation": _space(a.observation_space), "action": _space(a.action_space)} for a in ds.agents
+        ],
+        "state": None if ds.state_space is None else _space(ds.state_space),
+        "num_episodes": ds.num_episodes,
+        "num_transitions": ds.num_transitions,
+        "bytes_on_disk": size,
+        "returns": _stats(returns),
+        "normalized_scores": None if norm is None else _stats(norm),
+        "lengths": _stats(lengths.astype(np.float64)),
+        "ends": {k: ends.count(k) for k in ("terminated", "truncated")},
+        "behaviour_labels": per_agent,
+        "behaviour_combinations": {k: {"episodes": len(v), **_stats(np.asarray(v))} for k, v in combos.items()},
+        "reference_scores": ref,
+        "schema_version": ds.meta.schema_version,
+        "chunk_rows": ds.meta.chunk_rows,
+        "created": ds.meta.created,
+        "versions": ds.meta.versions,
+        "provenance": ds.meta.provenance,
+        "complete": ds.record.complete,
+    }

@@ -1,0 +1,72 @@
+"""Shared builders for synthetic datasets with known content."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import madata
+from madata.schema import AgentSpec
+from madata.spaces import Box, Discrete
+
+
+def hetero_agents() -> list[AgentSpec]:
+    """Hopper-3x1-like heterogeneous agents (local observations of 8, 9 and 8 values) plus a discrete one."""
+    return [
+        AgentSpec("agent_0", Box.make(-np.inf, np.inf, (8,)), Box.make(-1, 1, (1,))),
+        AgentSpec("agent_1", Box.make(-np.inf, np.inf, (9,)), Box.make(-1, 1, (1,))),
+        AgentSpec("agent_2", Box.make(-10, 10, (8,)), Discrete(3)),
+    ]
+
+
+def random_episode(agents, T: int, rng: np.random.Generator, end: str = "terminated", state_dim: int | None = None,
+                   agent_rewards: bool = False, action_masks: bool = False) -> dict:  # fmt: skip
+    """Arguments for ``DatasetWriter.add_episode`` with random content of the right shapes."""
+    obs = {a.id: rng.standard_normal((T + 1, *a.observation_space.shape)).astype(a.observation_space.dtype) for a in agents}
+    actions = {}
+    masks = {}
+    for a in agents:
+        sp = a.action_space
+        if isinstance(sp, Discrete):
+            actions[a.id] = rng.integers(sp.start, sp.start + sp.n, T)
+            m = rng.random((T + 1, sp.n)) < 0.7
+            m[np.arange(T), actions[a.id] - sp.start] = True  # the taken action is always allowed
+            masks[a.id] = m
+        else:
+            actions[a.id] = rng.uniform(-1, 1, (T, *sp.shape)).astype(sp.dtype)
+    term = np.zeros(T, bool)
+    trunc = np.zeros(T, bool)
+    (term if end == "terminated" else trunc)[-1] = True
+    ep = dict(obs=obs, actions=actions, rewards=rng.standard_normal(T), terminated=term, truncated=trunc)
+    if state_dim:
+        ep["state"] = rng.standard_normal((T + 1, state_dim)).astype("float32")
+    if agent_rewards:
+        ep["agent_rewards"] = {a.id: rng.standard_normal(T) for a in agents}
+    if action_masks:
+        ep["action_masks"] = masks
+    return ep
+
+
+def write(path, agents, episodes, chunk_rows=16, commit_every=3, state_dim=None, **kw):
+    with madata.create(
+        path,
+        agents,
+        state_space=Box.make(-np.inf, np.inf, (state_dim,)) if state_dim else None,
+        chunk_rows=chunk_rows,
+        commit_every=commit_every,
+        **kw,
+    ) as w:
+        for i, ep in enumerate(episodes):
+            w.add_episode(**ep, behaviour={a.id: ("medium", "expert")[(i >> k) & 1] for k, a in enumerate(agents)}, seed=i)
+    return path
+
+
+@pytest.fixture
+def small_dataset(tmp_path):
+    """A committed heterogeneous dataset: 12 episodes, lengths 1..30, chunk_rows 16, with state."""
+    rng = np.random.default_rng(0)
+    agents = hetero_agents()
+    lengths = [1, 5, 30, 16, 2, 17, 1, 9, 30, 4, 12, 7]
+    eps = [random_episode(agents, T, rng, ("terminated", "truncated")[i % 2], state_dim=11) for i, T in enumerate(lengths)]
+    path = write(tmp_path / "ds", agents, eps, state_dim=11)
+    return path, agents, eps

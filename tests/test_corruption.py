@@ -1,0 +1,161 @@
+"""Damaged stores: ``open`` and ``verify`` fail with a madata error naming the array and episodes."""
+
+from __future__ import annotations
+
+import json
+import zlib
+
+import numpy as np
+import pytest
+import zarr
+from typer.testing import CliRunner
+
+import madata
+from cli.app import app
+from madata.errors import CorruptionError, DatasetNotFoundError, MadataError, SchemaError
+
+runner = CliRunner()
+
+
+def _fails_everywhere(path, *needles):
+    with pytest.raises(MadataError) as e:
+        madata.open(path)
+    for n in needles:
+        assert n in str(e.value), str(e.value)
+    report = madata.verify(path)
+    assert not report.ok
+    text = " ".join(str(p) for p in report.problems)
+    for n in needles:
+        assert n in text, text
+    for cmd in (["verify", str(path)], ["info", str(path)]):
+        res = runner.invoke(app, cmd)
+        assert res.exit_code == 2, res.output
+        assert "Traceback" not in res.output
+    return str(e.value)
+
+
+def _flip(path, offset=None):
+    b = bytearray(path.read_bytes())
+    i = len(b) // 2 if offset is None else offset
+    b[i] ^= 0xFF
+    path.write_bytes(bytes(b))
+
+
+def test_intact(small_dataset):
+    path, _, _ = small_dataset
+    assert madata.verify(path).ok
+    res = runner.invoke(app, ["verify", str(path)])
+    assert res.exit_code == 0 and "OK" in res.output
+
+
+def test_flipped_byte_in_full_chunk(small_dataset):
+    path, _, _ = small_dataset
+    _flip(path / "obs/agent_1/c/2/0")  # obs rows 32..47 = episodes 3..5 (obs_offset 0,2,8,39,56,59)
+    msg = _fails_everywhere(path, "obs/agent_1 chunk 2", "episodes 2..3")
+    assert "rows 32..47" in msg
+
+
+def test_flipped_byte_in_partial_last_chunk(small_dataset):
+    path, _, _ = small_dataset
+    ds = madata.open(path)
+    last = (ds.record.step_rows - 1) // 16
+    _flip(path / f"action/agent_0/c/{last}/0")
+    _fails_everywhere(path, f"action/agent_0 chunk {last}", "episodes")
+
+
+def test_flip_is_caught_on_read_too(small_dataset):
+    path, _, eps = small_dataset
+    ds = madata.open(path)  # opened before the damage
+    _flip(path / "reward/c/1")
+    with pytest.raises(CorruptionError, match=r"reward chunk 1 \(rows 16..31, episodes 2..2\)"):
+        ds.transitions(fields=["reward"])
+
+
+def test_deleted_chunk(small_dataset):
+    path, _, _ = small_dataset
+    (path / "state/c/0/0").unlink()
+    _fails_everywhere(path, "state chunk 0", "is missing")
+
+
+def test_truncated_root_metadata(small_dataset):
+    path, _, _ = small_dataset
+    p = path / "zarr.json"
+    p.write_bytes(p.read_bytes()[:50])
+    _fails_everywhere(path, "zarr.json", "truncated")
+
+
+def test_truncated_array_metadata(small_dataset):
+    path, _, _ = small_dataset
+    p = path / "obs/agent_2/zarr.json"
+    p.write_bytes(p.read_bytes()[:40])
+    _fails_everywhere(path, "obs/agent_2")
+
+
+def test_truncated_commit_record(small_dataset):
+    path, _, _ = small_dataset
+    p = path / "commit.json"
+    p.write_bytes(p.read_bytes()[:30])
+    _fails_everywhere(path, "commit.json")
+
+
+def test_unknown_schema_version(small_dataset):
+    path, _, _ = small_dataset
+    p = path / "zarr.json"
+    obj = json.loads(p.read_text())
+    obj["attributes"]["madata"]["schema_version"] = 99
+    p.write_text(json.dumps(obj))
+    with pytest.raises(SchemaError, match="schema_version 99"):
+        madata.open(path)
+    _fails_everywhere(path, "schema_version 99")
+
+
+def test_per_agent_arrays_of_different_lengths(small_dataset):
+    path, _, _ = small_dataset
+    ds = madata.open(path)
+    arr = zarr.open_array(str(path / "obs/agent_1"), mode="r+")
+    arr.resize((ds.record.obs_rows - 20, 9))
+    _fails_everywhere(path, "obs/agent_1", "were committed", "episodes")
+
+
+def test_commit_record_with_different_lengths(small_dataset):
+    path, _, _ = small_dataset
+    p = path / "commit.json"
+    obj = json.loads(p.read_text())
+    obj["arrays"]["action/agent_1"]["rows"] -= 5
+    p.write_text(json.dumps(obj))
+    _fails_everywhere(path, "action/agent_1", "different lengths")
+
+
+def test_missing_episode_table(small_dataset):
+    path, _, _ = small_dataset
+    for p in (path / "episodes").glob("*.parquet"):
+        p.unlink()
+    _fails_everywhere(path, "episode table", "missing")
+
+
+def test_semantic_damage_is_found_by_full_verify(small_dataset):
+    """A store whose checksums are consistent but whose flags are wrong (rewritten by hand)."""
+    path, _, _ = small_dataset
+    arr = zarr.open_array(str(path / "terminated"), mode="r+")
+    data = arr[:]
+    data[0 : arr.shape[0] : 2] = True  # terminal flags in the middle of episodes
+    arr[:] = data
+    rec = json.loads((path / "commit.json").read_text())
+    C = 16
+    crc = [zlib.crc32(np.ascontiguousarray(data[k : k + C]).view(np.uint8)) for k in range(0, len(data), C)]
+    stored = [zlib.crc32((path / f"terminated/c/{k}").read_bytes()) for k in range(len(crc))]
+    rec["arrays"]["terminated"]["content_crc"] = crc
+    rec["arrays"]["terminated"]["stored_crc"] = stored[:-1] + [None] if len(data) % C else stored
+    (path / "commit.json").write_text(json.dumps(rec))
+    report = madata.verify(path)
+    assert any("before the last step" in str(p) for p in report.problems), report.problems
+
+
+def test_not_a_dataset(tmp_path):
+    with pytest.raises(DatasetNotFoundError):
+        madata.open(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetNotFoundError, match="no zarr.json"):
+        madata.open(tmp_path / "empty")
+    res = runner.invoke(app, ["verify", str(tmp_path / "empty")])
+    assert res.exit_code == 2
