@@ -8,7 +8,6 @@ and is never returned.
 
 from __future__ import annotations
 
-import json
 import os
 from collections import OrderedDict
 from dataclasses import dataclass

@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
@@ -24,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import zarr
 
-from madata.commit import ArrayCommit, CommitRecord, fsync_dir, read_commit, write_atomic, write_commit
+from madata.commit import ArrayCommit, CommitRecord, fsync_dir, read_commit, write_commit
 from madata.errors import CorruptionError, DatasetExistsError, DatasetNotFoundError, SchemaError
 from madata.schema import (
     AgentSpec,
@@ -165,10 +166,16 @@ class DatasetWriter:
         if root.exists() and (not root.is_dir() or any(root.iterdir())):
             hint = "use --resume to continue it" if (root / "zarr.json").exists() else "choose another path"
             raise DatasetExistsError(f"{root}: path exists and is not empty; {hint} (nothing was overwritten)")
-        root.mkdir(parents=True, exist_ok=True)
+        if not root.parent.is_dir():
+            raise DatasetNotFoundError(f"{root}: parent directory {root.parent} does not exist")
         meta.created = meta.created or datetime.now(timezone.utc).isoformat(timespec="seconds")
         meta.versions = meta.versions or library_versions()
-        store = TrackingStore(root)
+        # build the empty store beside its final place and rename it there, so that `root`
+        # is either absent (or the user's empty directory) or a whole, committed store
+        staging = root.with_name(f".{root.name}.creating")
+        shutil.rmtree(staging, ignore_errors=True)  # left by a creation that was killed
+        staging.mkdir()
+        store = TrackingStore(staging)
         group = zarr.create_group(store=store, attributes={ATTR: meta.to_json()})
         for s in meta.spec.arrays():
             group.create_array(
@@ -180,10 +187,14 @@ class DatasetWriter:
                 fill_value=False if s.dtype == "bool" else 0,
                 config=_WRITE_CONFIG,
             )
-        (root / EPISODES_DIR).mkdir()
-        _fsync_written(root, store)
+        (staging / EPISODES_DIR).mkdir()
+        _fsync_written(staging, store)
         record = CommitRecord(arrays={s.name: ArrayCommit() for s in meta.spec.arrays()})
-        write_commit(root, record)  # the store exists from here on
+        write_commit(staging, record)
+        if root.exists():
+            root.rmdir()  # the user's empty directory (checked above)
+        os.rename(staging, root)
+        fsync_dir(root.parent)
         return cls(root, meta, record, commit_every)
 
     @classmethod

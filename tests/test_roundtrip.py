@@ -47,7 +47,7 @@ def test_roundtrip(case):
     agents = case["agents"]
     eps = [
         random_episode(agents, T, rng, end, case["state_dim"], case["agent_rewards"], case["action_masks"])
-        for T, end in zip(case["lengths"], case["ends"])
+        for T, end in zip(case["lengths"], case["ends"], strict=True)
     ]
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "ds"
@@ -84,7 +84,7 @@ def test_roundtrip(case):
         # derived next observations equal the true ones at every step, boundaries included
         tr = ds.transitions()
         expect = {k: [] for k in tr}
-        for i, ep in enumerate(eps):
+        for ep in eps:
             T = len(ep["rewards"])
             for a in agents:
                 expect[f"obs/{a.id}"].append(ep["obs"][a.id][:T])
