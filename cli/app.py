@@ -6,7 +6,6 @@ and exit with code 2; no traceback.
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 from enum import Enum
@@ -15,7 +14,8 @@ from typing import Annotated
 
 import typer
 
-from madata.errors import MadataError
+from cli import behavior
+from cli.errors import handle_errors
 
 app = typer.Typer(
     name="madata",
@@ -24,23 +24,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-
-
-def handle_errors(fn):
-    """Turn madata errors into one line on stderr and exit code 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except MadataError as e:
-            typer.echo(f"madata: error: {e}", err=True)
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            typer.echo("madata: interrupted; committed episodes are kept (rerun with --resume to continue)", err=True)
-            raise typer.Exit(130) from None
-
-    return wrapper
+app.add_typer(behavior.app, name="behavior")
 
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of text.")]

@@ -63,6 +63,60 @@ register(
 )
 
 
+# D4RL's reference scores (normalized score = 100 * (return - min) / (max - min))
+D4RL_REF = {
+    "halfcheetah": {"min": -280.178953, "max": 12135.0},
+    "hopper": {"min": -20.272305, "max": 3234.3},
+    "walker2d": {"min": 1.629008, "max": 4592.3},
+}
+MAMUJOCO_SCENARIOS = {"halfcheetah": "HalfCheetah", "hopper": "Hopper", "walker2d": "Walker2d"}
+MAMUJOCO_MAX_STEPS = 1000
+
+
+def _mamujoco_factory(scenario: str, agent_conf: str, agent_obsk: int):
+    def make():
+        try:
+            from gymnasium_robotics import mamujoco_v1
+        except ImportError as e:
+            raise SchemaError(
+                "MaMuJoCo tasks need gymnasium-robotics and mujoco: pip install 'madata[mujoco]'"
+            ) from e
+        return mamujoco_v1.parallel_env(scenario, agent_conf, agent_obsk=agent_obsk)
+
+    return make
+
+
+def register_mamujoco(robot: str, agent_conf: str, agent_obsk: int = 1) -> TaskInfo:
+    """Register ``<robot>-<agent_conf>`` (e.g. halfcheetah-2x3): MaMuJoCo's factorization of the
+    single-agent ``<Scenario>-v5`` task, global state = the single-agent observation."""
+    scenario = MAMUJOCO_SCENARIOS[robot]
+    n_agents = int(agent_conf.split("x")[0]) if "x" in agent_conf else 1
+    name = f"{robot}-{agent_conf}"
+    return register(
+        TaskInfo(
+            name=name,
+            family="mamujoco",
+            agent_ids=tuple(f"agent_{i}" for i in range(n_agents)),
+            make_env=_mamujoco_factory(scenario, agent_conf, agent_obsk),
+            env={
+                "id": name,
+                "family": "mamujoco",
+                "scenario": scenario,
+                "agent_conf": agent_conf,
+                "agent_obsk": agent_obsk,
+                "single_agent_env": f"{scenario}-v5",
+                "max_steps": MAMUJOCO_MAX_STEPS,
+            },
+            reference_scores=D4RL_REF[robot],
+            description=f"Multi-agent MuJoCo {scenario} {agent_conf} (gymnasium-robotics mamujoco_v1, agent_obsk={agent_obsk})",
+        )
+    )
+
+
+for _robot, _conf in (("halfcheetah", "2x3"), ("hopper", "3x1"), ("walker2d", "2x3")):
+    register_mamujoco(_robot, _conf)
+
+
 def get_task(name: str) -> TaskInfo:
     """The registered task ``name``; an unknown name raises an error listing the known ones."""
     try:

@@ -1,0 +1,82 @@
+"""``madata behavior``: train, export and list behaviour policies."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.errors import handle_errors
+
+app = typer.Typer(help="Behaviour policies: train SAC snapshots, export them as levels, list shipped checkpoints.",
+                  no_args_is_help=True)  # fmt: skip
+
+
+def _parse_snapshots(items: list[str]) -> dict[str, int]:
+    out = {}
+    for item in items:
+        level, sep, step = item.partition("=")
+        if not sep or not level or not step.isdigit():
+            raise typer.BadParameter(f"--snapshot {item!r}: expected LEVEL=STEP, e.g. medium=100000")
+        out[level] = int(step)
+    return out
+
+
+@app.command()
+@handle_errors
+def train(
+    task: Annotated[str, typer.Argument(help="MaMuJoCo task, e.g. halfcheetah-2x3.", show_default=False)],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Run directory (snapshots, progress.csv).")],
+    steps: Annotated[int, typer.Option(help="Environment steps of SAC training.")] = 300_000,
+    snapshot: Annotated[list[str], typer.Option(help="LEVEL=STEP to export, e.g. medium=100000 (repeatable).")] = [],  # noqa: B006
+    save_every: Annotated[int, typer.Option(help="Steps between snapshots (each evaluated).")] = 25_000,
+    seed: Annotated[int, typer.Option(help="Seed of SAC (torch, numpy, env).")] = 0,
+    eval_episodes: Annotated[int, typer.Option(help="Episodes to measure each snapshot's average return.")] = 10,
+    learning_starts: Annotated[int, typer.Option(help="Random-action steps before SAC updates start.")] = 10_000,
+    export_to: Annotated[Path | None, typer.Option(help="Where exported levels go (default RUN/export).")] = None,
+) -> None:
+    """Train SAC on the whole robot (stable-baselines3) and export snapshots as behaviour levels."""
+    from madata.behaviour.train import train_sac
+
+    done = train_sac(task, out, steps=steps, snapshots=_parse_snapshots(snapshot), save_every=save_every, seed=seed,
+                     eval_episodes=eval_episodes, learning_starts=learning_starts, export_dir=export_to,
+                     progress=True)  # fmt: skip
+    for level, path in done.items():
+        typer.echo(f"{level}: {path}")
+
+
+@app.command()
+@handle_errors
+def export(
+    run: Annotated[Path, typer.Argument(help="A training run directory.", show_default=False)],
+    step: Annotated[int, typer.Option(help="Snapshot step.")],
+    level: Annotated[str, typer.Option(help="Level name to export it as (medium, expert, ...).")],
+    to: Annotated[Path, typer.Option(help="Checkpoint directory (TO/<task>/<level>.json).")],
+) -> None:
+    """Export one snapshot of a training run as a behaviour level."""
+    from madata.behaviour.train import export_snapshot
+
+    typer.echo(str(export_snapshot(run, step, level, to)))
+
+
+@app.command("list")
+@handle_errors
+def list_(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+    """Shipped behaviour checkpoints with their measured average returns."""
+    from madata.behaviour.checkpoint import CHECKPOINT_DIR, load_checkpoint
+
+    rows = []
+    for js in sorted(CHECKPOINT_DIR.glob("*/*.json")):
+        i = load_checkpoint(js).info
+        rows.append({"task": i.task, "level": i.level, "train_steps": i.train_steps, "seed": i.seed,
+                     "average_return": i.average_return, "return_std": i.return_std, "eval_episodes": i.eval_episodes})  # fmt: skip
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        typer.echo(f"{r['task']:<18} {r['level']:<8} {r['train_steps']:>8} steps  seed {r['seed']}  "
+                   f"return {r['average_return']:.1f} +- {r['return_std']:.1f} ({r['eval_episodes']} episodes)")  # fmt: skip
+    if not rows:
+        typer.echo("no shipped checkpoints")
