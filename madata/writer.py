@@ -166,8 +166,7 @@ class DatasetWriter:
         if root.exists() and (not root.is_dir() or any(root.iterdir())):
             hint = "use --resume to continue it" if (root / "zarr.json").exists() else "choose another path"
             raise DatasetExistsError(f"{root}: path exists and is not empty; {hint} (nothing was overwritten)")
-        if not root.parent.is_dir():
-            raise DatasetNotFoundError(f"{root}: parent directory {root.parent} does not exist")
+        root.parent.mkdir(parents=True, exist_ok=True)
         meta.created = meta.created or datetime.now(timezone.utc).isoformat(timespec="seconds")
         meta.versions = meta.versions or library_versions()
         # build the empty store beside its final place and rename it there, so that `root`
