@@ -40,8 +40,11 @@ def summarize(ds: Dataset) -> dict[str, Any]:
     ends = t.column("end").to_pylist()
     ref = ds.meta.reference_scores
     labels = {a: t.column(behaviour_column(a)).to_pylist() for a in ds.agent_ids}
-    per_agent = {a: {str(k): v for k, v in zip(*np.unique(np.asarray(labels[a], dtype=object).astype(str), return_counts=True), strict=True)}
-                 for a in ds.agent_ids if any(x is not None for x in labels[a])}  # fmt: skip
+    per_agent = {}
+    for a in ds.agent_ids:
+        if any(x is not None for x in labels[a]):
+            names, counts = np.unique(np.asarray(labels[a], dtype=object).astype(str), return_counts=True)
+            per_agent[a] = {str(k): int(v) for k, v in zip(names, counts, strict=True)}
     combos: dict[str, list[float]] = {}
     if per_agent:
         for i, r in enumerate(returns):

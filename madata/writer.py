@@ -14,6 +14,7 @@ import fcntl
 import json
 import os
 import shutil
+import time
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
@@ -138,15 +139,18 @@ class _Column:
 class DatasetWriter:
     """Appends whole episodes to a store; use :func:`madata.create` or :meth:`DatasetWriter.resume`.
 
-    ``commit_every``: episodes between automatic commits (0: only on ``commit()``/``close()``).
+    ``commit_every``: episodes between automatic commits (0: only on ``commit()``/``close()``);
+    ``commit_seconds``: and at least this many seconds since the last commit, so that
+    datasets of very short episodes do not spend their time in fsync.
     Use as a context manager: leaving the block commits and closes; an exception inside
     it still commits the episodes added whole, and leaves the store resumable.
     """
 
-    def __init__(self, root: Path, meta: Metadata, record: CommitRecord, commit_every: int):
+    def __init__(self, root: Path, meta: Metadata, record: CommitRecord, commit_every: int, commit_seconds: float = 1.0):
         self.root, self.meta, self.record = root, meta, record
         self.spec = meta.spec
-        self.commit_every = commit_every
+        self.commit_every, self.commit_seconds = commit_every, commit_seconds
+        self._last_commit = time.monotonic()
         self._lock = _acquire_lock(root)
         self.store = TrackingStore(root)
         self.columns: dict[str, _Column] = {}
@@ -161,7 +165,8 @@ class DatasetWriter:
     # ------------------------------------------------------------ construction
 
     @classmethod
-    def create(cls, path: str | os.PathLike, meta: Metadata, commit_every: int = 10) -> DatasetWriter:
+    def create(cls, path: str | os.PathLike, meta: Metadata, commit_every: int = 10,
+               commit_seconds: float = 1.0) -> DatasetWriter:  # fmt: skip
         root = Path(path)
         if root.exists() and (not root.is_dir() or any(root.iterdir())):
             hint = "use --resume to continue it" if (root / "zarr.json").exists() else "choose another path"
@@ -194,10 +199,10 @@ class DatasetWriter:
             root.rmdir()  # the user's empty directory (checked above)
         os.rename(staging, root)
         fsync_dir(root.parent)
-        return cls(root, meta, record, commit_every)
+        return cls(root, meta, record, commit_every, commit_seconds)
 
     @classmethod
-    def resume(cls, path: str | os.PathLike, commit_every: int = 10) -> DatasetWriter:
+    def resume(cls, path: str | os.PathLike, commit_every: int = 10, commit_seconds: float = 1.0) -> DatasetWriter:
         """Reopen a store for appending, discarding whatever lies beyond its last commit."""
         root = Path(path)
         if not (root / "zarr.json").exists():
@@ -228,7 +233,7 @@ class DatasetWriter:
         finally:
             _release_lock(lock)
         record.complete = False
-        return cls(root, meta, record, commit_every)
+        return cls(root, meta, record, commit_every, commit_seconds)
 
     # ------------------------------------------------------------ writing
 
@@ -290,7 +295,8 @@ class DatasetWriter:
         for name, block in blocks.items():
             self.columns[name].append(block)
         self._pending.append(row)
-        if self.commit_every and len(self._pending) >= self.commit_every:
+        if (self.commit_every and len(self._pending) >= self.commit_every
+                and time.monotonic() - self._last_commit >= self.commit_seconds):  # fmt: skip
             self.commit()
         return ep
 
@@ -388,6 +394,7 @@ class DatasetWriter:
             if a.rows != want:  # a bug here must never reach the disk
                 raise CorruptionError(f"{self.root}: internal error: {name} has {a.rows} rows, expected {want}")
         write_commit(self.root, record)
+        self._last_commit = time.monotonic()
         self.record = record
         self._pending = []
         for p in obsolete:
@@ -520,6 +527,7 @@ def create(
     extra: Mapping[str, Any] | None = None,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     commit_every: int = 10,
+    commit_seconds: float = 1.0,
 ) -> DatasetWriter:
     """Create a new dataset at ``path`` (which must not exist or be empty) and return its writer.
 
@@ -544,4 +552,4 @@ def create(
         json.dumps(meta.to_json(), allow_nan=False)
     except (TypeError, ValueError) as e:
         raise SchemaError(f"dataset metadata (env, provenance, extra) must be plain JSON: {e}") from e
-    return DatasetWriter.create(path, meta, commit_every)
+    return DatasetWriter.create(path, meta, commit_every, commit_seconds)
