@@ -1,0 +1,122 @@
+"""Minibatch sampling throughput: madata's loaders beside naive baselines, in one run.
+
+    python benchmarks/loader.py [--transitions 1000000] [--batch 1024] [--seconds 3]
+
+Builds a halfcheetah-2x3-shaped dataset (2 agents, obs 12, action 3, state 17; float32;
+episodes of 1000 steps; random content) and measures joint samples/s for:
+naive numpy fancy indexing over separate per-field arrays (next observations gathered
+through the episode index, as a reader of the raw store would), one numpy gather from a
+packed array, madata's TransitionLoader on the CPU (and on the GPU when one is present),
+its StreamingLoader, and random row access straight into Zarr (what never to do).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import madata
+from madata.schema import AgentSpec
+from madata.spaces import Box
+from madata_algos.loader import StreamingLoader, TransitionLoader
+
+
+def build(path: Path, n: int, T: int = 1000) -> madata.Dataset:
+    agents = [AgentSpec(f"agent_{i}", Box.make(-np.inf, np.inf, (12,)), Box.make(-1, 1, (3,))) for i in range(2)]
+    rng = np.random.default_rng(0)
+    end = np.zeros(T, bool)
+    end[-1] = True
+    with madata.create(path, agents, state_space=Box.make(-np.inf, np.inf, (17,)), commit_every=0) as w:
+        for _ in range(n // T):
+            w.add_episode(
+                obs={a.id: rng.standard_normal((T + 1, 12), dtype=np.float32) for a in agents},
+                actions={a.id: rng.uniform(-1, 1, (T, 3)).astype(np.float32) for a in agents},
+                rewards=rng.standard_normal(T), terminated=np.zeros(T, bool), truncated=end,
+                state=rng.standard_normal((T + 1, 17), dtype=np.float32),
+            )  # fmt: skip
+    return madata.open(path)
+
+
+def rate(fn, batch: int, seconds: float, sync=lambda: None) -> float:
+    fn()  # warm up
+    sync()
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        fn()
+        n += batch
+    sync()
+    return n / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--transitions", type=int, default=1_000_000)
+    ap.add_argument("--batch", type=int, default=1024)
+    ap.add_argument("--seconds", type=float, default=3.0)
+    args = ap.parse_args()
+    B = args.batch
+    rows: list[tuple[str, float]] = []
+    with tempfile.TemporaryDirectory() as d:
+        t0 = time.perf_counter()
+        ds = build(Path(d) / "ds", args.transitions)
+        print(f"built {ds.num_transitions} transitions in {time.perf_counter() - t0:.1f} s")
+        tr = ds.transitions()
+        rng = np.random.default_rng(0)
+        N = ds.num_transitions
+
+        # naive: separate arrays, next obs through the episode index (obs rows = step row + episode)
+        obs = {a: ds.read_rows(f"obs/{a}") for a in ds.agent_ids}
+        acts = {a: ds.read_rows(f"action/{a}") for a in ds.agent_ids}
+        state, reward, term = ds.read_rows("state"), ds.read_rows("reward"), ds.read_rows("terminated")
+        ep = tr["episode_id"] if "episode_id" in tr else np.repeat(np.arange(ds.num_episodes), 1000)
+
+        def naive():
+            i = rng.integers(0, N, B)
+            o = i + ep[i]
+            return ([obs[a][o] for a in obs], [acts[a][i] for a in acts], [obs[a][o + 1] for a in obs],
+                    state[o], state[o + 1], reward[i], term[i])  # fmt: skip
+
+        rows.append(("numpy fancy indexing, separate arrays", rate(naive, B, args.seconds)))
+        packed = np.concatenate([v.reshape(N, -1).astype(np.float32) for k, v in tr.items() if k != "truncated"], axis=1)
+
+        def packed_np():
+            return packed[rng.integers(0, N, B)]
+
+        rows.append((f"numpy, one gather from packed [N, {packed.shape[1]}]", rate(packed_np, B, args.seconds)))
+        t0 = time.perf_counter()
+        cpu = TransitionLoader(ds, device="cpu", seed=0)
+        print(f"TransitionLoader(cpu) packed {N} rows in {time.perf_counter() - t0:.1f} s")
+        rows.append((f"madata TransitionLoader cpu, 1 batch/call (torch threads {torch.get_num_threads()})",
+                     rate(lambda: cpu.sample(B), B, args.seconds)))  # fmt: skip
+        rows.append(("madata TransitionLoader cpu, 16 batches/call", rate(lambda: cpu.sample(B, 16), 16 * B, args.seconds)))
+        if torch.cuda.is_available():
+            gpu = TransitionLoader(ds, device="cuda", seed=0)
+            sync = torch.cuda.synchronize
+            rows.append(("madata TransitionLoader cuda, 1 batch/call", rate(lambda: gpu.sample(B), B, args.seconds, sync)))
+            rows.append(("madata TransitionLoader cuda, 16 batches/call",
+                         rate(lambda: gpu.sample(B, 16), 16 * B, args.seconds, sync)))  # fmt: skip
+        stream = StreamingLoader(ds, device="cpu", seed=0)
+        rows.append(("madata StreamingLoader cpu (4 x 65536-row buffer, refills included)",
+                     rate(lambda: stream.sample(B, 16), 16 * B, max(args.seconds, 5.0))))  # fmt: skip
+        arr = ds.array("obs/agent_0")
+        rows.append(("random row access into Zarr (1 field only)", rate(lambda: arr[int(rng.integers(0, N))], 1, 1.0)))
+
+    cpu_name = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    print(f"\nmachine: {os.cpu_count()} cores, {cpu_name}, {platform.python_version()}, torch {torch.__version__}"
+          + (f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"))  # fmt: skip
+    print(f"joint samples/s, batch {B}, {N} transitions of halfcheetah-2x3 shape\n")
+    print("| method | samples/s |\n|---|---:|")
+    for name, r in rows:
+        print(f"| {name} | {r / 1e6:.2f} M |" if r >= 1e5 else f"| {name} | {r:,.0f} |")
+    print(f"\ncommand: python benchmarks/loader.py --transitions {args.transitions} --batch {B} --seconds {args.seconds}")
+
+
+if __name__ == "__main__":
+    main()
