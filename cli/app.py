@@ -118,11 +118,20 @@ def collect(
     combo: Annotated[str | None, typer.Option(help="One explicit combination, e.g. agent_0=medium,agent_1=expert.")] = None,
     episodes: Annotated[int, typer.Option(help="Number of episodes.")] = 1000,
     seed: Annotated[int, typer.Option(help="Seed; the same seed reproduces the dataset bit for bit.")] = 0,
+    envs: Annotated[int, typer.Option(help="Environment copies stepped side by side (the data does not depend on it).")] = 16,
+    noise: Annotated[float, typer.Option(help="Std of Gaussian action noise added per action component (clipped to the box).")] = 0.0,
+    epsilon: Annotated[float, typer.Option(help="Probability that an agent acts uniformly at random in a step.")] = 0.0,
+    max_steps: Annotated[int | None, typer.Option(help="Time limit below the task's own; ends there are truncated.")] = None,
+    checkpoint_dir: Annotated[
+        Path | None,
+        typer.Option(help="Directory of TASK/LEVEL.json behaviour checkpoints (default: $MADATA_CHECKPOINT_DIR, else the shipped ones)."),
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted collection into --out.")] = False,
     commit_every: Annotated[int, typer.Option(help="Episodes between commits (each commit is crash-safe).")] = 10,
+    commit_seconds: Annotated[float, typer.Option(help="Seconds at least between commits (a crash loses at most this much work).")] = 5.0,
     chunk_rows: Annotated[int | None, typer.Option(help="Rows per Zarr chunk (default: madata's).")] = None,
 ) -> None:
-    """Run per-agent behaviour policies in TASK and write a dataset."""
+    """Run behaviour policies in TASK and write a dataset; each episode records each agent's level."""
     from madata.behaviour.mix import parse_combo, parse_mix
     from madata.collect import collect as run_collect
     from madata.envs.registry import get_task
@@ -137,8 +146,14 @@ def collect(
         combo=parse_combo(combo, info_.agent_ids) if combo is not None else None,
         episodes=episodes,
         seed=seed,
+        envs=envs,
+        noise=noise,
+        epsilon=epsilon,
+        max_steps=max_steps,
+        checkpoint_dir=checkpoint_dir,
         resume=resume,
         commit_every=commit_every,
+        commit_seconds=commit_seconds,
         chunk_rows=chunk_rows,
         progress=True,
     )

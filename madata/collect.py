@@ -1,21 +1,37 @@
-"""Collect a dataset by running per-agent behaviour policies in a registered task.
+"""Collect a dataset by running behaviour policies in a registered task.
 
-    ds = collect("grid", "grid.zarr", mix=["random"], episodes=100, seed=0)
+    ds = collect("halfcheetah-2x3", "hc", mix=["medium", "expert"], episodes=40, seed=0)
 
-Episode ``e`` is a pure function of ``(seed, e)``: its env reset seed comes from
-``SeedSequence([seed, e])`` and agent ``k``'s policy draws from
-``default_rng(SeedSequence([seed, e, 1, k]))``, so the same seed gives the same bytes, a
-resumed run equals an uninterrupted one, and changing one agent's level leaves the
-other agents' random streams alone. The behaviour combination of episode ``e`` comes
-from :func:`madata.behaviour.mix.assign`.
+Each episode gives every agent a behaviour level (:mod:`madata.behaviour.mix`); a
+level's policy is a joint policy of the whole team, and agent ``i`` takes its part of
+the joint action (:class:`~madata.envs.mamujoco.Factorization`). ``envs`` copies of the
+environment run side by side; every step makes one ``act`` call per level over all
+copies whose team uses that level, then steps each copy with the assembled joint
+action. Optional exploration: Gaussian action noise ``noise`` (per component, clipped
+to the action box) and ``epsilon``-random actions (per agent and step, the agent's whole
+action replaced by a uniform one).
+
+Episode ``e`` is a pure function of ``(seed, e)``, whatever ``envs`` is and whether the
+run was resumed:
+
+* its reset seed is ``SeedSequence([seed, e]).generate_state(1)[0]``;
+* agent ``k``'s policy noise, ``[max_steps, d_k]`` in its level's noise distribution, is
+  drawn at episode start from ``default_rng(SeedSequence([seed, e, 1, k]))``, and its
+  exploration noise from streams of its own (:func:`episode_noise`): changing one
+  agent's level leaves the others' alone;
+* policies compute each row of a batch independently of the other rows
+  (:class:`~madata.behaviour.SacPolicy`);
+* finished episodes are written in episode-id order (ones that finish early wait).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from tqdm import tqdm
@@ -23,13 +39,108 @@ from tqdm import tqdm
 import madata
 from madata.behaviour import BehaviourPolicy, check_levels, load_policy
 from madata.behaviour.mix import Combo, assign, check_combo, combinations
+from madata.behaviour.random import TeamRandomPolicy
 from madata.dataset import Dataset
+from madata.envs.mamujoco import Factorization, MaMuJoCoTeamEnv, ObsPath
 from madata.envs.registry import TaskInfo, env_specs, get_task
 from madata.errors import DatasetExistsError, SchemaError
+from madata.schema import AgentSpec
+from madata.spaces import Box, Discrete
 from madata.writer import DatasetWriter, read_metadata
 
 PRODUCER = "madata.collect"
-_MATCH_KEYS = ("producer", "task", "mix", "combo", "episodes", "seed")  # what a resumed run must share
+DEFAULT_ENVS = 16
+# what a resumed run must share with the stored one
+_MATCH_KEYS = ("producer", "task", "mix", "combo", "episodes", "seed", "noise", "epsilon", "max_steps", "policies")
+_BEFORE_OPTIONS = {"noise": 0.0, "epsilon": 0.0, "max_steps": None}  # stored by collectors that lacked these options
+
+
+class TeamEnv(Protocol):
+    """One environment stepped with joint actions.
+
+    ``reset(seed) -> (state [S], source [D])``; ``step(joint [A]) -> (state, source,
+    reward, terminated, truncated)``; each agent's local observation is
+    ``factorization.local_obs(source)``. ``truncated`` marks the time limit of
+    ``max_steps`` steps (or the env's own), ``terminated`` a true end.
+    """
+
+    factorization: Factorization
+    max_steps: int
+
+    def reset(self, seed: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def step(self, joint: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, bool, bool]: ...
+
+    def close(self) -> None: ...
+
+
+class ParallelTeamEnv:
+    """A PettingZoo-style parallel env (madata's grid) as a :class:`TeamEnv`.
+
+    The joint action is the agents' actions laid end to end (a Discrete agent's
+    integer is one component), the source their observations laid end to end, the
+    state ``env.state()``.
+    """
+
+    def __init__(self, env: Any, info: TaskInfo, max_steps: int | None = None):
+        agents, state_space = env_specs(env)
+        if state_space is None:
+            raise SchemaError(f"task {info.name}: the collector records a global state, but the env has no state()")
+        limit = info.env.get("max_steps")
+        if limit is None and max_steps is None:
+            raise SchemaError(f"task {info.name}: no time limit known; pass max_steps")
+        self.env, self.info = env, info
+        self.max_steps = int(min(x for x in (limit, max_steps) if x is not None))
+        sizes = [1 if isinstance(a.action_space, Discrete) else math.prod(a.action_space.shape) for a in agents]
+        obs_sizes = [math.prod(a.observation_space.shape) for a in agents]
+        act_start, obs_start = np.cumsum([0, *sizes]), np.cumsum([0, *obs_sizes])
+        self.factorization = Factorization(
+            agents=tuple(AgentSpec(a.id, _float32(a.observation_space), a.action_space) for a in agents),
+            state_space=_float32(state_space),
+            act_index={a.id: np.arange(act_start[k], act_start[k + 1]) for k, a in enumerate(agents)},
+            obs_index={a.id: np.arange(obs_start[k], obs_start[k + 1]) for k, a in enumerate(agents)},
+            act_dim=int(act_start[-1]),
+            source_dim=int(obs_start[-1]),
+        )
+        self._t = 0
+
+    def reset(self, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        obs, _ = self.env.reset(seed=int(seed))
+        self._t = 0
+        return np.array(self.env.state(), dtype=np.float64), self._source(obs)
+
+    def step(self, joint: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, bool, bool]:
+        actions = self.factorization.split_actions(joint)
+        actions = {a: (int(v) if v.ndim == 0 else v) for a, v in actions.items()}
+        obs, rew, terms, truncs, _ = self.env.step(actions)
+        team = {float(r) for r in rew.values()}
+        if len(team) != 1:  # cooperative tasks give every agent the team reward
+            raise SchemaError(
+                f"task {self.info.name}: agents got different rewards {rew}; madata.collect records one team reward"
+            )
+        self._t += 1
+        terminated = any(bool(v) for v in terms.values())
+        truncated = not terminated and (any(bool(v) for v in truncs.values()) or self._t >= self.max_steps)
+        return np.array(self.env.state(), dtype=np.float64), self._source(obs), team.pop(), terminated, truncated
+
+    def _source(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        return np.concatenate([np.asarray(obs[a.id], dtype=np.float64).ravel() for a in self.factorization.agents])
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def make_team_env(task: str, max_steps: int | None = None, obs_path: ObsPath = "index") -> TeamEnv:
+    """A fresh :class:`TeamEnv` of ``task`` (MaMuJoCo: its single-agent env stepped directly)."""
+    info = get_task(task)
+    env = info.make_env()
+    try:
+        if info.family == "mamujoco":
+            return MaMuJoCoTeamEnv(env, max_steps, obs_path)
+        return ParallelTeamEnv(env, info, max_steps)
+    except BaseException:
+        env.close()
+        raise
 
 
 def collect(
@@ -40,23 +151,41 @@ def collect(
     combo: dict[str, str] | None = None,
     episodes: int,
     seed: int = 0,
+    envs: int = DEFAULT_ENVS,
+    noise: float = 0.0,
+    epsilon: float = 0.0,
+    max_steps: int | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
     resume: bool = False,
     commit_every: int = 10,
+    commit_seconds: float = 1.0,
     chunk_rows: int | None = None,
     progress: bool = False,
 ) -> Dataset:
     """Run ``episodes`` episodes of ``task`` and write them to ``out``; returns the opened dataset.
 
     Give exactly one of ``mix`` (levels; every per-agent combination gets an equal share)
-    and ``combo`` (one level per agent for every episode). ``resume=True`` continues an
+    and ``combo`` (one level per agent for every episode). ``envs``: environment copies
+    stepped side by side (the data does not depend on it). ``noise``: standard deviation
+    of Gaussian action noise; ``epsilon``: probability that an agent acts uniformly at
+    random in a step; ``max_steps``: a time limit below the task's own (ends there are
+    truncated). ``checkpoint_dir`` holds ``<task>/<level>.json`` checkpoints (default:
+    ``$MADATA_CHECKPOINT_DIR``, else the shipped ones). ``resume=True`` continues an
     interrupted collection with the same arguments (or starts one if ``out`` holds none).
-    Everything is validated before anything is written.
+    Commits (crash-safe points) come every ``commit_every`` episodes and at most once per
+    ``commit_seconds``. Everything is validated before anything is written.
     """
     # ---- validate everything first
     info = get_task(task)
     episodes = _parse_int(episodes, "episodes", 1)
     seed = _parse_int(seed, "seed", 0)
+    envs = _parse_int(envs, "envs", 1)
     commit_every = _parse_int(commit_every, "commit_every", 0)
+    commit_seconds = _parse_float(commit_seconds, "commit_seconds", 0.0, math.inf)
+    if max_steps is not None:
+        max_steps = _parse_int(max_steps, "max_steps", 1)
+    noise = _parse_float(noise, "noise", 0.0, math.inf)
+    epsilon = _parse_float(epsilon, "epsilon", 0.0, 1.0)
     if (mix is None) == (combo is None):
         raise SchemaError("give exactly one of mix (levels, e.g. ['random']) and combo ({agent: level})")
     if mix is not None:
@@ -64,60 +193,62 @@ def collect(
             raise SchemaError(f"mix: expected a list of levels, got the string {mix!r}; use parse_mix() to split it")
         mix = list(mix)
         combos = combinations(mix, info.agent_ids)
-        check_levels(task, mix)
+        check_levels(task, mix, checkpoint_dir)
     else:
         combo = check_combo(combo, info.agent_ids)
-        check_levels(task, combo.values())
+        check_levels(task, combo.values(), checkpoint_dir)
         combos = [combo]
-    provenance = {
-        "producer": PRODUCER,
-        "task": task,
-        "mix": mix,
-        "combo": combo,
-        "episodes": episodes,
-        "seed": seed,
-        "madata_version": madata.__version__,
-    }
     root = Path(out)
     resuming = resume and (root / "zarr.json").exists()
-    if resuming:
-        _check_same_collection(root, provenance)
 
-    env = info.make_env()
+    first_env = make_team_env(task, max_steps)
+    team_envs: list[TeamEnv] = [first_env]
     try:
-        agents, state_space = env_specs(env)
-        spaces = {a.id: a.action_space for a in agents}
-        policies = {(a, lv): load_policy(task, lv, a, spaces[a]) for c in combos for a, lv in c.items()}
+        f = first_env.factorization
+        if noise and any(isinstance(a.action_space, Discrete) for a in f.agents):
+            raise SchemaError(
+                f"noise: Gaussian action noise needs continuous actions; {task} has discrete ones (use epsilon)"
+            )
+        levels = list(dict.fromkeys(lv for c in combos for lv in c.values()))
+        policies = {lv: load_policy(task, lv, f, checkpoint_dir) for lv in levels}
+        provenance = {
+            "producer": PRODUCER,
+            "task": task,
+            "mix": mix,
+            "combo": combo,
+            "episodes": episodes,
+            "seed": seed,
+            "noise": noise,
+            "epsilon": epsilon,
+            "max_steps": max_steps,
+            "policies": {lv: p.describe() for lv, p in policies.items()},
+            "madata_version": madata.__version__,
+        }
+        if resuming:
+            _check_same_collection(root, provenance)
         # ---- write
         if resuming:
-            writer = DatasetWriter.resume(root, commit_every=commit_every)
+            writer = DatasetWriter.resume(root, commit_every=commit_every, commit_seconds=commit_seconds)
         else:
             writer = madata.create(
                 root,
-                agents,
-                state_space=state_space,
-                env=info.env,
-                description=_describe(info, mix, combo, episodes, seed),
+                f.agents,
+                state_space=f.state_space,
+                env={**info.env, "max_steps": first_env.max_steps},
+                description=_describe(info, mix, combo, episodes, seed, noise, epsilon),
                 reference_scores=info.reference_scores,
                 provenance=provenance,
                 commit_every=commit_every,
+                commit_seconds=commit_seconds,
                 **({} if chunk_rows is None else {"chunk_rows": chunk_rows}),
             )
-        with (
-            writer,
-            tqdm(
-                total=episodes,
-                initial=writer.num_episodes,
-                unit="ep",
-                desc=f"collect {task}",
-                disable=not progress,
-                file=sys.stderr,
-            ) as bar,
-        ):
-            plan = assign(episodes, combos)
+        with writer, tqdm(total=episodes, initial=writer.num_episodes, unit="ep", desc=f"collect {task}",
+                          disable=not progress, file=sys.stderr) as bar:  # fmt: skip
+            start = writer.num_episodes
+            team_envs += [make_team_env(task, max_steps) for _ in range(min(envs, episodes - start) - 1)]
+            runner = VectorRunner(team_envs, assign(episodes, combos), policies, seed, noise, epsilon)
             transitions = 0
-            for e in range(writer.num_episodes, episodes):
-                ep = run_episode(env, info, plan[e], policies, seed, e)
+            for ep in runner.run(start, episodes):
                 writer.add_episode(**ep)
                 transitions += len(ep["rewards"])
                 bar.update(1)
@@ -125,71 +256,190 @@ def collect(
                 if elapsed > 0:
                     bar.set_postfix_str(f"{transitions / elapsed:,.0f} transitions/s", refresh=False)
     finally:
-        env.close()
+        for env in team_envs:
+            env.close()
     return madata.open(root)
 
 
-def episode_seeds(seed: int, e: int, num_agents: int) -> tuple[int, list[np.random.Generator]]:
-    """Episode ``e``'s env reset seed and one policy generator per agent, all from ``(seed, e)``."""
+class VectorRunner:
+    """Runs episodes on several :class:`TeamEnv` copies at once and yields them in id order.
+
+    ``plan[e]`` is episode ``e``'s combination (agent -> level); ``policies`` maps each
+    level to its joint policy. Per step: one ``act`` call per level over the copies
+    that use it, exploration noise, then every copy steps once.
+    """
+
+    def __init__(self, team_envs: Sequence[TeamEnv], plan: Sequence[Combo], policies: dict[str, BehaviourPolicy],
+                 seed: int, noise: float = 0.0, epsilon: float = 0.0):  # fmt: skip
+        self.envs, self.plan, self.seed = list(team_envs), plan, seed
+        self.policies = list(policies.values())
+        self.level_id = {lv: i for i, lv in enumerate(policies)}
+        self.f = f = self.envs[0].factorization
+        self.sigma, self.epsilon = noise, epsilon
+        self.random = TeamRandomPolicy(f.action_spaces, f.act_index, f.act_dim)
+        self.low, self.high = _joint_bounds(f)
+        K, L, A, S, D = len(self.envs), self.envs[0].max_steps, f.act_dim, f.state_space.shape[0], f.source_dim
+        self.L = L
+        # per copy: the running episode, its step, its noise (pre-drawn) and its rows so far
+        self.episode = np.full(K, -1, dtype=np.int64)
+        self.reset_seed = np.zeros(K, dtype=np.int64)
+        self.t = np.zeros(K, dtype=np.int64)
+        self.comp_level = np.zeros((K, A), dtype=np.int64)  # level id acting on each joint component
+        self.policy_noise = np.zeros((K, L, A))
+        self.gauss = np.zeros((K, L, A)) if noise else None
+        self.explore = np.zeros((K, L, A), dtype=bool) if epsilon else None
+        self.uniform = np.zeros((K, L, A)) if epsilon else None
+        self.state = np.zeros((K, L + 1, S))  # T+1 rows
+        self.source = np.zeros((K, L + 1, D))  # T+1 rows
+        self.action = np.zeros((K, L, A), dtype=np.float32)  # T rows
+        self.reward = np.zeros((K, L))  # T rows
+
+    def run(self, start: int, stop: int) -> Iterator[dict[str, Any]]:
+        """Episodes ``start .. stop-1`` as keyword arguments of ``DatasetWriter.add_episode``, in id order."""
+        self._next, self._stop, self._done = start, stop, {}
+        active = [s for s in range(len(self.envs)) if self._start(s)]
+        out = start
+        while out < stop:
+            while out in self._done:
+                yield self._done.pop(out)
+                out += 1
+            if out < stop:
+                active = self._step(active)
+
+    def _start(self, s: int) -> bool:
+        """Start the next episode on copy ``s``; False when none is left."""
+        if self._next >= self._stop:
+            return False
+        e = self._next
+        self._next += 1
+        combo = self.plan[e]
+        reset_seed, streams = episode_noise(
+            self.seed, e, self.f, {a: self.policies[self.level_id[lv]].noise_dist for a, lv in combo.items()},
+            self.L, self.sigma > 0, self.epsilon,
+        )  # fmt: skip
+        self.policy_noise[s] = streams["policy"]
+        if self.gauss is not None:
+            self.gauss[s] = streams["gauss"]
+        if self.explore is not None:
+            self.explore[s], self.uniform[s] = streams["explore"], streams["uniform"]
+        for a, lv in combo.items():
+            self.comp_level[s, self.f.act_index[a]] = self.level_id[lv]
+        self.episode[s], self.reset_seed[s], self.t[s] = e, reset_seed, 0
+        self.state[s, 0], self.source[s, 0] = self.envs[s].reset(reset_seed)
+        return True
+
+    def _step(self, active: list[int]) -> list[int]:
+        rows = np.asarray(active)
+        t = self.t[rows]
+        joint = np.empty((len(rows), self.f.act_dim), dtype=np.float32)  # (n, A)
+        for lv, policy in enumerate(self.policies):
+            mine = self.comp_level[rows] == lv  # (n, A): components this level acts on
+            use = mine.any(axis=1)
+            if not use.any():
+                continue
+            r, tr = rows[use], t[use]
+            out = policy.act(self.state[r, tr], self.policy_noise[r, tr])
+            joint[use] = np.where(mine[use], out, joint[use])
+        if self.gauss is not None:
+            joint = np.clip(joint + self.sigma * self.gauss[rows, t], self.low, self.high).astype(np.float32)
+        if self.explore is not None:
+            joint = np.where(self.explore[rows, t], self.random.act(None, self.uniform[rows, t]), joint)
+        still = []
+        for i, s in enumerate(active):
+            state, source, reward, terminated, truncated = self.envs[s].step(joint[i])
+            k = int(self.t[s])
+            self.action[s, k], self.reward[s, k] = joint[i], reward
+            self.state[s, k + 1], self.source[s, k + 1] = state, source
+            self.t[s] = k + 1
+            if terminated or truncated:
+                self._finish(s, terminated)
+                if not self._start(s):
+                    continue
+            still.append(s)
+        return still
+
+    def _finish(self, s: int, terminated: bool) -> None:
+        T, e, f = int(self.t[s]), int(self.episode[s]), self.f
+        end = np.zeros(T, dtype=bool)
+        end[-1] = True
+        combo = self.plan[e]
+        self._done[e] = {
+            "obs": f.local_obs(self.source[s, : T + 1]),
+            "actions": f.split_actions(self.action[s, :T]),
+            "rewards": self.reward[s, :T].copy(),
+            "terminated": end if terminated else np.zeros(T, dtype=bool),
+            "truncated": np.zeros(T, dtype=bool) if terminated else end,
+            "state": self.state[s, : T + 1].astype(np.float32),
+            "behaviour": dict(combo),
+            "seed": int(self.reset_seed[s]),
+            "provenance": {"combo": dict(combo)},
+        }
+
+
+def episode_noise(
+    seed: int, e: int, f: Factorization, dists: dict[str, str], length: int, gauss: bool = False, epsilon: float = 0.0
+) -> tuple[int, dict[str, np.ndarray]]:
+    """Episode ``e``'s reset seed and its noise, all from ``(seed, e)``: arrays [length, A].
+
+    Agent ``k``'s part of each array comes from its own stream, so the first ``n`` rows do
+    not depend on ``length`` and one agent's level or options leave the others' alone:
+    ``"policy"`` from ``SeedSequence([seed, e, 1, k])`` in ``dists[agent]`` ("normal" or
+    "uniform"); ``"gauss"`` (standard normal, when ``gauss``) from ``[seed, e, 2, k]``;
+    ``"explore"`` (bool, set in a step with probability ``epsilon`` for all of the agent's
+    components) from ``[seed, e, 3, k]`` and ``"uniform"`` (its random action) from ``[seed, e, 4, k]``.
+    """
+
+    def stream(kind: int, k: int) -> np.random.Generator:
+        return np.random.default_rng(np.random.SeedSequence([seed, e, kind, k]))
+
     reset_seed = int(np.random.SeedSequence([seed, e]).generate_state(1)[0])
-    rngs = [np.random.default_rng(np.random.SeedSequence([seed, e, 1, k])) for k in range(num_agents)]
-    return reset_seed, rngs
+    A = f.act_dim
+    out = {"policy": np.zeros((length, A))}
+    if gauss:
+        out["gauss"] = np.zeros((length, A))
+    if epsilon:
+        out["explore"], out["uniform"] = np.zeros((length, A), dtype=bool), np.zeros((length, A))
+    for k, a in enumerate(f.agent_ids):
+        idx = f.act_index[a]
+        shape = (length, len(idx))
+        if dists[a] == "normal":
+            out["policy"][:, idx] = stream(1, k).standard_normal(shape)
+        elif dists[a] == "uniform":
+            out["policy"][:, idx] = stream(1, k).random(shape)
+        else:
+            raise SchemaError(f"noise distribution must be 'normal' or 'uniform', got {dists[a]!r}")
+        if gauss:
+            out["gauss"][:, idx] = stream(2, k).standard_normal(shape)
+        if epsilon:
+            out["explore"][:, idx] = (stream(3, k).random(length) < epsilon)[:, None]
+            out["uniform"][:, idx] = stream(4, k).random(shape)
+    return reset_seed, out
 
 
-def run_episode(
-    env: Any, info: TaskInfo, combo: Combo, policies: dict[tuple[str, str], BehaviourPolicy], seed: int, e: int
-) -> dict[str, Any]:
-    """Play episode ``e`` to its end; returns the keyword arguments of ``DatasetWriter.add_episode``."""
-    agent_ids = list(info.agent_ids)
-    reset_seed, rngs = episode_seeds(seed, e, len(agent_ids))
-    obs, _ = env.reset(seed=reset_seed)
-    # copies: an env may reuse its output buffers
-    obs_buf = {a: [np.array(obs[a])] for a in agent_ids}  # T+1 each
-    state_buf = [np.array(env.state())]  # T+1
-    act_buf: dict[str, list] = {a: [] for a in agent_ids}  # T each
-    rewards, terminated = [], False
-    while True:
-        actions = {}
-        for k, a in enumerate(agent_ids):
-            # a batch of one; a vectorized collector will pass one row per env
-            actions[a] = policies[(a, combo[a])].act(np.asarray(obs[a])[None], rngs[k])[0]
-            act_buf[a].append(actions[a])
-        obs, rew, terms, truncs, _ = env.step(actions)
-        team = {float(rew[a]) for a in agent_ids}
-        if len(team) != 1:  # cooperative tasks give every agent the team reward
-            raise SchemaError(
-                f"task {info.name}: agents got different rewards {rew}; madata.collect records one team reward"
-            )
-        rewards.append(team.pop())
-        for a in agent_ids:
-            obs_buf[a].append(np.array(obs[a]))
-        state_buf.append(np.array(env.state()))
-        terminated = any(bool(terms[a]) for a in agent_ids)
-        if terminated or any(bool(truncs[a]) for a in agent_ids):
-            break
-    T = len(rewards)
-    end_flags = np.zeros(T, dtype=bool)
-    end_flags[-1] = True
-    return {
-        "obs": {a: np.stack(obs_buf[a]) for a in agent_ids},
-        "actions": {a: np.stack(act_buf[a]) for a in agent_ids},
-        "rewards": np.asarray(rewards, dtype=np.float64),
-        "terminated": end_flags if terminated else np.zeros(T, dtype=bool),
-        "truncated": np.zeros(T, dtype=bool) if terminated else end_flags,
-        "state": np.stack(state_buf),
-        "behaviour": dict(combo),
-        "seed": reset_seed,
-        "provenance": {"combo": dict(combo)},
-    }
+def _joint_bounds(f: Factorization) -> tuple[np.ndarray, np.ndarray]:
+    """Per joint component: the action box bounds (float32; Discrete components get their range)."""
+    low, high = np.zeros(f.act_dim, dtype=np.float32), np.zeros(f.act_dim, dtype=np.float32)
+    for a in f.agents:
+        sp, idx = a.action_space, f.act_index[a.id]
+        if isinstance(sp, Box):
+            low[idx], high[idx] = np.ravel(sp.low), np.ravel(sp.high)
+        else:
+            low[idx], high[idx] = sp.start, sp.start + sp.n - 1
+    return low, high
+
+
+def _float32(space: Box) -> Box:
+    return Box(space.shape, space.low, space.high, "float32")
 
 
 def _check_same_collection(root: Path, requested: dict[str, Any]) -> None:
     """Refuse to resume into a dataset made by another collection (before touching it)."""
-    stored = read_metadata(root).provenance
+    stored = {**_BEFORE_OPTIONS, **read_metadata(root).provenance}
     diffs = [
         f"{k}: stored {stored.get(k)!r}, requested {requested[k]!r}"
         for k in _MATCH_KEYS
-        if stored.get(k) != requested[k]
+        if (k in stored and stored[k] != requested[k])
+        or (k not in stored and k != "policies")  # older collectors did not record their policies
     ]
     if diffs:
         raise DatasetExistsError(
@@ -206,10 +456,21 @@ def _parse_int(value: Any, name: str, minimum: int) -> int:
     return int(value)
 
 
-def _describe(info: TaskInfo, mix: list[str] | None, combo: Combo | None, episodes: int, seed: int) -> str:
+def _parse_float(value: Any, name: str, lo: float, hi: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise SchemaError(f"{name}: expected a number in [{lo}, {hi}], got {value!r}")
+    if not lo <= float(value) <= hi or math.isnan(value):
+        raise SchemaError(f"{name}: expected a number in [{lo}, {hi}], got {value}")
+    return float(value)
+
+
+def _describe(info: TaskInfo, mix: list[str] | None, combo: Combo | None, episodes: int, seed: int,
+              noise: float, epsilon: float) -> str:  # fmt: skip
     how = (
         f"behaviour mix {','.join(mix)} (every per-agent combination, equal shares)"
         if mix
         else f"behaviour combo {combo}"
     )
-    return f"{info.name}: {episodes} episodes, {how}, collected by {PRODUCER} with seed {seed}"
+    explore = f", action noise {noise}" if noise else ""
+    explore += f", epsilon-random {epsilon}" if epsilon else ""
+    return f"{info.name}: {episodes} episodes, {how}{explore}, collected by {PRODUCER} with seed {seed}"

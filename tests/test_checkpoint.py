@@ -56,11 +56,10 @@ def test_no_pickle_and_bad_files(tmp_path):
 def test_sb3_export_matches_sb3(tmp_path):
     """The numpy actor gives stable-baselines3's own deterministic actions."""
     pytest.importorskip("stable_baselines3")
+    import gymnasium as gym
     from stable_baselines3 import SAC
 
     from madata.behaviour.train import sb3_actor_weights
-
-    import gymnasium as gym
 
     env = gym.make("Hopper-v5")
     model = SAC("MlpPolicy", env, seed=0, device="cpu", policy_kwargs={"net_arch": [64, 64]})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -11,6 +13,7 @@ from madata.behaviour.mix import combo_label
 from madata.collect import collect
 from madata.envs import GridWorld
 from madata.errors import DatasetExistsError, SchemaError, UnknownNameError
+from madata.writer import DatasetWriter
 
 FIELDS = [
     "obs",
@@ -81,29 +84,26 @@ def test_same_seed_same_bytes(tmp_path):
     assert not np.array_equal(arrays(a)["action/agent_0"], arrays(c)["action/agent_0"])
 
 
-def test_resume_equals_uninterrupted(tmp_path):
+def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
     full = collect("grid", tmp_path / "full", mix=["random"], episodes=23, seed=5, chunk_rows=16, commit_every=3)
 
     class Stop(Exception):
         pass
 
-    import madata.collect as mc
-
-    real = mc.run_episode
+    real = DatasetWriter.add_episode
     calls = {"n": 0}
 
-    def flaky(*args, **kw):
+    def flaky(self, *args, **kw):
         calls["n"] += 1
-        if calls["n"] == 11:  # interrupted during episode 10: 9 committed (every 3), 10 added whole
+        if calls["n"] == 11:  # interrupted before episode 10: 9 committed (every 3), 10 added whole
             raise Stop
-        return real(*args, **kw)
+        return real(self, *args, **kw)
 
-    mc.run_episode = flaky
-    try:
-        with pytest.raises(Stop):
-            collect("grid", tmp_path / "part", mix=["random"], episodes=23, seed=5, chunk_rows=16, commit_every=3)
-    finally:
-        mc.run_episode = real
+    monkeypatch.setattr(DatasetWriter, "add_episode", flaky)
+    with pytest.raises(Stop):
+        collect("grid", tmp_path / "part", mix=["random"], episodes=23, seed=5, chunk_rows=16, commit_every=3,
+                commit_seconds=0)  # fmt: skip
+    monkeypatch.setattr(DatasetWriter, "add_episode", real)
     partial = madata.open(tmp_path / "part")
     assert 0 < partial.num_episodes < 23 and not partial.record.complete
     resumed = collect(
@@ -168,6 +168,14 @@ def test_unknown_task_lists_known(tmp_path):
     assert not (tmp_path / "ds").exists()
 
 
+def test_grid_epsilon_and_envs(tmp_path):
+    """The grid runs through the same vectorized loop: random per agent, epsilon-random allowed, envs-independent."""
+    a = collect("grid", tmp_path / "a", mix=["random"], episodes=12, seed=2, epsilon=0.5, envs=1)
+    b = collect("grid", tmp_path / "b", mix=["random"], episodes=12, seed=2, epsilon=0.5, envs=5)
+    assert_same(a, b)
+    assert a.meta.provenance["epsilon"] == 0.5 and a.transitions()["action/agent_0"].dtype == np.int64
+
+
 def test_combo_labels_follow_assign(tmp_path):
     ds = collect("grid", tmp_path / "ds", mix=["random"], episodes=4, seed=0)
     labels = [combo_label({a: r[f"behaviour.{a}"] for a in ds.agent_ids}) for r in ds.episodes.to_pylist()]
@@ -183,14 +191,16 @@ def test_resume_after_hard_kill(tmp_path):
     out = tmp_path / "killed"
     code = textwrap.dedent(f"""
         import os, madata.collect as mc
-        real, n = mc.run_episode, [0]
-        def dying(*a, **k):
+        from madata.writer import DatasetWriter
+        real, n = DatasetWriter.add_episode, [0]
+        def dying(self, *a, **k):
             n[0] += 1
             if n[0] == 12:
                 os._exit(9)  # episodes 10 and 11 were added but never committed
-            return real(*a, **k)
-        mc.run_episode = dying
-        mc.collect("grid", {str(out)!r}, mix=["random"], episodes=16, seed=2, chunk_rows=16, commit_every=5)
+            return real(self, *a, **k)
+        DatasetWriter.add_episode = dying
+        mc.collect("grid", {str(out)!r}, mix=["random"], episodes=16, seed=2, chunk_rows=16, commit_every=5,
+                   commit_seconds=0)
     """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 9, proc.stderr
@@ -198,3 +208,174 @@ def test_resume_after_hard_kill(tmp_path):
     resumed = collect("grid", out, mix=["random"], episodes=16, seed=2, chunk_rows=16, commit_every=5, resume=True)
     full = collect("grid", tmp_path / "full", mix=["random"], episodes=16, seed=2, chunk_rows=16)
     assert_same(full, resumed)
+
+
+# ---------------------------------------------------------------- MaMuJoCo: joint behaviour policies
+
+mujoco = pytest.mark.skipif(importlib.util.find_spec("gymnasium_robotics") is None, reason="needs madata[mujoco]")
+
+
+def checkpoints(root, task, levels=("medium", "expert")):
+    from test_mamujoco import random_checkpoint
+
+    for seed, level in enumerate(levels):
+        random_checkpoint(root, task, level, seed=seed + 1)
+    return root
+
+
+@mujoco
+def test_mix_medium_expert_equal_shares_labels_and_actions(tmp_path):
+    """Each agent's stored action is its own level's joint action at the agent's (reversed) indices."""
+    from madata.behaviour import load_policy
+    from madata.collect import episode_noise, make_team_env
+
+    ck = checkpoints(tmp_path / "ck", "walker2d-2x3")
+    ds = collect("walker2d-2x3", tmp_path / "ds", mix=["medium", "expert"], episodes=8, seed=4, envs=3,
+                 checkpoint_dir=ck)  # fmt: skip
+    labels = [combo_label({a: r[f"behaviour.{a}"] for a in ds.agent_ids}) for r in ds.episodes.to_pylist()]
+    combos = ["agent_0=medium,agent_1=medium", "agent_0=medium,agent_1=expert",
+              "agent_0=expert,agent_1=medium", "agent_0=expert,agent_1=expert"]  # fmt: skip
+    assert labels == combos * 2
+    assert ds.meta.provenance["policies"]["expert"]["kind"] == "sac"
+    assert ds.spec.state_space.dtype == "float32" and ds.spaces["agent_0"]["observation"].dtype == "float32"
+    f = make_team_env("walker2d-2x3").factorization
+    policies = {lv: load_policy("walker2d-2x3", lv, f, ck) for lv in ("medium", "expert")}
+    for ep in ds.iter_episodes():
+        combo = ep.behaviour
+        _, noise = episode_noise(4, ep.id, f, {a: "normal" for a in combo}, 1000)
+        T = ep.length
+        for a, level in combo.items():
+            joint = policies[level].act(ep.state[:T], noise["policy"][:T])
+            np.testing.assert_array_equal(ep.actions[a], joint[:, f.act_index[a]])
+            other = policies["medium" if level == "expert" else "expert"].act(ep.state[:T], noise["policy"][:T])
+            assert not np.array_equal(ep.actions[a], other[:, f.act_index[a]])
+    assert set(ds.episodes.column("end").to_pylist()) == {"terminated"}  # random-weight walkers fall
+
+
+@mujoco
+def test_same_seed_same_dataset_whatever_envs_and_resume(tmp_path, monkeypatch):
+    ck = checkpoints(tmp_path / "ck", "hopper-3x1")
+    args = dict(mix=["random", "expert"], episodes=12, seed=7, noise=0.1, epsilon=0.2, checkpoint_dir=ck, chunk_rows=64)
+    one = collect("hopper-3x1", tmp_path / "one", envs=1, **args)
+    four = collect("hopper-3x1", tmp_path / "four", envs=4, **args)
+    assert_same(one, four)
+    assert len(set(one.episodes.column("length").to_pylist())) > 3  # episodes finish out of order with 4 envs
+
+    real, calls = DatasetWriter.add_episode, {"n": 0}
+
+    def stop_at_6(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(DatasetWriter, "add_episode", stop_at_6)
+    with pytest.raises(KeyboardInterrupt):
+        collect("hopper-3x1", tmp_path / "part", envs=3, commit_every=2, commit_seconds=0, **args)
+    monkeypatch.setattr(DatasetWriter, "add_episode", real)
+    assert madata.open(tmp_path / "part").num_episodes == 6
+    assert_same(one, collect("hopper-3x1", tmp_path / "part", envs=2, resume=True, **args))
+
+
+@mujoco
+@pytest.mark.parametrize("task", ["hopper-3x1", "walker2d-2x3"])
+def test_episodes_replay_in_the_parallel_env(tmp_path, task):
+    """Stored actions, replayed through MaMuJoCo's own parallel env, give the stored observations and rewards."""
+    from madata.envs.registry import get_task
+
+    ck = checkpoints(tmp_path / "ck", task, levels=("medium",))
+    agents = get_task(task).agent_ids
+    combo = {a: ("medium", "random")[k % 2] for k, a in enumerate(agents)}
+    ds = collect(task, tmp_path / "ds", combo=combo, episodes=3, seed=1, envs=2, noise=0.2, checkpoint_dir=ck)
+    env = get_task(task).make_env()
+    for ep in ds.iter_episodes():
+        obs, _ = env.reset(seed=ep.info["seed"])
+        for t in range(ep.length):
+            for a in ds.agent_ids:
+                np.testing.assert_array_equal(ep.obs[a][t], obs[a].astype(np.float32))
+            np.testing.assert_array_equal(ep.state[t], env.state().astype(np.float32))
+            obs, rew, term, trunc, _ = env.step({a: ep.actions[a][t] for a in ds.agent_ids})
+            assert rew["agent_0"] == ep.rewards[t]
+        assert term["agent_0"] and ep.terminated[-1] and not ep.truncated.any()  # a fall ends it
+        np.testing.assert_array_equal(ep.state[-1], env.state().astype(np.float32))
+        assert ep.behaviour == combo
+    env.close()
+
+
+@mujoco
+def test_time_limit_ends_are_truncated(tmp_path):
+    full = collect("halfcheetah-2x3", tmp_path / "full", mix=["random"], episodes=1, envs=1)
+    assert full.episode(0).length == 1000 and full.episodes.column("end").to_pylist() == ["truncated"]
+    short = collect("halfcheetah-2x3", tmp_path / "short", mix=["random"], episodes=3, max_steps=25)
+    assert short.episodes.column("length").to_pylist() == [25] * 3
+    assert short.episodes.column("end").to_pylist() == ["truncated"] * 3
+    assert short.meta.env["max_steps"] == 25 and short.meta.provenance["max_steps"] == 25
+
+
+@mujoco
+def test_noise_and_epsilon(tmp_path):
+    ck = checkpoints(tmp_path / "ck", "halfcheetah-2x3", levels=("expert",))
+    args = dict(combo={"agent_0": "expert", "agent_1": "expert"}, episodes=2, max_steps=50, checkpoint_dir=ck)
+    plain = arrays(collect("halfcheetah-2x3", tmp_path / "plain", **args))
+    noisy_ds = collect("halfcheetah-2x3", tmp_path / "noisy", noise=0.5, **args)
+    noisy = arrays(noisy_ds)
+    eps = arrays(collect("halfcheetah-2x3", tmp_path / "eps", epsilon=1.0, **args))
+    assert noisy_ds.meta.provenance["noise"] == 0.5 and "action noise 0.5" in noisy_ds.meta.description
+    for a in ("action/agent_0", "action/agent_1"):
+        assert np.abs(noisy[a]).max() <= 1.0 and np.abs(noisy[a]).max() == 1.0  # clipped to the box
+        assert not np.array_equal(plain[a], noisy[a]) and not np.array_equal(plain[a], eps[a])
+    np.testing.assert_array_equal(plain["state"][0], noisy["state"][0])  # same reset
+
+
+@mujoco
+def test_level_errors_write_nothing(tmp_path, monkeypatch):
+    ck = checkpoints(tmp_path / "ck", "walker2d-2x3", levels=("medium",))
+    out = tmp_path / "ds"
+    with pytest.raises(UnknownNameError, match=r"'expert' for task 'walker2d-2x3'; available levels: random, medium\. "
+                       r"No checkpoint .*expert\.json: train one with `madata behavior train walker2d-2x3"):  # fmt: skip
+        collect("walker2d-2x3", out, mix=["medium", "expert"], episodes=4, checkpoint_dir=ck)
+    from test_mamujoco import random_checkpoint
+
+    random_checkpoint(ck, "walker2d-2x3", "expert", of_task="halfcheetah-2x3")  # same shapes, wrong robot
+    with pytest.raises(SchemaError, match=r"trained for task 'halfcheetah-2x3', not 'walker2d-2x3'"):
+        collect("walker2d-2x3", out, mix=["medium", "expert"], episodes=4, checkpoint_dir=ck)
+    with pytest.raises(SchemaError, match="not a directory"):
+        collect("walker2d-2x3", out, mix=["medium"], episodes=4, checkpoint_dir=tmp_path / "nowhere")
+    for bad, match in [({"envs": 0}, "envs: expected an integer >= 1"), ({"epsilon": 1.5}, r"epsilon: expected a number in \[0.0, 1.0\]"),
+                       ({"noise": -0.1}, "noise"), ({"episodes": 0}, "episodes: expected an integer >= 1, got 0")]:  # fmt: skip
+        with pytest.raises(SchemaError, match=match):
+            collect("walker2d-2x3", out, **{"mix": ["medium"], "episodes": 2, "checkpoint_dir": ck, **bad})
+    with pytest.raises(SchemaError, match="Gaussian action noise needs continuous actions"):
+        collect("grid", out, mix=["random"], episodes=2, noise=0.1)
+    assert not out.exists()
+    monkeypatch.setenv("MADATA_CHECKPOINT_DIR", str(ck))  # the environment variable points at checkpoints too
+    ds = collect("walker2d-2x3", out, mix=["medium"], episodes=2, envs=2)
+    assert ds.num_episodes == 2
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    with pytest.raises(DatasetExistsError, match=r"\(noise: stored 0.0, requested 0.2\); nothing was overwritten"):
+        collect("walker2d-2x3", out, mix=["medium"], episodes=2, noise=0.2, resume=True)
+    with pytest.raises(DatasetExistsError, match="not empty"):
+        collect("walker2d-2x3", out, mix=["medium"], episodes=2)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+
+
+@mujoco
+def test_cli_collect_mix_and_combo(tmp_path):
+    from typer.testing import CliRunner
+
+    from cli.app import app
+
+    ck = checkpoints(tmp_path / "ck", "halfcheetah-2x3")
+    runner = CliRunner()
+    base = ["collect", "halfcheetah-2x3", "--checkpoint-dir", str(ck), "--max-steps", "20", "--envs", "3"]
+    res = runner.invoke(app, [*base, "--mix", "medium,expert", "--episodes", "4", "-o", str(tmp_path / "mix")])
+    assert res.exit_code == 0, res.output
+    ds = madata.open(tmp_path / "mix")
+    assert {r["behaviour.agent_0"] + "/" + r["behaviour.agent_1"] for r in ds.episodes.to_pylist()} == {
+        "medium/medium", "medium/expert", "expert/medium", "expert/expert"}  # fmt: skip
+    res = runner.invoke(app, [*base, "--combo", "agent_0=medium,agent_1=expert", "--episodes", "2", "--epsilon", "0.1",
+                              "-o", str(tmp_path / "combo")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert madata.open(tmp_path / "combo").meta.provenance["epsilon"] == 0.1
+    res = runner.invoke(app, [*base, "--mix", "expert,best", "--episodes", "2", "-o", str(tmp_path / "bad")])
+    assert res.exit_code == 2 and "madata behavior train" in res.output and not (tmp_path / "bad").exists()

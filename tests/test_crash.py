@@ -16,7 +16,8 @@ import madata
 from madata.collect import collect
 
 EPISODES = 400
-ARGS = ["grid", "--mix", "random", "--episodes", str(EPISODES), "--seed", "7", "--commit-every", "1", "--chunk-rows", "64"]
+ARGS = ["grid", "--mix", "random", "--episodes", str(EPISODES), "--seed", "7", "--commit-every", "1", "--commit-seconds", "0",
+        "--chunk-rows", "64"]
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -44,7 +45,7 @@ def _assert_prefix_of(out: Path, ref: madata.Dataset) -> int:
 @pytest.mark.slow
 def test_sigkill_and_resume(tmp_path):
     ref_path = tmp_path / "ref"
-    ref = collect("grid", ref_path, mix=["random"], episodes=EPISODES, seed=7, commit_every=1, chunk_rows=64)
+    ref = collect("grid", ref_path, mix=["random"], episodes=EPISODES, seed=7, chunk_rows=64)
     rng = np.random.default_rng(0)
     out = tmp_path / "killed"
     counts = []

@@ -98,17 +98,21 @@ def test_combo_label_round_trips():
 
 
 def test_level_registry():
+    from madata.collect import make_team_env
+
     assert available_levels("grid") == ["random"]
-    p = load_policy("grid", "random", "agent_1")
-    assert p.level == "random" and p.action_space == Discrete(3)
+    f = make_team_env("grid").factorization
+    p = load_policy("grid", "random", f)  # a joint policy: each agent takes its part of the output
+    assert p.level == "random" and p.noise_dist == "uniform"
+    joint = p.act(np.zeros((500, 2)), np.random.default_rng(0).random((500, 2)))
+    assert joint.shape == (500, 2) and set(joint.ravel().tolist()) == {0.0, 1.0, 2.0}
+    assert f.split_actions(joint)["agent_1"].dtype == np.int64
     with pytest.raises(
         UnknownNameError, match=r"unknown behaviour level 'expert' for task 'grid'; available levels: random"
     ):
-        load_policy("grid", "expert", "agent_0")
-    with pytest.raises(UnknownNameError, match="unknown agent 'agent_5'"):
-        load_policy("grid", "random", "agent_5")
+        load_policy("grid", "expert", f)
     with pytest.raises(UnknownNameError, match="known tasks"):
-        load_policy("nope", "random", "agent_0")
+        load_policy("nope", "random", f)
 
 
 def test_random_policy():

@@ -1,92 +1,211 @@
-"""Behaviour policies: what ``madata collect`` runs in each agent's seat.
+"""Behaviour policies: what ``madata collect`` runs for the team.
 
-A behaviour policy drives one agent and works on batches::
+A behaviour policy is a *joint* (whole-team) policy. It maps a batch of global states
+and noise to joint actions, and agent ``i`` takes its own part of the output, the
+components at its factorization indices (:class:`madata.envs.mamujoco.Factorization`)::
 
-    policy = load_policy("grid", "random", "agent_0")
-    actions = policy.act(obs, rng)   # obs [B, *obs_shape] -> actions [B, *act_shape]
+    policy = load_policy("halfcheetah-2x3", "expert", team.factorization)
+    joint = policy.act(state, noise)   # state [B, S], noise [B, A] -> joint actions [B, A]
 
-Policies are grouped by **level** (``random`` now; ``medium``/``expert`` checkpoints per
-task come later). A level may exist for only some tasks; :func:`available_levels` lists
-those of a task. All randomness comes from the ``rng`` passed in, never from global state.
+This is how the paper's behaviour policies act: SAC policies of the whole robot, acting
+for agent ``i`` "through agent i's part of the factorization". Output component ``j``
+depends on the state and on ``noise[:, j]`` only, so mixing levels per agent needs no
+extra randomness: the noise of each agent comes from its own stream.
+
+Levels of a task: ``random`` (every agent uniform in its own action box; noise uniform
+in [0, 1)) and, for MaMuJoCo tasks, every level with a checkpoint
+``<checkpoint dir>/<task>/<level>.json`` (a SAC actor acting on the global state;
+noise standard normal). The checkpoint directory is the ``checkpoint_dir`` argument,
+else ``$MADATA_CHECKPOINT_DIR``, else the checkpoints shipped inside the package.
+
+Policies are deterministic given their inputs: all randomness is the noise passed in.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Protocol
+import hashlib
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
-from madata.envs.registry import TaskInfo, env_specs, get_task
-from madata.errors import UnknownNameError
-from madata.spaces import Space
+from madata.behaviour.checkpoint import CHECKPOINT_DIR, LOG_STD_MAX, LOG_STD_MIN, SacActor, load_checkpoint
+from madata.behaviour.random import RandomPolicy, TeamRandomPolicy
+from madata.envs.registry import get_task
+from madata.errors import SchemaError, UnknownNameError
+
+if TYPE_CHECKING:
+    from madata.envs.mamujoco import Factorization
+
+CHECKPOINT_ENV = "MADATA_CHECKPOINT_DIR"
+RANDOM = "random"
 
 
 class BehaviourPolicy(Protocol):
-    """One agent's behaviour policy. ``level`` is the label recorded in the episode table."""
+    """A joint policy. ``level`` is the label recorded per agent in the episode table."""
 
     level: str
+    noise_dist: Literal["normal", "uniform"]  # the distribution `act` expects its noise from
 
-    def act(self, obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """``obs`` [B, *obs_shape] -> actions [B, *act_shape] (int64 [B] for Discrete)."""
+    def act(self, state: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        """``state`` [B, S], ``noise`` [B, A] -> joint actions [B, A] float32; row ``b`` depends on row ``b`` only."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """Plain-JSON facts for the dataset provenance (kind, checkpoint, weights digest, ...)."""
         ...
 
 
-@dataclass(frozen=True)
-class Level:
-    """A behaviour level: ``load(task, agent_id, action_space)`` builds the policy.
+class SacPolicy:
+    """A SAC checkpoint acting for the whole team: ``act(state [B, S], noise [B, A] | None) -> [B, A]``.
 
-    ``tasks``: the task names it exists for (None: every task).
+    Same maths as :meth:`SacActor.act` (``tanh(mu + std * noise)`` rescaled to the action
+    box; ``noise=None`` gives the mean action), computed one matrix-vector product per
+    row: a batched BLAS matrix product rounds each row differently depending on the
+    batch size and its other rows, which would make an episode depend on the episodes
+    stepped beside it.
     """
 
-    name: str
-    load: Callable[[TaskInfo, str, Space], BehaviourPolicy]
-    tasks: frozenset[str] | None = None
+    noise_dist = "normal"
+
+    def __init__(self, actor: SacActor, level: str, source: str = ""):
+        self.actor, self.level, self.source = actor, level, source
+        self._bias = actor.bias
+        self._scale = actor.scale
+
+    def act(self, state: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
+        h = np.asarray(state, dtype=np.float32)[:, None, :]  # (B, 1, S): a stack of row vectors
+        for w, b in self.actor.layers:
+            h = np.maximum(h @ w + b, 0.0)
+        u = (h @ self.actor.mu[0] + self.actor.mu[1])[:, 0]  # (B, A)
+        if noise is not None:
+            log_std = np.clip((h @ self.actor.log_std[0] + self.actor.log_std[1])[:, 0], LOG_STD_MIN, LOG_STD_MAX)
+            u = u + np.exp(log_std) * noise
+        return (np.tanh(u) * self._scale + self._bias).astype(np.float32)
+
+    def describe(self) -> dict[str, Any]:
+        i = self.actor.info
+        return {
+            "kind": "sac",
+            "checkpoint": self.source,
+            "weights_sha256": weights_digest(self.actor),
+            "checkpoint_level": i.level,
+            "env_id": i.env_id,
+            "hidden": list(i.hidden),
+            "train_steps": i.train_steps,
+            "seed": i.seed,
+            "average_return": i.average_return,
+        }
+
+    def __repr__(self) -> str:
+        return f"SacPolicy({self.level!r}, {self.source})"
 
 
-def _load_random(task: TaskInfo, agent_id: str, action_space: Space) -> BehaviourPolicy:
-    from madata.behaviour.random import RandomPolicy
+def weights_digest(actor: SacActor) -> str:
+    """SHA-256 of a checkpoint's weights (not of its file: .npz files carry timestamps)."""
+    h = hashlib.sha256()
+    for w, b in [*actor.layers, actor.mu, actor.log_std]:
+        for a in (w, b):
+            a = np.ascontiguousarray(a, dtype=np.float32)
+            h.update(repr(a.shape).encode())
+            h.update(a.tobytes())
+    return h.hexdigest()
 
-    return RandomPolicy(action_space)
+
+def resolve_checkpoint_dir(override: str | os.PathLike | None = None) -> Path:
+    """Where checkpoints are looked up: ``override``, else ``$MADATA_CHECKPOINT_DIR``, else the packaged ones."""
+    if override is not None:
+        d, where = Path(override), "checkpoint_dir"
+    elif os.environ.get(CHECKPOINT_ENV):
+        d, where = Path(os.environ[CHECKPOINT_ENV]), f"${CHECKPOINT_ENV}"
+    else:
+        return CHECKPOINT_DIR
+    if not d.is_dir():
+        raise SchemaError(f"{where}: {d} is not a directory; it should hold <task>/<level>.json checkpoints")
+    return d
 
 
-LEVELS: dict[str, Level] = {"random": Level("random", _load_random)}
-
-
-def available_levels(task: str) -> list[str]:
-    """The behaviour levels that exist for ``task``, in registry order."""
+def available_levels(task: str, checkpoint_dir: str | os.PathLike | None = None) -> list[str]:
+    """The behaviour levels of ``task``: ``random``, then its checkpoint levels in name order."""
     info = get_task(task)
-    return [name for name, lv in LEVELS.items() if lv.tasks is None or info.name in lv.tasks]
+    levels = [RANDOM]
+    if info.family == "mamujoco":
+        d = resolve_checkpoint_dir(checkpoint_dir) / info.name
+        if d.is_dir():
+            levels += sorted(p.stem for p in d.glob("*.json") if p.stem != RANDOM and not p.name.startswith("."))
+    return levels
 
 
-def check_levels(task: str, levels: Iterable[str]) -> None:
-    """Raise :class:`UnknownNameError` naming the first level that ``task`` lacks."""
-    known = available_levels(task)
+def check_levels(task: str, levels: Iterable[str], checkpoint_dir: str | os.PathLike | None = None) -> None:
+    """Raise :class:`UnknownNameError` naming the first level that ``task`` lacks, and how to get it."""
+    known = available_levels(task, checkpoint_dir)
     for level in levels:
-        if level not in known:
-            raise UnknownNameError(
-                f"unknown behaviour level {level!r} for task {task!r}; available levels: {', '.join(known)}"
+        if level in known:
+            continue
+        msg = f"unknown behaviour level {level!r} for task {task!r}; available levels: {', '.join(known)}"
+        if get_task(task).family == "mamujoco":
+            d = resolve_checkpoint_dir(checkpoint_dir)
+            msg += (
+                f". No checkpoint {d / task / level}.json: train one with `madata behavior train {task} -o RUN "
+                f"--snapshot {level}=STEP --export-to DIR` and pass --checkpoint-dir DIR (or set ${CHECKPOINT_ENV})"
             )
+        raise UnknownNameError(msg)
 
 
-def load_policy(task: str, level: str, agent_id: str, action_space: Space | None = None) -> BehaviourPolicy:
-    """The ``level`` behaviour policy of ``agent_id`` in ``task``.
+def load_policy(
+    task: str, level: str, factorization: Factorization, checkpoint_dir: str | os.PathLike | None = None
+) -> BehaviourPolicy:
+    """The ``level`` joint policy of ``task`` for a team split by ``factorization``.
 
-    ``action_space`` saves building the env when the caller has it already.
+    A checkpoint must be of ``task`` and fit its global state and joint action.
     """
-    info = get_task(task)
-    check_levels(task, [level])
-    if agent_id not in info.agent_ids:
-        raise UnknownNameError(f"unknown agent {agent_id!r} for task {task!r}; agents: {', '.join(info.agent_ids)}")
-    if action_space is None:
-        env = info.make_env()
-        try:
-            agents, _ = env_specs(env)
-        finally:
-            env.close()
-        action_space = next(a.action_space for a in agents if a.id == agent_id)
-    return LEVELS[level].load(info, agent_id, action_space)
+    check_levels(task, [level], checkpoint_dir)
+    f = factorization
+    if level == RANDOM:
+        return TeamRandomPolicy(f.action_spaces, f.act_index, f.act_dim)
+    path = resolve_checkpoint_dir(checkpoint_dir) / task / f"{level}.json"
+    actor = load_checkpoint(path)
+    i = actor.info
+    if i.task != task:
+        raise SchemaError(
+            f"{path}: this checkpoint was trained for task {i.task!r}, not {task!r}; "
+            f"put a {task} checkpoint at {task}/{level}.json (`madata behavior train {task} ...`)"
+        )
+    low, high = _joint_bounds(f)
+    if i.obs_dim != f.state_space.shape[0] or i.act_dim != f.act_dim:
+        raise SchemaError(
+            f"{path}: checkpoint expects states of {i.obs_dim} and actions of {i.act_dim} values; "
+            f"task {task} has {f.state_space.shape[0]} and {f.act_dim}"
+        )
+    if not (np.allclose(i.action_low, low) and np.allclose(i.action_high, high)):
+        raise SchemaError(
+            f"{path}: checkpoint action box {i.action_low}..{i.action_high} differs from the task's {low}..{high}"
+        )
+    return SacPolicy(actor, level, f"{task}/{level}.json")
 
 
-__all__ = ["LEVELS", "BehaviourPolicy", "Level", "available_levels", "check_levels", "load_policy"]
+def _joint_bounds(f: Factorization) -> tuple[list[float], list[float]]:
+    low, high = np.zeros(f.act_dim), np.zeros(f.act_dim)
+    for a in f.agents:
+        space = a.action_space
+        idx = f.act_index[a.id]
+        low[idx] = np.asarray(getattr(space, "low", 0.0), dtype=np.float64).ravel()
+        high[idx] = np.asarray(getattr(space, "high", 0.0), dtype=np.float64).ravel()
+    return low.tolist(), high.tolist()
+
+
+__all__ = [
+    "CHECKPOINT_ENV",
+    "RANDOM",
+    "BehaviourPolicy",
+    "RandomPolicy",
+    "SacPolicy",
+    "TeamRandomPolicy",
+    "available_levels",
+    "check_levels",
+    "resolve_checkpoint_dir",
+    "load_policy",
+    "weights_digest",
+]

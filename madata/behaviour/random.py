@@ -1,6 +1,13 @@
-"""The uniform random behaviour policy (the paper's Section 2.3 dataset uses it for both agents)."""
+"""Uniform random behaviour (the paper's Section 2.3 dataset uses it for both agents).
+
+Random actions are a pure function of uniform noise in [0, 1): ``low + (high - low) * u``
+for a Box, ``start + floor(n * u)`` for a Discrete space. The collector pre-draws that
+noise per episode, so an episode does not depend on how many run side by side.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -9,9 +16,10 @@ from madata.spaces import Box, Discrete, Space
 
 
 class RandomPolicy:
-    """Uniform over one agent's action space: integers for Discrete, uniform in low..high for Box."""
+    """Uniform over one action space: integers for Discrete, uniform in low..high for Box."""
 
     level = "random"
+    noise_dist = "uniform"
 
     def __init__(self, action_space: Space):
         if isinstance(action_space, Box):
@@ -28,13 +36,47 @@ class RandomPolicy:
             )
         self.action_space = action_space
 
-    def act(self, obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """``obs`` [B, *obs_shape] -> actions [B] (int64, Discrete) or [B, *act_shape] (Box dtype)."""
-        batch = len(obs)
+    def act(self, obs: np.ndarray, noise: np.ndarray | np.random.Generator) -> np.ndarray:
+        """``obs`` [B, ...] (unused) -> actions [B] (int64, Discrete) or [B, *act_shape] (Box dtype).
+
+        ``noise``: uniform [0, 1) of shape [B, *act_shape], or a generator to draw it from.
+        """
         space = self.action_space
+        if isinstance(noise, np.random.Generator):
+            noise = noise.random((len(obs), *space.shape))
+        u = np.asarray(noise, dtype=np.float64)
         if isinstance(space, Discrete):
-            return rng.integers(space.start, space.start + space.n, size=batch, dtype=np.int64)
-        return rng.uniform(self._low, self._high, size=(batch, *space.shape)).astype(space.dtype)
+            return space.start + np.minimum((u * space.n).astype(np.int64), space.n - 1)
+        return (self._low + (self._high - self._low) * u).astype(space.dtype)
 
     def __repr__(self) -> str:
         return f"RandomPolicy({self.action_space})"
+
+
+class TeamRandomPolicy:
+    """Every agent uniform in its own action space, as one joint policy.
+
+    ``act(state [B, S], noise [B, A]) -> [B, A]`` float32; agent ``i``'s part
+    (``act_index[i]``) depends only on ``noise[:, act_index[i]]``.
+    """
+
+    level = "random"
+    noise_dist = "uniform"
+
+    def __init__(self, action_spaces: Mapping[str, Space], act_index: Mapping[str, np.ndarray], act_dim: int):
+        self.parts = [(RandomPolicy(space), np.asarray(act_index[a])) for a, space in action_spaces.items()]
+        self.act_dim = act_dim
+
+    def act(self, state: np.ndarray | None, noise: np.ndarray) -> np.ndarray:
+        noise = np.asarray(noise)
+        out = np.empty((len(noise), self.act_dim), dtype=np.float32)
+        for policy, idx in self.parts:
+            u = noise[:, idx].reshape(len(noise), *policy.action_space.shape)
+            out[:, idx] = policy.act(u, u).reshape(len(noise), -1)
+        return out
+
+    def describe(self) -> dict[str, str]:
+        return {"kind": "random"}
+
+    def __repr__(self) -> str:
+        return f"TeamRandomPolicy({[p.action_space for p, _ in self.parts]})"

@@ -1,0 +1,182 @@
+"""MaMuJoCo for madata: its factorization as index arrays, and a fast team env for the collector.
+
+A MaMuJoCo task splits one single-agent ``<Scenario>-v5`` robot among agents. Both
+directions of that split are index arrays, taken from MaMuJoCo's own mapping:
+
+* **actions**: agent ``i``'s action is the joint (single-agent) action at
+  ``act_index[i]``, derived by ``env.map_global_action_to_local_actions(arange(A))``.
+  The order is MaMuJoCo's, not contiguous: Walker2d 2x3 is ``[2, 1, 0]`` / ``[5, 4, 3]``.
+* **observations**: agent ``i``'s local observation is ``source[obs_index[i]]`` with
+  ``obs_index`` = ``env.observation_factorization`` (what
+  ``map_global_state_to_local_observations`` uses) and ``source`` the *unclipped*
+  ``[qpos[skipped:], qvel]`` read from the simulator.
+
+Why not index the global state itself: Hopper-v5 and Walker2d-v5 clip the velocities
+of their single-agent observation (``env.state()``) to [-10, 10], while MaMuJoCo builds
+each agent's observation from the raw ``data.qvel``. Indexing the state gives
+different local observations whenever a joint moves faster than 10 (often, for
+Walker2d). The source vector above has the state's layout without the clipping, so
+``source[obs_index]`` equals the parallel env's own observations (tests/test_mamujoco.py
+checks it); for HalfCheetah (no clipping) source and state are equal.
+
+:class:`MaMuJoCoTeamEnv` steps the underlying single-agent env with a joint action and
+returns ``(state, source, reward, terminated, truncated)``: no per-agent dicts per step.
+Falls (Hopper/Walker2d unhealthy) are ``terminated``; the time limit is ``truncated``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from madata.errors import SchemaError
+from madata.schema import AgentSpec
+from madata.spaces import Box, Space, from_gymnasium
+
+ObsPath = Literal["index", "env"]
+
+
+@dataclass(frozen=True)
+class Factorization:
+    """How a team's joint action and observation source split into the agents' parts.
+
+    ``act_index[agent]`` int64 [d_i]: agent component ``j`` is joint component ``act_index[agent][j]``.
+    ``obs_index[agent]`` int64 [o_i]: the agent's local observation is ``source[obs_index[agent]]``.
+    ``agents`` carry the dataset spaces (float32 observation boxes); ``state_space`` the global state's.
+    A Discrete agent owns one joint component holding its integer action.
+    """
+
+    agents: tuple[AgentSpec, ...]
+    state_space: Box
+    act_index: dict[str, np.ndarray]
+    obs_index: dict[str, np.ndarray]
+    act_dim: int  # A: length of the joint action
+    source_dim: int  # D: length of the observation source vector
+
+    def __post_init__(self) -> None:
+        joint = np.sort(np.concatenate([self.act_index[a.id] for a in self.agents]))
+        if not np.array_equal(joint, np.arange(self.act_dim)):
+            raise SchemaError(
+                f"action factorization {self.act_index_lists()} must use every joint component 0..{self.act_dim - 1} once"
+            )
+        for a in self.agents:
+            n = int(np.prod(a.action_space.shape, dtype=np.int64))
+            if len(self.act_index[a.id]) != n:
+                raise SchemaError(f"{a.id}: {len(self.act_index[a.id])} action indices for an action of size {n}")
+            if len(self.obs_index[a.id]) != a.observation_space.shape[0]:
+                raise SchemaError(f"{a.id}: observation indices do not match its observation space")
+
+    @property
+    def agent_ids(self) -> list[str]:
+        return [a.id for a in self.agents]
+
+    @property
+    def action_spaces(self) -> dict[str, Space]:
+        return {a.id: a.action_space for a in self.agents}
+
+    def act_index_lists(self) -> dict[str, list[int]]:
+        return {a: v.tolist() for a, v in self.act_index.items()}
+
+    def split_actions(self, joint: np.ndarray) -> dict[str, np.ndarray]:
+        """Joint actions [..., A] -> each agent's actions [..., *act_shape] in its space's dtype."""
+        out = {}
+        for a in self.agents:
+            part = joint[..., self.act_index[a.id]]
+            out[a.id] = part.reshape((*joint.shape[:-1], *a.action_space.shape)).astype(a.action_space.dtype)
+        return out
+
+    def join_actions(self, actions: dict[str, np.ndarray]) -> np.ndarray:
+        """Each agent's actions [..., *act_shape] -> joint actions [..., A] (float32)."""
+        first = self.agents[0]
+        lead = np.shape(actions[first.id])[: np.ndim(actions[first.id]) - len(first.action_space.shape)]
+        joint = np.zeros((*lead, self.act_dim), dtype=np.float32)
+        for a in self.agents:
+            joint[..., self.act_index[a.id]] = np.asarray(actions[a.id]).reshape(*lead, -1)
+        return joint
+
+    def local_obs(self, source: np.ndarray) -> dict[str, np.ndarray]:
+        """Observation sources [..., D] -> each agent's local observations [..., o_i] (the spaces' dtype)."""
+        return {a.id: source[..., self.obs_index[a.id]].astype(a.observation_space.dtype) for a in self.agents}
+
+
+def factorization(env: Any, obs_path: ObsPath = "index") -> Factorization:
+    """The :class:`Factorization` of a built MaMuJoCo parallel env, from MaMuJoCo's own mapping.
+
+    ``obs_path="index"``: the source is ``[qpos[skipped:], qvel]`` (unclipped) and
+    ``obs_index`` MaMuJoCo's ``observation_factorization``; ``"env"``: the source is the
+    concatenation of the env's own per-agent observations (slower, for factorizations
+    whose observations hold more than joint positions and velocities).
+    """
+    single = env.single_agent_env
+    act_dim = int(single.action_space.shape[0])
+    local = env.map_global_action_to_local_actions(np.arange(act_dim))
+    act_index = {a: np.asarray(local[a], dtype=np.int64) for a in env.possible_agents}
+    agents = tuple(
+        AgentSpec(
+            a, Box.make(-np.inf, np.inf, env.observation_space(a).shape, "float32"), from_gymnasium(env.action_space(a))
+        )
+        for a in env.possible_agents
+    )
+    state_dim = int(single.observation_space.shape[0])
+    if obs_path == "index":
+        struct = single.unwrapped.observation_structure
+        extra = {k: v for k, v in struct.items() if k not in ("skipped_qpos", "qpos", "qvel") and v}
+        if extra or env.observation_factorization is None:
+            raise SchemaError(
+                f"{env.single_agent_env.spec.id}: observations hold {sorted(extra)} besides qpos/qvel; "
+                "use obs_path='env' for this factorization"
+            )
+        obs_index = {a: np.asarray(env.observation_factorization[a], dtype=np.int64) for a in env.possible_agents}
+        source_dim = state_dim
+    elif obs_path == "env":
+        sizes = [agent.observation_space.shape[0] for agent in agents]
+        starts = np.concatenate([[0], np.cumsum(sizes)])
+        obs_index = {a.id: np.arange(starts[k], starts[k + 1]) for k, a in enumerate(agents)}
+        source_dim = int(starts[-1])
+    else:
+        raise SchemaError(f"obs_path must be 'index' or 'env', got {obs_path!r}")
+    state_space = Box.make(-np.inf, np.inf, (state_dim,), "float32")
+    return Factorization(agents, state_space, act_index, obs_index, act_dim, source_dim)
+
+
+class MaMuJoCoTeamEnv:
+    """One MaMuJoCo env stepped through its single-agent env with joint actions.
+
+    ``reset(seed) -> (state [S] float64, source [D] float64)``;
+    ``step(joint [A]) -> (state, source, reward, terminated, truncated)``. The joint
+    action is cast to float64, as ``map_local_actions_to_global_action`` does, so
+    replaying the stored float32 actions through the parallel env gives the same
+    rewards. ``truncated`` is set after ``max_steps`` steps unless the step terminated.
+    """
+
+    def __init__(self, env: Any, max_steps: int | None = None, obs_path: ObsPath = "index"):
+        self.env = env
+        self.factorization = factorization(env, obs_path)
+        self._single = env.single_agent_env.unwrapped
+        limit = env.single_agent_env.spec.max_episode_steps
+        self.max_steps = int(min(x for x in (limit, max_steps) if x is not None))
+        self._skip = int(self._single.observation_structure["skipped_qpos"])
+        self._obs_path = obs_path
+        self._t = 0
+
+    def reset(self, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        state, _ = self._single.reset(seed=int(seed))
+        self._t = 0
+        return state, self._source()
+
+    def step(self, joint: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, bool, bool]:
+        state, reward, terminated, _, _ = self._single.step(np.asarray(joint, dtype=np.float64))
+        self._t += 1
+        terminated = bool(terminated)
+        return state, self._source(), float(reward), terminated, not terminated and self._t >= self.max_steps
+
+    def _source(self) -> np.ndarray:
+        if self._obs_path == "index":
+            data = self._single.data
+            return np.concatenate((data.qpos[self._skip :], data.qvel))
+        return np.concatenate([self.env._get_obs_agent(k) for k in range(len(self.env.possible_agents))])
+
+    def close(self) -> None:
+        self.env.close()
