@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
-from madata.behaviour.checkpoint import CHECKPOINT_DIR, LOG_STD_MAX, LOG_STD_MIN, SacActor, load_checkpoint
+from madata.behaviour.checkpoint import CHECKPOINT_DIR, SacActor, load_checkpoint
 from madata.behaviour.random import RandomPolicy, TeamRandomPolicy
 from madata.envs.registry import get_task
 from madata.errors import SchemaError, UnknownNameError
@@ -59,31 +59,16 @@ class BehaviourPolicy(Protocol):
 
 
 class SacPolicy:
-    """A SAC checkpoint acting for the whole team: ``act(state [B, S], noise [B, A] | None) -> [B, A]``.
-
-    Same maths as :meth:`SacActor.act` (``tanh(mu + std * noise)`` rescaled to the action
-    box; ``noise=None`` gives the mean action), computed one matrix-vector product per
-    row: a batched BLAS matrix product rounds each row differently depending on the
-    batch size and its other rows, which would make an episode depend on the episodes
-    stepped beside it.
-    """
+    """A SAC checkpoint acting for the whole team: ``act(state [B, S], noise [B, A] | None) -> [B, A]``
+    (:meth:`SacActor.act`, row by row so that an episode never depends on its batch)."""
 
     noise_dist = "normal"
 
     def __init__(self, actor: SacActor, level: str, source: str = ""):
         self.actor, self.level, self.source = actor, level, source
-        self._bias = actor.bias
-        self._scale = actor.scale
 
     def act(self, state: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
-        h = np.asarray(state, dtype=np.float32)[:, None, :]  # (B, 1, S): a stack of row vectors
-        for w, b in self.actor.layers:
-            h = np.maximum(h @ w + b, 0.0)
-        u = (h @ self.actor.mu[0] + self.actor.mu[1])[:, 0]  # (B, A)
-        if noise is not None:
-            log_std = np.clip((h @ self.actor.log_std[0] + self.actor.log_std[1])[:, 0], LOG_STD_MIN, LOG_STD_MAX)
-            u = u + np.exp(log_std) * noise
-        return (np.tanh(u) * self._scale + self._bias).astype(np.float32)
+        return self.actor.act(state, noise)
 
     def describe(self) -> dict[str, Any]:
         i = self.actor.info

@@ -65,13 +65,18 @@ class SacActor:
             raise CorruptionError(f"checkpoint {info.task}/{info.level}: weight shapes {shapes} disagree with its JSON")
 
     def act(self, obs: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
-        """Actions for a batch; ``noise`` ~ N(0, 1) gives SAC's stochastic action, None its mean action."""
-        h = np.asarray(obs, dtype=np.float32)
+        """Actions for a batch; ``noise`` ~ N(0, 1) gives SAC's stochastic action, None its mean action.
+
+        Computed as one matrix-vector product per row: a batched BLAS matrix product
+        rounds each row differently depending on the batch size and the other rows,
+        which would make a collected episode depend on the episodes stepped beside it.
+        """
+        h = np.asarray(obs, dtype=np.float32)[:, None, :]  # [B, 1, obs_dim]: a stack of row vectors
         for w, b in self.layers:
             h = np.maximum(h @ w + b, 0.0)
-        u = h @ self.mu[0] + self.mu[1]
+        u = (h @ self.mu[0] + self.mu[1])[:, 0]  # [B, act_dim]
         if noise is not None:
-            log_std = np.clip(h @ self.log_std[0] + self.log_std[1], LOG_STD_MIN, LOG_STD_MAX)
+            log_std = np.clip((h @ self.log_std[0] + self.log_std[1])[:, 0], LOG_STD_MIN, LOG_STD_MAX)
             u = u + np.exp(log_std) * noise
         return (np.tanh(u) * self.scale + self.bias).astype(np.float32)
 
