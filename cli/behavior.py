@@ -63,12 +63,16 @@ def export(
 
 @app.command("list")
 @handle_errors
-def list_(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
-    """Shipped behaviour checkpoints with their measured average returns."""
-    from madata.behaviour.checkpoint import CHECKPOINT_DIR, load_checkpoint
+def list_(
+    checkpoint_dir: Annotated[Path | None, typer.Option(help="Checkpoint directory (default: $MADATA_CHECKPOINT_DIR, else the shipped ones).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Behaviour checkpoints (TASK/LEVEL) with their measured average returns."""
+    from madata.behaviour import resolve_checkpoint_dir
+    from madata.behaviour.checkpoint import load_checkpoint
 
     rows = []
-    for js in sorted(CHECKPOINT_DIR.glob("*/*.json")):
+    for js in sorted(resolve_checkpoint_dir(checkpoint_dir).glob("*/*.json")):
         i = load_checkpoint(js).info
         rows.append({"task": i.task, "level": i.level, "train_steps": i.train_steps, "seed": i.seed,
                      "average_return": i.average_return, "return_std": i.return_std, "eval_episodes": i.eval_episodes})  # fmt: skip
@@ -79,4 +83,4 @@ def list_(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable
         typer.echo(f"{r['task']:<18} {r['level']:<8} {r['train_steps']:>8} steps  seed {r['seed']}  "
                    f"return {r['average_return']:.1f} +- {r['return_std']:.1f} ({r['eval_episodes']} episodes)")  # fmt: skip
     if not rows:
-        typer.echo("no shipped checkpoints")
+        typer.echo("no behaviour checkpoints")

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 import madata
+from madata.behaviour.checkpoint import CheckpointInfo, save_checkpoint
+from madata.envs.registry import get_task
 from madata.schema import AgentSpec
 from madata.spaces import Box, Discrete
 
@@ -59,6 +61,28 @@ def write(path, agents, episodes, chunk_rows=16, commit_every=3, state_dim=None,
         for i, ep in enumerate(episodes):
             w.add_episode(**ep, behaviour={a.id: ("medium", "expert")[(i >> k) & 1] for k, a in enumerate(agents)}, seed=i)
     return path
+
+
+def random_checkpoint(root, task: str, level: str, hidden=(32, 32), seed: int = 0, of_task: str | None = None):
+    """Save a SAC checkpoint with random weights for ``task`` at ``root/task/level`` (``of_task``: what it claims)."""
+    from madata.collect import make_team_env
+
+    team = make_team_env(task)
+    f = team.factorization
+    team.close()
+    S, A = f.state_space.shape[0], f.act_dim
+    rng = np.random.default_rng(seed)
+    dims = [S, *hidden]
+    w = {}
+    for i in range(len(hidden)):
+        w[f"w{i}"] = rng.standard_normal((dims[i], dims[i + 1])) / np.sqrt(dims[i])
+        w[f"b{i}"] = rng.standard_normal(dims[i + 1]) * 0.1
+    w["mu_w"], w["mu_b"] = rng.standard_normal((hidden[-1], A)) / np.sqrt(hidden[-1]), np.zeros(A)
+    w["log_std_w"], w["log_std_b"] = rng.standard_normal((hidden[-1], A)) * 0.01, np.full(A, -1.0)
+    info = CheckpointInfo(task=of_task or task, env_id=get_task(task).env["single_agent_env"], level=level, obs_dim=S, act_dim=A,
+                          hidden=list(hidden), action_low=[-1.0] * A, action_high=[1.0] * A,
+                          train_steps=1000, seed=seed)  # fmt: skip
+    return save_checkpoint(root / task / level, info, w)
 
 
 @pytest.fixture

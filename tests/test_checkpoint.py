@@ -9,35 +9,25 @@ import pytest
 
 from madata.behaviour.checkpoint import CheckpointInfo, load_checkpoint, save_checkpoint
 from madata.errors import CorruptionError, SchemaError
-
-
-def _random_checkpoint(tmp_path, obs_dim=17, act_dim=6, hidden=(32, 32), task="halfcheetah-2x3", level="medium"):
-    rng = np.random.default_rng(0)
-    dims = [obs_dim, *hidden]
-    w = {}
-    for i in range(len(hidden)):
-        w[f"w{i}"], w[f"b{i}"] = rng.standard_normal((dims[i], dims[i + 1])) * 0.3, rng.standard_normal(dims[i + 1]) * 0.1
-    w["mu_w"], w["mu_b"] = rng.standard_normal((hidden[-1], act_dim)), np.zeros(act_dim)
-    w["log_std_w"], w["log_std_b"] = rng.standard_normal((hidden[-1], act_dim)) * 0.1, np.full(act_dim, -1.0)
-    info = CheckpointInfo(task=task, env_id="HalfCheetah-v5", level=level, obs_dim=obs_dim, act_dim=act_dim,
-                          hidden=list(hidden), action_low=[-1.0] * act_dim, action_high=[1.0] * act_dim,
-                          train_steps=100, seed=0)  # fmt: skip
-    return save_checkpoint(tmp_path / task / level, info, w), w
+from tests.conftest import random_checkpoint
 
 
 def test_roundtrip_and_inference(tmp_path):
-    js, w = _random_checkpoint(tmp_path)
+    js = random_checkpoint(tmp_path, "halfcheetah-2x3", "medium")
+    w = dict(np.load(js.with_suffix(".npz")))
     actor = load_checkpoint(js)
     obs = np.random.default_rng(1).standard_normal((5, 17)).astype(np.float32)
     h = np.maximum(np.maximum(obs @ w["w0"] + w["b0"], 0) @ w["w1"] + w["b1"], 0)
     np.testing.assert_allclose(actor.act(obs), np.tanh(h @ w["mu_w"] + w["mu_b"]), rtol=1e-5, atol=1e-5)
+    for i in range(5):  # row-invariant: a row's action does not depend on the batch around it
+        np.testing.assert_array_equal(actor.act(obs[i : i + 1]), actor.act(obs)[i : i + 1])
     noisy = actor.act(obs, np.ones((5, 6)))
     assert noisy.shape == (5, 6) and np.all(np.abs(noisy) <= 1) and not np.allclose(noisy, actor.act(obs))
     assert actor.info.level == "medium" and actor.info.obs_dim == 17
 
 
 def test_no_pickle_and_bad_files(tmp_path):
-    js, _ = _random_checkpoint(tmp_path)
+    js = random_checkpoint(tmp_path, "halfcheetah-2x3", "medium")
     with pytest.raises(SchemaError, match="no behaviour checkpoint"):
         load_checkpoint(tmp_path / "nothing.json")
     obj = json.loads(js.read_text())

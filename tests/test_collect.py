@@ -14,6 +14,7 @@ from madata.collect import collect
 from madata.envs import GridWorld
 from madata.errors import DatasetExistsError, SchemaError, UnknownNameError
 from madata.writer import DatasetWriter
+from tests.conftest import random_checkpoint
 
 FIELDS = [
     "obs",
@@ -216,7 +217,6 @@ mujoco = pytest.mark.skipif(importlib.util.find_spec("gymnasium_robotics") is No
 
 
 def checkpoints(root, task, levels=("medium", "expert")):
-    from test_mamujoco import random_checkpoint
 
     for seed, level in enumerate(levels):
         random_checkpoint(root, task, level, seed=seed + 1)
@@ -334,7 +334,6 @@ def test_level_errors_write_nothing(tmp_path, monkeypatch):
     with pytest.raises(UnknownNameError, match=r"'expert' for task 'walker2d-2x3'; available levels: random, medium\. "
                        r"No checkpoint .*expert\.json: train one with `madata behavior train walker2d-2x3"):  # fmt: skip
         collect("walker2d-2x3", out, mix=["medium", "expert"], episodes=4, checkpoint_dir=ck)
-    from test_mamujoco import random_checkpoint
 
     random_checkpoint(ck, "walker2d-2x3", "expert", of_task="halfcheetah-2x3")  # same shapes, wrong robot
     with pytest.raises(SchemaError, match=r"trained for task 'halfcheetah-2x3', not 'walker2d-2x3'"):

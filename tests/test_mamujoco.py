@@ -8,9 +8,10 @@ import pytest
 pytest.importorskip("gymnasium_robotics")
 
 from madata.behaviour import SacPolicy, load_policy  # noqa: E402
-from madata.behaviour.checkpoint import CheckpointInfo, SacActor, load_checkpoint, save_checkpoint  # noqa: E402
+from madata.behaviour.checkpoint import SacActor, load_checkpoint  # noqa: E402
 from madata.collect import make_team_env  # noqa: E402
 from madata.envs.registry import get_task  # noqa: E402
+from tests.conftest import random_checkpoint  # noqa: E402
 
 TASKS = ["halfcheetah-2x3", "hopper-3x1", "walker2d-2x3"]
 # reference-facts.md: MaMuJoCo's per-agent action order (Walker2d is reversed within each agent)
@@ -19,27 +20,6 @@ ACT_INDEX = {
     "hopper-3x1": {"agent_0": [0], "agent_1": [1], "agent_2": [2]},
     "walker2d-2x3": {"agent_0": [2, 1, 0], "agent_1": [5, 4, 3]},
 }
-ENV_ID = {"halfcheetah-2x3": "HalfCheetah-v5", "hopper-3x1": "Hopper-v5", "walker2d-2x3": "Walker2d-v5"}
-
-
-def random_checkpoint(root, task: str, level: str, hidden=(32, 32), seed: int = 0, of_task: str | None = None):
-    """Save a SAC checkpoint with random weights for ``task`` at ``root/task/level`` (``of_task``: what it claims)."""
-    team = make_team_env(task)
-    f = team.factorization
-    team.close()
-    S, A = f.state_space.shape[0], f.act_dim
-    rng = np.random.default_rng(seed)
-    dims = [S, *hidden]
-    w = {}
-    for i in range(len(hidden)):
-        w[f"w{i}"] = rng.standard_normal((dims[i], dims[i + 1])) / np.sqrt(dims[i])
-        w[f"b{i}"] = rng.standard_normal(dims[i + 1]) * 0.1
-    w["mu_w"], w["mu_b"] = rng.standard_normal((hidden[-1], A)) / np.sqrt(hidden[-1]), np.zeros(A)
-    w["log_std_w"], w["log_std_b"] = rng.standard_normal((hidden[-1], A)) * 0.01, np.full(A, -1.0)
-    info = CheckpointInfo(task=of_task or task, env_id=ENV_ID[task], level=level, obs_dim=S, act_dim=A,
-                          hidden=list(hidden), action_low=[-1.0] * A, action_high=[1.0] * A,
-                          train_steps=1000, seed=seed)  # fmt: skip
-    return save_checkpoint(root / task / level, info, w)
 
 
 @pytest.mark.parametrize("task", TASKS)

@@ -14,7 +14,6 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -128,18 +127,3 @@ def load_checkpoint(path: str | os.PathLike) -> SacActor:
     if missing:
         raise CorruptionError(f"{npz}: weights lack {sorted(missing)}")
     return SacActor(info, weights)
-
-
-def packaged_checkpoint(task: str, level: str) -> Path:
-    """Where the checkpoint of ``level`` for ``task`` ships inside the package."""
-    return CHECKPOINT_DIR / task / f"{level}.json"
-
-
-def packaged_levels(task: str) -> list[str]:
-    """Levels with a shipped checkpoint for ``task``."""
-    d = CHECKPOINT_DIR / task
-    return sorted(p.stem for p in d.glob("*.json")) if d.is_dir() else []
-
-
-def describe(actor: SacActor) -> dict[str, Any]:
-    return asdict(actor.info)
