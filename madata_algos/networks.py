@@ -1,0 +1,90 @@
+"""Networks batched across agents: one weight tensor ``[n_agents, in, out]`` and one
+``torch.baddbmm`` per layer, instead of a Python loop over per-agent modules.
+
+Agents with unequal input sizes (Hopper 3x1: 8, 9 and 8) are padded inside the compute
+to the largest size with zeros; a padded input column meets weights that never get a
+gradient (the input there is always 0), so the result is exactly that of separate
+per-agent networks. Nothing is padded on disk.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+class AgentLinear(nn.Module):
+    """``n_agents`` independent linear layers: ``x`` [n_agents, B, in] -> [n_agents, B, out].
+
+    ``in_features`` may differ per agent (a list); inputs are then padded to the largest.
+    Each agent's weights are initialized like ``nn.Linear`` with its own fan-in.
+    """
+
+    def __init__(self, n_agents: int, in_features: int | Sequence[int], out_features: int):
+        super().__init__()
+        ins = [in_features] * n_agents if isinstance(in_features, int) else list(in_features)
+        if len(ins) != n_agents:
+            raise ValueError(f"AgentLinear: {len(ins)} input sizes for {n_agents} agents")
+        self.n_agents, self.in_features, self.out_features = n_agents, ins, out_features
+        self.weight = nn.Parameter(torch.zeros(n_agents, max(ins), out_features))
+        self.bias = nn.Parameter(torch.zeros(n_agents, 1, out_features))
+        with torch.no_grad():
+            for i, fan_in in enumerate(ins):
+                bound = 1.0 / math.sqrt(fan_in)
+                self.weight[i, :fan_in].uniform_(-bound, bound)  # padded rows stay 0
+                self.bias[i].uniform_(-bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+    def extra_repr(self) -> str:
+        return f"n_agents={self.n_agents}, in_features={self.in_features}, out_features={self.out_features}"
+
+
+class AgentMLP(nn.Module):
+    """Per-agent MLPs evaluated together: [n_agents, B, in] -> [n_agents, B, out] (ReLU between layers)."""
+
+    def __init__(self, n_agents: int, in_features: int | Sequence[int], hidden: Sequence[int], out_features: int):
+        super().__init__()
+        sizes = [*hidden, out_features]
+        layers: list[AgentLinear] = [AgentLinear(n_agents, in_features, sizes[0])]
+        layers += [AgentLinear(n_agents, a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers[:-1]:
+            x = torch.relu(layer(x))
+        return self.layers[-1](x)
+
+
+def pad_agents(parts: Sequence[torch.Tensor], width: int | None = None) -> torch.Tensor:
+    """Stack per-agent tensors [B, d_i] into [n_agents, B, max d] with zero padding."""
+    width = width or max(p.shape[-1] for p in parts)
+    out = parts[0].new_zeros((len(parts), *parts[0].shape[:-1], width))
+    for i, p in enumerate(parts):  # n_agents copies, once per batch: not the hot loop
+        out[i, ..., : p.shape[-1]] = p
+    return out
+
+
+class MLP(nn.Module):
+    """A plain MLP for one network over joint inputs (the joint critic): ReLU between layers."""
+
+    def __init__(self, in_features: int, hidden: Sequence[int], out_features: int):
+        super().__init__()
+        sizes = [in_features, *hidden, out_features]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers[:-1]:
+            x = torch.relu(layer(x))
+        return self.layers[-1](x)
+
+
+@torch.no_grad()
+def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
+    """Polyak averaging: target <- tau * source + (1 - tau) * target."""
+    for t, s in zip(target.parameters(), source.parameters(), strict=True):
+        t.lerp_(s, tau)
