@@ -1,0 +1,97 @@
+"""CAST-BCQ's equations against hand-computed values."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from madata_algos.cast_bcq import counterfactual_contribution, soft_clipped_double_q, subteam_masks
+
+
+def test_soft_clipped_double_q():
+    q1, q2 = torch.tensor([1.0, 5.0]), torch.tensor([3.0, 2.0])
+    torch.testing.assert_close(soft_clipped_double_q(q1, q2, 0.9), torch.tensor([0.9 * 1 + 0.1 * 3, 0.9 * 2 + 0.1 * 5]))
+    torch.testing.assert_close(soft_clipped_double_q(q1, q2, 1.0), torch.minimum(q1, q2))
+
+
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_exact_enumeration_includes_the_empty_subteam(n):
+    masks = subteam_masks(n, 2 ** (n - 1))
+    assert masks.shape == (2 ** (n - 1), n, n)
+    for i in range(n):
+        assert not masks[:, i, i].any()
+        subteams = {tuple(row.tolist()) for row in masks[:, i]}
+        assert len(subteams) == 2 ** (n - 1)  # every subteam once
+        assert tuple([False] * n) in subteams  # the empty subteam: everyone follows the joint policy
+
+
+def test_sampled_subteams_are_uniform_and_include_empty():
+    g = torch.Generator().manual_seed(0)
+    masks = subteam_masks(5, 8, generator=g)  # 8 < 2^4: sampled
+    assert masks.shape == (8, 5, 5) and not masks.diagonal(dim1=1, dim2=2).any()
+    big = torch.cat([subteam_masks(5, 15, generator=g) for _ in range(400)])
+    assert abs(big.float().sum() / (big.shape[0] * 5 * 4) - 0.5) < 0.02
+    empty = (~big.any(dim=2)).float().mean()  # P(empty subteam) = 1/16
+    assert abs(empty - 1 / 16) < 0.01
+
+
+def _bilinear_q(w: torch.Tensor, c: torch.Tensor):
+    """Q(s, a) = s_0 * (sum_j w_j . a_j + sum_{j<k} c_jk a_j[0] a_k[0])."""
+
+    def q(s, a):
+        lin = (a * w).sum(dim=(1, 2))
+        n = a.shape[1]
+        inter = sum(c[j, k] * a[:, j, 0] * a[:, k, 0] for j in range(n) for k in range(j + 1, n))
+        return s[:, 0] * (lin + inter)
+
+    return q
+
+
+def _closed_form(w, c, s0, a, pi, masks):
+    """Delta_i by hand: average over the given subteams of the marginal value of a_i vs 0."""
+    B, N, _ = a.shape
+    out = torch.zeros(B, N)
+    for i in range(N):
+        vals = []
+        for m in range(masks.shape[0]):
+            mate = [torch.zeros_like(pi[:, j, 0]) if masks[m, i, j] else pi[:, j, 0] for j in range(N)]
+            # the a_i-dependent part of Q: w_i.a_i + a_i[0] * sum_{j != i} c_ij mate_j[0]
+            v = (w[i] * a[:, i]).sum(-1) + a[:, i, 0] * sum(c[min(i, j), max(i, j)] * mate[j] for j in range(N) if j != i)
+            vals.append(s0 * v)
+        out[:, i] = torch.stack(vals).mean(0)
+    return out
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_counterfactual_contribution_matches_closed_form(n):
+    torch.manual_seed(0)
+    B, A = 7, 2
+    w, c = torch.randn(n, A), torch.randn(n, n)
+    s = torch.randn(B, 4)
+    a, pi = torch.randn(B, n, A), torch.randn(B, n, A)
+    masks = subteam_masks(n, 2 ** (n - 1))
+    delta = counterfactual_contribution(_bilinear_q(w, c), s, a, pi, torch.zeros(n, A), masks)
+    torch.testing.assert_close(delta, _closed_form(w, c, s[:, 0], a, pi, masks), rtol=1e-5, atol=1e-5)
+    if n == 2:  # Delta_1 = s0 * (w_1.a_1 + c a_1 * (pi_2 + 0) / 2): the exact two-subteam average
+        want = s[:, 0] * ((w[0] * a[:, 0]).sum(-1) + c[0, 1] * a[:, 0, 0] * pi[:, 1, 0] / 2)
+        torch.testing.assert_close(delta[:, 0], want, rtol=1e-5, atol=1e-5)
+
+
+def test_teammates_indexing_uses_each_agents_own_block():
+    """Reference-code mistake 1: teammates' actions sliced as a[i:i+d]. Here agent j's block is a[:, j]."""
+    n, A = 3, 2
+    calls = []
+
+    def q(s, a):
+        calls.append(a)
+        return a.sum(dim=(1, 2))
+
+    a = torch.arange(n * A, dtype=torch.float32).reshape(1, n, A) + 1
+    pi = -a
+    counterfactual_contribution(q, torch.zeros(1, 1), a, pi, torch.zeros(n, A), subteam_masks(n, 4))
+    rows = calls[0].reshape(2, 4, n, 1, n, A)
+    for m, i, j in itertools.product(range(4), range(n), range(n)):
+        block = rows[0, m, i, 0, j]
+        assert torch.equal(block, a[0, j]) if j == i else (torch.equal(block, pi[0, j]) or not block.any())
