@@ -247,6 +247,14 @@ class Dataset:
             s0, o0 = int(rows.min()), int(rows.min() + ep.min())
         s1 = int(rows.max()) + 1 if len(rows) else 0
         o1 = int((rows + ep).max()) + 2 if len(rows) else 0
+        spans: dict[str, np.ndarray] = {}  # each stored array is read once, even for obs and next_obs
+
+        def span(stored: str) -> np.ndarray:
+            if stored not in spans:
+                step = self.spec.array(stored).rows == "step"
+                spans[stored] = self.read_rows(stored, s0, s1) if step else self.read_rows(stored, o0, o1)
+            return spans[stored]
+
         for f in fields:
             names = [f"{f}/{a}" for a in agents] if f in _PER_AGENT else [f]
             for key in names:
@@ -257,10 +265,10 @@ class Dataset:
                 else:
                     stored = key.replace(f, _STORED.get(f, f), 1)
                     if self.spec.array(stored).rows == "step":
-                        out[key] = self.read_rows(stored, s0, s1)[rows - s0]
+                        out[key] = span(stored)[rows - s0]
                     else:
                         shift = 1 if f.startswith("next_") else 0
-                        out[key] = self.read_rows(stored, o0, o1)[rows + ep + shift - o0]
+                        out[key] = span(stored)[rows + ep + shift - o0]
         return out
 
     def default_fields(self) -> list[str]:
