@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from cli import behavior
+from cli import behavior, d4rl
 from cli.errors import handle_errors
 
 app = typer.Typer(
@@ -158,6 +158,9 @@ def collect(
         progress=True,
     )
     typer.echo(f"wrote {ds.num_episodes} episodes, {ds.num_transitions} transitions to {out}")
+
+
+d4rl.register(app)  # split-d4rl, export-d4rl
 
 
 def main() -> None:

@@ -22,6 +22,7 @@ Row ``r`` of the step arrays belongs to episode ``e`` with
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass, field
@@ -129,10 +130,14 @@ class DatasetSpec:
         return out
 
     def array(self, name: str) -> ArraySpec:
-        for s in self.arrays():
-            if s.name == name:
-                return s
+        found = self._array_index().get(name)
+        if found is not None:
+            return found
         raise SchemaError(f"unknown array {name!r}; this dataset has {[s.name for s in self.arrays()]}")
+
+    @functools.cache  # noqa: B019 (frozen and hashable; a handful of specs per process)
+    def _array_index(self) -> dict[str, ArraySpec]:
+        return {s.name: s for s in self.arrays()}
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -160,6 +160,7 @@ class DatasetWriter:
             self.columns[s.name] = _Column(s, arr, self.store, meta.chunk_rows, committed)
         self._schema = episode_table_schema(self.spec.agent_ids)
         self._pending: list[dict[str, Any]] = []  # episode-table rows not yet committed
+        self._pending_steps = 0
         self._closed = False
 
     # ------------------------------------------------------------ construction
@@ -278,7 +279,7 @@ class DatasetWriter:
         except (TypeError, ValueError) as e:
             raise SchemaError(f"episode {ep}: provenance must be plain JSON: {e}") from e
         T = len(blocks["reward"])
-        step_offset = self.record.step_rows + sum(r["length"] for r in self._pending)
+        step_offset = self.record.step_rows + self._pending_steps
         row = {
             "episode_id": ep,
             "step_offset": step_offset,
@@ -295,6 +296,7 @@ class DatasetWriter:
         for name, block in blocks.items():
             self.columns[name].append(block)
         self._pending.append(row)
+        self._pending_steps += T
         if (self.commit_every and len(self._pending) >= self.commit_every
                 and time.monotonic() - self._last_commit >= self.commit_seconds):  # fmt: skip
             self.commit()
@@ -378,8 +380,7 @@ class DatasetWriter:
             table = pa.concat_tables(pq.read_table(self.root / p, schema=self._schema) for p in parts)
             parts = [self._write_part(table, f"table-{seq:06d}.parquet")]
         _fsync_written(self.root, self.store)
-        n_new = len(self._pending)
-        new_steps = sum(r["length"] for r in self._pending)
+        n_new, new_steps = len(self._pending), self._pending_steps
         record = CommitRecord(
             sequence=seq,
             num_episodes=self.record.num_episodes + n_new,
@@ -396,7 +397,7 @@ class DatasetWriter:
         write_commit(self.root, record)
         self._last_commit = time.monotonic()
         self.record = record
-        self._pending = []
+        self._pending, self._pending_steps = [], 0
         for p in obsolete:
             (self.root / p).unlink(missing_ok=True)
 

@@ -124,3 +124,18 @@ def test_sac_policy_is_row_invariant_and_matches_the_actor(tmp_path):
     np.testing.assert_array_equal(policy.act(states[:1], noise[:1]), actor.act(states[:1], noise[:1]))
     np.testing.assert_allclose(policy.act(states), actor.act(states), atol=1e-5)  # mean action
     assert isinstance(actor, SacActor) and policy.describe()["weights_sha256"] == SacPolicy(actor, "x").describe()["weights_sha256"]
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_local_obs_equal_mamujocos_beyond_the_velocity_clip(task):
+    """Hopper's MaMuJoCo observations clip velocities at +-10, Walker2d's do not: both are matched."""
+    team = make_team_env(task)
+    env, f = team.env, team.factorization
+    env.reset(seed=1)
+    u = env.single_agent_env.unwrapped
+    u.set_state(u.data.qpos.copy(), np.linspace(-25, 25, u.model.nv))
+    src = np.concatenate([u.data.qpos[team._skip :], u.data.qvel])
+    mine = f.local_obs(src)
+    for k, a in enumerate(env.possible_agents):
+        np.testing.assert_array_equal(mine[a], np.asarray(env._get_obs_agent(k), dtype=np.float32), err_msg=a)
+    team.close()

@@ -12,12 +12,12 @@ directions of that split are index arrays, taken from MaMuJoCo's own mapping:
   ``[qpos[skipped:], qvel]`` read from the simulator.
 
 Why not index the global state itself: Hopper-v5 and Walker2d-v5 clip the velocities
-of their single-agent observation (``env.state()``) to [-10, 10], while MaMuJoCo builds
-each agent's observation from the raw ``data.qvel``. Indexing the state gives
-different local observations whenever a joint moves faster than 10 (often, for
-Walker2d). The source vector above has the state's layout without the clipping, so
-``source[obs_index]`` equals the parallel env's own observations (tests/test_mamujoco.py
-checks it); for HalfCheetah (no clipping) source and state are equal.
+of their single-agent observation (``env.state()``) to [-10, 10]; MaMuJoCo builds each
+agent's observation from the raw ``data.qvel``, clipping it for Hopper but not for
+Walker2d. Which components each side clips is measured on the live env
+(:func:`probe_clipping`) and applied to ``source[obs_index]``, so the local observations
+equal the parallel env's own (tests/test_mamujoco.py checks it, at speeds beyond the
+clip too); for HalfCheetah (no clipping) source and state are equal.
 
 :class:`MaMuJoCoTeamEnv` steps the underlying single-agent env with a joint action and
 returns ``(state, source, reward, terminated, truncated)``: no per-agent dicts per step.
@@ -36,6 +36,7 @@ from madata.schema import AgentSpec
 from madata.spaces import Box, Space, from_gymnasium
 
 ObsPath = Literal["index", "env"]
+VELOCITY_CLIP = 10.0  # the bound Hopper-v5/Walker2d-v5 (and MaMuJoCo's Hopper) clip velocities to
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class Factorization:
     obs_index: dict[str, np.ndarray]
     act_dim: int  # A: length of the joint action
     source_dim: int  # D: length of the observation source vector
+    obs_clip: dict[str, np.ndarray] | None = None  # bool [o_i]: components MaMuJoCo clips to +-VELOCITY_CLIP
 
     def __post_init__(self) -> None:
         joint = np.sort(np.concatenate([self.act_index[a.id] for a in self.agents]))
@@ -98,7 +100,15 @@ class Factorization:
 
     def local_obs(self, source: np.ndarray) -> dict[str, np.ndarray]:
         """Observation sources [..., D] -> each agent's local observations [..., o_i] (the spaces' dtype)."""
-        return {a.id: source[..., self.obs_index[a.id]].astype(a.observation_space.dtype) for a in self.agents}
+        out = {}
+        for a in self.agents:
+            x = source[..., self.obs_index[a.id]]
+            if self.obs_clip is not None and self.obs_clip[a.id].any():
+                m = self.obs_clip[a.id]
+                x = x.copy()
+                x[..., m] = np.clip(x[..., m], -VELOCITY_CLIP, VELOCITY_CLIP)
+            out[a.id] = x.astype(a.observation_space.dtype)
+        return out
 
 
 def factorization(env: Any, obs_path: ObsPath = "index") -> Factorization:
@@ -130,15 +140,67 @@ def factorization(env: Any, obs_path: ObsPath = "index") -> Factorization:
             )
         obs_index = {a: np.asarray(env.observation_factorization[a], dtype=np.int64) for a in env.possible_agents}
         source_dim = state_dim
+        obs_clip = probe_clipping(env, obs_index).local_clipped
     elif obs_path == "env":
         sizes = [agent.observation_space.shape[0] for agent in agents]
         starts = np.concatenate([[0], np.cumsum(sizes)])
         obs_index = {a.id: np.arange(starts[k], starts[k + 1]) for k, a in enumerate(agents)}
         source_dim = int(starts[-1])
+        obs_clip = None
     else:
         raise SchemaError(f"obs_path must be 'index' or 'env', got {obs_path!r}")
     state_space = Box.make(-np.inf, np.inf, (state_dim,), "float32")
-    return Factorization(agents, state_space, act_index, obs_index, act_dim, source_dim)
+    return Factorization(agents, state_space, act_index, obs_index, act_dim, source_dim, obs_clip)
+
+
+@dataclass(frozen=True)
+class Clipping:
+    """Which components each side clips to +-VELOCITY_CLIP, measured on the live env.
+
+    ``state_clipped`` bool [S]: in the single-agent observation (the global state);
+    ``local_clipped[agent]`` bool [o_i]: in MaMuJoCo's local observation of that agent.
+    ``skip``, ``nq``, ``nv``: the observation leaves out ``qpos[:skip]``; model sizes.
+    """
+
+    skip: int
+    nq: int
+    nv: int
+    state_clipped: np.ndarray
+    local_clipped: dict[str, np.ndarray]
+
+
+def probe_clipping(env: Any, obs_index: dict[str, np.ndarray]) -> Clipping:
+    """Put the robot in a state whose every position and velocity is far outside +-VELOCITY_CLIP
+    and compare the env's observations with the raw ``[qpos[skip:], qvel]``.
+
+    Measured, not assumed: Hopper-v5 and Walker2d-v5 clip velocities in the single-agent
+    observation; MaMuJoCo clips Hopper's local observations too but not Walker2d's.
+    Leaves the env in that state: reset it afterwards.
+    """
+    u = env.single_agent_env.unwrapped
+    env.reset(seed=0)
+    skip = int(u.observation_structure["skipped_qpos"])
+    nq, nv = int(u.model.nq), int(u.model.nv)
+    qpos = np.asarray(u.init_qpos, dtype=np.float64).copy()
+    qpos[skip:] = (3 * VELOCITY_CLIP + np.arange(nq - skip)) * (-1.0) ** np.arange(nq - skip)
+    qvel = (2 * VELOCITY_CLIP + np.arange(nv)) * (-1.0) ** (np.arange(nv) + 1)  # all distinct
+    u.set_state(qpos, qvel)
+    raw = np.concatenate([u.data.qpos[skip:], u.data.qvel])
+    state = np.asarray(u._get_obs(), dtype=np.float64)
+    if state.shape != raw.shape or not np.array_equal(np.where(state != raw, np.clip(raw, -VELOCITY_CLIP, VELOCITY_CLIP), raw), state):
+        raise SchemaError(
+            f"{u.spec.id}: its observation is not [qpos[{skip}:], qvel] (clipped to +-{VELOCITY_CLIP:g} or not); "
+            "madata cannot split it by indexing"
+        )
+    local = {}
+    for k, a in enumerate(env.possible_agents):
+        theirs = np.asarray(env._get_obs_agent(k), dtype=np.float64)
+        vals = raw[obs_index[a]]
+        clipped = theirs != vals
+        if not np.array_equal(np.where(clipped, np.clip(vals, -VELOCITY_CLIP, VELOCITY_CLIP), vals), theirs):
+            raise SchemaError(f"{u.spec.id}: MaMuJoCo's observation of {a} is not an indexed (clipped) raw state")
+        local[a] = clipped
+    return Clipping(skip, nq, nv, state != raw, local)
 
 
 class MaMuJoCoTeamEnv:

@@ -86,12 +86,18 @@ def _mamujoco_factory(scenario: str, agent_conf: str, agent_obsk: int):
     return make
 
 
+def mamujoco_task_name(robot: str, agent_conf: str, agent_obsk: int = 1) -> str:
+    """``halfcheetah-2x3``; ``halfcheetah-2x3-k0`` for another observation depth."""
+    return f"{robot}-{agent_conf}" + ("" if agent_obsk == 1 else f"-k{agent_obsk}")
+
+
 def register_mamujoco(robot: str, agent_conf: str, agent_obsk: int = 1) -> TaskInfo:
-    """Register ``<robot>-<agent_conf>`` (e.g. halfcheetah-2x3): MaMuJoCo's factorization of the
-    single-agent ``<Scenario>-v5`` task, global state = the single-agent observation."""
+    """Register ``<robot>-<agent_conf>`` (e.g. halfcheetah-2x3; ``-k<agent_obsk>`` appended when
+    agent_obsk != 1): MaMuJoCo's factorization of the single-agent ``<Scenario>-v5`` task,
+    global state = the single-agent observation."""
     scenario = MAMUJOCO_SCENARIOS[robot]
     n_agents = int(agent_conf.split("x")[0]) if "x" in agent_conf else 1
-    name = f"{robot}-{agent_conf}"
+    name = mamujoco_task_name(robot, agent_conf, agent_obsk)
     return register(
         TaskInfo(
             name=name,
