@@ -9,6 +9,8 @@ extras stay optional.
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -76,7 +78,9 @@ MAMUJOCO_MAX_STEPS = 1000
 def _mamujoco_factory(scenario: str, agent_conf: str, agent_obsk: int):
     def make():
         try:
-            from gymnasium_robotics import mamujoco_v1
+            # gymnasium-robotics prints a notice about its Adroit tasks on import: not ours to show
+            with contextlib.redirect_stderr(io.StringIO()):
+                from gymnasium_robotics import mamujoco_v1
         except ImportError as e:
             raise SchemaError(
                 "MaMuJoCo tasks need gymnasium-robotics and mujoco: pip install 'madata[mujoco]'"
