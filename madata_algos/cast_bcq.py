@@ -1,7 +1,11 @@
 """CAST-BCQ: counterfactual sample-average approximation with subteam masking (AAMAS 2023).
 
-This module holds the paper's maths, one function per equation; the training loop that
-strings them together (Algorithm 1) builds on them.
+Continuous actions (MaMuJoCo). The update follows Algorithm 1: train the per-agent VAEs
+(Eq. 3), the twin joint critics on n candidate joint actions (Eq. 6, combined by Eq. 10),
+the individual critics on the counterfactual contribution with subteam masking
+(Eqs. 8-9), and the per-agent perturbation actors through their individual critics.
+Execution is decentralized: agent i acts on o_i alone (:meth:`CastBcq.act`).
+Agents are batched: every per-agent network is one :class:`AgentMLP`.
 
 Notation: N agents; a joint critic Q(o, a) on the global state (or joint observation) and
 the joint action; agent i's teammates -i; ST(i) the subteams of -i (the empty one
@@ -10,10 +14,16 @@ included); a^d the default action (zeros in MaMuJoCo, no-op / stay for discrete 
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as F
+from torch import nn
+
+from madata_algos.networks import AgentMLP, soft_update
 
 
 def soft_clipped_double_q(q1: torch.Tensor, q2: torch.Tensor, lam: float) -> torch.Tensor:
@@ -78,3 +88,190 @@ def counterfactual_contribution(
     s = state[None, None, None].expand(2, M, N, B, state.shape[-1]).reshape(-1, state.shape[-1])
     q = joint_q(s, rows).reshape(2, M, N, B)
     return (q[0] - q[1]).mean(dim=0).transpose(0, 1)  # mean over the M subteams -> [B, N]
+
+
+# ---------------------------------------------------------------------------- the algorithm
+
+
+@dataclass
+class CastBcqConfig:
+    """CAST-BCQ hyperparameters; defaults are the paper's or its reference code's (docs/algorithms.md)."""
+
+    vae_hidden: tuple[int, ...] = (750, 750)  # G_{w^i} encoder and decoder (Eq. 3)
+    latent_scale: float = 2.0  # latent dim = latent_scale * action dim
+    kl_weight: float = 0.5  # weight of D_KL in Eq. 3
+    latent_clip: float = 0.5  # |z| bound when sampling the decoder (BCQ's; the reference's 0.05 was mistake 7)
+    actor_hidden: tuple[int, ...] = (400, 300)  # perturbation actor xi_i
+    phi: float = 0.05  # perturbation scale Phi (BCQ's; the reference's 0.001 was mistake 7)
+    critic_hidden: tuple[int, ...] = (400, 300)  # joint critics Q(o, a; phi^k) and individual critics Q_i
+    lr: float = 1e-3
+    gamma: float = 0.99
+    tau: float = 0.005  # Polyak rate of the target networks
+    lam: float = 0.9  # lambda of the soft clipped double Q (Eq. 10)
+    n_target: int = 10  # n candidate joint actions in the target (Eq. 6)
+    n_act: int = 100  # candidates per agent at execution
+    subteams: int = 6  # M subteam samples (Eq. 8); all 2^(N-1) subteams once when M >= 2^(N-1)
+    delta_weight: bool = False  # the reference code's clip(exp(Delta), 0, 10) weights on Eq. 9 (not in the paper)
+    csaa: bool = True  # ablation --no-csaa: regress Q_i on the joint Q with the joint policy's teammates
+    subteam_sampling: bool = True  # ablation --no-subteam: the empty subteam only
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+class CastBcq(nn.Module):
+    """CAST-BCQ for ``n_agents`` agents with observation sizes ``obs_dims`` and action sizes
+    ``act_dims`` (each agent's actions in [-max_action_i, max_action_i]).
+
+    Batches come as agent-major tensors: ``obs`` [N, B, max obs_dim] (zero-padded),
+    ``action`` [N, B, max act_dim], ``state`` [B, S] for the joint critic.
+    """
+
+    def __init__(self, obs_dims: list[int], act_dims: list[int], state_dim: int, max_action: list[float],
+                 config: CastBcqConfig | None = None, device: torch.device | str = "cpu"):  # fmt: skip
+        super().__init__()
+        self.cfg = cfg = config or CastBcqConfig()
+        self.n = n = len(obs_dims)
+        self.obs_dims, self.act_dims = list(obs_dims), list(act_dims)
+        self.O, self.A = max(obs_dims), max(act_dims)
+        self.latent = int(cfg.latent_scale * self.A)
+        self.register_buffer("max_action", torch.tensor(max_action, dtype=torch.float32)[:, None, None])  # [N, 1, 1]
+        # action components an agent does not have (padding) are always 0
+        self.register_buffer("act_mask", (torch.arange(self.A)[None, :] < torch.tensor(act_dims)[:, None]).float()[:, None, :])
+        in_oa = [o + self.A for o in obs_dims]
+        self.encoder = AgentMLP(n, in_oa, cfg.vae_hidden, 2 * self.latent)  # Eq. 3: E_{w1^i}(o_i, a_i) -> mu, log sigma
+        self.decoder = AgentMLP(n, [o + self.latent for o in obs_dims], cfg.vae_hidden, self.A)  # D_{w2^i}(o_i, z)
+        self.actor = AgentMLP(n, in_oa, cfg.actor_hidden, self.A)  # xi_i(o_i, a_i) in [-Phi, Phi] * max_action
+        joint_in = state_dim + n * self.A
+        self.joint_critic = AgentMLP(2, joint_in, cfg.critic_hidden, 1)  # twin Q(o, a; phi^1), Q(o, a; phi^2)
+        self.ind_critic = AgentMLP(2 * n, [o + self.A for o in obs_dims] * 2, cfg.critic_hidden, 1)  # twin Q_i per agent
+        self.actor_target = copy.deepcopy(self.actor)
+        self.joint_critic_target = copy.deepcopy(self.joint_critic)
+        self.to(device)
+        self.opt_vae = torch.optim.Adam([*self.encoder.parameters(), *self.decoder.parameters()], lr=cfg.lr)
+        self.opt_actor = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr)
+        self.opt_joint = torch.optim.Adam(self.joint_critic.parameters(), lr=cfg.lr)
+        self.opt_ind = torch.optim.Adam(self.ind_critic.parameters(), lr=cfg.lr)
+
+    # ------------------------------------------------------------ networks
+
+    def decode(self, obs: torch.Tensor, generator: torch.Generator | None = None, z: torch.Tensor | None = None) -> torch.Tensor:
+        """a ~ G_{w^i}(o_i): obs [N, R, O] -> actions [N, R, A], z ~ N(0, 1) clipped to +-latent_clip."""
+        if z is None:
+            z = torch.randn(obs.shape[0], obs.shape[1], self.latent, device=obs.device, generator=generator)
+            z = z.clamp(-self.cfg.latent_clip, self.cfg.latent_clip)
+        return torch.tanh(self.decoder(torch.cat([obs, z], -1))) * self.max_action * self.act_mask
+
+    def perturb(self, actor: nn.Module, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """BCQ's perturbation: a + Phi * max_action * tanh(xi(o, a)), clamped to the action box."""
+        xi = self.cfg.phi * self.max_action * torch.tanh(actor(torch.cat([obs, action], -1)))
+        return torch.maximum(torch.minimum(action + xi, self.max_action), -self.max_action) * self.act_mask
+
+    def joint_q(self, state: torch.Tensor, joint_action: torch.Tensor, target: bool = False) -> torch.Tensor:
+        """Eq. 10 over the twin joint critics: state [R, S], joint action [R, N, A] -> [R]."""
+        net = self.joint_critic_target if target else self.joint_critic
+        x = torch.cat([state, joint_action.flatten(1)], -1)
+        q = net(x[None].expand(2, -1, -1))[..., 0]  # [2, R]
+        return soft_clipped_double_q(q[0], q[1], self.cfg.lam)
+
+    def individual_q(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """Both heads of Q_i(o_i, a_i): obs [N, R, O], action [N, R, A] -> [2, N, R]."""
+        x = torch.cat([obs, action], -1)
+        return self.ind_critic(torch.cat([x, x]))[..., 0].view(2, self.n, -1)
+
+    # ------------------------------------------------------------ losses, one per equation
+
+    def vae_loss(self, obs: torch.Tensor, action: torch.Tensor, generator=None) -> torch.Tensor:
+        """Eq. 3: (a_i - a~_i)^2 + kl_weight * D_KL(N(mu, sigma) || N(0, 1)), summed over agents."""
+        mu, log_std = self.encoder(torch.cat([obs, action], -1)).chunk(2, -1)
+        log_std = log_std.clamp(-4, 15)  # the reference code's clamp
+        std = log_std.exp()
+        z = mu + std * torch.randn(mu.shape, device=mu.device, generator=generator)
+        recon = self.decode(obs, z=z)
+        rec = ((recon - action) ** 2 * self.act_mask).sum(-1).mean(-1) / self.act_mask.sum(-1).squeeze(-1)
+        kl = -0.5 * (1 + 2 * log_std - mu.pow(2) - std.pow(2)).mean(-1).mean(-1)
+        return (rec + self.cfg.kl_weight * kl).sum()
+
+    def joint_critic_loss(self, state, action, reward, next_state, next_obs, terminated, generator=None) -> torch.Tensor:
+        """Eq. 6: [r + gamma * (1 - terminated) * max_j Q'(o', a'_j) - Q^k(o, a)]^2 for both critics k,
+        with a'_j (j = 1..n) candidate joint actions from the agents' VAEs and target actors."""
+        n, B = self.cfg.n_target, state.shape[0]
+        with torch.no_grad():
+            obs_rep = next_obs.repeat_interleave(n, dim=1)  # [N, B*n, O]
+            cand = self.perturb(self.actor_target, obs_rep, self.decode(obs_rep, generator))  # [N, B*n, A]
+            q = self.joint_q(next_state.repeat_interleave(n, dim=0), cand.transpose(0, 1), target=True)
+            y = reward + self.cfg.gamma * (1.0 - terminated) * q.view(B, n).max(1).values
+        x = torch.cat([state, action.transpose(0, 1).flatten(1)], -1)
+        q_now = self.joint_critic(x[None].expand(2, -1, -1))[..., 0]  # [2, B]
+        return F.mse_loss(q_now, y[None].expand(2, -1), reduction="mean") * 2
+
+    def counterfactual_target(self, state, obs, action, generator=None) -> torch.Tensor:
+        """Eq. 8 with the current joint critic (no gradient): Delta [B, N].
+
+        Teammates follow the joint policy (VAE sample + perturbation) unless masked.
+        Ablations: ``csaa=False`` regresses on Q(o, (a_i, pi_-i)) itself (no baseline, no
+        masking); ``subteam_sampling=False`` keeps the baseline with the empty subteam only.
+        """
+        N, dev = self.n, state.device
+        with torch.no_grad():
+            pi = self.perturb(self.actor, obs, self.decode(obs, generator)).transpose(0, 1)  # [B, N, A]
+            a = action.transpose(0, 1)  # [B, N, A]
+            if not self.cfg.csaa:
+                own = torch.eye(N, dtype=torch.bool, device=dev)[:, None, :, None]
+                joint = torch.where(own, a[None], pi[None])  # [N(i), B, N, A]
+                return self.joint_q(state.repeat(N, 1), joint.reshape(-1, N, self.A)).view(N, -1).transpose(0, 1)
+            if self.cfg.subteam_sampling:
+                masks = subteam_masks(N, self.cfg.subteams, generator, dev)
+            else:
+                masks = torch.zeros(1, N, N, dtype=torch.bool, device=dev)
+            default = torch.zeros(N, self.A, device=dev)  # a^d = 0 in MaMuJoCo
+            return counterfactual_contribution(self.joint_q, state, a, pi, default, masks)
+
+    def individual_critic_loss(self, obs, action, delta) -> torch.Tensor:
+        """Eq. 9: (Q_i(o_i, a_i) - Delta_i)^2 for both heads of every agent's Q_i."""
+        q = self.individual_q(obs, action)  # [2, N, B]
+        err = (q - delta.transpose(0, 1)[None]) ** 2
+        if self.cfg.delta_weight:
+            err = err * delta.transpose(0, 1).exp().clamp(0, 10)[None]
+        return err.mean() * 2 * self.n
+
+    def actor_loss(self, obs, generator=None) -> torch.Tensor:
+        """Deterministic policy gradient through Q_i: -Q_i^1(o_i, xi_i(o_i, a~_i)), a~_i ~ G_{w^i}(o_i)."""
+        with torch.no_grad():
+            sampled = self.decode(obs, generator)
+        a = self.perturb(self.actor, obs, sampled)
+        return -self.individual_q(obs, a)[0].mean() * self.n
+
+    # ------------------------------------------------------------ Algorithm 1, one iteration
+
+    def update(self, obs, action, reward, next_obs, terminated, state, next_state, generator=None) -> dict[str, float]:
+        """One iteration of Algorithm 1 on a minibatch (shapes in the class docstring)."""
+        stats = {}
+        for name, opt, loss_fn in (
+            ("vae", self.opt_vae, lambda: self.vae_loss(obs, action, generator)),  # lines 3-4
+            ("joint_critic", self.opt_joint,  # lines 5-7
+             lambda: self.joint_critic_loss(state, action, reward, next_state, next_obs, terminated, generator)),
+            ("individual_critic", self.opt_ind,  # lines 8-11
+             lambda: self.individual_critic_loss(obs, action, self.counterfactual_target(state, obs, action, generator))),
+            ("actor", self.opt_actor, lambda: self.actor_loss(obs, generator)),
+        ):  # fmt: skip
+            loss = loss_fn()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            stats[name] = loss.item()
+        soft_update(self.joint_critic_target, self.joint_critic, self.cfg.tau)  # line 13
+        soft_update(self.actor_target, self.actor, self.cfg.tau)
+        return stats
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Decentralized execution: agent i samples n_act candidates from its own VAE on its own
+        o_i, perturbs them, and takes the argmax of Q_i^1. obs [N, B, O] -> actions [N, B, A]."""
+        N, B, _ = obs.shape
+        k = self.cfg.n_act
+        rep = obs.repeat_interleave(k, dim=1)  # [N, B*k, O]
+        cand = self.perturb(self.actor, rep, self.decode(rep, generator))
+        q = self.individual_q(rep, cand)[0].view(N, B, k)
+        best = q.argmax(-1)  # [N, B]
+        return cand.view(N, B, k, self.A).gather(2, best[..., None, None].expand(N, B, 1, self.A))[:, :, 0]
