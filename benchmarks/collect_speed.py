@@ -37,7 +37,8 @@ import numpy as np
 
 from madata.behaviour import load_policy
 from madata.behaviour.checkpoint import CheckpointInfo, save_checkpoint
-from madata.collect import collect, make_team_env
+from madata.collect import collect
+from madata.envs.team import make_team_env
 
 
 def raw_rate(env_id: str, steps: int, seed: int = 0) -> float:

@@ -4,7 +4,7 @@
 
 Each episode gives every agent a behaviour level (:mod:`madata.behaviour.mix`); a
 level's policy is a joint policy of the whole team, and agent ``i`` takes its part of
-the joint action (:class:`~madata.envs.mamujoco.Factorization`). ``envs`` copies of the
+the joint action (:class:`~madata.envs.team.Factorization`). ``envs`` copies of the
 environment run side by side; every step makes one ``act`` call per level over all
 copies whose team uses that level, then steps each copy with the assembled joint
 action. Optional exploration: Gaussian action noise ``noise`` (per component, clipped
@@ -31,7 +31,7 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -41,10 +41,9 @@ from madata.behaviour import BehaviourPolicy, check_levels, load_policy
 from madata.behaviour.mix import Combo, assign, check_combo, combinations
 from madata.behaviour.random import TeamRandomPolicy
 from madata.dataset import Dataset
-from madata.envs.mamujoco import Factorization, MaMuJoCoTeamEnv, ObsPath
-from madata.envs.registry import TaskInfo, env_specs, get_task
+from madata.envs.registry import TaskInfo, get_task
+from madata.envs.team import Factorization, TeamEnv, make_team_env
 from madata.errors import DatasetExistsError, SchemaError
-from madata.schema import AgentSpec
 from madata.spaces import Box, Discrete
 from madata.writer import DatasetWriter, read_metadata
 
@@ -53,94 +52,6 @@ DEFAULT_ENVS = 16
 # what a resumed run must share with the stored one
 _MATCH_KEYS = ("producer", "task", "mix", "combo", "episodes", "seed", "noise", "epsilon", "max_steps", "policies")
 _BEFORE_OPTIONS = {"noise": 0.0, "epsilon": 0.0, "max_steps": None}  # stored by collectors that lacked these options
-
-
-class TeamEnv(Protocol):
-    """One environment stepped with joint actions.
-
-    ``reset(seed) -> (state [S], source [D])``; ``step(joint [A]) -> (state, source,
-    reward, terminated, truncated)``; each agent's local observation is
-    ``factorization.local_obs(source)``. ``truncated`` marks the time limit of
-    ``max_steps`` steps (or the env's own), ``terminated`` a true end.
-    """
-
-    factorization: Factorization
-    max_steps: int
-
-    def reset(self, seed: int) -> tuple[np.ndarray, np.ndarray]: ...
-
-    def step(self, joint: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, bool, bool]: ...
-
-    def close(self) -> None: ...
-
-
-class ParallelTeamEnv:
-    """A PettingZoo-style parallel env (madata's grid) as a :class:`TeamEnv`.
-
-    The joint action is the agents' actions laid end to end (a Discrete agent's
-    integer is one component), the source their observations laid end to end, the
-    state ``env.state()``.
-    """
-
-    def __init__(self, env: Any, info: TaskInfo, max_steps: int | None = None):
-        agents, state_space = env_specs(env)
-        if state_space is None:
-            raise SchemaError(f"task {info.name}: the collector records a global state, but the env has no state()")
-        limit = info.env.get("max_steps")
-        if limit is None and max_steps is None:
-            raise SchemaError(f"task {info.name}: no time limit known; pass max_steps")
-        self.env, self.info = env, info
-        self.max_steps = int(min(x for x in (limit, max_steps) if x is not None))
-        sizes = [1 if isinstance(a.action_space, Discrete) else math.prod(a.action_space.shape) for a in agents]
-        obs_sizes = [math.prod(a.observation_space.shape) for a in agents]
-        act_start, obs_start = np.cumsum([0, *sizes]), np.cumsum([0, *obs_sizes])
-        self.factorization = Factorization(
-            agents=tuple(AgentSpec(a.id, _float32(a.observation_space), a.action_space) for a in agents),
-            state_space=_float32(state_space),
-            act_index={a.id: np.arange(act_start[k], act_start[k + 1]) for k, a in enumerate(agents)},
-            obs_index={a.id: np.arange(obs_start[k], obs_start[k + 1]) for k, a in enumerate(agents)},
-            act_dim=int(act_start[-1]),
-            source_dim=int(obs_start[-1]),
-        )
-        self._t = 0
-
-    def reset(self, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        obs, _ = self.env.reset(seed=int(seed))
-        self._t = 0
-        return np.array(self.env.state(), dtype=np.float64), self._source(obs)
-
-    def step(self, joint: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, bool, bool]:
-        actions = self.factorization.split_actions(joint)
-        actions = {a: (int(v) if v.ndim == 0 else v) for a, v in actions.items()}
-        obs, rew, terms, truncs, _ = self.env.step(actions)
-        team = {float(r) for r in rew.values()}
-        if len(team) != 1:  # cooperative tasks give every agent the team reward
-            raise SchemaError(
-                f"task {self.info.name}: agents got different rewards {rew}; madata.collect records one team reward"
-            )
-        self._t += 1
-        terminated = any(bool(v) for v in terms.values())
-        truncated = not terminated and (any(bool(v) for v in truncs.values()) or self._t >= self.max_steps)
-        return np.array(self.env.state(), dtype=np.float64), self._source(obs), team.pop(), terminated, truncated
-
-    def _source(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        return np.concatenate([np.asarray(obs[a.id], dtype=np.float64).ravel() for a in self.factorization.agents])
-
-    def close(self) -> None:
-        self.env.close()
-
-
-def make_team_env(task: str, max_steps: int | None = None, obs_path: ObsPath = "index") -> TeamEnv:
-    """A fresh :class:`TeamEnv` of ``task`` (MaMuJoCo: its single-agent env stepped directly)."""
-    info = get_task(task)
-    env = info.make_env()
-    try:
-        if info.family == "mamujoco":
-            return MaMuJoCoTeamEnv(env, max_steps, obs_path)
-        return ParallelTeamEnv(env, info, max_steps)
-    except BaseException:
-        env.close()
-        raise
 
 
 def collect(
@@ -427,9 +338,6 @@ def _joint_bounds(f: Factorization) -> tuple[np.ndarray, np.ndarray]:
             low[idx], high[idx] = sp.start, sp.start + sp.n - 1
     return low, high
 
-
-def _float32(space: Box) -> Box:
-    return Box(space.shape, space.low, space.high, "float32")
 
 
 def _check_same_collection(root: Path, requested: dict[str, Any]) -> None:

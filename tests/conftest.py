@@ -65,7 +65,7 @@ def write(path, agents, episodes, chunk_rows=16, commit_every=3, state_dim=None,
 
 def random_checkpoint(root, task: str, level: str, hidden=(32, 32), seed: int = 0, of_task: str | None = None):
     """Save a SAC checkpoint with random weights for ``task`` at ``root/task/level`` (``of_task``: what it claims)."""
-    from madata.collect import make_team_env
+    from madata.envs.team import make_team_env
 
     team = make_team_env(task)
     f = team.factorization

@@ -227,7 +227,8 @@ def checkpoints(root, task, levels=("medium", "expert")):
 def test_mix_medium_expert_equal_shares_labels_and_actions(tmp_path):
     """Each agent's stored action is its own level's joint action at the agent's (reversed) indices."""
     from madata.behaviour import load_policy
-    from madata.collect import episode_noise, make_team_env
+    from madata.collect import episode_noise
+    from madata.envs.team import make_team_env
 
     ck = checkpoints(tmp_path / "ck", "walker2d-2x3")
     ds = collect("walker2d-2x3", tmp_path / "ds", mix=["medium", "expert"], episodes=8, seed=4, envs=3,

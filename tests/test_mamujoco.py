@@ -9,8 +9,8 @@ pytest.importorskip("gymnasium_robotics")
 
 from madata.behaviour import SacPolicy, load_policy  # noqa: E402
 from madata.behaviour.checkpoint import SacActor, load_checkpoint  # noqa: E402
-from madata.collect import make_team_env  # noqa: E402
 from madata.envs.registry import get_task  # noqa: E402
+from madata.envs.team import make_team_env  # noqa: E402
 from tests.conftest import random_checkpoint  # noqa: E402
 
 TASKS = ["halfcheetah-2x3", "hopper-3x1", "walker2d-2x3"]

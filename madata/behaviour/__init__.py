@@ -2,7 +2,7 @@
 
 A behaviour policy is a *joint* (whole-team) policy. It maps a batch of global states
 and noise to joint actions, and agent ``i`` takes its own part of the output, the
-components at its factorization indices (:class:`madata.envs.mamujoco.Factorization`)::
+components at its factorization indices (:class:`madata.envs.team.Factorization`)::
 
     policy = load_policy("halfcheetah-2x3", "expert", team.factorization)
     joint = policy.act(state, noise)   # state [B, S], noise [B, A] -> joint actions [B, A]
@@ -37,7 +37,7 @@ from madata.envs.registry import get_task
 from madata.errors import SchemaError, UnknownNameError
 
 if TYPE_CHECKING:
-    from madata.envs.mamujoco import Factorization
+    from madata.envs.team import Factorization
 
 CHECKPOINT_ENV = "MADATA_CHECKPOINT_DIR"
 RANDOM = "random"

@@ -28,8 +28,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from madata.envs.mamujoco import VELOCITY_CLIP, Factorization, factorization, probe_clipping
+from madata.envs.mamujoco import factorization, probe_clipping
 from madata.envs.registry import MAMUJOCO_SCENARIOS, TASKS, TaskInfo, mamujoco_task_name, register_mamujoco
+from madata.envs.team import VELOCITY_CLIP, Factorization
 from madata.errors import SchemaError, UnknownNameError
 
 # The agent_confs MaMuJoCo accepts for each robot: the `partitioning` branches of

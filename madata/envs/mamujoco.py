@@ -31,84 +31,12 @@ from typing import Any, Literal
 
 import numpy as np
 
+from madata.envs.team import VELOCITY_CLIP, Factorization
 from madata.errors import SchemaError
 from madata.schema import AgentSpec
-from madata.spaces import Box, Space, from_gymnasium
+from madata.spaces import Box, from_gymnasium
 
 ObsPath = Literal["index", "env"]
-VELOCITY_CLIP = 10.0  # the bound Hopper-v5/Walker2d-v5 (and MaMuJoCo's Hopper) clip velocities to
-
-
-@dataclass(frozen=True)
-class Factorization:
-    """How a team's joint action and observation source split into the agents' parts.
-
-    ``act_index[agent]`` int64 [d_i]: agent component ``j`` is joint component ``act_index[agent][j]``.
-    ``obs_index[agent]`` int64 [o_i]: the agent's local observation is ``source[obs_index[agent]]``.
-    ``agents`` carry the dataset spaces (float32 observation boxes); ``state_space`` the global state's.
-    A Discrete agent owns one joint component holding its integer action.
-    """
-
-    agents: tuple[AgentSpec, ...]
-    state_space: Box
-    act_index: dict[str, np.ndarray]
-    obs_index: dict[str, np.ndarray]
-    act_dim: int  # A: length of the joint action
-    source_dim: int  # D: length of the observation source vector
-    obs_clip: dict[str, np.ndarray] | None = None  # bool [o_i]: components MaMuJoCo clips to +-VELOCITY_CLIP
-
-    def __post_init__(self) -> None:
-        joint = np.sort(np.concatenate([self.act_index[a.id] for a in self.agents]))
-        if not np.array_equal(joint, np.arange(self.act_dim)):
-            raise SchemaError(
-                f"action factorization {self.act_index_lists()} must use every joint component 0..{self.act_dim - 1} once"
-            )
-        for a in self.agents:
-            n = int(np.prod(a.action_space.shape, dtype=np.int64))
-            if len(self.act_index[a.id]) != n:
-                raise SchemaError(f"{a.id}: {len(self.act_index[a.id])} action indices for an action of size {n}")
-            if len(self.obs_index[a.id]) != a.observation_space.shape[0]:
-                raise SchemaError(f"{a.id}: observation indices do not match its observation space")
-
-    @property
-    def agent_ids(self) -> list[str]:
-        return [a.id for a in self.agents]
-
-    @property
-    def action_spaces(self) -> dict[str, Space]:
-        return {a.id: a.action_space for a in self.agents}
-
-    def act_index_lists(self) -> dict[str, list[int]]:
-        return {a: v.tolist() for a, v in self.act_index.items()}
-
-    def split_actions(self, joint: np.ndarray) -> dict[str, np.ndarray]:
-        """Joint actions [..., A] -> each agent's actions [..., *act_shape] in its space's dtype."""
-        out = {}
-        for a in self.agents:
-            part = joint[..., self.act_index[a.id]]
-            out[a.id] = part.reshape((*joint.shape[:-1], *a.action_space.shape)).astype(a.action_space.dtype)
-        return out
-
-    def join_actions(self, actions: dict[str, np.ndarray]) -> np.ndarray:
-        """Each agent's actions [..., *act_shape] -> joint actions [..., A] (float32)."""
-        first = self.agents[0]
-        lead = np.shape(actions[first.id])[: np.ndim(actions[first.id]) - len(first.action_space.shape)]
-        joint = np.zeros((*lead, self.act_dim), dtype=np.float32)
-        for a in self.agents:
-            joint[..., self.act_index[a.id]] = np.asarray(actions[a.id]).reshape(*lead, -1)
-        return joint
-
-    def local_obs(self, source: np.ndarray) -> dict[str, np.ndarray]:
-        """Observation sources [..., D] -> each agent's local observations [..., o_i] (the spaces' dtype)."""
-        out = {}
-        for a in self.agents:
-            x = source[..., self.obs_index[a.id]]
-            if self.obs_clip is not None and self.obs_clip[a.id].any():
-                m = self.obs_clip[a.id]
-                x = x.copy()
-                x[..., m] = np.clip(x[..., m], -VELOCITY_CLIP, VELOCITY_CLIP)
-            out[a.id] = x.astype(a.observation_space.dtype)
-        return out
 
 
 def factorization(env: Any, obs_path: ObsPath = "index") -> Factorization:
