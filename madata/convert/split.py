@@ -4,7 +4,7 @@
 and reads off everything a converter needs:
 
 * the per-agent action index arrays and local-observation index arrays
-  (:class:`~madata.envs.mamujoco.Factorization`, from MaMuJoCo's own mapping);
+  (:class:`~madata.envs.team.Factorization`, from MaMuJoCo's own mapping);
 * which components of the single-agent observation are clipped to [-10, 10]
   (Hopper-v5 and Walker2d-v5 clip their velocities), and which components of each
   agent's local observation MaMuJoCo clips. These are *measured*, not assumed: the
