@@ -1,0 +1,73 @@
+"""Evaluation of decentralized policies in the real environment.
+
+``K`` episodes run side by side, one :class:`~madata.envs.team.TeamEnv` each; every step
+makes one batched policy call for all running episodes. Agent ``i``'s policy sees its
+own local observations only. Episode ``k`` resets with seed ``seed + k``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from madata.envs.registry import get_task
+from madata.envs.team import make_team_env
+from madata.summary import normalized_score
+
+# obs {agent: [E, o_i]} -> actions {agent: [E, d_i]} (int64 [E] for Discrete)
+Policy = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+@dataclass
+class EvalResult:
+    """Returns of ``episodes`` evaluation episodes; normalized by the task's reference scores when known."""
+
+    task: str
+    episodes: int
+    seed: int
+    mean_return: float
+    std_return: float
+    returns: list[float]
+    lengths: list[int]
+    mean_normalized: float | None
+    std_normalized: float | None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def evaluate(task: str, policy: Policy, episodes: int = 10, seed: int = 0, max_steps: int | None = None) -> EvalResult:
+    """Run ``episodes`` episodes of ``policy`` in ``task`` at once; returns their statistics."""
+    envs = [make_team_env(task, max_steps) for _ in range(episodes)]
+    try:
+        f = envs[0].factorization
+        sources = np.stack([e.reset(seed + k)[1] for k, e in enumerate(envs)])  # [E, D]
+        returns, lengths = np.zeros(episodes), np.zeros(episodes, dtype=np.int64)
+        running = np.ones(episodes, dtype=bool)
+        while running.any():
+            live = np.flatnonzero(running)
+            actions = policy(f.local_obs(sources[live]))
+            joint = f.join_actions(actions)  # [E_live, A]
+            for row, k in enumerate(live):
+                _, src, r, term, trunc = envs[k].step(joint[row])
+                sources[k] = src
+                returns[k] += r
+                lengths[k] += 1
+                running[k] = not (term or trunc)
+    finally:
+        for e in envs:
+            e.close()
+    norm = normalized_score(returns, get_task(task).reference_scores)
+    return EvalResult(
+        task=task,
+        episodes=episodes,
+        seed=seed,
+        mean_return=float(returns.mean()),
+        std_return=float(returns.std()),
+        returns=returns.tolist(),
+        lengths=lengths.tolist(),
+        mean_normalized=None if norm is None else float(norm.mean()),
+        std_normalized=None if norm is None else float(norm.std()),
+    )
