@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from cli import behavior, d4rl
+from cli import behavior, d4rl, train
 from cli.errors import handle_errors
 
 app = typer.Typer(
@@ -161,6 +161,7 @@ def collect(
 
 
 d4rl.register(app)  # split-d4rl, export-d4rl
+train.register(app)  # train ALGO, eval
 
 
 def main() -> None:

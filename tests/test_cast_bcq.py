@@ -108,7 +108,8 @@ def _toy_batch(N=2, B=32, obs_dim=5, A=3, S=7, seed=0):
 
 
 def _small(N=2, **kw):
-    from madata_algos.cast_bcq import CastBcq, CastBcqConfig
+    from madata_algos.cast_bcq import CastBcq
+    from madata_algos.configs import CastBcqConfig
 
     torch.manual_seed(0)
     cfg = CastBcqConfig(vae_hidden=(16, 16), actor_hidden=(16, 16), critic_hidden=(16, 16), n_target=4, n_act=8, **kw)
