@@ -33,3 +33,21 @@ class CastBcqConfig:
 
     def to_json(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class DiscreteConfig:
+    """Discrete CAST-BCQ and I-BCQ (grid world, StarCraft-like maps); BCQ's discrete variant."""
+
+    hidden: tuple[int, ...] = (64, 64)  # critics and behaviour classifiers
+    lr: float = 1e-3
+    gamma: float = 0.99
+    tau: float = 0.005  # Polyak rate of the target critics
+    threshold: float = 0.3  # BCQ's tau: action a is allowed when G(a|o) / max_a' G(a'|o) >= threshold
+    lam: float = 0.9  # Eq. 10 (CAST-BCQ's joint critic)
+    subteams: int = 10  # M (Eq. 8; the reference's discrete value)
+    csaa: bool = True
+    subteam_sampling: bool = True
+
+    def to_json(self) -> dict:
+        return asdict(self)

@@ -150,3 +150,38 @@ def test_perturbation_and_latent_scales_as_configured():
     algo.cfg.latent_clip = 0.0  # every z = 0: decoding is deterministic
     d1, d2 = algo.decode(obs), algo.decode(obs)
     assert torch.equal(d1, d2)
+
+
+def test_discrete_cast_bcq_and_ibcq_update_and_act():
+    from madata_algos.cast_bcq_discrete import CastBcqDiscrete, IndependentBcqDiscrete, allowed_actions
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    B = 16
+    batch = dict(obs=torch.randn(2, B, 2), action=torch.randint(0, 3, (2, B)), reward=torch.randn(B),
+                 next_obs=torch.randn(2, B, 2), terminated=torch.zeros(B), state=torch.randn(B, 2),
+                 next_state=torch.randn(B, 2))  # fmt: skip
+    for algo in (CastBcqDiscrete(2, 2, 3, 2, default_action=1), IndependentBcqDiscrete(2, 2, 3)):
+        first = algo.update(**batch, generator=g)
+        for _ in range(30):
+            last = algo.update(**batch, generator=g)
+        assert last["classifier"] < first["classifier"]
+        a = algo.act(batch["obs"])
+        assert a.shape == (2, B) and a.dtype == torch.int64 and a.max() <= 2
+    # BCQ's constraint: only actions with G(a|o) / max G >= threshold
+    logits = torch.log(torch.tensor([[0.6, 0.3, 0.1]]))
+    assert allowed_actions(logits, 0.3).tolist() == [[True, True, False]]
+
+
+def test_discrete_counterfactual_masks_with_the_noop():
+    """Masked teammates take the default (no-op) action, not zeros."""
+    from madata_algos.cast_bcq_discrete import CastBcqDiscrete
+
+    algo = CastBcqDiscrete(2, 2, 3, 2, default_action=1)
+    seen = []
+    algo.joint_q = lambda s, a, target=False: (seen.append(a.reshape(len(a), 2).clone()), a.reshape(len(a), 2)[:, 0].float())[1]
+    algo.counterfactual_target(torch.zeros(1, 2), torch.zeros(2, 1, 2), torch.tensor([[2], [0]]))
+    rows = seen[-1].view(2, 2, 2, 2)  # [with a_i / with default, subteam m ({} then {other}), agent i, agent j]
+    assert rows[0, 1, 0].tolist() == [2, 1]  # agent 0 keeps its action 2, its masked teammate takes the no-op 1
+    assert rows[1, 1, 0].tolist() == [1, 1]  # the baseline: agent 0's default too
+    assert rows[0, 1, 1].tolist() == [1, 0]  # agent 1 keeps its action 0, agent 0 masked

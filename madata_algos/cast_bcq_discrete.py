@@ -1,0 +1,171 @@
+"""CAST-BCQ for discrete actions, and I-BCQ (independent discrete BCQ) beside it.
+
+The generative model of agent i is a behaviour classifier G_i(a_i | o_i) (BCQ's
+discrete variant): an action is allowed when G_i(a|o_i) / max_a' G_i(a'|o_i) >= threshold.
+CAST-BCQ's joint critic Q(s, a) takes the one-hot joint action and is trained by Eq. 6
+with the max over the joint actions whose every component is allowed, combining twin
+critics by Eq. 10; the individual critic Q_i(o_i, .) has one output per action and is
+regressed on the counterfactual contribution (Eqs. 8-9) with masked teammates taking the
+default (no-op) action. Execution: agent i takes the allowed action of highest Q_i.
+
+I-BCQ: each agent runs discrete BCQ on its own (o_i, a_i, r, o'_i), blind to the others.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from madata_algos.cast_bcq import counterfactual_contribution, soft_clipped_double_q, subteam_masks
+from madata_algos.configs import DiscreteConfig
+from madata_algos.networks import AgentMLP, soft_update
+
+
+def allowed_actions(logits: torch.Tensor, threshold: float) -> torch.Tensor:
+    """BCQ's discrete constraint: G(a|o) / max_a' G(a'|o) >= threshold. logits [..., n] -> bool [..., n]."""
+    p = logits.softmax(-1)
+    return p / p.max(-1, keepdim=True).values >= threshold
+
+
+class CastBcqDiscrete(nn.Module):
+    """N agents with ``obs_dim`` observations and ``n_actions`` actions each; ``default_action`` the no-op.
+
+    Batches: ``obs``/``next_obs`` [N, B, obs_dim], ``action`` [N, B] int64, ``state``/``next_state`` [B, S].
+    """
+
+    def __init__(self, n_agents: int, obs_dim: int, n_actions: int, state_dim: int, default_action: int,
+                 config: DiscreteConfig | None = None, device="cpu"):  # fmt: skip
+        super().__init__()
+        self.cfg = cfg = config or DiscreteConfig()
+        self.n, self.k, self.default = n_agents, n_actions, default_action
+        self.classifier = AgentMLP(n_agents, obs_dim, cfg.hidden, n_actions)  # G_i(a_i | o_i)
+        self.joint_critic = AgentMLP(2, state_dim + n_agents * n_actions, cfg.hidden, 1)  # twin Q(s, a)
+        self.ind_critic = AgentMLP(n_agents, obs_dim, cfg.hidden, n_actions)  # Q_i(o_i, .)
+        self.joint_target = copy.deepcopy(self.joint_critic)
+        # every joint action, [K^N, N]
+        self.register_buffer("joint_actions", torch.tensor(list(itertools.product(range(n_actions), repeat=n_agents))))
+        self.to(device)
+        self.opt_cls = torch.optim.Adam(self.classifier.parameters(), lr=cfg.lr)
+        self.opt_joint = torch.optim.Adam(self.joint_critic.parameters(), lr=cfg.lr)
+        self.opt_ind = torch.optim.Adam(self.ind_critic.parameters(), lr=cfg.lr)
+
+    def joint_q(self, state: torch.Tensor, joint_action: torch.Tensor, target: bool = False) -> torch.Tensor:
+        """Eq. 10 over the twin joint critics: state [R, S], joint action [R, N] int (or [R, N, 1]) -> [R]."""
+        a = joint_action.reshape(joint_action.shape[0], self.n).long()
+        x = torch.cat([state, F.one_hot(a, self.k).float().flatten(1)], -1)
+        q = (self.joint_target if target else self.joint_critic)(x[None].expand(2, -1, -1))[..., 0]
+        return soft_clipped_double_q(q[0], q[1], self.cfg.lam)
+
+    def greedy_joint(self, state: torch.Tensor, obs: torch.Tensor, target: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """The joint policy: the allowed joint action of highest Q. Returns (actions [B, N], Q [B])."""
+        B, J = state.shape[0], self.joint_actions.shape[0]
+        ok = allowed_actions(self.classifier(obs), self.cfg.threshold)  # [N, B, K]
+        cand_ok = ok.permute(1, 0, 2)[:, torch.arange(self.n), self.joint_actions].all(-1)  # [B, J]
+        q = self.joint_q(state.repeat_interleave(J, 0), self.joint_actions.repeat(B, 1), target).view(B, J)
+        q = q.masked_fill(~cand_ok, float("-inf"))
+        best = q.argmax(1)
+        return self.joint_actions[best], q.gather(1, best[:, None])[:, 0]
+
+    def classifier_loss(self, obs, action) -> torch.Tensor:
+        """Behaviour cloning of each agent's actions: cross-entropy of G_i."""
+        logits = self.classifier(obs)  # [N, B, K]
+        return F.cross_entropy(logits.flatten(0, 1), action.flatten(), reduction="mean") * self.n
+
+    def joint_critic_loss(self, state, action, reward, next_state, next_obs, terminated) -> torch.Tensor:
+        """Eq. 6 over allowed joint actions, both critics."""
+        with torch.no_grad():
+            _, q_next = self.greedy_joint(next_state, next_obs, target=True)
+            y = reward + self.cfg.gamma * (1.0 - terminated) * q_next
+        a = F.one_hot(action.transpose(0, 1), self.k).float().flatten(1)
+        q = self.joint_critic(torch.cat([state, a], -1)[None].expand(2, -1, -1))[..., 0]
+        return F.mse_loss(q, y[None].expand(2, -1)) * 2
+
+    def counterfactual_target(self, state, obs, action, generator=None) -> torch.Tensor:
+        """Eq. 8 with no-op defaults; Delta [B, N]."""
+        with torch.no_grad():
+            pi, _ = self.greedy_joint(state, obs)  # [B, N]
+            a = action.transpose(0, 1)
+            if not self.cfg.csaa:
+                own = torch.eye(self.n, dtype=torch.bool, device=state.device)[:, None, :]
+                joint = torch.where(own, a[None], pi[None])  # [N, B, N]
+                return self.joint_q(state.repeat(self.n, 1), joint.reshape(-1, self.n)).view(self.n, -1).T
+            if self.cfg.subteam_sampling:
+                masks = subteam_masks(self.n, self.cfg.subteams, generator, state.device)
+            else:
+                masks = torch.zeros(1, self.n, self.n, dtype=torch.bool, device=state.device)
+            default = torch.full((self.n, 1), float(self.default), device=state.device)
+            return counterfactual_contribution(self.joint_q, state, a[..., None].float(), pi[..., None].float(), default, masks)
+
+    def individual_critic_loss(self, obs, action, delta) -> torch.Tensor:
+        """Eq. 9: (Q_i(o_i, a_i) - Delta_i)^2 on the data's actions."""
+        q = self.ind_critic(obs).gather(-1, action[..., None])[..., 0]  # [N, B]
+        return F.mse_loss(q, delta.T) * self.n
+
+    def update(self, obs, action, reward, next_obs, terminated, state, next_state, generator=None) -> dict[str, float]:
+        stats = {}
+        for name, opt, fn in (
+            ("classifier", self.opt_cls, lambda: self.classifier_loss(obs, action)),
+            ("joint_critic", self.opt_joint, lambda: self.joint_critic_loss(state, action, reward, next_state, next_obs, terminated)),
+            ("individual_critic", self.opt_ind,
+             lambda: self.individual_critic_loss(obs, action, self.counterfactual_target(state, obs, action, generator))),
+        ):  # fmt: skip
+            loss = fn()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            stats[name] = loss.item()
+        soft_update(self.joint_target, self.joint_critic, self.cfg.tau)
+        return stats
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor) -> torch.Tensor:
+        """Decentralized: agent i takes its allowed action of highest Q_i(o_i, .). obs [N, B, O] -> [N, B]."""
+        ok = allowed_actions(self.classifier(obs), self.cfg.threshold)
+        return self.ind_critic(obs).masked_fill(~ok, float("-inf")).argmax(-1)
+
+
+class IndependentBcqDiscrete(nn.Module):
+    """I-BCQ: discrete BCQ run by each agent on its own (o_i, a_i, r, o'_i), batched across agents."""
+
+    def __init__(self, n_agents: int, obs_dim: int, n_actions: int, config: DiscreteConfig | None = None, device="cpu"):
+        super().__init__()
+        self.cfg = cfg = config or DiscreteConfig()
+        self.n, self.k = n_agents, n_actions
+        self.classifier = AgentMLP(n_agents, obs_dim, cfg.hidden, n_actions)
+        self.critic = AgentMLP(n_agents, obs_dim, cfg.hidden, n_actions)
+        self.target = copy.deepcopy(self.critic)
+        self.to(device)
+        self.opt_cls = torch.optim.Adam(self.classifier.parameters(), lr=cfg.lr)
+        self.opt_q = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr)
+
+    def critic_loss(self, obs, action, reward, next_obs, terminated) -> torch.Tensor:
+        """Each agent's TD error: r + gamma (1 - d) Q'_i(o'_i, argmax_{allowed a'} Q_i(o'_i, a')) - Q_i(o_i, a_i)."""
+        with torch.no_grad():
+            ok = allowed_actions(self.classifier(next_obs), self.cfg.threshold)
+            best = self.critic(next_obs).masked_fill(~ok, float("-inf")).argmax(-1, keepdim=True)
+            y = reward[None] + self.cfg.gamma * (1.0 - terminated[None]) * self.target(next_obs).gather(-1, best)[..., 0]
+        q = self.critic(obs).gather(-1, action[..., None])[..., 0]
+        return F.smooth_l1_loss(q, y) * self.n
+
+    def update(self, obs, action, reward, next_obs, terminated, state=None, next_state=None, generator=None) -> dict[str, float]:
+        stats = {}
+        for name, opt, fn in (
+            ("classifier", self.opt_cls, lambda: F.cross_entropy(self.classifier(obs).flatten(0, 1), action.flatten()) * self.n),
+            ("critic", self.opt_q, lambda: self.critic_loss(obs, action, reward, next_obs, terminated)),
+        ):  # fmt: skip
+            loss = fn()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            stats[name] = loss.item()
+        soft_update(self.target, self.critic, self.cfg.tau)
+        return stats
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor) -> torch.Tensor:
+        ok = allowed_actions(self.classifier(obs), self.cfg.threshold)
+        return self.critic(obs).masked_fill(~ok, float("-inf")).argmax(-1)
