@@ -112,13 +112,15 @@ class CastBcq(nn.Module):
         self.register_buffer("max_action", torch.tensor(max_action, dtype=torch.float32)[:, None, None])  # [N, 1, 1]
         # action components an agent does not have (padding) are always 0
         self.register_buffer("act_mask", (torch.arange(self.A)[None, :] < torch.tensor(act_dims)[:, None]).float()[:, None, :])
-        in_oa = [o + self.A for o in obs_dims]
+        # inputs are laid out [a or z (same width for all agents), o_i (zero-padded to O)], so an
+        # agent's padded observation columns are exactly the weight rows AgentLinear keeps at 0
+        in_oa = [self.A + o for o in obs_dims]
         self.encoder = AgentMLP(n, in_oa, cfg.vae_hidden, 2 * self.latent)  # Eq. 3: E_{w1^i}(o_i, a_i) -> mu, log sigma
-        self.decoder = AgentMLP(n, [o + self.latent for o in obs_dims], cfg.vae_hidden, self.A)  # D_{w2^i}(o_i, z)
+        self.decoder = AgentMLP(n, [self.latent + o for o in obs_dims], cfg.vae_hidden, self.A)  # D_{w2^i}(o_i, z)
         self.actor = AgentMLP(n, in_oa, cfg.actor_hidden, self.A)  # xi_i(o_i, a_i) in [-Phi, Phi] * max_action
         joint_in = state_dim + n * self.A
         self.joint_critic = AgentMLP(2, joint_in, cfg.critic_hidden, 1)  # twin Q(o, a; phi^1), Q(o, a; phi^2)
-        self.ind_critic = AgentMLP(2 * n, [o + self.A for o in obs_dims] * 2, cfg.critic_hidden, 1)  # twin Q_i per agent
+        self.ind_critic = AgentMLP(2 * n, in_oa * 2, cfg.critic_hidden, 1)  # twin Q_i per agent
         self.actor_target = copy.deepcopy(self.actor)
         self.joint_critic_target = copy.deepcopy(self.joint_critic)
         self.to(device)
@@ -134,11 +136,11 @@ class CastBcq(nn.Module):
         if z is None:
             z = torch.randn(obs.shape[0], obs.shape[1], self.latent, device=obs.device, generator=generator)
             z = z.clamp(-self.cfg.latent_clip, self.cfg.latent_clip)
-        return torch.tanh(self.decoder(torch.cat([obs, z], -1))) * self.max_action * self.act_mask
+        return torch.tanh(self.decoder(torch.cat([z, obs], -1))) * self.max_action * self.act_mask
 
     def perturb(self, actor: nn.Module, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """BCQ's perturbation: a + Phi * max_action * tanh(xi(o, a)), clamped to the action box."""
-        xi = self.cfg.phi * self.max_action * torch.tanh(actor(torch.cat([obs, action], -1)))
+        xi = self.cfg.phi * self.max_action * torch.tanh(actor(torch.cat([action, obs], -1)))
         return torch.maximum(torch.minimum(action + xi, self.max_action), -self.max_action) * self.act_mask
 
     def joint_q(self, state: torch.Tensor, joint_action: torch.Tensor, target: bool = False) -> torch.Tensor:
@@ -150,14 +152,14 @@ class CastBcq(nn.Module):
 
     def individual_q(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """Both heads of Q_i(o_i, a_i): obs [N, R, O], action [N, R, A] -> [2, N, R]."""
-        x = torch.cat([obs, action], -1)
+        x = torch.cat([action, obs], -1)
         return self.ind_critic(torch.cat([x, x]))[..., 0].view(2, self.n, -1)
 
     # ------------------------------------------------------------ losses, one per equation
 
     def vae_loss(self, obs: torch.Tensor, action: torch.Tensor, generator=None) -> torch.Tensor:
         """Eq. 3: (a_i - a~_i)^2 + kl_weight * D_KL(N(mu, sigma) || N(0, 1)), summed over agents."""
-        mu, log_std = self.encoder(torch.cat([obs, action], -1)).chunk(2, -1)
+        mu, log_std = self.encoder(torch.cat([action, obs], -1)).chunk(2, -1)
         log_std = log_std.clamp(-4, 15)  # the reference code's clamp
         std = log_std.exp()
         z = mu + std * torch.randn(mu.shape, device=mu.device, generator=generator)

@@ -185,3 +185,25 @@ def test_discrete_counterfactual_masks_with_the_noop():
     assert rows[0, 1, 0].tolist() == [2, 1]  # agent 0 keeps its action 2, its masked teammate takes the no-op 1
     assert rows[1, 1, 0].tolist() == [1, 1]  # the baseline: agent 0's default too
     assert rows[0, 1, 1].tolist() == [1, 0]  # agent 1 keeps its action 0, agent 0 masked
+
+
+def test_heterogeneous_agents_ignore_their_padding():
+    """Hopper-like observation sizes 2, 3, 2: what sits in an agent's padded columns changes nothing."""
+    from madata_algos.cast_bcq import CastBcq
+    from madata_algos.configs import CastBcqConfig
+
+    torch.manual_seed(0)
+    cfg = CastBcqConfig(vae_hidden=(8,), actor_hidden=(8,), critic_hidden=(8,))
+    algo = CastBcq([2, 3, 2], [1, 1, 1], 4, [1.0] * 3, cfg)
+    obs = torch.randn(3, 5, 3)
+    obs[0, :, 2] = obs[2, :, 2] = 0.0
+    a = torch.rand(3, 5, 1)
+    q = algo.individual_q(obs, a)
+    noisy = obs.clone()
+    noisy[0, :, 2] = 7.0  # agent 0's padding column
+    q_noisy = algo.individual_q(noisy, a)
+    assert torch.equal(q, q_noisy)  # the padding column meets agent 0's zero weight rows
+    first = algo.ind_critic.layers[0]  # input [a (1), o (3)]: agent 0's row 3 is padding
+    assert torch.all(first.weight[0, 3] == 0) and torch.any(first.weight[1, 3] != 0)
+    q.sum().backward()
+    assert torch.all(first.weight.grad[0, 3] == 0)  # and stays 0
