@@ -1,4 +1,5 @@
-# `make demo`: set everything up, collect a small dataset, show it.
+# `make demo`: set everything up, then the whole pipeline on the paper's grid world:
+# collect uniform-random data, verify and show it, train CAST-BCQ, evaluate its policy.
 # `make test`: set everything up, run the test suite.
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -18,10 +19,13 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	rm -rf $(DEMO)/grid.zarr
+	rm -rf $(DEMO)/grid.zarr $(DEMO)/grid-run
 	$(VENV)/bin/madata collect grid --mix random --episodes 1000 --seed 0 -o $(DEMO)/grid.zarr
 	$(VENV)/bin/madata verify $(DEMO)/grid.zarr
 	$(VENV)/bin/madata info $(DEMO)/grid.zarr
+	$(VENV)/bin/madata train cast-bcq $(DEMO)/grid.zarr --steps 1500 --batch-size 128 --eval-every 500 \
+		--eval-episodes 1 --seed 0 -o $(DEMO)/grid-run
+	$(VENV)/bin/madata eval $(DEMO)/grid-run --episodes 1
 
 test: setup
 	$(VENV)/bin/ruff check .

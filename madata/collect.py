@@ -154,7 +154,7 @@ def collect(
                 **({} if chunk_rows is None else {"chunk_rows": chunk_rows}),
             )
         with writer, tqdm(total=episodes, initial=writer.num_episodes, unit="ep", desc=f"collect {task}",
-                          disable=not progress, file=sys.stderr) as bar:  # fmt: skip
+                          disable=None if progress else True, mininterval=0.5, file=sys.stderr) as bar:  # fmt: skip
             start = writer.num_episodes
             team_envs += [make_team_env(task, max_steps) for _ in range(min(envs, episodes - start) - 1)]
             runner = VectorRunner(team_envs, assign(episodes, combos), policies, seed, noise, epsilon)

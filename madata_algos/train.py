@@ -26,13 +26,14 @@ from madata.envs.registry import get_task
 from madata.errors import DatasetExistsError, SchemaError
 from madata.spaces import Box, Discrete
 from madata_algos.cast_bcq import CastBcq
-from madata_algos.configs import CastBcqConfig
+from madata_algos.cast_bcq_discrete import CastBcqDiscrete
+from madata_algos.configs import CastBcqConfig, DiscreteConfig
 from madata_algos.evaluate import evaluate
 from madata_algos.loader import Batch, TransitionLoader, default_device
 from madata_algos.networks import pad_agents
 
-LOG_FIELDS = ["step", "seconds", "vae", "joint_critic", "individual_critic", "actor", "eval_return", "eval_std",
-              "eval_normalized"]  # fmt: skip
+LOG_FIELDS = ["step", "seconds", "vae", "classifier", "joint_critic", "individual_critic", "actor", "eval_return",
+              "eval_std", "eval_normalized"]  # fmt: skip
 
 
 def agent_major(batch: Batch) -> dict[str, torch.Tensor]:
@@ -52,20 +53,34 @@ def agent_major(batch: Batch) -> dict[str, torch.Tensor]:
     }
 
 
-def check_dataset(ds: madata.Dataset) -> str:
-    """The dataset's task, after checking that CAST-BCQ (continuous) can learn from it."""
+def check_dataset(ds: madata.Dataset) -> tuple[str, bool]:
+    """The dataset's task and whether its actions are discrete, after checking CAST-BCQ can learn from it."""
     task = ds.meta.env.get("id")
     if task is None:
         raise SchemaError(f"{ds.root}: metadata names no environment (env.id); evaluation needs one")
     get_task(task)
-    if any(isinstance(a.action_space, Discrete) for a in ds.agents):
-        raise SchemaError(f"{ds.root}: discrete actions; cast-bcq here is the continuous algorithm (Box actions)")
     if ds.state_space is None:
         raise SchemaError(f"{ds.root}: no global state stored; the joint critic needs one")
-    return task
+    kinds = {isinstance(a.action_space, Discrete) for a in ds.agents}
+    if kinds == {True}:
+        if len({a.action_space.n for a in ds.agents}) > 1 or len({a.observation_space.shape for a in ds.agents}) > 1:
+            raise SchemaError(f"{ds.root}: discrete CAST-BCQ needs agents of equal observation and action sizes")
+        if "default_action" not in ds.meta.env:
+            raise SchemaError(f"{ds.root}: discrete data needs env.default_action (the no-op) in its metadata")
+        return task, True
+    if kinds != {False}:
+        raise SchemaError(f"{ds.root}: agents mix discrete and continuous actions")
+    return task, False
 
 
-def build(ds: madata.Dataset, config: CastBcqConfig, device) -> CastBcq:
+def build(ds: madata.Dataset, config: CastBcqConfig, device, discrete: bool = False) -> CastBcq | CastBcqDiscrete:
+    """The algorithm for ``ds``: continuous CastBcq, or CastBcqDiscrete with the shared options of ``config``."""
+    if discrete:
+        a = ds.agents[0]
+        dcfg = DiscreteConfig(lr=config.lr, gamma=config.gamma, tau=config.tau, lam=config.lam,
+                              subteams=config.subteams, csaa=config.csaa, subteam_sampling=config.subteam_sampling)  # fmt: skip
+        return CastBcqDiscrete(len(ds.agents), a.observation_space.shape[0], a.action_space.n, ds.state_space.shape[0],
+                               int(ds.meta.env["default_action"]) - a.action_space.start, dcfg, device)  # fmt: skip
     obs_dims = [a.observation_space.shape[0] for a in ds.agents]
     act_dims = [a.action_space.shape[0] for a in ds.agents]
     max_action = []
@@ -76,13 +91,20 @@ def build(ds: madata.Dataset, config: CastBcqConfig, device) -> CastBcq:
     return CastBcq(obs_dims, act_dims, ds.state_space.shape[0], max_action, config, device)
 
 
-def make_policy(algo: CastBcq, agent_ids: list[str], act_dims: list[int], device, generator: torch.Generator):
+def make_policy(algo, ds: madata.Dataset, device, generator: torch.Generator):
     """Decentralized policy for :func:`evaluate`: each agent acts on its own observations."""
+    discrete = isinstance(algo, CastBcqDiscrete)
+    ids = ds.agent_ids
+    dims = [1 if discrete else a.action_space.shape[0] for a in ds.agents]
+    start = [a.action_space.start if discrete else 0 for a in ds.agents]
 
     def policy(obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        x = pad_agents([torch.as_tensor(obs[a], dtype=torch.float32, device=device) for a in agent_ids], algo.O)
-        act = algo.act(x, generator).cpu().numpy()
-        return {a: act[i, :, : act_dims[i]] for i, a in enumerate(agent_ids)}
+        x = [torch.as_tensor(obs[a], dtype=torch.float32, device=device) for a in ids]
+        if discrete:
+            act = algo.act(torch.stack(x)).cpu().numpy()  # [N, E]
+            return {a: act[i] + start[i] for i, a in enumerate(ids)}
+        act = algo.act(pad_agents(x, algo.O), generator).cpu().numpy()  # [N, E, A]
+        return {a: act[i, :, : dims[i]] for i, a in enumerate(ids)}
 
     return policy
 
@@ -107,7 +129,7 @@ def train(
         raise SchemaError("steps, eval_every, batch_size and eval_episodes must be >= 1")
     run = Path(run_dir)
     ds = madata.open(dataset)
-    task = check_dataset(ds)
+    task, discrete = check_dataset(ds)
     dev = torch.device(device) if device else default_device()
     config = config or CastBcqConfig()
     settings = {"algorithm": "cast-bcq", "dataset": str(Path(dataset).resolve()), "task": task, "seed": seed,
@@ -129,25 +151,24 @@ def train(
     torch.manual_seed(seed)
     np.random.seed(seed)
     loader = TransitionLoader(ds, device=dev, seed=seed)
-    algo = build(ds, config, dev)
+    algo = build(ds, config, dev, discrete)
     update_gen = torch.Generator(device=dev).manual_seed(seed + 1)
     eval_gen = torch.Generator(device=dev).manual_seed(seed + 2)
     start, rows = 0, []
     if resume and ckpt.exists():
         state = torch.load(ckpt, map_location=dev, weights_only=True)
         algo.load_state_dict(state["model"])
-        for name in ("opt_vae", "opt_actor", "opt_joint", "opt_ind"):
+        for name in _optimizers(algo):
             getattr(algo, name).load_state_dict(state[name])
         loader.generator.set_state(state["loader_rng"].cpu())  # generator states are CPU byte tensors
         update_gen.set_state(state["update_rng"].cpu())
         eval_gen.set_state(state["eval_rng"].cpu())
         start = int(state["step"])
         rows = _read_log(run / "log.csv", upto=start)
-    act_dims = [a.action_space.shape[0] for a in ds.agents]
-    policy = make_policy(algo, ds.agent_ids, act_dims, dev, eval_gen)
+    policy = make_policy(algo, ds, dev, eval_gen)
     t0 = time.time()
     losses: dict[str, float] = {}
-    with tqdm(total=steps, initial=start, desc=f"cast-bcq {task}", disable=not progress, unit="it") as bar:
+    with tqdm(total=steps, initial=start, desc=f"cast-bcq {task}", disable=None if progress else True, mininterval=0.5, unit="it") as bar:
         for step in range(start + 1, steps + 1):
             losses = algo.update(**agent_major(loader.sample(batch_size)), generator=update_gen)
             bar.update(1)
@@ -161,11 +182,15 @@ def train(
                 _plot(run / "learning_curve.png", rows, task)
                 state = {"model": algo.state_dict(), "step": step, "loader_rng": loader.generator.get_state(),
                          "update_rng": update_gen.get_state(), "eval_rng": eval_gen.get_state(),
-                         **{n: getattr(algo, n).state_dict() for n in ("opt_vae", "opt_actor", "opt_joint", "opt_ind")}}  # fmt: skip
+                         **{n: getattr(algo, n).state_dict() for n in _optimizers(algo)}}  # fmt: skip
                 tmp = run / f".checkpoint.pt.tmp-{os.getpid()}"
                 torch.save(state, tmp)
                 os.replace(tmp, ckpt)
     return rows
+
+
+def _optimizers(algo) -> list[str]:
+    return sorted(n for n in vars(algo) if n.startswith("opt_"))
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -177,7 +202,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
 def _write_log(path: Path, rows: list[dict]) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+        w = csv.DictWriter(f, fieldnames=LOG_FIELDS, restval="")
         w.writeheader()
         w.writerows(rows)
     os.replace(tmp, path)
@@ -232,8 +257,7 @@ def evaluate_run(run_dir: str | os.PathLike, episodes: int = 10, seed: int = 0, 
     ds = madata.open(settings["dataset"])
     dev = torch.device(device) if device else default_device()
     cfg = CastBcqConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings["config"].items()})
-    algo = build(ds, cfg, dev)
+    algo = build(ds, cfg, dev, check_dataset(ds)[1])
     algo.load_state_dict(state["model"])
-    act_dims = [a.action_space.shape[0] for a in ds.agents]
-    policy = make_policy(algo, ds.agent_ids, act_dims, dev, torch.Generator(device=dev).manual_seed(seed))
+    policy = make_policy(algo, ds, dev, torch.Generator(device=dev).manual_seed(seed))
     return evaluate(settings["task"], policy, episodes=episodes, seed=seed, max_steps=settings.get("eval_max_steps"))

@@ -58,7 +58,7 @@ register(
         family="grid",
         agent_ids=("agent_0", "agent_1"),
         make_env=_make_grid,
-        env={"id": "grid", "family": "grid", "size": [6, 4], "max_steps": 30},
+        env={"id": "grid", "family": "grid", "size": [6, 4], "max_steps": 30, "default_action": 1},  # 1 = stay
         reference_scores=None,
         description="two-agent navigation in the 6 x 4 grid of the CAST-BCQ paper, Section 2.3",
     )
