@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from madata_algos.configs import CastBcqConfig
-from madata_algos.networks import AgentMLP, soft_update
+from madata_algos.networks import AgentMLP, minimize, soft_update
 
 
 def soft_clipped_double_q(q1: torch.Tensor, q2: torch.Tensor, lam: float) -> torch.Tensor:
@@ -222,20 +222,14 @@ class CastBcq(nn.Module):
 
     def update(self, obs, action, reward, next_obs, terminated, state, next_state, generator=None) -> dict[str, float]:
         """One iteration of Algorithm 1 on a minibatch (shapes in the class docstring)."""
-        stats = {}
-        for name, opt, loss_fn in (
+        stats = minimize((
             ("vae", self.opt_vae, lambda: self.vae_loss(obs, action, generator)),  # lines 3-4
             ("joint_critic", self.opt_joint,  # lines 5-7
              lambda: self.joint_critic_loss(state, action, reward, next_state, next_obs, terminated, generator)),
             ("individual_critic", self.opt_ind,  # lines 8-11
              lambda: self.individual_critic_loss(obs, action, self.counterfactual_target(state, obs, action, generator))),
             ("actor", self.opt_actor, lambda: self.actor_loss(obs, generator)),
-        ):  # fmt: skip
-            loss = loss_fn()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            stats[name] = loss.item()
+        ))  # fmt: skip
         soft_update(self.joint_critic_target, self.joint_critic, self.cfg.tau)  # line 13
         soft_update(self.actor_target, self.actor, self.cfg.tau)
         return stats

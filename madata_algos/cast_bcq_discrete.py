@@ -22,7 +22,7 @@ from torch import nn
 
 from madata_algos.cast_bcq import counterfactual_contribution, soft_clipped_double_q, subteam_masks
 from madata_algos.configs import DiscreteConfig
-from madata_algos.networks import AgentMLP, soft_update
+from madata_algos.networks import AgentMLP, minimize, soft_update
 
 
 def allowed_actions(logits: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -106,18 +106,12 @@ class CastBcqDiscrete(nn.Module):
         return F.mse_loss(q, delta.T) * self.n
 
     def update(self, obs, action, reward, next_obs, terminated, state, next_state, generator=None) -> dict[str, float]:
-        stats = {}
-        for name, opt, fn in (
+        stats = minimize((
             ("classifier", self.opt_cls, lambda: self.classifier_loss(obs, action)),
             ("joint_critic", self.opt_joint, lambda: self.joint_critic_loss(state, action, reward, next_state, next_obs, terminated)),
             ("individual_critic", self.opt_ind,
              lambda: self.individual_critic_loss(obs, action, self.counterfactual_target(state, obs, action, generator))),
-        ):  # fmt: skip
-            loss = fn()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            stats[name] = loss.item()
+        ))  # fmt: skip
         soft_update(self.joint_target, self.joint_critic, self.cfg.tau)
         return stats
 
@@ -152,16 +146,10 @@ class IndependentBcqDiscrete(nn.Module):
         return F.smooth_l1_loss(q, y) * self.n
 
     def update(self, obs, action, reward, next_obs, terminated, state=None, next_state=None, generator=None) -> dict[str, float]:
-        stats = {}
-        for name, opt, fn in (
+        stats = minimize((
             ("classifier", self.opt_cls, lambda: F.cross_entropy(self.classifier(obs).flatten(0, 1), action.flatten()) * self.n),
             ("critic", self.opt_q, lambda: self.critic_loss(obs, action, reward, next_obs, terminated)),
-        ):  # fmt: skip
-            loss = fn()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            stats[name] = loss.item()
+        ))  # fmt: skip
         soft_update(self.target, self.critic, self.cfg.tau)
         return stats
 

@@ -88,3 +88,16 @@ def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
     """Polyak averaging: target <- tau * source + (1 - tau) * target."""
     for t, s in zip(target.parameters(), source.parameters(), strict=True):
         t.lerp_(s, tau)
+
+
+def minimize(steps) -> dict[str, float]:
+    """Run ``(name, optimizer, loss_fn)`` steps in order: each loss is computed after the
+    previous step's update (as the algorithms' pseudocode orders them). Returns the losses."""
+    stats = {}
+    for name, opt, loss_fn in steps:
+        loss = loss_fn()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        stats[name] = loss.item()
+    return stats
