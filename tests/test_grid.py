@@ -115,7 +115,7 @@ def test_spaces_and_registry():
         assert a.action_space == Discrete(3)
         assert a.observation_space == Box.make(-1.0, [6.0, 4.0], (2,))
     assert state == Box.make(-1.0, [6.0, 4.0], (2,))
-    assert get_task("grid").env == {"id": "grid", "family": "grid", "size": [6, 4], "max_steps": 30}
+    assert get_task("grid").env == {"id": "grid", "family": "grid", "size": [6, 4], "max_steps": 30, "default_action": 1}
 
 
 def test_unknown_task_lists_known():
