@@ -558,8 +558,8 @@ def _write(root: Path, d: D4RLArrays, plan: EpisodePlan, split: MaMuJoCoSplit, a
     )
     existed = root.exists()
     writer = None
-    # commits by episode count only: the writer's cost per added episode grows with the
-    # episodes pending since the last commit, and D4RL's random tiers have ~50k short episodes
+    # commits by episode count only: each commit rewrites every array's partial last chunk,
+    # and D4RL's random tiers have ~50k short episodes (the output is removed on failure anyway)
     try:
         writer = madata.create(root, agents, state_space=Box.make(-np.inf, np.inf, (split.state_dim,), dtype),
                                env=split.task.env, description=description, reference_scores=D4RL_REF[split.robot],
