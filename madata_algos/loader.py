@@ -126,10 +126,6 @@ class _Layout:
         )
 
 
-def _fields(layout: _Layout) -> list[str]:
-    return layout.fields
-
-
 class TransitionLoader:
     """The whole dataset packed on ``device``; ``sample(B, n)`` gathers ``n`` minibatches at once.
 
@@ -144,7 +140,7 @@ class TransitionLoader:
         if n == 0:
             raise SchemaError(f"{ds.root}: no transitions to load")
         packed = np.empty((n, self.layout.width), dtype=np.float32)
-        self.layout.pack(ds.transitions(_fields(self.layout)), packed)
+        self.layout.pack(ds.transitions(self.layout.fields), packed)
         self.data = torch.from_numpy(packed).to(self.device)  # [N, F]
         self.size = n
         self.generator = torch.Generator(device=self.device)
@@ -202,7 +198,7 @@ class StreamingLoader:
         if not self._order:
             self._order = [self._ranges[i] for i in self.rng.permutation(len(self._ranges))]
         group = self._order.pop()
-        tr = self.ds.select(episodes=group).transitions(_fields(self.layout))
+        tr = self.ds.select(episodes=group).transitions(self.layout.fields)
         packed = np.empty((len(tr["reward"]), self.layout.width), dtype=np.float32)
         self.layout.pack(tr, packed)
         return torch.from_numpy(packed).to(self.device)
