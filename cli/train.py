@@ -39,6 +39,7 @@ def cast_bcq(
     gamma: Annotated[float, typer.Option(help="Discount gamma.")] = D.gamma,
     tau: Annotated[float, typer.Option(help="Polyak rate of the target networks.")] = D.tau,
     lam: Annotated[float, typer.Option(help="Lambda of the soft clipped double Q (Eq. 10).")] = D.lam,
+    clipped_double_q: Annotated[bool, typer.Option(help="Twin joint critics (--no-clipped-double-q: ablation, one critic, lambda = 1).")] = D.clipped_double_q,
     n_target: Annotated[int, typer.Option(help="Candidate joint actions n in the target (Eq. 6).")] = D.n_target,
     n_act: Annotated[int, typer.Option(help="Candidates per agent at execution.")] = D.n_act,
     subteams: Annotated[int, typer.Option(help="Subteam samples M (Eq. 8).")] = D.subteams,
@@ -62,6 +63,7 @@ def cast_bcq(
     cfg = CastBcqConfig(vae_hidden=sizes(vae_hidden, "vae-hidden"), latent_scale=latent_scale, kl_weight=kl_weight,
                         latent_clip=latent_clip, actor_hidden=sizes(actor_hidden, "actor-hidden"), phi=phi,
                         critic_hidden=sizes(critic_hidden, "critic-hidden"), lr=lr, gamma=gamma, tau=tau, lam=lam,
+                        clipped_double_q=clipped_double_q,
                         n_target=n_target, n_act=n_act, subteams=subteams, delta_weight=delta_weight, csaa=csaa,
                         subteam_sampling=subteam)  # fmt: skip
     rows = train(dataset, out, steps=steps, seed=seed, config=cfg, batch_size=batch_size, eval_every=eval_every,

@@ -119,7 +119,8 @@ class CastBcq(nn.Module):
         self.decoder = AgentMLP(n, [self.latent + o for o in obs_dims], cfg.vae_hidden, self.A)  # D_{w2^i}(o_i, z)
         self.actor = AgentMLP(n, in_oa, cfg.actor_hidden, self.A)  # xi_i(o_i, a_i) in [-Phi, Phi] * max_action
         joint_in = state_dim + n * self.A
-        self.joint_critic = AgentMLP(2, joint_in, cfg.critic_hidden, 1)  # twin Q(o, a; phi^1), Q(o, a; phi^2)
+        self.twins = 2 if cfg.clipped_double_q else 1
+        self.joint_critic = AgentMLP(self.twins, joint_in, cfg.critic_hidden, 1)  # twin Q(o, a; phi^1), Q(o, a; phi^2)
         self.ind_critic = AgentMLP(2 * n, in_oa * 2, cfg.critic_hidden, 1)  # twin Q_i per agent
         self.actor_target = copy.deepcopy(self.actor)
         self.joint_critic_target = copy.deepcopy(self.joint_critic)
@@ -147,8 +148,8 @@ class CastBcq(nn.Module):
         """Eq. 10 over the twin joint critics: state [R, S], joint action [R, N, A] -> [R]."""
         net = self.joint_critic_target if target else self.joint_critic
         x = torch.cat([state, joint_action.flatten(1)], -1)
-        q = net(x[None].expand(2, -1, -1))[..., 0]  # [2, R]
-        return soft_clipped_double_q(q[0], q[1], self.cfg.lam)
+        q = net(x[None].expand(self.twins, -1, -1))[..., 0]  # [twins, R]
+        return soft_clipped_double_q(q[0], q[1], self.cfg.lam) if self.twins == 2 else q[0]
 
     def individual_q(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """Both heads of Q_i(o_i, a_i): obs [N, R, O], action [N, R, A] -> [2, N, R]."""
@@ -178,8 +179,8 @@ class CastBcq(nn.Module):
             q = self.joint_q(next_state.repeat_interleave(n, dim=0), cand.transpose(0, 1), target=True)
             y = reward + self.cfg.gamma * (1.0 - terminated) * q.view(B, n).max(1).values
         x = torch.cat([state, action.transpose(0, 1).flatten(1)], -1)
-        q_now = self.joint_critic(x[None].expand(2, -1, -1))[..., 0]  # [2, B]
-        return F.mse_loss(q_now, y[None].expand(2, -1), reduction="mean") * 2
+        q_now = self.joint_critic(x[None].expand(self.twins, -1, -1))[..., 0]  # [twins, B]
+        return F.mse_loss(q_now, y[None].expand(self.twins, -1), reduction="mean") * self.twins
 
     def counterfactual_target(self, state, obs, action, generator=None) -> torch.Tensor:
         """Eq. 8 with the current joint critic (no gradient): Delta [B, N].

@@ -43,7 +43,8 @@ class CastBcqDiscrete(nn.Module):
         self.cfg = cfg = config or DiscreteConfig()
         self.n, self.k, self.default = n_agents, n_actions, default_action
         self.classifier = AgentMLP(n_agents, obs_dim, cfg.hidden, n_actions)  # G_i(a_i | o_i)
-        self.joint_critic = AgentMLP(2, state_dim + n_agents * n_actions, cfg.hidden, 1)  # twin Q(s, a)
+        self.twins = 2 if cfg.clipped_double_q else 1
+        self.joint_critic = AgentMLP(self.twins, state_dim + n_agents * n_actions, cfg.hidden, 1)  # twin Q(s, a)
         self.ind_critic = AgentMLP(n_agents, obs_dim, cfg.hidden, n_actions)  # Q_i(o_i, .)
         self.joint_target = copy.deepcopy(self.joint_critic)
         # every joint action, [K^N, N]
@@ -57,8 +58,8 @@ class CastBcqDiscrete(nn.Module):
         """Eq. 10 over the twin joint critics: state [R, S], joint action [R, N] int (or [R, N, 1]) -> [R]."""
         a = joint_action.reshape(joint_action.shape[0], self.n).long()
         x = torch.cat([state, F.one_hot(a, self.k).float().flatten(1)], -1)
-        q = (self.joint_target if target else self.joint_critic)(x[None].expand(2, -1, -1))[..., 0]
-        return soft_clipped_double_q(q[0], q[1], self.cfg.lam)
+        q = (self.joint_target if target else self.joint_critic)(x[None].expand(self.twins, -1, -1))[..., 0]
+        return soft_clipped_double_q(q[0], q[1], self.cfg.lam) if self.twins == 2 else q[0]
 
     def greedy_joint(self, state: torch.Tensor, obs: torch.Tensor, target: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """The joint policy: the allowed joint action of highest Q. Returns (actions [B, N], Q [B])."""
@@ -81,8 +82,8 @@ class CastBcqDiscrete(nn.Module):
             _, q_next = self.greedy_joint(next_state, next_obs, target=True)
             y = reward + self.cfg.gamma * (1.0 - terminated) * q_next
         a = F.one_hot(action.transpose(0, 1), self.k).float().flatten(1)
-        q = self.joint_critic(torch.cat([state, a], -1)[None].expand(2, -1, -1))[..., 0]
-        return F.mse_loss(q, y[None].expand(2, -1)) * 2
+        q = self.joint_critic(torch.cat([state, a], -1)[None].expand(self.twins, -1, -1))[..., 0]
+        return F.mse_loss(q, y[None].expand(self.twins, -1)) * self.twins
 
     def counterfactual_target(self, state, obs, action, generator=None) -> torch.Tensor:
         """Eq. 8 with no-op defaults; Delta [B, N]."""

@@ -24,6 +24,7 @@ class CastBcqConfig:
     gamma: float = 0.99
     tau: float = 0.005  # Polyak rate of the target networks
     lam: float = 0.9  # lambda of the soft clipped double Q (Eq. 10)
+    clipped_double_q: bool = True  # ablation --no-clipped-double-q: one joint critic, Eq. 10 with lambda = 1
     n_target: int = 10  # n candidate joint actions in the target (Eq. 6)
     n_act: int = 100  # candidates per agent at execution
     subteams: int = 6  # M subteam samples (Eq. 8); all 2^(N-1) subteams once when M >= 2^(N-1)
@@ -45,6 +46,7 @@ class DiscreteConfig:
     tau: float = 0.005  # Polyak rate of the target critics
     threshold: float = 0.3  # BCQ's tau: action a is allowed when G(a|o) / max_a' G(a'|o) >= threshold
     lam: float = 0.9  # Eq. 10 (CAST-BCQ's joint critic)
+    clipped_double_q: bool = True  # ablation: one joint critic (Eq. 10 with lambda = 1)
     subteams: int = 10  # M (Eq. 8; the reference's discrete value)
     csaa: bool = True
     subteam_sampling: bool = True

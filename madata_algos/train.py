@@ -78,7 +78,8 @@ def build(ds: madata.Dataset, config: CastBcqConfig, device, discrete: bool = Fa
     if discrete:
         a = ds.agents[0]
         dcfg = DiscreteConfig(lr=config.lr, gamma=config.gamma, tau=config.tau, lam=config.lam,
-                              subteams=config.subteams, csaa=config.csaa, subteam_sampling=config.subteam_sampling)  # fmt: skip
+                              subteams=config.subteams, csaa=config.csaa, subteam_sampling=config.subteam_sampling,
+                              clipped_double_q=config.clipped_double_q)  # fmt: skip
         return CastBcqDiscrete(len(ds.agents), a.observation_space.shape[0], a.action_space.n, ds.state_space.shape[0],
                                int(ds.meta.env["default_action"]) - a.action_space.start, dcfg, device)  # fmt: skip
     obs_dims = [a.observation_space.shape[0] for a in ds.agents]

@@ -116,7 +116,8 @@ def _small(N=2, **kw):
     return CastBcq([5] * N, [3] * N, 7, [1.0] * N, cfg)
 
 
-@pytest.mark.parametrize("kw", [{}, {"csaa": False}, {"subteam_sampling": False}, {"delta_weight": True}])
+@pytest.mark.parametrize("kw", [{}, {"csaa": False}, {"subteam_sampling": False}, {"delta_weight": True},
+                                {"clipped_double_q": False}])
 def test_update_runs_and_learns_the_vae(kw):
     algo = _small(3, **kw)
     batch = _toy_batch(N=3)
@@ -127,6 +128,15 @@ def test_update_runs_and_learns_the_vae(kw):
     assert set(first) == {"vae", "joint_critic", "individual_critic", "actor"}
     assert all(torch.isfinite(torch.tensor(v)) for v in last.values())
     assert last["vae"] < first["vae"]
+
+
+def test_no_clipped_double_q_has_one_joint_critic():
+    """Ablation --no-clipped-double-q: one joint critic, so Eq. 10 reduces to that critic (lambda = 1)."""
+    algo = _small(2, clipped_double_q=False)
+    assert algo.joint_critic.layers[0].weight.shape[0] == 1
+    s, a = torch.randn(6, 7), torch.rand(6, 2, 3)
+    x = torch.cat([s, a.flatten(1)], -1)
+    torch.testing.assert_close(algo.joint_q(s, a), algo.joint_critic(x[None])[0, :, 0])
 
 
 def test_execution_is_decentralized():
