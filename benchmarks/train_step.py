@@ -1,6 +1,6 @@
 """CAST-BCQ iteration time: madata's agent-batched update beside a per-agent-loop version.
 
-    python benchmarks/train_step.py [--batch 100,256,1024] [--iters 20]
+    python benchmarks/train_step.py [--batch 100,256,1024] [--iters 20] [--small-batch 32,100]
 
 The loop version is the same update organized the way the reference code is: every
 per-agent network evaluated agent by agent, and the counterfactual target computed with
@@ -8,7 +8,13 @@ one joint-critic call per agent and per subteam. Both start from the same weight
 draw the same random numbers; the script first checks that one iteration of each gives
 the same losses and parameters, then times ms per iteration (forward, backward, Adam,
 target updates) on halfcheetah-2x3 (2 agents: obs 12, act 3, state 17) and hopper-3x1
-(3 agents: obs 8, 9, 8, act 1, state 11) shapes with the reference network sizes.
+(3 agents: obs 8, 9, 8, act 1, state 11) shapes with the reference network sizes, and
+with small networks (64-64 everywhere) where per-call overhead, not arithmetic, dominates.
+
+It also counts the floating-point operations of one iteration (torch's FlopCounterMode)
+and measures this machine's matmul peak, so each row shows how close to the arithmetic
+bound both versions already run: the vectorized update cannot take less than
+FLOPs / peak, whatever its organization.
 """
 
 from __future__ import annotations
@@ -21,8 +27,10 @@ import time
 
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from madata_algos.cast_bcq import CastBcq, soft_clipped_double_q, subteam_masks
+from madata_algos.configs import CastBcqConfig
 from madata_algos.networks import AgentMLP, soft_update
 
 TASKS = {"halfcheetah-2x3": ([12, 12], [3, 3], 17), "hopper-3x1": ([8, 9, 8], [1, 1, 1], 11)}
@@ -123,10 +131,13 @@ def _step(opt, loss) -> float:
     return loss.item()
 
 
-def make(task: str, B: int, seed: int = 0):
+SMALL = CastBcqConfig(vae_hidden=(64, 64), actor_hidden=(64, 64), critic_hidden=(64, 64))
+
+
+def make(task: str, B: int, seed: int = 0, config: CastBcqConfig | None = None):
     obs_dims, act_dims, S = TASKS[task]
     torch.manual_seed(seed)
-    algo = CastBcq(obs_dims, act_dims, S, [1.0] * len(obs_dims))
+    algo = CastBcq(obs_dims, act_dims, S, [1.0] * len(obs_dims), config)
     g = torch.Generator().manual_seed(seed)
     N, width, A = len(obs_dims), max(obs_dims), max(act_dims)
     obs, next_obs = torch.zeros(N, B, width), torch.zeros(N, B, width)
@@ -154,6 +165,21 @@ def check_same_numbers(task: str) -> float:
     return worst
 
 
+def flops(fn) -> int:
+    """Floating-point operations of one call (matrix products; elementwise work is not counted)."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def matmul_peak(iters: int = 10) -> float:
+    """GFLOP/s of a large float32 matrix product on this machine: the arithmetic bound."""
+    a, b = torch.randn(4096, 1024), torch.randn(1024, 1024)
+    ms = time_it(lambda: a @ b, iters)
+    return 2 * 4096 * 1024 * 1024 / ms / 1e6
+
+
 def time_it(fn, iters: int) -> float:
     fn()
     t0 = time.perf_counter()
@@ -165,26 +191,35 @@ def time_it(fn, iters: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", default="100,256,1024")
+    ap.add_argument("--small-batch", default="32,100", help="batches for the small (64-64) networks")
     ap.add_argument("--iters", type=int, default=20)
     args = ap.parse_args()
     for task in TASKS:
         print(f"{task}: one iteration, vectorized vs loop, largest relative difference {check_same_numbers(task):.1e}")
+    peak = matmul_peak()
+    runs = [("reference", None, int(b)) for b in args.batch.split(",")]
+    runs += [("64-64", SMALL, int(b)) for b in args.small_batch.split(",") if b]
     rows = []
     for task in TASKS:
-        for B in (int(b) for b in args.batch.split(",")):
-            algo, batch = make(task, B)
+        for nets, cfg, B in runs:
+            algo, batch = make(task, B, config=cfg)
             g = torch.Generator().manual_seed(1)
-            vec = time_it(lambda a=algo, b=batch, g=g: a.update(**b, generator=g), args.iters)
-            loop = LoopUpdate(make(task, B)[0])
-            lp = time_it(lambda lo=loop, b=batch, g=g: lo.update(**b, generator=g), args.iters)
-            rows.append((task, B, vec, lp))
+            vec_fn = lambda a=algo, b=batch, g=g: a.update(**b, generator=g)  # noqa: E731
+            loop = LoopUpdate(make(task, B, config=cfg)[0])
+            loop_fn = lambda lo=loop, b=batch, g=g: lo.update(**b, generator=g)  # noqa: E731
+            gflop = flops(vec_fn) / 1e9
+            vec, lp = time_it(vec_fn, args.iters), time_it(loop_fn, args.iters)
+            rows.append((task, nets, B, vec, lp, gflop, gflop / peak * 1000))
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
     print(f"\nmachine: {os.cpu_count()} cores, {cpu}, Python {platform.python_version()}, torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads), load average {os.getloadavg()[0]:.2f}")  # fmt: skip
-    print("\n| task | batch | vectorized ms/iter | per-agent loop ms/iter | ratio |\n|---|---:|---:|---:|---:|")
-    for task, B, vec, lp in rows:
-        print(f"| {task} | {B} | {vec:.1f} | {lp:.1f} | {vec / lp:.2f} |")
-    print(f"\ncommand: python benchmarks/train_step.py --batch {args.batch} --iters {args.iters}")
+          f"({torch.get_num_threads()} threads), load average {os.getloadavg()[0]:.2f}; "
+          f"float32 matmul peak {peak:.0f} GFLOP/s")  # fmt: skip
+    print("\n| task | networks | batch | vectorized ms/iter | per-agent loop ms/iter | ratio | GFLOP/iter | "
+          "arithmetic bound ms | bound / loop |\n|---|---|---:|---:|---:|---:|---:|---:|---:|")  # fmt: skip
+    for task, nets, B, vec, lp, gflop, bound in rows:
+        print(f"| {task} | {nets} | {B} | {vec:.1f} | {lp:.1f} | {vec / lp:.2f} | {gflop:.2f} | {bound:.1f} | {bound / lp:.2f} |")
+    print(f"\ncommand: python benchmarks/train_step.py --batch {args.batch} --small-batch {args.small_batch} "
+          f"--iters {args.iters}")  # fmt: skip
 
 
 if __name__ == "__main__":
