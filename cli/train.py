@@ -1,76 +1,143 @@
-"""``madata train ALGO`` and ``madata eval RUN``."""
+"""``madata train ALGO`` (one subcommand per algorithm of :mod:`madata_algos.registry`) and ``madata eval RUN``.
+
+Every subcommand takes the same run options, then one option per field of its algorithm's
+config dataclass (``madata_algos/configs.py``): the field's default is the option's default
+and the comment on the field's line is its help, so the hyperparameters are described in
+one place. Torch is imported only when a command runs, not for ``--help``.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import io
 import json
+import tokenize
+import typing
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from cli.errors import handle_errors
-from madata_algos.configs import CastBcqConfig
+from madata.errors import SchemaError
+from madata_algos import registry
+from madata_algos.registry import AlgorithmSpec
 
 app = typer.Typer(help="Train offline MARL algorithms on a madata dataset.", no_args_is_help=True)
 
-D = CastBcqConfig()  # the defaults shown in --help
+# option names that differ from their config field (kept from before the options were generated)
+OPTION_NAMES = {("cast-bcq", "subteam_sampling"): "subteam"}
 
 
-@app.command("cast-bcq")
-@handle_errors
-def cast_bcq(
-    dataset: Annotated[Path, typer.Argument(help="A madata dataset (continuous actions, global state).", show_default=False)],
-    out: Annotated[Path, typer.Option("-o", "--out", help="Run directory: config.json, log.csv, learning_curve.png, checkpoint.pt.")],
-    steps: Annotated[int, typer.Option(help="Training iterations (minibatch updates).")] = 100_000,
-    seed: Annotated[int, typer.Option(help="Seed of torch, numpy, the loader and the evaluation episodes.")] = 0,
-    batch_size: Annotated[int, typer.Option(help="Minibatch size (reference code: 1024).")] = 1024,
-    eval_every: Annotated[int, typer.Option(help="Iterations between evaluations (and checkpoints).")] = 5000,
-    eval_episodes: Annotated[int, typer.Option(help="Episodes per evaluation in the real environment.")] = 10,
-    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue a killed run from its last checkpoint.")] = False,
-    vae_hidden: Annotated[str, typer.Option(help="VAE hidden sizes (Eq. 3).")] = ",".join(map(str, D.vae_hidden)),
-    latent_scale: Annotated[float, typer.Option(help="Latent dim = this x action dim.")] = D.latent_scale,
-    kl_weight: Annotated[float, typer.Option(help="Weight of the KL term of Eq. 3.")] = D.kl_weight,
-    latent_clip: Annotated[float, typer.Option(help="|z| bound when sampling the VAE decoder.")] = D.latent_clip,
-    actor_hidden: Annotated[str, typer.Option(help="Perturbation actor hidden sizes.")] = ",".join(map(str, D.actor_hidden)),
-    phi: Annotated[float, typer.Option(help="Perturbation scale Phi.")] = D.phi,
-    critic_hidden: Annotated[str, typer.Option(help="Joint and individual critic hidden sizes.")] = ",".join(map(str, D.critic_hidden)),
-    lr: Annotated[float, typer.Option(help="Adam learning rate of every network.")] = D.lr,
-    gamma: Annotated[float, typer.Option(help="Discount gamma.")] = D.gamma,
-    tau: Annotated[float, typer.Option(help="Polyak rate of the target networks.")] = D.tau,
-    lam: Annotated[float, typer.Option(help="Lambda of the soft clipped double Q (Eq. 10).")] = D.lam,
-    clipped_double_q: Annotated[bool, typer.Option(help="Twin joint critics (--no-clipped-double-q: ablation, one critic, lambda = 1).")] = D.clipped_double_q,
-    n_target: Annotated[int, typer.Option(help="Candidate joint actions n in the target (Eq. 6).")] = D.n_target,
-    n_act: Annotated[int, typer.Option(help="Candidates per agent at execution.")] = D.n_act,
-    subteams: Annotated[int, typer.Option(help="Subteam samples M (Eq. 8).")] = D.subteams,
-    delta_weight: Annotated[bool, typer.Option(help="Weight Eq. 9 by clip(exp(Delta), 0, 10) as the reference code does.")] = D.delta_weight,
-    csaa: Annotated[bool, typer.Option(help="Counterfactual SAA (--no-csaa: ablation without it).")] = D.csaa,
-    subteam: Annotated[bool, typer.Option(help="Subteam sampling (--no-subteam: the empty subteam only).")] = D.subteam_sampling,
-) -> None:
-    """CAST-BCQ (continuous actions): decentralized policies from uncoordinated data."""
-    from madata.errors import SchemaError
-    from madata_algos.train import train
+def field_help(cls: type) -> dict[str, str]:
+    """The comment at the end of each field's line in the dataclass ``cls`` (and its dataclass bases)."""
+    out: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass) or "__dataclass_fields__" not in vars(klass):
+            continue
+        first_name: dict[int, str] = {}
+        comments: dict[int, str] = {}
+        for tok in tokenize.generate_tokens(io.StringIO(inspect.getsource(klass)).readline):
+            if tok.type == tokenize.NAME:
+                first_name.setdefault(tok.start[0], tok.string)
+            elif tok.type == tokenize.COMMENT:
+                comments[tok.start[0]] = tok.string.lstrip("#").replace("fmt: skip", "").strip()
+        own = {f.name for f in dataclasses.fields(klass)}
+        out |= {name: comments[line] for line, name in first_name.items() if name in own and comments.get(line)}
+    return out
 
-    def sizes(text: str, name: str) -> tuple[int, ...]:
-        try:
-            out = tuple(int(x) for x in text.split(","))
-        except ValueError:
-            raise SchemaError(f"--{name}: expected comma-separated integers, got {text!r}") from None
-        if not out or min(out) < 1:
-            raise SchemaError(f"--{name}: expected positive sizes, got {text!r}")
-        return out
 
-    cfg = CastBcqConfig(vae_hidden=sizes(vae_hidden, "vae-hidden"), latent_scale=latent_scale, kl_weight=kl_weight,
-                        latent_clip=latent_clip, actor_hidden=sizes(actor_hidden, "actor-hidden"), phi=phi,
-                        critic_hidden=sizes(critic_hidden, "critic-hidden"), lr=lr, gamma=gamma, tau=tau, lam=lam,
-                        clipped_double_q=clipped_double_q,
-                        n_target=n_target, n_act=n_act, subteams=subteams, delta_weight=delta_weight, csaa=csaa,
-                        subteam_sampling=subteam)  # fmt: skip
-    rows = train(dataset, out, steps=steps, seed=seed, config=cfg, batch_size=batch_size, eval_every=eval_every,
-                 eval_episodes=eval_episodes, device=device, resume=resume, progress=True)  # fmt: skip
-    if rows:
-        r = rows[-1]
-        typer.echo(f"step {r['step']}: return {r['eval_return']:.1f} +- {r['eval_std']:.1f}; log in {out / 'log.csv'}")
+def parse_sizes(text: str, option: str) -> tuple[int, ...]:
+    """``"400,300"`` -> ``(400, 300)``: positive layer sizes."""
+    try:
+        sizes = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise SchemaError(f"{option}: expected comma-separated integers like 400,300, got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise SchemaError(f"{option}: expected positive sizes, got {text!r}")
+    return sizes
+
+
+def _config_parameters(spec: AlgorithmSpec) -> tuple[list[inspect.Parameter], dict[str, tuple[str, str, bool]]]:
+    """One typer option per config field; returns the parameters and what each one sets."""
+    hints = typing.get_type_hints(spec.config)
+    helps = field_help(spec.config)
+    defaults = spec.config()
+    params, fields = [], {}  # fields: param name -> (field name, option, is a tuple of sizes)
+    for f in dataclasses.fields(spec.config):
+        option = "--" + OPTION_NAMES.get((spec.name, f.name), f.name).replace("_", "-")
+        kind, default = hints[f.name], getattr(defaults, f.name)
+        text = helps.get(f.name) or f.name.replace("_", " ")
+        sizes = typing.get_origin(kind) is tuple
+        if kind is bool:
+            decl = f"{option}/--no-{option[2:]}"
+        elif sizes:
+            kind, default, decl, text = str, ",".join(map(str, default)), option, f"{text} (comma-separated)"
+        elif kind in (int, float, str):
+            decl = option
+        else:
+            raise TypeError(f"{spec.config.__name__}.{f.name}: no command-line option for type {kind}")
+        name = f"cfg_{f.name}"  # the Python name only; users see `option`
+        option_info = typer.Option(decl, help=text, metavar="SIZES" if sizes else None)
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                        annotation=Annotated[kind, option_info]))  # fmt: skip
+        fields[name] = (f.name, option, sizes)
+    return params, fields
+
+
+def _run_parameters(spec: AlgorithmSpec) -> list[inspect.Parameter]:
+    state = "with a global state" if spec.needs_state else "(a global state is not needed)"
+    shared: list[tuple[str, Any, Any]] = [
+        ("dataset", Annotated[Path, typer.Argument(help=f"A madata dataset {state}.", show_default=False)], inspect.Parameter.empty),
+        ("out", Annotated[Path, typer.Option("-o", "--out", help="Run directory: config.json, log.csv, learning_curve.png, checkpoint.pt.")], inspect.Parameter.empty),
+        ("steps", Annotated[int, typer.Option(help="Training iterations (minibatch updates).")], 100_000),
+        ("seed", Annotated[int, typer.Option(help="Seed of torch, numpy, the loader and the evaluation episodes.")], 0),
+        ("batch_size", Annotated[int, typer.Option(help="Minibatch size (CAST-BCQ's reference code: 1024).")], 1024),
+        ("eval_every", Annotated[int, typer.Option(help="Iterations between evaluations (and checkpoints).")], 5000),
+        ("eval_episodes", Annotated[int, typer.Option(help="Episodes per evaluation in the real environment.")], 10),
+        ("eval_max_steps", Annotated[int | None, typer.Option(help="Time limit of evaluation episodes (default: the task's).")], None),
+        ("device", Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")], None),
+        ("resume", Annotated[bool, typer.Option(help="Continue a killed run from its last checkpoint.")], False),
+    ]  # fmt: skip
+    kind = inspect.Parameter.KEYWORD_ONLY
+    return [inspect.Parameter(n, kind, annotation=a, default=d) for n, a, d in shared]
+
+
+def _command(spec: AlgorithmSpec):
+    """``madata train <spec.name>``: its function, with a signature built for typer."""
+    config_params, fields = _config_parameters(spec)
+    run_params = _run_parameters(spec)
+    clash = {p.name for p in run_params} & {name for name, _, _ in fields.values()}
+    if clash:
+        raise TypeError(f"{spec.config.__name__}: fields {sorted(clash)} clash with the run options")
+
+    def command(**kw) -> None:
+        from madata_algos.train import train
+
+        cfg = spec.config(**{name: parse_sizes(kw[param], option) if sizes else kw[param]
+                             for param, (name, option, sizes) in fields.items()})  # fmt: skip
+        rows = train(kw["dataset"], kw["out"], algorithm=spec.name, steps=kw["steps"], seed=kw["seed"], config=cfg,
+                     batch_size=kw["batch_size"], eval_every=kw["eval_every"], eval_episodes=kw["eval_episodes"],
+                     eval_max_steps=kw["eval_max_steps"], device=kw["device"], resume=kw["resume"], progress=True)  # fmt: skip
+        if rows:
+            r = rows[-1]
+            typer.echo(f"step {r['step']}: return {r['eval_return']:.1f} +- {r['eval_std']:.1f}; log in {kw['out'] / 'log.csv'}")
+
+    command.__signature__ = inspect.Signature([*run_params, *config_params])
+    command.__name__ = spec.name.replace("-", "_")
+    return handle_errors(command)
+
+
+def _help(spec: AlgorithmSpec) -> str:
+    kinds = " and ".join(k for k, b in (("continuous", spec.continuous), ("discrete", spec.discrete)) if b)
+    execution = ("Decentralized execution: agent i acts on its own observation." if spec.decentralized
+                 else "Centralized execution: the policy needs every agent's observation at every step.")  # fmt: skip
+    return f"{spec.summary}\n\n{kinds.capitalize()} actions. {execution} Equations and defaults: docs/algorithms.md."
+
+
+for _spec in registry.ALGORITHMS.values():
+    app.command(_spec.name, help=_help(_spec), short_help=_spec.summary)(_command(_spec))
 
 
 def eval_command(
@@ -79,7 +146,7 @@ def eval_command(
     seed: Annotated[int, typer.Option(help="Seed of the episodes (episode k resets with seed + k).")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Evaluate a run's last checkpoint in the real environment (decentralized execution)."""
+    """Evaluate a run's last checkpoint in the real environment, executed as its algorithm executes."""
     from madata_algos.train import evaluate_run
 
     res = evaluate_run(run, episodes=episodes, seed=seed)

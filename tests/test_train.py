@@ -78,3 +78,94 @@ def test_grid_cast_bcq_reaches_the_goal(tmp_path):
     rows = train(data, tmp_path / "run", steps=1500, seed=0, batch_size=128, eval_every=1500, eval_episodes=1,
                  device="cpu")  # fmt: skip
     assert rows[-1]["eval_return"] == 6.0
+
+
+# ---------------------------------------------------------------------------- every algorithm through one train()
+
+
+def test_baseline_resume_equals_uninterrupted(hc_data, tmp_path):
+    """MABCQ (an extra optimizer, more random draws per step): resumed == uninterrupted; its log
+    names its own losses and config.json names the algorithm."""
+    import csv
+    import json
+
+    from madata_algos.configs import MabcqConfig
+
+    cfg = MabcqConfig(vae_hidden=(16,), actor_hidden=(16,), critic_hidden=(16,), transition_hidden=(16,), n_target=2, n_act=4)
+    kw = dict(KW, algorithm="mabcq", config=cfg, eval_every=5, eval_max_steps=10)
+    full = train(hc_data, tmp_path / "full", steps=10, **kw)
+    train(hc_data, tmp_path / "cut", steps=5, **kw)
+    resumed = train(hc_data, tmp_path / "cut", steps=10, resume=True, **kw)
+    assert [(r["critic"], r["eval_return"]) for r in full] == [(r["critic"], r["eval_return"]) for r in resumed]
+    with open(tmp_path / "full" / "log.csv") as f:
+        assert next(csv.reader(f)) == ["step", "seconds", "transition", "vae", "critic", "actor", "eval_return", "eval_std",
+                                       "eval_normalized"]  # fmt: skip
+    settings = json.loads((tmp_path / "full" / "config.json").read_text())
+    assert settings["algorithm"] == "mabcq" and settings["decentralized"] and settings["config"]["n_target"] == 2
+    with pytest.raises(DatasetExistsError, match="algorithm"):
+        train(hc_data, tmp_path / "cut", steps=12, resume=True, **{**kw, "algorithm": "ibcq", "config": None})
+    from madata_algos.train import evaluate_run
+
+    assert evaluate_run(tmp_path / "full", episodes=1, device="cpu").episodes == 1  # rebuilds MABCQ from config.json
+
+
+def test_registry_refuses_bad_input(hc_data, tmp_path):
+    import dataclasses
+
+    import madata
+    from madata.errors import UnknownNameError
+    from madata_algos import registry
+    from madata_algos.configs import BcqConfig
+
+    with pytest.raises(UnknownNameError, match="available: cast-bcq, bcq, ibcq, mabcq, icq-ma"):
+        train(hc_data, tmp_path / "a", algorithm="qmix", steps=1, **{k: v for k, v in KW.items() if k != "config"})
+    with pytest.raises(SchemaError, match="takes a BcqConfig, got a CastBcqConfig"):
+        train(hc_data, tmp_path / "b", algorithm="ibcq", steps=1, **KW)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # nothing written
+    data = registry.describe(madata.open(hc_data))
+    with pytest.raises(SchemaError, match="no global state stored; cast-bcq trains on one"):
+        registry.build("cast-bcq", dataclasses.replace(data, state_dim=None), SMALL)
+    registry.build("ibcq", dataclasses.replace(data, state_dim=None), BcqConfig(vae_hidden=(4,), actor_hidden=(4,), critic_hidden=(4,)))
+    continuous_only = dataclasses.replace(registry.get("ibcq"), discrete=None)
+    with pytest.raises(SchemaError, match="no variant for discrete actions"):
+        registry.check_data(continuous_only, dataclasses.replace(data, discrete=True))
+
+
+def test_every_config_field_is_an_option_with_help_and_documented():
+    import dataclasses
+    from pathlib import Path
+
+    from cli.train import OPTION_NAMES, field_help
+    from madata_algos import registry
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "algorithms.md").read_text()
+    for spec in registry.ALGORITHMS.values():
+        helps = field_help(spec.config)
+        for f in dataclasses.fields(spec.config):
+            assert helps.get(f.name), f"{spec.config.__name__}.{f.name} has no comment to serve as its --help"
+            option = "--" + OPTION_NAMES.get((spec.name, f.name), f.name).replace("_", "-")
+            assert f"`{option}" in docs or f"`--no-{option[2:]}" in docs, f"{spec.name} {option} missing in docs/algorithms.md"
+
+
+def test_cli_lists_every_algorithm_and_trains_a_baseline(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from cli.app import app
+    from madata_algos import registry
+
+    runner = CliRunner()
+    listing = runner.invoke(app, ["train", "--help"], terminal_width=200).output
+    for spec in registry.ALGORITHMS.values():
+        assert spec.name in listing and spec.summary[:40] in listing
+    assert "every agent's observation" in runner.invoke(app, ["train", "bcq", "--help"], terminal_width=200).output
+    grid = tmp_path / "grid"
+    collect("grid", grid, mix=["random"], episodes=30, seed=0)
+    res = runner.invoke(app, ["train", "bcq", str(grid), "-o", str(tmp_path / "run"), "--steps", "3", "--eval-every", "3",
+                              "--eval-episodes", "1", "--batch-size", "16", "--device", "cpu", "--discrete-hidden", "8"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["eval", str(tmp_path / "run"), "--episodes", "1", "--json"])
+    assert res.exit_code == 0 and json.loads(res.output)["task"] == "grid"
+    res = runner.invoke(app, ["train", "mabcq", str(grid), "-o", str(tmp_path / "x"), "--weight-min", "3", "--weight-max", "1"])
+    assert res.exit_code == 2 and "weight_min" in res.output and "Traceback" not in res.output
