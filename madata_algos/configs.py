@@ -8,6 +8,21 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from madata.errors import SchemaError
+
+
+def check_ranges(config, **ranges: tuple[float, float]) -> None:
+    """Raise a SchemaError naming the first field outside its closed range ``(lo, hi)``,
+    and any hidden-size tuple that is empty or holds a size below 1."""
+    for name, (lo, hi) in ranges.items():
+        value = getattr(config, name)
+        if not lo <= value <= hi:
+            raise SchemaError(f"{type(config).__name__}.{name} (--{name.replace('_', '-')}) must be in [{lo}, {hi}], got {value}")
+    for name, value in vars(config).items():
+        if name.endswith("hidden") and (not value or min(value) < 1):
+            raise SchemaError(f"{type(config).__name__}.{name} (--{name.replace('_', '-')}) needs sizes >= 1, got {value}")
+
+
 
 @dataclass
 class CastBcqConfig:
@@ -32,6 +47,11 @@ class CastBcqConfig:
     csaa: bool = True  # ablation --no-csaa: regress Q_i on the joint Q with the joint policy's teammates
     subteam_sampling: bool = True  # ablation --no-subteam: the empty subteam only
 
+    def __post_init__(self) -> None:
+        check_ranges(self, latent_scale=(1e-9, 1e3), kl_weight=(0, 1e6), latent_clip=(1e-9, 1e3), phi=(0, 1),
+                     lr=(1e-12, 1), gamma=(0, 1), tau=(1e-12, 1), lam=(0, 1), n_target=(1, 1e6), n_act=(1, 1e6),
+                     subteams=(1, 1e6))  # fmt: skip
+
     def to_json(self) -> dict:
         return asdict(self)
 
@@ -50,6 +70,9 @@ class DiscreteConfig:
     subteams: int = 10  # M (Eq. 8; the reference's discrete value)
     csaa: bool = True
     subteam_sampling: bool = True
+
+    def __post_init__(self) -> None:
+        check_ranges(self, lr=(1e-12, 1), gamma=(0, 1), tau=(1e-12, 1), threshold=(0, 1), lam=(0, 1), subteams=(1, 1e6))
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -51,6 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from madata.errors import SchemaError
 from madata_algos.configs import IcqConfig
 from madata_algos.networks import MLP, AgentMLP, minimize, soft_update
 
@@ -105,14 +106,14 @@ class LinearMixer(nn.Module):
 def _is_discrete(n_agents: int, act_dims, max_action, n_actions) -> bool:
     if n_actions is not None:
         if act_dims is not None or max_action is not None:
-            raise ValueError("IcqMa: got both n_actions (discrete) and act_dims/max_action (continuous); pass one")
+            raise SchemaError("IcqMa: got both n_actions (discrete) and act_dims/max_action (continuous); pass one")
         if n_actions < 2:
-            raise ValueError(f"IcqMa: n_actions must be >= 2, got {n_actions}")
+            raise SchemaError(f"IcqMa: n_actions must be >= 2, got {n_actions}")
         return True
     if act_dims is None or max_action is None:
-        raise ValueError("IcqMa: pass act_dims and max_action for continuous actions, or n_actions for discrete ones")
+        raise SchemaError("IcqMa: pass act_dims and max_action for continuous actions, or n_actions for discrete ones")
     if len(act_dims) != n_agents or len(max_action) != n_agents:
-        raise ValueError(f"IcqMa: {n_agents} agents in obs_dims, but {len(act_dims)} act_dims and "
+        raise SchemaError(f"IcqMa: {n_agents} agents in obs_dims, but {len(act_dims)} act_dims and "
                          f"{len(max_action)} max_action values; give one per agent")  # fmt: skip
     return False
 
@@ -133,9 +134,9 @@ class IcqMa(nn.Module):
         super().__init__()
         self.cfg = cfg = config or IcqConfig()
         if not obs_dims:
-            raise ValueError("IcqMa: obs_dims is empty; give one observation size per agent")
+            raise SchemaError("IcqMa: obs_dims is empty; give one observation size per agent")
         if cfg.alpha <= 0 or cfg.beta <= 0 or cfg.baseline_samples < 1:
-            raise ValueError(f"IcqMa: need alpha > 0, beta > 0, baseline_samples >= 1; got {cfg.alpha}, {cfg.beta}, "
+            raise SchemaError(f"IcqMa: need alpha > 0, beta > 0, baseline_samples >= 1; got {cfg.alpha}, {cfg.beta}, "
                              f"{cfg.baseline_samples}")  # fmt: skip
         self.n = n = len(obs_dims)
         self.discrete = _is_discrete(n, act_dims, max_action, n_actions)

@@ -171,7 +171,7 @@ def describe(ds: madata.Dataset) -> DataInfo:
     task = ds.meta.env.get("id")
     if task is None:
         raise SchemaError(f"{ds.root}: metadata names no environment (env.id); evaluation needs one")
-    get_task(task)
+    _check_matches_task(ds, task)
     obs_dims = []
     for a in ds.agents:
         if len(a.observation_space.shape) != 1:
@@ -196,6 +196,29 @@ def describe(ds: madata.Dataset) -> DataInfo:
     return DataInfo(**common, discrete=False, act_dims=tuple(int(b.shape[0]) for b in boxes),
                     max_action=tuple(float(max(np.max(np.abs(b.low)), np.max(np.abs(b.high)))) for b in boxes),
                     n_actions=None, action_starts=(0,) * len(boxes), default_action=None)  # fmt: skip
+
+
+def _check_matches_task(ds: madata.Dataset, task: str) -> None:
+    """The policy is evaluated in ``task``'s environment: the dataset's agents and spaces must be that
+    environment's (a dataset relabelled with another task's id would otherwise fail after training)."""
+    from madata.envs.team import make_team_env
+
+    get_task(task)
+    env = make_team_env(task)
+    try:
+        f = env.factorization
+    finally:
+        env.close()
+
+    def shapes(agents):
+        return {a.id: (a.observation_space.shape, getattr(a.action_space, "n", None) or a.action_space.shape) for a in agents}
+
+    got, want = shapes(ds.agents), shapes(f.agents)
+    state = None if ds.state_space is None else ds.state_space.shape
+    if got != want or (state is not None and state != f.state_space.shape):
+        raise SchemaError(f"{ds.root}: its metadata names task {task!r}, but its agents (observation shape, actions) "
+                          f"{got} and state {state} are not that task's {want} and {f.state_space.shape}; "
+                          "is it a dataset of another task?")  # fmt: skip
 
 
 def check_config(spec: AlgorithmSpec, config: Any) -> Any:

@@ -107,16 +107,19 @@ def train(
                 "eval_max_steps": eval_max_steps, "decentralized": spec.decentralized, "config": config.to_json(),
                 "madata": madata.__version__, "torch": torch.__version__}  # fmt: skip
     ckpt = run / "checkpoint.pt"
-    if resume and ckpt.exists():
+    if resume and (run / "config.json").exists():
         stored = json.loads((run / "config.json").read_text())
         stored.setdefault("algorithm", "cast-bcq")  # runs from before the registry
         same = ("algorithm", "dataset", "task", "seed", "batch_size", "eval_every", "eval_episodes", "eval_max_steps", "config")
         diff = [k for k in same if stored.get(k) != json.loads(json.dumps(settings[k]))]
         if diff:
             raise DatasetExistsError(f"{run}: the run was started with other {', '.join(diff)}; resume with the same options")
-        settings["steps"] = max(steps, stored["steps"])
+        if ckpt.exists():
+            settings["steps"] = max(steps, stored["steps"])
+        # else: killed before its first checkpoint, so it starts again from step 0
     elif run.exists() and any(run.iterdir()):
-        raise DatasetExistsError(f"{run}: run directory is not empty; pass --resume to continue it or choose another")
+        hint = "it holds no training run (no config.json)" if resume else "pass --resume to continue it"
+        raise DatasetExistsError(f"{run}: run directory is not empty; {hint}, or choose another")
 
     registry.check_data(spec, data)  # before loading anything
     torch.manual_seed(seed)

@@ -43,8 +43,38 @@ def test_bad_input(hc_data, tmp_path):
         (tmp_path / "r").mkdir()
         (tmp_path / "r" / "x").write_text("mine")
         train(hc_data, tmp_path / "r", steps=5, **KW)
+    with pytest.raises(DatasetExistsError, match="holds no training run"):
+        train(hc_data, tmp_path / "r", steps=5, resume=True, **KW)
+    assert (tmp_path / "r" / "x").read_text() == "mine"
     with pytest.raises(SchemaError, match="at least|>= 1"):
         train(hc_data, tmp_path / "z", steps=0, **KW)
+    with pytest.raises(SchemaError, match=r"subteams \(--subteams\) must be in \[1, "):
+        CastBcqConfig(subteams=0)
+    with pytest.raises(SchemaError, match=r"lam \(--lam\) must be in \[0, 1\], got 1.5"):
+        CastBcqConfig(lam=1.5)
+
+
+def test_resume_before_the_first_checkpoint_starts_over(hc_data, tmp_path):
+    full = train(hc_data, tmp_path / "full", steps=10, **KW)
+    cut = tmp_path / "cut"
+    train(hc_data, cut, steps=10, **KW)
+    (cut / "checkpoint.pt").unlink()  # as if killed before its first evaluation
+    (cut / "log.csv").unlink()
+    assert train(hc_data, cut, steps=10, resume=True, **KW) == full or pytest.fail("resumed run differs")
+
+
+def test_dataset_of_another_task_is_refused(tmp_path):
+    from conftest import random_episode, write
+
+    from madata.envs.registry import get_task
+
+    rng = np.random.default_rng(0)
+    agents = get_task("grid").make_env().madata_agents()  # the grid's agents ...
+    eps = [random_episode(agents, 5, rng, state_dim=2) for _ in range(3)]
+    path = write(tmp_path / "d", agents, eps, state_dim=2, env={"id": "halfcheetah-2x3"})  # ... labelled halfcheetah
+    with pytest.raises(SchemaError, match="names task 'halfcheetah-2x3'.*another task"):
+        train(path, tmp_path / "run", steps=5, **KW)
+    assert not (tmp_path / "run").exists()
 
 
 def test_cli_train_and_eval(hc_data, tmp_path):
