@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import time
 from pathlib import Path
 
@@ -67,8 +66,6 @@ def run_dir(work: Path, task: str, data: str, method: str, seed: int, args) -> P
 def run(path: Path, data: Path, method: str, seed: int, args) -> list[dict]:
     """Train one cell (or finish it); returns its evaluation log."""
     algorithm, config = METHODS[method]
-    if path.exists() and not (path / "checkpoint.pt").exists():
-        shutil.rmtree(path)  # killed before its first checkpoint: nothing to resume (the script made this dir)
     return train(data, path, algorithm=algorithm, steps=args.steps, seed=seed, config=config, batch_size=args.batch_size,
                  eval_every=args.eval_every, eval_episodes=args.eval_episodes, resume=path.exists(), progress=True)  # fmt: skip
 

@@ -57,12 +57,12 @@ class LoopUpdate:
     def decode(self, obs, i, z):
         m = self.m
         x = torch.cat([z, self._obs(obs, i)], -1)
-        return torch.tanh(agent_forward(m.decoder, i, x)) * m.max_action[i] * m.act_mask[i]
+        return torch.tanh(agent_forward(m.decoder, i, x)) * m.max_action[i]
 
     def perturb(self, actor, obs, i, a):
         m = self.m
         xi = m.cfg.phi * m.max_action[i] * torch.tanh(agent_forward(actor, i, torch.cat([a, self._obs(obs, i)], -1)))
-        return torch.maximum(torch.minimum(a + xi, m.max_action[i]), -m.max_action[i]) * m.act_mask[i]
+        return torch.maximum(torch.minimum(a + xi, m.max_action[i]), -m.max_action[i])
 
     def joint_q(self, state, joint, target=False):  # joint [R, N, A]
         net = self.m.joint_critic_target if target else self.m.joint_critic
@@ -70,7 +70,7 @@ class LoopUpdate:
         return soft_clipped_double_q(agent_forward(net, 0, x)[:, 0], agent_forward(net, 1, x)[:, 0], self.m.cfg.lam)
 
     def ind_q(self, head, i, obs, a):
-        return agent_forward(self.m.ind_critic, head * self.m.n + i, torch.cat([a, self._obs(obs, i)], -1))[:, 0]
+        return agent_forward(self.m.critic, head * self.m.n + i, torch.cat([a, self._obs(obs, i)], -1))[:, 0]
 
     def update(self, obs, action, reward, next_obs, terminated, state, next_state, generator):
         m, N, cfg = self.m, self.m.n, self.m.cfg
@@ -83,7 +83,7 @@ class LoopUpdate:
             log_std = log_std.clamp(-4, 15)
             std = log_std.exp()
             recon = self.decode(obs, i, mu + std * eps[i])
-            rec = ((recon - action[i]) ** 2 * m.act_mask[i]).sum(-1).mean() / m.act_mask[i].sum()
+            rec = ((recon - action[i]) ** 2).sum(-1).mean() / m.act_mask[i].sum()
             kl = -0.5 * (1 + 2 * log_std - mu.pow(2) - std.pow(2)).mean()
             vae = vae + rec + cfg.kl_weight * kl
         stats["vae"] = _step(m.opt_vae, vae)
@@ -112,7 +112,7 @@ class LoopUpdate:
                     delta[i] += self.joint_q(state, with_a) - self.joint_q(state, with_d)
             delta /= masks.shape[0]
         il = sum(((self.ind_q(k, i, obs, action[i]) - delta[i]) ** 2).mean() for k in range(2) for i in range(N))
-        stats["individual_critic"] = _step(m.opt_ind, il)
+        stats["individual_critic"] = _step(m.opt_critic, il)
         # actor
         with torch.no_grad():
             z = torch.randn(N, B, m.latent, generator=generator).clamp(-cfg.latent_clip, cfg.latent_clip)
@@ -156,7 +156,7 @@ def check_same_numbers(task: str) -> float:
     twin.opt_vae = torch.optim.Adam([*twin.encoder.parameters(), *twin.decoder.parameters()], lr=twin.cfg.lr)
     twin.opt_actor = torch.optim.Adam(twin.actor.parameters(), lr=twin.cfg.lr)
     twin.opt_joint = torch.optim.Adam(twin.joint_critic.parameters(), lr=twin.cfg.lr)
-    twin.opt_ind = torch.optim.Adam(twin.ind_critic.parameters(), lr=twin.cfg.lr)
+    twin.opt_critic = torch.optim.Adam(twin.critic.parameters(), lr=twin.cfg.lr)
     a = algo.update(**batch, generator=torch.Generator().manual_seed(1))
     b = LoopUpdate(twin).update(**batch, generator=torch.Generator().manual_seed(1))
     worst = max(abs(a[k] - b[k]) / max(abs(a[k]), 1e-6) for k in a)

@@ -4,7 +4,7 @@ Continuous actions (MaMuJoCo). The update follows Algorithm 1: train the per-age
 (Eq. 3), the twin joint critics on n candidate joint actions (Eq. 6, combined by Eq. 10),
 the individual critics on the counterfactual contribution with subteam masking
 (Eqs. 8-9), and the per-agent perturbation actors through their individual critics.
-Execution is decentralized: agent i acts on o_i alone (:meth:`CastBcq.act`).
+Execution is decentralized: agent i acts on o_i alone (``CastBcq.act``, I-BCQ's).
 Agents are batched: every per-agent network is one :class:`AgentMLP`.
 
 Notation: N agents; a joint critic Q(o, a) on the global state (or joint observation) and
@@ -20,15 +20,10 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from madata_algos.configs import CastBcqConfig
+from madata_algos.ibcq import IndependentBcq, soft_clipped_double_q
 from madata_algos.networks import AgentMLP, minimize, soft_update
-
-
-def soft_clipped_double_q(q1: torch.Tensor, q2: torch.Tensor, lam: float) -> torch.Tensor:
-    """Eq. 10: lambda * min(Q1, Q2) + (1 - lambda) * max(Q1, Q2) (lambda = 1: clipped double Q)."""
-    return lam * torch.minimum(q1, q2) + (1.0 - lam) * torch.maximum(q1, q2)
 
 
 def subteam_masks(n_agents: int, m: int, generator: torch.Generator | None = None,
@@ -93,9 +88,16 @@ def counterfactual_contribution(
 # ---------------------------------------------------------------------------- the algorithm
 
 
-class CastBcq(nn.Module):
+class CastBcq(IndependentBcq):
     """CAST-BCQ for ``n_agents`` agents with observation sizes ``obs_dims`` and action sizes
     ``act_dims`` (each agent's actions in [-max_action_i, max_action_i]).
+
+    Each agent's own networks are I-BCQ's (:class:`~madata_algos.ibcq.IndependentBcq`): the
+    VAE G_{w^i}(o_i) and its loss (Eq. 3, ``vae_loss``), the perturbation actor xi_i trained
+    through Q_i (``actor_loss``), and twin individual critics Q_i(o_i, a_i) (``critic``,
+    ``q``), used for decentralized execution (``act``). What CAST-BCQ adds is the joint
+    critic (Eqs. 6, 10) and the target of Q_i: the counterfactual contribution (Eqs. 8-9)
+    instead of a Bellman backup, so Q_i needs no target network.
 
     Batches come as agent-major tensors: ``obs`` [N, B, max obs_dim] (zero-padded),
     ``action`` [N, B, max act_dim], ``state`` [B, S] for the joint critic.
@@ -103,46 +105,16 @@ class CastBcq(nn.Module):
 
     def __init__(self, obs_dims: list[int], act_dims: list[int], state_dim: int, max_action: list[float],
                  config: CastBcqConfig | None = None, device: torch.device | str = "cpu"):  # fmt: skip
-        super().__init__()
-        self.cfg = cfg = config or CastBcqConfig()
-        self.n = n = len(obs_dims)
-        self.obs_dims, self.act_dims = list(obs_dims), list(act_dims)
-        self.O, self.A = max(obs_dims), max(act_dims)
-        self.latent = int(cfg.latent_scale * self.A)
-        self.register_buffer("max_action", torch.tensor(max_action, dtype=torch.float32)[:, None, None])  # [N, 1, 1]
-        # action components an agent does not have (padding) are always 0
-        self.register_buffer("act_mask", (torch.arange(self.A)[None, :] < torch.tensor(act_dims)[:, None]).float()[:, None, :])
-        # inputs are laid out [a or z (same width for all agents), o_i (zero-padded to O)], so an
-        # agent's padded observation columns are exactly the weight rows AgentLinear keeps at 0
-        in_oa = [self.A + o for o in obs_dims]
-        self.encoder = AgentMLP(n, in_oa, cfg.vae_hidden, 2 * self.latent)  # Eq. 3: E_{w1^i}(o_i, a_i) -> mu, log sigma
-        self.decoder = AgentMLP(n, [self.latent + o for o in obs_dims], cfg.vae_hidden, self.A)  # D_{w2^i}(o_i, z)
-        self.actor = AgentMLP(n, in_oa, cfg.actor_hidden, self.A)  # xi_i(o_i, a_i) in [-Phi, Phi] * max_action
-        joint_in = state_dim + n * self.A
+        cfg = config or CastBcqConfig()
+        super().__init__(obs_dims, act_dims, max_action, cfg, device)
+        del self.critic_target  # Q_i regresses on Delta_i (Eq. 9): no bootstrap, no target
         self.twins = 2 if cfg.clipped_double_q else 1
-        self.joint_critic = AgentMLP(self.twins, joint_in, cfg.critic_hidden, 1)  # twin Q(o, a; phi^1), Q(o, a; phi^2)
-        self.ind_critic = AgentMLP(2 * n, in_oa * 2, cfg.critic_hidden, 1)  # twin Q_i per agent
-        self.actor_target = copy.deepcopy(self.actor)
+        joint_in = state_dim + self.n * self.A
+        self.joint_critic = AgentMLP(self.twins, joint_in, cfg.critic_hidden, 1).to(device)  # Q(o, a; phi^1), Q(o, a; phi^2)
         self.joint_critic_target = copy.deepcopy(self.joint_critic)
-        self.to(device)
-        self.opt_vae = torch.optim.Adam([*self.encoder.parameters(), *self.decoder.parameters()], lr=cfg.lr)
-        self.opt_actor = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr)
         self.opt_joint = torch.optim.Adam(self.joint_critic.parameters(), lr=cfg.lr)
-        self.opt_ind = torch.optim.Adam(self.ind_critic.parameters(), lr=cfg.lr)
 
-    # ------------------------------------------------------------ networks
-
-    def decode(self, obs: torch.Tensor, generator: torch.Generator | None = None, z: torch.Tensor | None = None) -> torch.Tensor:
-        """a ~ G_{w^i}(o_i): obs [N, R, O] -> actions [N, R, A], z ~ N(0, 1) clipped to +-latent_clip."""
-        if z is None:
-            z = torch.randn(obs.shape[0], obs.shape[1], self.latent, device=obs.device, generator=generator)
-            z = z.clamp(-self.cfg.latent_clip, self.cfg.latent_clip)
-        return torch.tanh(self.decoder(torch.cat([z, obs], -1))) * self.max_action * self.act_mask
-
-    def perturb(self, actor: nn.Module, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        """BCQ's perturbation: a + Phi * max_action * tanh(xi(o, a)), clamped to the action box."""
-        xi = self.cfg.phi * self.max_action * torch.tanh(actor(torch.cat([action, obs], -1)))
-        return torch.maximum(torch.minimum(action + xi, self.max_action), -self.max_action) * self.act_mask
+    # ------------------------------------------------------------ the joint critic
 
     def joint_q(self, state: torch.Tensor, joint_action: torch.Tensor, target: bool = False) -> torch.Tensor:
         """Eq. 10 over the twin joint critics: state [R, S], joint action [R, N, A] -> [R]."""
@@ -151,23 +123,7 @@ class CastBcq(nn.Module):
         q = net(x[None].expand(self.twins, -1, -1))[..., 0]  # [twins, R]
         return soft_clipped_double_q(q[0], q[1], self.cfg.lam) if self.twins == 2 else q[0]
 
-    def individual_q(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        """Both heads of Q_i(o_i, a_i): obs [N, R, O], action [N, R, A] -> [2, N, R]."""
-        x = torch.cat([action, obs], -1)
-        return self.ind_critic(torch.cat([x, x]))[..., 0].view(2, self.n, -1)
-
     # ------------------------------------------------------------ losses, one per equation
-
-    def vae_loss(self, obs: torch.Tensor, action: torch.Tensor, generator=None) -> torch.Tensor:
-        """Eq. 3: (a_i - a~_i)^2 + kl_weight * D_KL(N(mu, sigma) || N(0, 1)), summed over agents."""
-        mu, log_std = self.encoder(torch.cat([action, obs], -1)).chunk(2, -1)
-        log_std = log_std.clamp(-4, 15)  # the reference code's clamp
-        std = log_std.exp()
-        z = mu + std * torch.randn(mu.shape, device=mu.device, generator=generator)
-        recon = self.decode(obs, z=z)
-        rec = ((recon - action) ** 2 * self.act_mask).sum(-1).mean(-1) / self.act_mask.sum(-1).squeeze(-1)
-        kl = -0.5 * (1 + 2 * log_std - mu.pow(2) - std.pow(2)).mean(-1).mean(-1)
-        return (rec + self.cfg.kl_weight * kl).sum()
 
     def joint_critic_loss(self, state, action, reward, next_state, next_obs, terminated, generator=None) -> torch.Tensor:
         """Eq. 6: [r + gamma * (1 - terminated) * max_j Q'(o', a'_j) - Q^k(o, a)]^2 for both critics k,
@@ -206,18 +162,11 @@ class CastBcq(nn.Module):
 
     def individual_critic_loss(self, obs, action, delta) -> torch.Tensor:
         """Eq. 9: (Q_i(o_i, a_i) - Delta_i)^2 for both heads of every agent's Q_i."""
-        q = self.individual_q(obs, action)  # [2, N, B]
+        q = self.q(obs, action)  # [2, N, B]
         err = (q - delta.transpose(0, 1)[None]) ** 2
         if self.cfg.delta_weight:
             err = err * delta.transpose(0, 1).exp().clamp(0, 10)[None]
         return err.mean() * 2 * self.n
-
-    def actor_loss(self, obs, generator=None) -> torch.Tensor:
-        """Deterministic policy gradient through Q_i: -Q_i^1(o_i, xi_i(o_i, a~_i)), a~_i ~ G_{w^i}(o_i)."""
-        with torch.no_grad():
-            sampled = self.decode(obs, generator)
-        a = self.perturb(self.actor, obs, sampled)
-        return -self.individual_q(obs, a)[0].mean() * self.n
 
     # ------------------------------------------------------------ Algorithm 1, one iteration
 
@@ -227,22 +176,10 @@ class CastBcq(nn.Module):
             ("vae", self.opt_vae, lambda: self.vae_loss(obs, action, generator)),  # lines 3-4
             ("joint_critic", self.opt_joint,  # lines 5-7
              lambda: self.joint_critic_loss(state, action, reward, next_state, next_obs, terminated, generator)),
-            ("individual_critic", self.opt_ind,  # lines 8-11
+            ("individual_critic", self.opt_critic,  # lines 8-11
              lambda: self.individual_critic_loss(obs, action, self.counterfactual_target(state, obs, action, generator))),
             ("actor", self.opt_actor, lambda: self.actor_loss(obs, generator)),
         ))  # fmt: skip
         soft_update(self.joint_critic_target, self.joint_critic, self.cfg.tau)  # line 13
         soft_update(self.actor_target, self.actor, self.cfg.tau)
         return stats
-
-    @torch.no_grad()
-    def act(self, obs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Decentralized execution: agent i samples n_act candidates from its own VAE on its own
-        o_i, perturbs them, and takes the argmax of Q_i^1. obs [N, B, O] -> actions [N, B, A]."""
-        N, B, _ = obs.shape
-        k = self.cfg.n_act
-        rep = obs.repeat_interleave(k, dim=1)  # [N, B*k, O]
-        cand = self.perturb(self.actor, rep, self.decode(rep, generator))
-        q = self.individual_q(rep, cand)[0].view(N, B, k)
-        best = q.argmax(-1)  # [N, B]
-        return cand.view(N, B, k, self.A).gather(2, best[..., None, None].expand(N, B, 1, self.A))[:, :, 0]

@@ -22,9 +22,16 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from madata_algos.cast_bcq import soft_clipped_double_q
 from madata_algos.configs import BcqConfig, DiscreteConfig
 from madata_algos.networks import AgentMLP, minimize, soft_update
+
+
+def soft_clipped_double_q(q1: torch.Tensor, q2: torch.Tensor, lam: float) -> torch.Tensor:
+    """BCQ's soft clipped double Q, CAST-BCQ's Eq. 10: lambda min(Q1, Q2) + (1 - lambda) max(Q1, Q2).
+
+    lambda = 1 is clipped double Q; any shapes that broadcast.
+    """
+    return lam * torch.minimum(q1, q2) + (1.0 - lam) * torch.maximum(q1, q2)
 
 
 def bcq_value(q1: torch.Tensor, q2: torch.Tensor, lam: float) -> torch.Tensor:

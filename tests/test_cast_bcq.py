@@ -208,12 +208,12 @@ def test_heterogeneous_agents_ignore_their_padding():
     obs = torch.randn(3, 5, 3)
     obs[0, :, 2] = obs[2, :, 2] = 0.0
     a = torch.rand(3, 5, 1)
-    q = algo.individual_q(obs, a)
+    q = algo.q(obs, a)
     noisy = obs.clone()
     noisy[0, :, 2] = 7.0  # agent 0's padding column
-    q_noisy = algo.individual_q(noisy, a)
+    q_noisy = algo.q(noisy, a)
     assert torch.equal(q, q_noisy)  # the padding column meets agent 0's zero weight rows
-    first = algo.ind_critic.layers[0]  # input [a (1), o (3)]: agent 0's row 3 is padding
+    first = algo.critic.layers[0]  # input [a (1), o (3)]: agent 0's row 3 is padding
     assert torch.all(first.weight[0, 3] == 0) and torch.any(first.weight[1, 3] != 0)
     q.sum().backward()
     assert torch.all(first.weight.grad[0, 3] == 0)  # and stays 0
