@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from cli import behavior, d4rl, train
+from cli import behavior, d4rl, diagnose, train
 from cli.errors import handle_errors
 
 app = typer.Typer(
@@ -162,6 +162,7 @@ def collect(
 
 d4rl.register(app)  # split-d4rl, export-d4rl
 train.register(app)  # train ALGO, eval
+diagnose.register(app)  # diagnose
 
 
 def main() -> None:

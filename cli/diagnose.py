@@ -1,0 +1,92 @@
+"""``madata diagnose DATASET [--report FILE.html] [--json]``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Annotated
+
+import typer
+
+from cli.errors import handle_errors
+from madata.diagnostics.core import DEFAULTS
+
+D = SimpleNamespace(**DEFAULTS)  # the defaults shown in --help
+
+
+def diagnose_command(
+    dataset: Annotated[Path, typer.Argument(help="A madata dataset directory.", show_default=False)],
+    report: Annotated[Path | None, typer.Option(help="Write a self-contained HTML report here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print every number as JSON instead of text.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of every subsample and shuffle (recorded).")] = D.seed,
+    groups: Annotated[
+        int, typer.Option(help="Groups of similar states for the dependence statistic (at most).")
+    ] = D.groups,
+    group_size: Annotated[int, typer.Option(help="Transitions per group, one per episode.")] = D.group_size,
+    pool: Annotated[int, typer.Option(help="Transitions (sampled) the groups are drawn from.")] = D.pool,
+    permutations: Annotated[int, typer.Option(help="Shuffled copies making the dependence null.")] = D.permutations,
+    bins: Annotated[int, typer.Option(help="Coverage bins per continuous action component.")] = D.bins,
+    shuffles: Annotated[int, typer.Option(help="Shuffled copies for the joint-coverage yardstick.")] = D.shuffles,
+) -> None:
+    """How good and how uncoordinated a dataset is: returns per behaviour combination, the miscoordination
+    gap, dependence between agents' actions given the state against its shuffled null, joint versus
+    per-agent coverage. Definitions: docs/diagnostics.md."""
+    from madata.diagnostics import diagnose, write_report
+
+    d = diagnose(dataset, seed=seed, groups=groups, group_size=group_size, pool=pool, permutations=permutations,
+                 bins=bins, shuffles=shuffles, progress=not as_json)  # fmt: skip
+    if report is not None:
+        write_report(d, report)
+    if as_json:
+        typer.echo(json.dumps(d, indent=2, default=str))
+        return
+    typer.echo(format_diagnosis(d))
+    if report is not None:
+        typer.echo(f"report    {report}")
+
+
+def _num(x, fmt: str = ".4g") -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def format_diagnosis(d: dict) -> str:
+    """The text form of a diagnosis: one block per statistic."""
+    q, mix, dep, cov = d["quality"], d["behaviour_mix"], d["dependence"], d["coverage"]
+    r = q["returns"]
+    lines = [f"dataset   {d['dataset']}  ({d['num_episodes']} episodes, {d['num_transitions']} transitions)",
+             f"returns   mean {r['mean']:.2f}  std {r['std']:.2f}  min {r['min']:.2f}  max {r['max']:.2f}"]  # fmt: skip
+    if q["normalized_scores"]:
+        n = q["normalized_scores"]
+        lines.append(f"normalized mean {n['mean']:.1f}  std {n['std']:.1f}")
+    lines.append(f"lengths   mean {q['lengths']['mean']:.1f}  ends: {q['ends']['terminated']} terminated, "
+                 f"{q['ends']['truncated']} truncated")  # fmt: skip
+    if mix["combinations"]:
+        lines.append("behaviour mix")
+        for c in mix["combinations"]:
+            tag = "matched   " if c["matched"] else "mismatched"
+            lines.append(
+                f"  {c['label']:<44} {tag} {c['share']:6.1%}  return {c['return_mean']:10.2f} +- {c['return_std']:.2f}"
+            )
+    if mix["gap"] is not None:
+        lines.append(
+            f"miscoordination gap {mix['gap']:.2f} +- {mix['gap_se']:.2f} (matched minus mismatched combinations)"
+        )
+    else:
+        lines.append(f"miscoordination gap: not defined ({mix['gap_note']})")
+    if "pairs" in dep:
+        lines.append(f"dependence given the {dep['conditioning'].split(' (')[0]} (local residual RV; null: one agent's actions shuffled within "
+                     f"{dep['groups']} groups of {dep['group_size']} similar states, seed {dep['seed']})")  # fmt: skip
+        for p in dep["pairs"]:
+            lines.append(f"  {' / '.join(p['agents']):<24} {_num(p['statistic'])}  null {_num(p['null_mean'])} "
+                         f"+- {_num(p['null_std'], '.2g')}  excess {_num(p['excess'], '.4f')}  p {_num(p['p_value'], '.3f')}")  # fmt: skip
+    else:
+        lines.append(f"dependence: not computed ({dep['skipped']})")
+    agents = "  ".join(f"{a} {c['occupied']}/{c['cells']}" for a, c in cov["agents"].items())
+    lines.append(f"coverage  ({cov['bins']} bins per component) {agents}  joint {cov['joint']['occupied']}/"
+                 f"{cov['joint']['cells']}  independent {_num(cov['independent'], '.1f')}  ratio {_num(cov['ratio'], '.3f')}")  # fmt: skip
+    return "\n".join(lines)
+
+
+def register(root: typer.Typer) -> None:
+    root.command("diagnose")(handle_errors(diagnose_command))

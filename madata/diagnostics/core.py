@@ -1,0 +1,185 @@
+"""``diagnose(dataset)``: every diagnostic of one dataset, as one JSON-ready dict."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+import madata
+from madata.dataset import Dataset
+from madata.diagnostics.coverage import action_coverage
+from madata.diagnostics.dependence import action_dependence
+from madata.diagnostics.quality import behaviour_mix, quality
+from madata.errors import SchemaError
+from madata.spaces import Discrete
+
+DEFAULTS = {"groups": 2048, "group_size": 64, "permutations": 20, "pool": 500_000, "bins": 4, "shuffles": 3, "seed": 0}
+
+
+def _check(ds: Dataset) -> None:
+    """Refuse what cannot be diagnosed, saying why: no episodes, fewer than two agents."""
+    if ds.num_episodes == 0:
+        raise SchemaError(f"{ds.root}: the dataset has no episodes; there is nothing to diagnose")
+    if len(ds.agent_ids) < 2:
+        raise SchemaError(
+            f"{ds.root}: diagnose measures coordination between agents and needs at least 2; this dataset has "
+            f"{len(ds.agent_ids)} ({', '.join(ds.agent_ids)}). `madata info` shows its returns"
+        )
+
+
+def _check_finite(ds: Dataset, batch: dict[str, np.ndarray], episode: np.ndarray, steps: np.ndarray) -> None:
+    """Raise naming the array, episode and step of the first NaN or inf in ``batch`` (transition arrays [N, ...])."""
+    for key, arr in batch.items():
+        if not np.issubdtype(arr.dtype, np.floating):
+            continue
+        flat = arr.reshape(len(arr), -1)
+        rows = np.flatnonzero(~np.isfinite(flat).all(axis=1))
+        if not len(rows):
+            continue
+        r = rows[0]
+        value = flat[r][~np.isfinite(flat[r])][0]
+        field, _, agent = key.partition("/")
+        stored = field.removeprefix("next_") + (f"/{agent}" if agent else "")
+        if field == "action":
+            where = f"step {int(steps[r])}"
+        else:  # observation rows: a transition's next observation is the following row
+            where = f"observation {int(steps[r]) + field.startswith('next_')}"
+        more = f" ({len(rows) - 1} more transitions affected)" if len(rows) > 1 else ""
+        raise SchemaError(
+            f"{ds.root}: {stored} holds {value} at episode {int(episode[r])}, {where}{more}; diagnostics need "
+            f"finite values: fix the source, or leave those episodes out with Dataset.select(episodes=...)"
+        )
+
+
+def load_inputs(ds: Dataset) -> dict[str, Any]:
+    """Read and check what the data-only statistics use.
+
+    Returns ``cond`` [N, D] (the global state, else every agent's observation side by
+    side, flattened), ``cond_name``, ``actions`` ({agent: [N, *act_shape]} as stored),
+    ``features`` ({agent: [N, d]} float: Box actions flattened, discrete ones one-hot)
+    and ``episode`` [N]. Observations, states and actions must be finite.
+    """
+    _check(ds)
+    has_state = ds.state_space is not None
+    ids = ds.transitions(fields=["episode_id", "timestep"])
+    episode, steps = ids["episode_id"], ids["timestep"]
+    obs_parts = []
+    for a in ds.agent_ids:  # one agent at a time: observations are the largest arrays
+        batch = ds.transitions(fields=["obs", "next_obs"], agents=[a])
+        _check_finite(ds, batch, episode, steps)
+        if not has_state:
+            obs_parts.append(batch[f"obs/{a}"].reshape(len(episode), -1))
+        del batch
+    if has_state:
+        batch = ds.transitions(fields=["state", "next_state"])
+        _check_finite(ds, batch, episode, steps)
+        cond = batch["state"].reshape(len(episode), -1)
+    else:
+        cond = np.concatenate(obs_parts, axis=1)
+    acts = ds.transitions(fields=["action"])
+    _check_finite(ds, acts, episode, steps)
+    actions = {a: acts[f"action/{a}"] for a in ds.agent_ids}
+    features = {}
+    for spec in ds.agents:
+        x = actions[spec.id]
+        if isinstance(spec.action_space, Discrete):
+            features[spec.id] = np.eye(spec.action_space.n, dtype=np.float32)[np.asarray(x) - spec.action_space.start]
+        else:
+            features[spec.id] = x.reshape(len(x), -1)
+    return {
+        "cond": cond,
+        "cond_name": "state" if has_state else "joint observation (every agent's observation side by side)",
+        "actions": actions,
+        "features": features,
+        "episode": episode,
+    }
+
+
+def diagnose(
+    dataset: Dataset | str | os.PathLike,
+    *,
+    groups: int = DEFAULTS["groups"],
+    group_size: int = DEFAULTS["group_size"],
+    permutations: int = DEFAULTS["permutations"],
+    pool: int = DEFAULTS["pool"],
+    bins: int = DEFAULTS["bins"],
+    shuffles: int = DEFAULTS["shuffles"],
+    seed: int = DEFAULTS["seed"],
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Quality and coordination diagnostics of a dataset (or selection), JSON-ready.
+
+    Keys: ``dataset``, ``env``, ``agents``, ``settings`` (every size and the seed used),
+    ``quality`` (:func:`~madata.diagnostics.quality.quality`), ``behaviour_mix``
+    (:func:`~madata.diagnostics.quality.behaviour_mix`), ``dependence``
+    (:func:`~madata.diagnostics.dependence.action_dependence`: up to ``groups`` disjoint
+    groups of ``group_size`` similar states from a pool of ``pool`` transitions,
+    ``permutations`` shuffles), ``coverage``
+    (:func:`~madata.diagnostics.coverage.action_coverage`: ``bins`` per action component,
+    ``shuffles`` independent copies), ``timing_s`` (seconds per stage). The same ``seed``
+    gives the same numbers. Raises :class:`~madata.errors.SchemaError` for a dataset with
+    no episodes, fewer than two agents, or non-finite observations, states or actions.
+    """
+    for name, v in (("groups", groups), ("group_size", group_size), ("permutations", permutations),
+                    ("pool", pool), ("bins", bins), ("shuffles", shuffles), ("seed", seed)):  # fmt: skip
+        low = {"seed": 0, "shuffles": 0, "group_size": 4}.get(name, 1)
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < low:
+            raise SchemaError(f"diagnose: {name} must be an integer >= {low}, got {v!r}")
+    ds = dataset if isinstance(dataset, Dataset) else madata.open(dataset)
+    _check(ds)
+    timing: dict[str, float] = {}
+    n_pairs = len(ds.agent_ids) * (len(ds.agent_ids) - 1) // 2
+    with tqdm(total=4 + n_pairs, desc="diagnose", unit="step", disable=None if progress else True,
+              file=sys.stderr, mininterval=0.5) as bar:  # fmt: skip
+        t0 = time.perf_counter()
+        inputs = load_inputs(ds)
+        timing["read"] = time.perf_counter() - t0
+        bar.update(1)
+
+        t0 = time.perf_counter()
+        qual, mix = quality(ds), behaviour_mix(ds)
+        timing["quality"] = time.perf_counter() - t0
+        bar.update(1)
+
+        t0 = time.perf_counter()
+        dep = action_dependence(inputs["cond"], inputs["features"], inputs["episode"], groups=groups,
+                                group_size=group_size, permutations=permutations, pool=pool, seed=seed,
+                                progress=bar.update)  # fmt: skip
+        if "skipped" in dep:
+            bar.update(1 + n_pairs)
+        timing["dependence"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        spaces = {a.id: a.action_space for a in ds.agents}
+        cov = action_coverage(inputs["actions"], spaces, bins=bins, shuffles=shuffles, seed=seed)
+        timing["coverage"] = time.perf_counter() - t0
+        bar.update(1)
+    dep["conditioning"] = inputs["cond_name"]
+    return {
+        "dataset": str(ds.root),
+        "env": ds.meta.env,
+        "description": ds.meta.description,
+        "agents": ds.agent_ids,
+        "num_episodes": ds.num_episodes,
+        "num_transitions": ds.num_transitions,
+        "settings": {
+            "groups": groups,
+            "group_size": group_size,
+            "permutations": permutations,
+            "pool": pool,
+            "bins": bins,
+            "shuffles": shuffles,
+            "seed": seed,
+        },
+        "quality": qual,
+        "behaviour_mix": mix,
+        "dependence": dep,
+        "coverage": cov,
+        "timing_s": timing,
+        "versions": {"madata": madata.__version__, "numpy": np.__version__},
+    }
