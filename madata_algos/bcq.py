@@ -108,6 +108,6 @@ class JointBcqDiscrete(IndependentBcqDiscrete):
                               generator=generator)  # fmt: skip
 
     @torch.no_grad()
-    def act(self, obs: torch.Tensor) -> torch.Tensor:
+    def act(self, obs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Centralized execution: the allowed joint action of highest Q(o, .) -> [N, B] int64."""
         return self.decode_joint(super().act(self.joint_obs(obs)))

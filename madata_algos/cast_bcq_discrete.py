@@ -117,7 +117,7 @@ class CastBcqDiscrete(nn.Module):
         return stats
 
     @torch.no_grad()
-    def act(self, obs: torch.Tensor) -> torch.Tensor:
+    def act(self, obs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Decentralized: agent i takes its allowed action of highest Q_i(o_i, .). obs [N, B, O] -> [N, B]."""
         ok = allowed_actions(self.classifier(obs), self.cfg.threshold)
         return self.ind_critic(obs).masked_fill(~ok, float("-inf")).argmax(-1)
@@ -155,6 +155,6 @@ class IndependentBcqDiscrete(nn.Module):
         return stats
 
     @torch.no_grad()
-    def act(self, obs: torch.Tensor) -> torch.Tensor:
+    def act(self, obs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         ok = allowed_actions(self.classifier(obs), self.cfg.threshold)
         return self.critic(obs).masked_fill(~ok, float("-inf")).argmax(-1)

@@ -10,7 +10,6 @@ that was never interrupted.
 from __future__ import annotations
 
 import csv
-import inspect
 import json
 import os
 import time
@@ -60,11 +59,10 @@ def make_policy(algo, data: DataInfo, device, generator: torch.Generator | None)
     one (bcq) reads all of them, which is why its execution needs the joint observation.
     """
     width = max(data.obs_dims)
-    random_acts = "generator" in inspect.signature(algo.act).parameters
 
     def policy(obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         x = pad_agents([torch.as_tensor(obs[a], dtype=torch.float32, device=device) for a in data.agent_ids], width)
-        act = (algo.act(x, generator) if random_acts else algo.act(x)).cpu().numpy()
+        act = algo.act(x, generator).cpu().numpy()  # greedy algorithms ignore the generator
         if data.discrete:  # [N, E] 0-based -> the spaces' own values
             return {a: act[i] + data.action_starts[i] for i, a in enumerate(data.agent_ids)}
         return {a: act[i, :, : data.act_dims[i]] for i, a in enumerate(data.agent_ids)}
