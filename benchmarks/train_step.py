@@ -1,6 +1,7 @@
 """CAST-BCQ iteration time: madata's agent-batched update beside a per-agent-loop version.
 
-    python benchmarks/train_step.py [--batch 100,256,1024] [--iters 20] [--small-batch 32,100]
+    python benchmarks/train_step.py [--batch 100,256,1024] [--small-batch 32,100]
+        [--networks reference,256-256,64-64] [--threads 1,2] [--rounds 20]
 
 The loop version is the same update organized the way the reference code is: every
 per-agent network evaluated agent by agent, and the counterfactual target computed with
@@ -8,8 +9,12 @@ one joint-critic call per agent and per subteam. Both start from the same weight
 draw the same random numbers; the script first checks that one iteration of each gives
 the same losses and parameters, then times ms per iteration (forward, backward, Adam,
 target updates) on halfcheetah-2x3 (2 agents: obs 12, act 3, state 17) and hopper-3x1
-(3 agents: obs 8, 9, 8, act 1, state 11) shapes with the reference network sizes, and
-with small networks (64-64 everywhere) where per-call overhead, not arithmetic, dominates.
+(3 agents: obs 8, 9, 8, act 1, state 11) shapes with the reference network sizes, with
+the 256-256 networks of Table 2's CPU protocol, and with small networks (64-64 everywhere)
+where per-call overhead, not arithmetic, dominates. Three versions are timed in
+interleaved rounds (median): the vectorized update as shipped (its networks choose a
+kernel per shape and thread count, ``AgentMLP.per_agent_kernel``), the same update forced
+to one ``bmm`` per layer (as before that choice existed), and the loop.
 
 It also counts the floating-point operations of one iteration (torch's FlopCounterMode)
 and measures this machine's matmul peak, so each row shows how close to the arithmetic
@@ -20,29 +25,20 @@ FLOPs / peak, whatever its organization.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
-import os
-import platform
-import time
 
 import torch
 import torch.nn.functional as F
+from harness import command_line, compare, machine_line, markdown_table, median_seconds
 from torch.utils.flop_counter import FlopCounterMode
 
+from madata_algos import networks
 from madata_algos.cast_bcq import CastBcq, soft_clipped_double_q, subteam_masks
 from madata_algos.configs import CastBcqConfig
-from madata_algos.networks import AgentMLP, soft_update
+from madata_algos.networks import keep_large_tensors_on_heap, soft_update
 
 TASKS = {"halfcheetah-2x3": ([12, 12], [3, 3], 17), "hopper-3x1": ([8, 9, 8], [1, 1, 1], 11)}
-
-
-def agent_forward(net: AgentMLP, i: int, x: torch.Tensor) -> torch.Tensor:
-    """Network ``i`` of an AgentMLP on its own unpadded input [R, in_i]."""
-    for k, layer in enumerate(net.layers):
-        x = torch.addmm(layer.bias[i, 0], x, layer.weight[i, : layer.in_features[i]])
-        if k < len(net.layers) - 1:
-            x = torch.relu(x)
-    return x
 
 
 class LoopUpdate:
@@ -57,20 +53,20 @@ class LoopUpdate:
     def decode(self, obs, i, z):
         m = self.m
         x = torch.cat([z, self._obs(obs, i)], -1)
-        return torch.tanh(agent_forward(m.decoder, i, x)) * m.max_action[i]
+        return torch.tanh(m.decoder.agent_forward(i, x)) * m.max_action[i]
 
     def perturb(self, actor, obs, i, a):
         m = self.m
-        xi = m.cfg.phi * m.max_action[i] * torch.tanh(agent_forward(actor, i, torch.cat([a, self._obs(obs, i)], -1)))
+        xi = m.cfg.phi * m.max_action[i] * torch.tanh(actor.agent_forward(i, torch.cat([a, self._obs(obs, i)], -1)))
         return torch.maximum(torch.minimum(a + xi, m.max_action[i]), -m.max_action[i])
 
     def joint_q(self, state, joint, target=False):  # joint [R, N, A]
         net = self.m.joint_critic_target if target else self.m.joint_critic
         x = torch.cat([state, joint.flatten(1)], -1)
-        return soft_clipped_double_q(agent_forward(net, 0, x)[:, 0], agent_forward(net, 1, x)[:, 0], self.m.cfg.lam)
+        return soft_clipped_double_q(net.agent_forward(0, x)[:, 0], net.agent_forward(1, x)[:, 0], self.m.cfg.lam)
 
     def ind_q(self, head, i, obs, a):
-        return agent_forward(self.m.critic, head * self.m.n + i, torch.cat([a, self._obs(obs, i)], -1))[:, 0]
+        return self.m.critic.agent_forward(head * self.m.n + i, torch.cat([a, self._obs(obs, i)], -1))[:, 0]
 
     def update(self, obs, action, reward, next_obs, terminated, state, next_state, generator):
         m, N, cfg = self.m, self.m.n, self.m.cfg
@@ -79,7 +75,7 @@ class LoopUpdate:
         eps = torch.randn(N, B, m.latent, generator=generator)
         vae = 0.0
         for i in range(N):
-            mu, log_std = agent_forward(m.encoder, i, torch.cat([action[i], self._obs(obs, i)], -1)).chunk(2, -1)
+            mu, log_std = m.encoder.agent_forward(i, torch.cat([action[i], self._obs(obs, i)], -1)).chunk(2, -1)
             log_std = log_std.clamp(-4, 15)
             std = log_std.exp()
             recon = self.decode(obs, i, mu + std * eps[i])
@@ -96,7 +92,7 @@ class LoopUpdate:
             q = self.joint_q(next_state.repeat_interleave(n, dim=0), cand, target=True)
             y = reward + cfg.gamma * (1 - terminated) * q.view(B, n).max(1).values
         x = torch.cat([state, action.transpose(0, 1).flatten(1)], -1)
-        jl = sum(F.mse_loss(agent_forward(m.joint_critic, k, x)[:, 0], y) for k in range(2))
+        jl = sum(F.mse_loss(m.joint_critic.agent_forward(k, x)[:, 0], y) for k in range(2))
         stats["joint_critic"] = _step(m.opt_joint, jl)
         # Eqs. 8-9
         with torch.no_grad():
@@ -132,6 +128,7 @@ def _step(opt, loss) -> float:
 
 
 SMALL = CastBcqConfig(vae_hidden=(64, 64), actor_hidden=(64, 64), critic_hidden=(64, 64))
+MEDIUM = CastBcqConfig(vae_hidden=(256, 256), actor_hidden=(256, 256), critic_hidden=(256, 256))  # Table 2's CPU protocol
 
 
 def make(task: str, B: int, seed: int = 0, config: CastBcqConfig | None = None):
@@ -173,53 +170,67 @@ def flops(fn) -> int:
     return counter.get_total_flops()
 
 
-def matmul_peak(iters: int = 10) -> float:
+def matmul_peak(rounds: int = 10) -> float:
     """GFLOP/s of a large float32 matrix product on this machine: the arithmetic bound."""
     a, b = torch.randn(4096, 1024), torch.randn(1024, 1024)
-    ms = time_it(lambda: a @ b, iters)
-    return 2 * 4096 * 1024 * 1024 / ms / 1e6
+    return 2 * 4096 * 1024 * 1024 / median_seconds(lambda: a @ b, rounds) / 1e9
 
 
-def time_it(fn, iters: int) -> float:
-    fn()
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        fn()
-    return (time.perf_counter() - t0) / iters * 1000
+@contextlib.contextmanager
+def always_bmm():
+    """The update as it was before the kernel choice: one ``bmm`` per layer whatever the shape."""
+    saved = networks.PER_AGENT_MIN_ACTIVATIONS
+    networks.PER_AGENT_MIN_ACTIVATIONS = float("inf")
+    try:
+        yield
+    finally:
+        networks.PER_AGENT_MIN_ACTIVATIONS = saved
+
+
+NETWORKS = {"reference": None, "256-256": MEDIUM, "64-64": SMALL}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--batch", default="100,256,1024")
+    ap.add_argument("--batch", default="100,256,1024", help="batches for the reference and 256-256 networks")
     ap.add_argument("--small-batch", default="32,100", help="batches for the small (64-64) networks")
-    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--networks", default="reference,256-256,64-64")
+    ap.add_argument("--threads", default=str(torch.get_num_threads()), help="torch thread counts to measure")
+    ap.add_argument("--rounds", type=int, default=20, help="timed iterations of each version (median reported)")
     args = ap.parse_args()
+    keep_large_tensors_on_heap()  # as madata train does (both versions alike)
     for task in TASKS:
         print(f"{task}: one iteration, vectorized vs loop, largest relative difference {check_same_numbers(task):.1e}")
     peak = matmul_peak()
-    runs = [("reference", None, int(b)) for b in args.batch.split(",")]
-    runs += [("64-64", SMALL, int(b)) for b in args.small_batch.split(",") if b]
     rows = []
-    for task in TASKS:
-        for nets, cfg, B in runs:
-            algo, batch = make(task, B, config=cfg)
-            g = torch.Generator().manual_seed(1)
-            vec_fn = lambda a=algo, b=batch, g=g: a.update(**b, generator=g)  # noqa: E731
-            loop = LoopUpdate(make(task, B, config=cfg)[0])
-            loop_fn = lambda lo=loop, b=batch, g=g: lo.update(**b, generator=g)  # noqa: E731
-            gflop = flops(vec_fn) / 1e9
-            vec, lp = time_it(vec_fn, args.iters), time_it(loop_fn, args.iters)
-            rows.append((task, nets, B, vec, lp, gflop, gflop / peak * 1000))
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
-    print(f"\nmachine: {os.cpu_count()} cores, {cpu}, Python {platform.python_version()}, torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads), load average {os.getloadavg()[0]:.2f}; "
-          f"float32 matmul peak {peak:.0f} GFLOP/s")  # fmt: skip
-    print("\n| task | networks | batch | vectorized ms/iter | per-agent loop ms/iter | ratio | GFLOP/iter | "
-          "arithmetic bound ms | bound / loop |\n|---|---|---:|---:|---:|---:|---:|---:|---:|")  # fmt: skip
-    for task, nets, B, vec, lp, gflop, bound in rows:
-        print(f"| {task} | {nets} | {B} | {vec:.1f} | {lp:.1f} | {vec / lp:.2f} | {gflop:.2f} | {bound:.1f} | {bound / lp:.2f} |")
-    print(f"\ncommand: python benchmarks/train_step.py --batch {args.batch} --small-batch {args.small_batch} "
-          f"--iters {args.iters}")  # fmt: skip
+    for threads in [int(t) for t in args.threads.split(",")]:
+        torch.set_num_threads(threads)
+        for task in TASKS:
+            for nets in args.networks.split(","):
+                batches = args.small_batch if nets == "64-64" else args.batch
+                for B in [int(b) for b in batches.split(",") if b]:
+                    cfg = NETWORKS[nets]
+                    algo, batch = make(task, B, config=cfg)
+                    g = torch.Generator().manual_seed(1)
+                    vec = lambda a=algo, b=batch, g=g: a.update(**b, generator=g)  # noqa: E731
+
+                    def bmm(a=algo, b=batch, g=g):
+                        with always_bmm():
+                            a.update(**b, generator=g)
+
+                    loop = LoopUpdate(make(task, B, config=cfg)[0])
+                    per_agent = lambda lo=loop, b=batch, g=g: lo.update(**b, generator=g)  # noqa: E731
+                    gflop = flops(vec) / 1e9
+                    ms = {k: v * 1000 for k, v in compare({"vec": vec, "bmm": bmm, "loop": per_agent}, args.rounds).items()}
+                    bound = gflop / peak * 1000
+                    rows.append((task, nets, threads, B, f"{ms['vec']:.1f}", f"{ms['bmm']:.1f}", f"{ms['loop']:.1f}",
+                                 f"{ms['vec'] / ms['loop']:.2f}", f"{ms['bmm'] / ms['loop']:.2f}", f"{gflop:.2f}",
+                                 f"{bound:.1f}"))  # fmt: skip
+    print("\n" + machine_line(peak=f"{peak:.0f} GFLOP/s (float32 matmul)"))
+    print("\n" + markdown_table(
+        ["task", "networks", "threads", "batch", "vectorized ms/iter", "always-bmm ms/iter", "per-agent loop ms/iter",
+         "vectorized / loop", "always-bmm / loop", "GFLOP/iter", "arithmetic bound ms"], rows, numeric_from=2))  # fmt: skip
+    print(f"\ncommand: {command_line()}")
 
 
 if __name__ == "__main__":

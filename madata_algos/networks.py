@@ -9,7 +9,9 @@ per-agent networks. Nothing is padded on disk.
 
 from __future__ import annotations
 
+import ctypes
 import math
+import sys
 from collections.abc import Sequence
 
 import torch
@@ -44,8 +46,22 @@ class AgentLinear(nn.Module):
         return f"n_agents={self.n_agents}, in_features={self.in_features}, out_features={self.out_features}"
 
 
+# Above this many activations per agent and layer (rows x width, 4 MiB of float32), a CPU
+# ``bmm`` over agents that do not divide evenly among the threads runs slower than one
+# multithreaded product per agent: 3 agents on 2 threads leave one thread idle a third of
+# the time, and the stacked [n_agents, rows, width] intermediates fall out of cache.
+# Measured in benchmarks/train_step.py (docs/results/benchmarks.md).
+PER_AGENT_MIN_ACTIVATIONS = 1 << 14
+
+
 class AgentMLP(nn.Module):
-    """Per-agent MLPs evaluated together: [n_agents, B, in] -> [n_agents, B, out] (ReLU between layers)."""
+    """Per-agent MLPs evaluated together: [n_agents, B, in] -> [n_agents, B, out] (ReLU between layers).
+
+    The kernel is chosen for the shape and the thread count (:meth:`per_agent_kernel`): one
+    ``baddbmm`` per layer for all agents, or, on large CPU batches whose agents do not divide
+    evenly among the threads, each agent's whole MLP as multithreaded ``addmm`` s on its
+    own unpadded inputs. Both compute the same function.
+    """
 
     def __init__(self, n_agents: int, in_features: int | Sequence[int], hidden: Sequence[int], out_features: int):
         super().__init__()
@@ -53,11 +69,28 @@ class AgentMLP(nn.Module):
         layers: list[AgentLinear] = [AgentLinear(n_agents, in_features, sizes[0])]
         layers += [AgentLinear(n_agents, a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
         self.layers = nn.ModuleList(layers)
+        self.widest = max(sizes)
+
+    def per_agent_kernel(self, x: torch.Tensor) -> bool:
+        """True when one multithreaded product per agent beats a ``bmm`` over agents for input ``x``."""
+        n, threads = self.layers[0].n_agents, torch.get_num_threads()
+        return x.device.type == "cpu" and x.shape[-2] * self.widest >= PER_AGENT_MIN_ACTIVATIONS
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.per_agent_kernel(x):
+            return torch.stack([self.agent_forward(i, x[i]) for i in range(x.shape[0])])
         for layer in self.layers[:-1]:
             x = torch.relu(layer(x))
         return self.layers[-1](x)
+
+    def agent_forward(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """Agent ``i``'s MLP alone: x [B, >= its input size] (padding beyond it is dropped) -> [B, out]."""
+        x = x[:, : self.layers[0].in_features[i]]
+        for k, layer in enumerate(self.layers):
+            x = torch.addmm(layer.bias[i, 0], x, layer.weight[i, : layer.in_features[i]])
+            if k < len(self.layers) - 1:
+                x = torch.relu(x)
+        return x
 
 
 def pad_agents(parts: Sequence[torch.Tensor], width: int | None = None) -> torch.Tensor:
@@ -101,3 +134,23 @@ def minimize(steps) -> dict[str, float]:
         opt.step()
         stats[name] = loss.item()
     return stats
+
+
+def keep_large_tensors_on_heap() -> bool:
+    """Let glibc reuse freed large blocks instead of returning them to the OS (Linux only).
+
+    By default glibc maps every allocation above 32 MiB afresh and unmaps it when freed, so
+    each large activation tensor of a training step is page-faulted anew: an addmm + ReLU
+    over [38400, 256] float32 took 45 ms instead of 28 ms on this project's CPU
+    (MABCQ's value estimates: 306 instead of 202 ms per hopper-3x1 iteration). Raising the
+    mmap and trim thresholds, as PyTorch's CPU tuning guide suggests through jemalloc or
+    tcmalloc, keeps those blocks in the heap. Returns whether the setting took effect.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (e.g. musl)
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # mallopt parameters, <malloc.h>
+    return bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))

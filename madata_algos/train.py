@@ -25,7 +25,7 @@ from madata.errors import DatasetExistsError, SchemaError
 from madata_algos import registry
 from madata_algos.evaluate import evaluate
 from madata_algos.loader import Batch, TransitionLoader, default_device
-from madata_algos.networks import pad_agents
+from madata_algos.networks import keep_large_tensors_on_heap, pad_agents
 from madata_algos.registry import DataInfo
 
 EVAL_FIELDS = ["eval_return", "eval_std", "eval_normalized"]
@@ -120,6 +120,7 @@ def train(
         raise DatasetExistsError(f"{run}: run directory is not empty; {hint}, or choose another")
 
     registry.check_data(spec, data)  # before loading anything
+    keep_large_tensors_on_heap()
     torch.manual_seed(seed)
     np.random.seed(seed)
     loader = TransitionLoader(ds, device=dev, seed=seed)

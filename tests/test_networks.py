@@ -50,3 +50,42 @@ def test_mlp_and_soft_update():
     soft_update(b, a, 0.25)
     for pb, p0, pa in zip(b.parameters(), before, a.parameters(), strict=True):
         torch.testing.assert_close(pb, 0.75 * p0 + 0.25 * pa)
+
+
+def test_both_kernels_compute_the_same_function_and_gradients(monkeypatch):
+    """The per-agent addmm path and the bmm path: same outputs and gradients on zero-padded inputs."""
+    from madata_algos import networks
+
+    torch.manual_seed(0)
+    net = AgentMLP(3, [8, 9, 8], [16, 16], 2)
+    x = pad_agents([torch.randn(40, d) for d in (8, 9, 8)])
+    results = {}
+    for name, threshold in (("bmm", float("inf")), ("per-agent", 0)):
+        monkeypatch.setattr(networks, "PER_AGENT_MIN_ACTIVATIONS", threshold)
+        assert net.per_agent_kernel(x) == (name == "per-agent")
+        net.zero_grad()
+        out = net(x)
+        out.square().sum().backward()
+        results[name] = (out.detach(), [p.grad.clone() for p in net.parameters()])
+    torch.testing.assert_close(results["bmm"][0], results["per-agent"][0], rtol=1e-5, atol=1e-6)
+    for g1, g2 in zip(results["bmm"][1], results["per-agent"][1], strict=True):
+        torch.testing.assert_close(g1, g2, rtol=1e-5, atol=1e-5)
+
+
+def test_kernel_choice_by_size():
+    """Small inputs stay on one bmm (call overhead dominates); large CPU inputs go per agent."""
+    from madata_algos.networks import PER_AGENT_MIN_ACTIVATIONS
+
+    net = AgentMLP(3, 4, [256], 1)
+    rows = PER_AGENT_MIN_ACTIVATIONS // 256
+    assert not net.per_agent_kernel(torch.zeros(3, rows - 1, 4))
+    assert net.per_agent_kernel(torch.zeros(3, rows, 4))
+
+
+def test_keep_large_tensors_on_heap_applies_on_glibc():
+    import sys
+
+    from madata_algos.networks import keep_large_tensors_on_heap
+
+    applied = keep_large_tensors_on_heap()
+    assert applied == (sys.platform.startswith("linux") and __import__("platform").libc_ver()[0] == "glibc")

@@ -1,0 +1,74 @@
+"""What every benchmark shares: the machine line, timing by the median of repeats, markdown rows.
+
+A benchmark prints what it measured, the machine it ran on (with the load average, since a
+busy machine only ever adds time) and the command that reproduces it. Alternatives are
+timed in interleaved rounds (A, B, A, B, ...) so that a load change during the run hits
+both alike, and each is reported as its median over the rounds.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), platform.machine())
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def machine_line(**extra: object) -> str:
+    """One line: cores, CPU, Python, torch (when imported) and threads, load average, and ``extra`` as k=v."""
+    parts = [f"{os.cpu_count()} cores ({cpu_name()})", f"Python {platform.python_version()}"]
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        parts.append(f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
+    parts.append(f"load average {os.getloadavg()[0]:.2f}")
+    parts += [f"{k} {v}" for k, v in extra.items()]
+    return "machine: " + ", ".join(parts)
+
+
+def time_once(fn: Callable[[], object]) -> float:
+    """Seconds one call of ``fn`` takes."""
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    """Median over ``repeats`` calls of ``fn`` (after ``warmup`` untimed ones), in seconds."""
+    for _ in range(warmup):
+        fn()
+    return statistics.median(time_once(fn) for _ in range(repeats))
+
+
+def compare(fns: dict[str, Callable[[], object]], rounds: int, warmup: int = 1) -> dict[str, float]:
+    """Median seconds per call of each of ``fns``, timed in interleaved rounds."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            samples[name].append(time_once(fn))
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]], numeric_from: int = 1) -> str:
+    """A markdown table; columns from ``numeric_from`` on are right-aligned."""
+    align = ["---" if i < numeric_from else "---:" for i in range(len(header))]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def command_line() -> str:
+    """The command that ran this benchmark, to print beside its results."""
+    return "python " + " ".join(sys.argv)
