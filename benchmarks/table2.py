@@ -1,151 +1,326 @@
-"""The paper's Table 2 on madata's own data: CAST-BCQ, its ablations and the baselines on
-uncoordinated (medium,expert) and coordinated (medium, expert) MaMuJoCo datasets.
+"""The paper's Table 2 on madata's own MaMuJoCo data, at the paper's training budget.
 
-    python benchmarks/table2.py [--tasks halfcheetah-2x3,hopper-3x1,walker2d-2x3]
-        [--datasets medium-expert,medium,expert] [--methods all] [--seeds 0,1,2]
-        [--steps 2000] [--batch-size 256] [--eval-every 500] [--eval-episodes 5]
-        [--episodes 200] [--work .runs/table2] [--doc docs/results]
+    python benchmarks/table2.py run [--tier a,b,c] [--tasks ...] [--methods ...] [--seeds 0,1,2]
+        [--work DIR] [--data DIR] [--done docs/results/table2/runs] [--threads 1]
+    python benchmarks/table2.py report [--work DIR ...] [--data DIR] [--out docs/results]
 
-Datasets are collected with the shipped behaviour policies (`madata collect TASK --mix
-LEVELS --episodes E --seed 0`; in medium-expert every agent draws its own level, so the
-team is uncoordinated). Every (task, dataset, seed, method) is one training run under
-``--work``; the script skips finished runs and resumes killed ones, so it can be stopped
-and started again at will. After every run it rewrites ``table2.md``, ``table2.json`` and
-one learning-curve PNG per task under ``--doc``, with what has been measured so far: the
-mean +- std over seeds of the final evaluation's return (and D4RL-normalized score).
+``run`` trains the cells of the table, in priority order (tier a: the five methods on
+uncoordinated medium-expert data of the three robots; b: CAST-BCQ's ablations on hopper
+and walker2d; c: CAST-BCQ and I-BCQ on the coordinated medium and expert datasets), one
+``madata_algos.train`` run per (task, dataset, method, seed). Several ``run`` processes
+may share one work directory: each cell is claimed with a file lock, a killed run resumes
+from its last checkpoint, and a finished one (``result.json`` in the work directory or
+under ``--done``) is skipped. Each result records the git commit it ran from and the
+SHA-256 of its dataset's commit record.
+
+``report`` gathers every finished result (from the work directories and the committed
+``docs/results/table2/runs``), copies new ones there, and writes ``table2.md``,
+``table2.json`` and one learning-curve PNG per task.
+
+The protocol (``PROTOCOL``) is the paper's budget on this CPU: 20,000 iterations per run,
+evaluation every 1,000 on 10 episodes with the same episode seeds for every method,
+1,000-episode datasets, and 256-256 networks at batch 256 (docs/results/table2.md says
+why). A run's final return is the mean of its last 3 evaluations.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import fcntl
+import hashlib
 import json
 import os
-import platform
+import shutil
+import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
-import madata
-from madata.collect import collect
-from madata_algos.configs import CastBcqConfig, IcqConfig
-from madata_algos.train import train
-
-TASKS = ["halfcheetah-2x3", "hopper-3x1", "walker2d-2x3"]
+ROOT = Path(__file__).resolve().parent.parent
+TASKS = ["hopper-3x1", "halfcheetah-2x3", "walker2d-2x3"]
 DATASETS = {"medium-expert": ["medium", "expert"], "medium": ["medium"], "expert": ["expert"]}
-# method -> (algorithm, config); None = the algorithm's defaults (the paper's or its reference code's)
-METHODS = {
-    "cast-bcq": ("cast-bcq", None),
-    "ibcq": ("ibcq", None),
-    "mabcq": ("mabcq", None),
-    # ICQ-MA's defaults are its SMAC values; on MaMuJoCo the actor temperature must match the return scale
-    # (OMIGA's MaMuJoCo ICQ uses beta = 100), and the short CPU runs here use the BCQ family's learning rate
-    "icq-ma": ("icq-ma", IcqConfig(beta=100.0, actor_lr=1e-3, critic_lr=1e-3)),
-    "bcq (centralized)": ("bcq", None),
-    "cast-bcq --no-csaa": ("cast-bcq", CastBcqConfig(csaa=False)),
-    "cast-bcq --no-subteam": ("cast-bcq", CastBcqConfig(subteam_sampling=False)),
-    "cast-bcq --no-clipped-double-q": ("cast-bcq", CastBcqConfig(clipped_double_q=False)),
+BASELINES = ["ibcq", "mabcq", "icq-ma", "bcq"]
+ABLATIONS = ["cast-bcq-no-csaa", "cast-bcq-no-subteam", "cast-bcq-no-clipped-double-q"]
+LABELS = {
+    "cast-bcq": "CAST-BCQ",
+    "ibcq": "I-BCQ",
+    "mabcq": "MA-BCQ",
+    "icq-ma": "ICQ-MA",
+    "bcq": "BCQ (centralized)",
+    "cast-bcq-no-csaa": "CAST-BCQ --no-csaa",
+    "cast-bcq-no-subteam": "CAST-BCQ --no-subteam",
+    "cast-bcq-no-clipped-double-q": "CAST-BCQ --no-clipped-double-q",
 }
-DECENTRALIZED_BASELINES = ["ibcq", "mabcq", "icq-ma"]
+# The paper's Table 2 (uncoordinated medium-expert): HalfCheetah-2x3, Hopper-3x1, Walker2d-2x3
+PAPER = {
+    "cast-bcq": (2937, 3078, 1590),
+    "bcq": (2465, 408, 591),
+    "ibcq": (2401, 403, 246),
+    "mabcq": (2614, 1364, 987),
+    "icq-ma": (1649, 923, 253),
+}
+PAPER_ORDER = ["halfcheetah-2x3", "hopper-3x1", "walker2d-2x3"]
 
 
-def dataset(work: Path, task: str, name: str, episodes: int) -> Path:
-    """The collected dataset for (task, name), collecting (or finishing) it first."""
-    path = work / "data" / f"{task}-{name}.zarr"
-    collect(task, path, mix=DATASETS[name], episodes=episodes, seed=0, resume=True, progress=True)
+@dataclass(frozen=True)
+class Protocol:
+    steps: int = 20_000
+    batch_size: int = 256
+    hidden: tuple[int, ...] = (256, 256)
+    eval_every: int = 1000
+    eval_episodes: int = 10
+    episodes: int = 1000  # per dataset
+    final_evals: int = 3  # a run's final return: the mean of its last evaluations
+
+    @property
+    def name(self) -> str:
+        h = "-".join(map(str, self.hidden))
+        return f"s{self.steps}-b{self.batch_size}-h{h}-e{self.eval_every}x{self.eval_episodes}-d{self.episodes}"
+
+
+PROTOCOL = Protocol()
+
+
+@dataclass(frozen=True)
+class Cell:
+    tier: str
+    task: str
+    data: str
+    method: str
+    seed: int
+
+    def path(self, protocol: Protocol) -> Path:
+        return Path(protocol.name) / self.task / self.data / self.method / f"seed{self.seed}"
+
+
+def cells(seeds: list[int]) -> list[Cell]:
+    """Every cell of the table, in the order they should be run."""
+    out = [Cell("a", t, "medium-expert", m, s) for s in seeds for t in TASKS for m in ["cast-bcq", *BASELINES]]
+    out += [
+        Cell("b", t, "medium-expert", m, s) for s in seeds for t in ["hopper-3x1", "walker2d-2x3"] for m in ABLATIONS
+    ]
+    out += [
+        Cell("c", t, d, m, s) for s in seeds for t in TASKS for d in ["medium", "expert"] for m in ["cast-bcq", "ibcq"]
+    ]
+    return out
+
+
+def method_config(method: str, protocol: Protocol):
+    """(algorithm, config) of a method under the protocol's network sizes."""
+    from madata_algos.configs import BcqConfig, CastBcqConfig, IcqConfig, MabcqConfig
+
+    h = protocol.hidden
+    bcq_sizes = dict(vae_hidden=h, actor_hidden=h, critic_hidden=h)
+    if method.startswith("cast-bcq"):
+        ablation = {
+            "cast-bcq": {},
+            "cast-bcq-no-csaa": {"csaa": False},
+            "cast-bcq-no-subteam": {"subteam_sampling": False},
+            "cast-bcq-no-clipped-double-q": {"clipped_double_q": False},
+        }[method]
+        return "cast-bcq", CastBcqConfig(**bcq_sizes, **ablation)
+    if method in ("ibcq", "bcq"):
+        return method, BcqConfig(**bcq_sizes)
+    if method == "mabcq":
+        return "mabcq", MabcqConfig(**bcq_sizes)
+    if method == "icq-ma":
+        return "icq-ma", IcqConfig(actor_hidden=h, critic_hidden=h)
+    raise SystemExit(f"table2: unknown method {method!r}")
+
+
+# ---------------------------------------------------------------------------- run
+
+
+def git_commit() -> str:
+    """The commit this script runs from, with "+dirty" when the tree has uncommitted changes."""
+    rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True
+    ).stdout
+    return rev + ("+dirty" if dirty.strip() else "")
+
+
+def dataset(data_dir: Path, task: str, name: str, protocol: Protocol) -> Path:
+    """The dataset for (task, name), collected (or finished) first: `madata collect TASK --mix LEVELS --seed 0`."""
+    from madata.collect import collect
+
+    path = data_dir / f"{task}-{name}.zarr"
+    collect(task, path, mix=DATASETS[name], episodes=protocol.episodes, seed=0, resume=True, progress=True)
     return path
 
 
-def run_dir(work: Path, task: str, data: str, method: str, seed: int, args) -> Path:
-    slug = method.replace(" (centralized)", "").replace(" --", "-").replace(" ", "")
-    setting = f"b{args.batch_size}-e{args.eval_every}x{args.eval_episodes}"  # a run resumes only with these
-    return work / "runs" / setting / task / data / slug / f"seed{seed}"
+def data_digest(path: Path) -> str:
+    """SHA-256 of the dataset's commit record: it holds every chunk's checksum, so it names the exact data."""
+    return hashlib.sha256((path / "commit.json").read_bytes()).hexdigest()
 
 
-def run(path: Path, data: Path, method: str, seed: int, args) -> list[dict]:
-    """Train one cell (or finish it); returns its evaluation log."""
-    algorithm, config = METHODS[method]
-    return train(data, path, algorithm=algorithm, steps=args.steps, seed=seed, config=config, batch_size=args.batch_size,
-                 eval_every=args.eval_every, eval_episodes=args.eval_episodes, resume=path.exists(), progress=True)  # fmt: skip
+def final_return(log: list[dict], protocol: Protocol) -> float:
+    return float(np.mean([r["eval_return"] for r in log[-protocol.final_evals :]]))
 
 
-def summarize(results: dict, args, elapsed: float) -> tuple[str, dict]:
-    """Markdown tables (one per task: methods x datasets) and the JSON of every finished run."""
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
-    lines = [
-        "# Table 2 on madata data: uncoordinated vs coordinated MaMuJoCo datasets",
-        "",
-        f"Measured on {os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__}, Python {platform.python_version()}: "
-        f"{args.steps} training iterations at batch {args.batch_size} per run (the paper trains far longer on a GPU; "
-        f"these are short CPU runs and say so), evaluation every {args.eval_every} iterations on {args.eval_episodes} "
-        f"episodes; datasets of {args.episodes} episodes each, collected with the shipped SAC behaviour policies "
-        "(docs/behaviour.md). Cells: mean +- std over seeds of the final evaluation's return, the D4RL-normalized "
-        "score in brackets, [n] seeds finished. `bcq` is centralized (it acts on the joint observation); every other "
-        "method executes decentralized. Wall time so far: " + f"{elapsed / 60:.0f} min.",
-        "",
-        f"Command: `{command(args)}`",
+def run_cell(cell: Cell, work: Path, data_dir: Path, protocol: Protocol) -> dict | None:
+    """Train one cell unless another process holds it; returns its result, or None when skipped."""
+    from madata_algos.train import train
+
+    run = work / "runs" / cell.path(protocol)
+    run.parent.mkdir(parents=True, exist_ok=True)
+    with open(run.parent / f".{run.name}.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None  # another worker trains it
+        if (run / "result.json").exists():
+            return json.loads((run / "result.json").read_text())
+        data = dataset(data_dir, cell.task, cell.data, protocol)
+        algorithm, config = method_config(cell.method, protocol)
+        t0 = time.time()
+        log = train(
+            data,
+            run,
+            algorithm=algorithm,
+            steps=protocol.steps,
+            seed=cell.seed,
+            config=config,
+            batch_size=protocol.batch_size,
+            eval_every=protocol.eval_every,
+            eval_episodes=protocol.eval_episodes,
+            resume=(run / "config.json").exists(),
+            progress=True,
+        )
+        result = {
+            "cell": vars(cell),
+            "protocol": vars(protocol),
+            "commit": git_commit(),
+            "data": str(data),
+            "data_sha256": data_digest(data),
+            "final_return": final_return(log, protocol),
+            "final_normalized": None
+            if log[-1]["eval_normalized"] is None
+            else float(np.mean([r["eval_normalized"] for r in log[-protocol.final_evals :]])),
+            "wall_seconds_this_process": round(time.time() - t0, 1),
+        }
+        tmp = run / ".result.json.tmp"
+        tmp.write_text(json.dumps(result, indent=1))
+        os.replace(tmp, run / "result.json")
+        return result
+
+
+SMOKE = Protocol(steps=20, eval_every=10, eval_episodes=2, episodes=8)
+
+
+def protocol_of(args) -> Protocol:
+    return SMOKE if args.smoke else PROTOCOL
+
+
+def cmd_run(args) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    protocol = protocol_of(args)
+    todo = [
+        c
+        for c in cells(args.seeds)
+        if c.tier in args.tier
+        and c.task in args.tasks
+        and c.method in args.methods
+        and (args.datasets is None or c.data in args.datasets)
     ]
-    for task in shown(TASKS, args.tasks, results):
-        datasets = shown(DATASETS, args.datasets, *results.get(task, {}).values())
-        lines += ["", f"## {task}", "", "![learning curves](table2_" + task + ".png)", "",
-                  "| method | " + " | ".join(datasets) + " |", "|---|" + "---:|" * len(datasets)]  # fmt: skip
-        for method in shown(METHODS, args.methods, *(results.get(task, {}).values())):
-            cells = []
-            for data in datasets:
-                finals = [log[-1] for log in results.get(task, {}).get(data, {}).get(method, {}).values()]
-                if not finals:
-                    cells.append("")
-                    continue
-                ret = np.array([r["eval_return"] for r in finals])
-                cell = f"{ret.mean():.0f} +- {ret.std():.0f}"
-                if finals[0]["eval_normalized"] is not None:
-                    norm = np.array([r["eval_normalized"] for r in finals])
-                    cell += f" ({norm.mean():.1f} +- {norm.std():.1f})"
-                cells.append(f"{cell} [{len(finals)}]")
-            lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n", {"command": command(args), "settings": settings(args), "results": results}
+    done = {p.parent.relative_to(args.done) for p in args.done.glob("**/result.json")} if args.done.exists() else set()
+    print(
+        f"table2: {len(todo)} cells requested, {sum(c.path(protocol) in done for c in todo)} already committed; "
+        f"protocol {protocol.name}; commit {git_commit()}",
+        flush=True,
+    )
+    for cell in todo:
+        if cell.path(protocol) in done:
+            continue
+        result = run_cell(cell, args.work, args.data, protocol)
+        if result is not None:
+            print(
+                f"{cell.task} {cell.data} {cell.method} seed {cell.seed}: final return {result['final_return']:.1f}",
+                flush=True,
+            )
 
 
-def shown(order, requested, *measured: dict) -> list[str]:
-    """Names requested now or measured before, in the canonical order."""
-    return [k for k in order if k in requested or any(k in m for m in measured)]
+# ---------------------------------------------------------------------------- report
 
 
-def settings(args) -> dict:
-    """What makes runs comparable: results measured with other settings are never merged."""
-    return {k: getattr(args, k) for k in ("steps", "batch_size", "eval_every", "eval_episodes", "episodes")}
+def read_log(path: Path) -> list[dict]:
+    with open(path) as f:
+        return [{k: float(v) if v not in ("", None) else None for k, v in r.items()} for r in csv.DictReader(f)]
 
 
-def previous_results(path: Path, args) -> dict:
-    """Results of earlier invocations with the same settings (e.g. other tasks or methods)."""
-    if not path.exists():
-        return {}
-    blob = json.loads(path.read_text())
-    return blob["results"] if blob.get("settings") == settings(args) else {}
+def gather(roots: list[Path], store: Path) -> list[dict]:
+    """Finished results under ``roots`` (copied into ``store`` when new) and in ``store``, with their logs."""
+    for root in roots:
+        for res in (root / "runs").glob("**/result.json"):
+            rel = res.parent.relative_to(root / "runs")
+            dest = store / rel
+            if not (dest / "result.json").exists():
+                dest.mkdir(parents=True, exist_ok=True)
+                for name in ("log.csv", "config.json", "result.json"):  # result.json last: it marks the copy complete
+                    shutil.copy2(res.parent / name, dest / name)
+    out = []
+    for res in sorted(store.glob("**/result.json")):
+        r = json.loads(res.read_text())
+        r["log"] = read_log(res.parent / "log.csv")
+        out.append(r)
+    return out
 
 
-def plot(results: dict, task: str, args, path: Path) -> None:
+def summary(finals: list[float], seed: int = 0) -> dict:
+    """mean, std and a 95 % percentile bootstrap interval of the mean over seeds."""
+    from madata_algos.stats import bootstrap_interval
+
+    x = np.asarray(finals, dtype=float)
+    lo, hi = bootstrap_interval([x], lambda g: float(g[0].mean()), seed=seed)
+    return {"n": int(x.size), "mean": float(x.mean()), "std": float(x.std()), "ci95": [lo, hi], "seeds": x.tolist()}
+
+
+def behaviour_returns(data_dir: Path, task: str, name: str) -> dict | None:
+    """Mean, std and count of the episode return per behaviour combination of a dataset, when it is at hand."""
+    import madata
+
+    path = data_dir / f"{task}-{name}.zarr"
+    if not (path / "commit.json").exists():
+        return None
+    table = madata.open(path).episodes.to_pandas()
+    cols = sorted(c for c in table.columns if c.startswith("behaviour."))
+    out = {}
+    for key, group in table.groupby(cols)["return"]:
+        out["/".join(key)] = [round(float(group.mean()), 1), round(float(group.std()), 1), int(group.size)]
+    return out
+
+
+def curves_plot(results: list[dict], task: str, path: Path) -> None:
+    """Learning curves of every method on ``task``: mean over seeds with a +-1 std band, one panel per dataset."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    datasets = shown(DATASETS, args.datasets, results.get(task, {}))
-    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 3.8), squeeze=False)
-    for ax, data in zip(axes[0], datasets, strict=True):
-        for method in METHODS:
-            logs = list(results.get(task, {}).get(data, {}).get(method, {}).values())
+    datas = [d for d in DATASETS if any(r["cell"]["task"] == task and r["cell"]["data"] == d for r in results)]
+    fig, axes = plt.subplots(1, len(datas), figsize=(6 * len(datas), 4.2), squeeze=False)
+    for ax, data in zip(axes[0], datas, strict=True):
+        for method, label in LABELS.items():
+            logs = [
+                r["log"]
+                for r in results
+                if r["cell"]["task"] == task and r["cell"]["data"] == data and r["cell"]["method"] == method
+            ]
             if not logs:
                 continue
-            n = min(len(log) for log in logs)
-            steps = [r["step"] for r in logs[0][:n]]
-            curves = np.array([[r["eval_return"] for r in log[:n]] for log in logs])
-            style = "-" if method in ("cast-bcq", *DECENTRALIZED_BASELINES) else "--"
-            ax.plot(steps, curves.mean(0), style, marker="o", ms=3, label=f"{method} ({len(logs)})")
+            steps = [row["step"] for row in logs[0]]
+            y = np.array([[row["eval_return"] for row in log] for log in logs])
+            style = "--" if method in ABLATIONS or method == "bcq" else "-"
+            line = ax.plot(steps, y.mean(0), style, label=f"{label} ({len(logs)})")[0]
+            ax.fill_between(steps, y.mean(0) - y.std(0), y.mean(0) + y.std(0), color=line.get_color(), alpha=0.12)
         ax.set_title(f"{task}, {data}")
         ax.set_xlabel("training iterations")
-        ax.set_ylabel("evaluation return")
+        ax.set_ylabel("evaluation return (10 episodes)")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     tmp = path.with_name(f".{path.stem}.tmp.png")
@@ -154,53 +329,177 @@ def plot(results: dict, task: str, args, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def command(args) -> str:
-    return (f"python benchmarks/table2.py --tasks {','.join(args.tasks)} --datasets {','.join(args.datasets)} "
-            f"--methods '{','.join(args.methods)}' --seeds {','.join(map(str, args.seeds))} --steps {args.steps} "
-            f"--batch-size {args.batch_size} --eval-every {args.eval_every} --eval-episodes {args.eval_episodes} "
-            f"--episodes {args.episodes}")  # fmt: skip
+def cmd_report(args) -> None:
+    from madata_algos.stats import bootstrap_interval, iqm, probability_of_improvement
+
+    protocol = protocol_of(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    store = args.out / "table2" / "runs"
+    results = [r for r in gather(args.work, store) if r["protocol"] == json.loads(json.dumps(vars(protocol)))]
+    if not results:
+        raise SystemExit(
+            f"table2 report: no finished runs of protocol {protocol.name} in {[str(w) for w in args.work]} or {store}"
+        )
+    cell = {}
+    for r in results:
+        c = r["cell"]
+        cell.setdefault((c["task"], c["data"], c["method"]), []).append(r)
+    table = {
+        "/".join(k): summary([r["final_return"] for r in sorted(v, key=lambda r: r["cell"]["seed"])])
+        for k, v in cell.items()
+    }
+    commits = sorted({r["commit"] for r in results})
+    lines = [
+        "# Table 2 at the paper's budget: CAST-BCQ and the baselines on MaMuJoCo data",
+        "",
+        "Generated by `python benchmarks/table2.py report` from the finished runs in "
+        "[`table2/runs/`](table2/runs/) (each run's `log.csv`, `config.json` and `result.json`). "
+        "The analysis, the protocol's reasons and the verdicts are in [table2_analysis.md](table2_analysis.md).",
+        "",
+        f"**Protocol** (`{protocol.name}`): {protocol.steps:,} training iterations per run at batch "
+        f"{protocol.batch_size}, {'-'.join(map(str, protocol.hidden))} networks for every method, evaluation every "
+        f"{protocol.eval_every:,} iterations on {protocol.eval_episodes} episodes (episode k of seed s resets with "
+        f"10000 (s + 1) + k, the same for every method), datasets of {protocol.episodes:,} episodes collected by "
+        f"`madata collect TASK --mix LEVELS --episodes {protocol.episodes} --seed 0`. A run's final return is the mean of its "
+        f"last {protocol.final_evals} evaluations; cells show mean +- std over seeds, the 95 % percentile bootstrap "
+        "interval of the mean in brackets, and [n] seeds.",
+        "",
+        f"Ran from commit{'s' if len(commits) > 1 else ''} {', '.join(f'`{c[:12]}`' for c in commits)} "
+        "(per run in its `result.json`).",
+        "",
+        "Commands: `python benchmarks/table2.py run --tier a,b,c --seeds 0,1,2` (any number of workers) and "
+        "`python benchmarks/table2.py report`.",
+    ]
+    blob = {"protocol": vars(protocol), "commits": commits, "cells": table, "behaviour": {}, "aggregate": {}}
+    for tier, title, datas, methods in (
+        (
+            "a",
+            "(a) Uncoordinated medium-expert: CAST-BCQ against the baselines",
+            ["medium-expert"],
+            ["cast-bcq", *BASELINES],
+        ),
+        ("b", "(b) CAST-BCQ's ablations, uncoordinated medium-expert", ["medium-expert"], ["cast-bcq", *ABLATIONS]),
+        ("c", "(c) Coordinated datasets (one level for the whole team)", ["medium", "expert"], ["cast-bcq", "ibcq"]),
+    ):
+        rows = []
+        for task in TASKS:
+            for data in datas:
+                for m in methods:
+                    s = table.get(f"{task}/{data}/{m}")
+                    if s is None:
+                        continue
+                    paper = ""
+                    if data == "medium-expert" and m in PAPER:
+                        paper = str(PAPER[m][PAPER_ORDER.index(task)])
+                    rows.append(
+                        f"| {task} | {data} | {LABELS[m]} | {s['mean']:.0f} +- {s['std']:.0f} "
+                        f"[{s['ci95'][0]:.0f}, {s['ci95'][1]:.0f}] ({s['n']}) | {paper} |"
+                    )
+        if rows:
+            status = "" if tier == "a" else " (as far as finished)"
+            lines += [
+                "",
+                f"## {title}{status}",
+                "",
+                "| task | dataset | method | final return | paper |",
+                "|---|---|---|---:|---:|",
+                *rows,
+            ]
+    # aggregate over the three robots (tier a): normalized scores, IQM with stratified bootstrap intervals
+    norm = {
+        m: [np.array([r["final_normalized"] for r in cell.get((t, "medium-expert", m), [])]) for t in TASKS]
+        for m in ["cast-bcq", *BASELINES]
+    }
+    complete = [m for m, groups in norm.items() if all(len(g) > 0 for g in groups)]
+    if complete:
+        lines += [
+            "",
+            "## Aggregate over the three robots (D4RL-normalized scores, tier a)",
+            "",
+            "IQM and mean over all runs of the three tasks, with 95 % stratified bootstrap intervals (runs "
+            "resampled within each task), and the probability that a CAST-BCQ run beats a run of the "
+            "method on the same task (averaged over tasks).",
+            "",
+            "| method | runs | IQM | mean | P(CAST-BCQ > method) |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for m in complete:
+            groups = norm[m]
+            ci_iqm = bootstrap_interval(groups, lambda g: iqm(np.concatenate(g)))
+            ci_mean = bootstrap_interval(groups, lambda g: float(np.concatenate(g).mean()))
+            allx = np.concatenate(groups)
+            poi = (
+                ""
+                if m == "cast-bcq" or "cast-bcq" not in complete
+                else f"{probability_of_improvement(norm['cast-bcq'], groups):.2f}"
+            )
+            blob["aggregate"][m] = {
+                "iqm": iqm(allx),
+                "iqm_ci95": ci_iqm,
+                "mean": float(allx.mean()),
+                "mean_ci95": ci_mean,
+                "p_cast_bcq_better": poi or None,
+            }
+            lines.append(
+                f"| {LABELS[m]} | {allx.size} | {iqm(allx):.1f} [{ci_iqm[0]:.1f}, {ci_iqm[1]:.1f}] | "
+                f"{allx.mean():.1f} [{ci_mean[0]:.1f}, {ci_mean[1]:.1f}] | {poi} |"
+            )
+    # the behaviour data's own returns
+    beh_rows = []
+    for task in TASKS:
+        for data in DATASETS:
+            b = behaviour_returns(args.data, task, data)
+            if b is None:
+                continue
+            blob["behaviour"][f"{task}/{data}"] = b
+            for combo, (mean, std, n) in b.items():
+                beh_rows.append(f"| {task} | {data} | {combo} | {mean:.0f} +- {std:.0f} | {n} |")
+    if beh_rows:
+        lines += [
+            "",
+            "## The behaviour data's own returns",
+            "",
+            "Per combination of levels (agent 0 / agent 1 / ...).",
+            "",
+            "| task | dataset | levels | return | episodes |",
+            "|---|---|---|---:|---:|",
+            *beh_rows,
+        ]
+    for task in TASKS:
+        if any(r["cell"]["task"] == task for r in results):
+            curves_plot(results, task, args.out / f"table2_{task}.png")
+            lines += ["", f"![learning curves, {task}](table2_{task}.png)"]
+    (args.out / "table2.md").write_text("\n".join(lines) + "\n")
+    (args.out / "table2.json").write_text(json.dumps(blob, indent=1))
+    print("\n".join(lines))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tasks", default=",".join(TASKS))
-    ap.add_argument("--datasets", default="medium-expert,medium,expert")
-    ap.add_argument("--methods", default="all", help="comma-separated names from METHODS, or 'all'")
-    ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--steps", type=int, default=2000)
-    ap.add_argument("--batch-size", type=int, default=256)
-    ap.add_argument("--eval-every", type=int, default=500)
-    ap.add_argument("--eval-episodes", type=int, default=5)
-    ap.add_argument("--episodes", type=int, default=200, help="episodes per dataset")
-    ap.add_argument("--work", type=Path, default=Path(".runs/table2"))
-    ap.add_argument("--doc", type=Path, default=Path("docs/results"))
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="train the table's cells (resumable; several workers may share --work)")
+    r.add_argument("--tier", default="a,b,c", type=lambda s: s.split(","))
+    r.add_argument("--tasks", default=",".join(TASKS), type=lambda s: s.split(","))
+    r.add_argument("--methods", default=",".join(["cast-bcq", *BASELINES, *ABLATIONS]), type=lambda s: s.split(","))
+    r.add_argument("--datasets", default=None, type=lambda s: s.split(","))
+    r.add_argument("--seeds", default="0,1,2", type=lambda s: [int(x) for x in s.split(",")])
+    r.add_argument("--work", type=Path, default=ROOT / ".runs" / "table2")
+    r.add_argument("--data", type=Path, default=ROOT / ".runs" / "table2" / "data")
+    r.add_argument(
+        "--done",
+        type=Path,
+        default=ROOT / "docs" / "results" / "table2" / "runs",
+        help="committed results: cells found here are not run again",
+    )
+    r.add_argument("--threads", type=int, default=1, help="torch threads of this worker")
+    r.add_argument("--smoke", action="store_true", help="a tiny protocol to check the pipeline (results kept apart)")
+    p = sub.add_parser("report", help="gather finished runs and write table2.md, table2.json and the plots")
+    p.add_argument("--work", type=Path, nargs="*", default=[ROOT / ".runs" / "table2"])
+    p.add_argument("--data", type=Path, default=ROOT / ".runs" / "table2" / "data")
+    p.add_argument("--out", type=Path, default=ROOT / "docs" / "results")
+    p.add_argument("--smoke", action="store_true", help="report the --smoke protocol's runs")
     args = ap.parse_args()
-    args.tasks = args.tasks.split(",")
-    args.datasets = args.datasets.split(",")
-    args.methods = list(METHODS) if args.methods == "all" else args.methods.split(",")
-    args.seeds = [int(s) for s in args.seeds.split(",")]
-    unknown = [m for m in args.methods if m not in METHODS] + [d for d in args.datasets if d not in DATASETS]
-    if unknown:
-        raise SystemExit(f"table2: unknown methods or datasets {unknown}; known: {list(METHODS)}, {list(DATASETS)}")
-    args.doc.mkdir(parents=True, exist_ok=True)
-    results = previous_results(args.doc / "table2.json", args)
-    t0 = time.time()
-    for task in args.tasks:
-        for data in args.datasets:
-            path = dataset(args.work, task, data, args.episodes)
-            print(f"{task} {data}: {madata.open(path).num_transitions} transitions", flush=True)
-            for seed in args.seeds:
-                for method in args.methods:
-                    log = run(run_dir(args.work, task, data, method, seed, args), path, method, seed, args)
-                    results.setdefault(task, {}).setdefault(data, {}).setdefault(method, {})[str(seed)] = log
-                    last = log[-1]
-                    print(f"{task} {data} {method} seed {seed}: return {last['eval_return']:.1f} "
-                          f"({time.time() - t0:.0f} s so far)", flush=True)  # fmt: skip
-                    text, blob = summarize(results, args, time.time() - t0)
-                    (args.doc / "table2.md").write_text(text)
-                    (args.doc / "table2.json").write_text(json.dumps(blob, indent=1))
-                    plot(results, task, args, args.doc / f"table2_{task}.png")
-    print(summarize(results, args, time.time() - t0)[0])
+    cmd_run(args) if args.cmd == "run" else cmd_report(args)
 
 
 if __name__ == "__main__":
