@@ -1,0 +1,233 @@
+"""Every line of discrete CAST-BCQ's and discrete I-BCQ's updates, pinned against hand computations.
+
+As in test_cast_bcq_update.py: the networks are hand-made linear maps with known weights,
+and each loss is recomputed one sample, one agent and one joint action at a time.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from test_cast_bcq_update import Linear
+
+from madata_algos.cast_bcq import subteam_masks
+from madata_algos.cast_bcq_discrete import CastBcqDiscrete, IndependentBcqDiscrete, allowed_actions
+from madata_algos.configs import DiscreteConfig
+
+N, OBS, K, S, B = 3, 4, 3, 5, 6
+NOOP = 1  # the default action, not 0, so a default of zeros shows
+
+
+def make(**kw) -> CastBcqDiscrete:
+    cfg = dict(hidden=(8,), lam=0.7, gamma=0.9, tau=0.1, threshold=0.3, lr=1e-3)
+    cfg.update(kw)
+    torch.manual_seed(0)
+    return CastBcqDiscrete(N, OBS, K, S, NOOP, DiscreteConfig(**cfg))
+
+
+def hand_made(algo: CastBcqDiscrete) -> CastBcqDiscrete:
+    algo.classifier = Linear(N, OBS, K, 21)
+    algo.joint_critic = Linear(algo.twins, S + N * K, 1, 22)
+    algo.joint_target = Linear(algo.twins, S + N * K, 1, 23)
+    algo.ind_critic = Linear(N, OBS, K, 24)
+    return algo
+
+
+def batch(seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(200 + seed)
+    return dict(obs=torch.randn(N, B, OBS, generator=g), action=torch.randint(0, K, (N, B), generator=g),
+                reward=torch.randn(B, generator=g), next_obs=torch.randn(N, B, OBS, generator=g) + 1.0,
+                terminated=torch.tensor([0.0, 1.0, 0.0, 0.0, 1.0, 0.0]), state=torch.randn(B, S, generator=g),
+                next_state=torch.randn(B, S, generator=g) - 1.0)  # fmt: skip
+
+
+def allowed(algo, i, o) -> list[int]:
+    """BCQ's discrete constraint for agent i on o: G(a|o) / max G >= threshold."""
+    p = algo.classifier.at(i, o).softmax(-1)
+    return [a for a in range(K) if p[a] / p.max() >= algo.cfg.threshold]
+
+
+def jq(algo, net, s, joint) -> torch.Tensor:
+    """Eq. 10 over the twin joint critics at the one-hot joint action ``joint`` (a tuple of ints)."""
+    x = torch.cat([s, *[F.one_hot(torch.tensor(a), K).float() for a in joint]])
+    qs = [net.at(k, x)[0] for k in range(algo.twins)]
+    return qs[0] if len(qs) == 1 else algo.cfg.lam * min(qs) + (1 - algo.cfg.lam) * max(qs)
+
+
+def greedy(algo, net, s, obs_b):
+    """The allowed joint action of highest Q under ``net``: (joint action, its value)."""
+    options = itertools.product(*[allowed(algo, i, obs_b[i]) for i in range(N)])
+    return max(((j, jq(algo, net, s, j)) for j in options), key=lambda t: t[1].item())
+
+
+def test_allowed_actions_threshold_is_inclusive():
+    p = torch.tensor([[0.5, 0.25, 0.125, 0.125]])
+    assert allowed_actions(p.log(), 0.5).tolist() == [[True, True, False, False]]  # 0.25 / 0.5 = 0.5 >= 0.5
+    assert allowed_actions(p.log(), 0.51).tolist() == [[True, False, False, False]]
+
+
+@pytest.mark.parametrize("clipped", [True, False])
+def test_joint_critic_loss_is_eq6_over_allowed_joint_actions(clipped):
+    algo = hand_made(make(clipped_double_q=clipped))
+    d = batch()
+    loss = algo.joint_critic_loss(d["state"], d["action"], d["reward"], d["next_state"], d["next_obs"], d["terminated"])
+    want = torch.zeros(())
+    for b in range(B):
+        _, v = greedy(algo, algo.joint_target, d["next_state"][b], d["next_obs"][:, b])
+        y = d["reward"][b] + algo.cfg.gamma * (1 - d["terminated"][b]) * v
+        x = torch.cat([d["state"][b], *[F.one_hot(d["action"][i, b], K).float() for i in range(N)]])
+        for k in range(algo.twins):
+            want = want + (algo.joint_critic.at(k, x)[0] - y) ** 2 / B
+    torch.testing.assert_close(loss, want, rtol=1e-5, atol=1e-5)
+
+
+def hand_delta(algo, d, masks, mode="csaa"):
+    out = torch.zeros(B, N)
+    for b in range(B):
+        pi, _ = greedy(algo, algo.joint_critic, d["state"][b], d["obs"][:, b])  # the current critic's joint policy
+        a = d["action"][:, b].tolist()
+        for i in range(N):
+            if mode == "no-csaa":
+                out[b, i] = jq(algo, algo.joint_critic, d["state"][b], [a[i] if j == i else pi[j] for j in range(N)])
+                continue
+            terms = []
+            for m in range(masks.shape[0]):
+                mates = [NOOP if masks[m, i, j] else pi[j] for j in range(N)]
+                with_a = [a[i] if j == i else mates[j] for j in range(N)]
+                with_d = [NOOP if j == i else mates[j] for j in range(N)]
+                terms.append(jq(algo, algo.joint_critic, d["state"][b], with_a) - jq(algo, algo.joint_critic, d["state"][b], with_d))
+            out[b, i] = torch.stack(terms).mean()
+    return out
+
+
+@pytest.mark.parametrize("kw,mode", [({}, "csaa"), ({"subteam_sampling": False}, "no-subteam"), ({"csaa": False}, "no-csaa")])
+def test_counterfactual_target_is_eq8_with_the_noop_default(kw, mode):
+    algo = hand_made(make(subteams=3, **kw))  # 3 < 2^(N-1) = 4: sampled subteams
+    d = batch()
+    got = algo.counterfactual_target(d["state"], d["obs"], d["action"], torch.Generator().manual_seed(6))
+    if mode == "csaa":
+        masks = subteam_masks(N, 3, torch.Generator().manual_seed(6))
+    else:
+        masks = torch.zeros(1, N, N, dtype=torch.bool)
+    torch.testing.assert_close(got, hand_delta(algo, d, masks, mode), rtol=1e-5, atol=1e-5)
+
+
+def test_individual_critic_loss_is_eq9_on_the_data_actions():
+    algo = hand_made(make())
+    d = batch()
+    delta = torch.randn(B, N)
+    loss = algo.individual_critic_loss(d["obs"], d["action"], delta)
+    want = sum((algo.ind_critic.at(i, d["obs"][i, b])[d["action"][i, b]] - delta[b, i]) ** 2 for i in range(N) for b in range(B))
+    torch.testing.assert_close(loss, want / B, rtol=1e-5, atol=1e-5)
+
+
+def test_classifier_loss_is_behaviour_cloning_per_agent():
+    algo = hand_made(make())
+    d = batch()
+    want = sum(F.cross_entropy(algo.classifier.at(i, d["obs"][i]), d["action"][i]) for i in range(N))
+    torch.testing.assert_close(algo.classifier_loss(d["obs"], d["action"]), want, rtol=1e-5, atol=1e-6)
+
+
+def test_act_takes_the_allowed_action_of_highest_individual_q():
+    algo = hand_made(make(threshold=0.6))
+    d = batch()
+    got = algo.act(d["obs"])
+    for i in range(N):
+        for b in range(B):
+            ok = allowed(algo, i, d["obs"][i, b])
+            q = algo.ind_critic.at(i, d["obs"][i, b])
+            assert got[i, b].item() == max(ok, key=lambda a: q[a].item())
+
+
+def _adam_step(params, loss, lr):
+    opt = torch.optim.Adam(params, lr=lr)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
+def _polyak(target, before, online, tau):
+    with torch.no_grad():
+        for t, t0, p in zip(target.parameters(), before.parameters(), online.parameters(), strict=True):
+            t.copy_((1 - tau) * t0 + tau * p)
+
+
+def _same_state(a, b):
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7, msg=name)
+
+
+def test_cast_bcq_discrete_update_is_algorithm1_in_order():
+    algo = make(subteams=3)
+    twin = copy.deepcopy(algo)
+    d = batch()
+    stats = algo.update(**d, generator=torch.Generator().manual_seed(8))
+    lr, g = twin.cfg.lr, torch.Generator().manual_seed(8)
+    target_before = copy.deepcopy(twin.joint_target)
+    want = {
+        "classifier": _adam_step(twin.classifier.parameters(), twin.classifier_loss(d["obs"], d["action"]), lr),
+        "joint_critic": _adam_step(twin.joint_critic.parameters(), twin.joint_critic_loss(
+            d["state"], d["action"], d["reward"], d["next_state"], d["next_obs"], d["terminated"]), lr),
+    }  # fmt: skip
+    delta = twin.counterfactual_target(d["state"], d["obs"], d["action"], g)
+    want["individual_critic"] = _adam_step(twin.ind_critic.parameters(), twin.individual_critic_loss(d["obs"], d["action"], delta), lr)
+    _polyak(twin.joint_target, target_before, twin.joint_critic, twin.cfg.tau)
+    assert list(stats) == list(want)
+    for k in want:
+        assert stats[k] == pytest.approx(want[k], rel=1e-6, abs=1e-7), k
+    _same_state(algo, twin)
+
+
+# ---------------------------------------------------------------------------- discrete I-BCQ
+
+
+def make_ibcq(**kw) -> IndependentBcqDiscrete:
+    cfg = dict(hidden=(8,), gamma=0.9, tau=0.1, threshold=0.3, lr=1e-3)
+    cfg.update(kw)
+    torch.manual_seed(0)
+    algo = IndependentBcqDiscrete(N, OBS, K, DiscreteConfig(**cfg))
+    return algo
+
+
+def test_ibcq_discrete_critic_loss_is_double_q_over_allowed_actions():
+    """y_i = r + gamma (1 - d) Q'_i(o'_i, argmax over allowed a' of Q_i(o'_i, a')), Huber loss, per agent."""
+    algo = make_ibcq()
+    algo.classifier, algo.critic, algo.target = Linear(N, OBS, K, 31), Linear(N, OBS, K, 32), Linear(N, OBS, K, 33)
+    d = batch()
+    loss = algo.critic_loss(d["obs"], d["action"], d["reward"], d["next_obs"], d["terminated"])
+    want = torch.zeros(())
+    for i in range(N):
+        for b in range(B):
+            o2 = d["next_obs"][i, b]
+            best = max(allowed(algo, i, o2), key=lambda a: algo.critic.at(i, o2)[a].item())
+            y = d["reward"][b] + algo.cfg.gamma * (1 - d["terminated"][b]) * algo.target.at(i, o2)[best]
+            q = algo.critic.at(i, d["obs"][i, b])[d["action"][i, b]]
+            want = want + F.smooth_l1_loss(q, y) / B
+    torch.testing.assert_close(loss, want, rtol=1e-5, atol=1e-6)
+
+
+def test_ibcq_discrete_update_and_act():
+    algo = make_ibcq()
+    twin = copy.deepcopy(algo)
+    d = batch()
+    stats = algo.update(**d, generator=torch.Generator().manual_seed(1))
+    lr, target_before = twin.cfg.lr, copy.deepcopy(twin.target)
+    ce = sum(F.cross_entropy(twin.classifier(d["obs"])[i], d["action"][i]) for i in range(N))
+    want = {"classifier": _adam_step(twin.classifier.parameters(), ce, lr)}
+    want["critic"] = _adam_step(twin.critic.parameters(), twin.critic_loss(d["obs"], d["action"], d["reward"], d["next_obs"], d["terminated"]), lr)
+    _polyak(twin.target, target_before, twin.critic, twin.cfg.tau)
+    assert list(stats) == list(want)
+    for k in want:
+        assert stats[k] == pytest.approx(want[k], rel=1e-6, abs=1e-7), k
+    _same_state(algo, twin)
+    algo.classifier, algo.critic = Linear(N, OBS, K, 41), Linear(N, OBS, K, 42)
+    got = algo.act(d["obs"])
+    for i in range(N):
+        for b in range(B):
+            q = algo.critic.at(i, d["obs"][i, b])
+            assert got[i, b].item() == max(allowed(algo, i, d["obs"][i, b]), key=lambda a: q[a].item())
