@@ -15,11 +15,11 @@ are written once and never again), ``None`` for a partial last chunk.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from madata.atomic import write_bytes_atomic
 from madata.errors import CorruptionError, SchemaError
 from madata.schema import SCHEMA_VERSION, dumps
 
@@ -105,25 +105,5 @@ def read_commit(root: Path) -> CommitRecord:
     return rec
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename inside ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_commit(root: Path, rec: CommitRecord) -> None:
-    write_atomic(root / COMMIT_FILE, dumps(rec.to_json()).encode())
+    write_bytes_atomic(root / COMMIT_FILE, dumps(rec.to_json()).encode())

@@ -131,6 +131,15 @@ class Dataset:
         return len(self.episode_ids)
 
     @property
+    def is_full(self) -> bool:
+        """True for the whole dataset, False for a selection (``select``)."""
+        return self._selection is None
+
+    def episode_lengths(self) -> np.ndarray:
+        """Transitions of each episode, in ``episode_ids`` order: int64 [num_episodes]."""
+        return self._column("length")[self.episode_ids]
+
+    @property
     def num_transitions(self) -> int:
         if self._selection is None:
             return self.record.step_rows

@@ -23,6 +23,10 @@ class DatasetExistsError(MadataError, FileExistsError):
     """Writing to a path that already holds data, without --resume."""
 
 
+class OutputError(MadataError, OSError):
+    """An output that cannot be written: a missing directory, a directory in the way, a read-only or full disk."""
+
+
 class CorruptionError(MadataError):
     """Stored bytes that do not match what was committed (checksum, missing chunk, truncated file)."""
 

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from madata.atomic import atomic_output, check_output
 from madata.dataset import Dataset
-from madata.errors import DatasetExistsError, SchemaError
+from madata.errors import SchemaError
 from madata.schema import behaviour_column
 
 FORMATS = ("parquet",)
@@ -38,18 +38,13 @@ def export_parquet(ds: Dataset, out: str | os.PathLike, *, overwrite: bool = Fal
     Streams groups of whole episodes (about ``rows_per_group`` transitions each), so
     memory stays bounded; the file appears atomically when complete.
     """
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise DatasetExistsError(f"{out}: file exists; pass --overwrite to replace it or choose another path")
-    if not out.parent.exists():
-        raise SchemaError(f"{out}: parent directory {out.parent} does not exist")
+    check_output(out, overwrite)
     fields = ds.default_fields() + ["episode_id", "timestep"]
     shapes = {}
     labels = {a: ds._table.column(behaviour_column(a)).to_numpy(zero_copy_only=False) for a in ds.agent_ids}
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     writer = None
     rows = 0
-    try:
+    with atomic_output(out, overwrite) as tmp:
         for group in _episode_groups(ds, rows_per_group):
             tr = ds.select(episodes=group).transitions(fields)
             cols = {"episode_id": tr.pop("episode_id"), "timestep": tr.pop("timestep")}
@@ -71,12 +66,6 @@ def export_parquet(ds: Dataset, out: str | os.PathLike, *, overwrite: bool = Fal
         if writer is None:
             raise SchemaError(f"{ds.root}: the dataset has no transitions to export")
         writer.close()
-        writer = None
-        os.replace(tmp, out)
-    finally:
-        if writer is not None:
-            writer.close()
-        tmp.unlink(missing_ok=True)
     return rows
 
 

@@ -26,7 +26,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import zarr
 
-from madata.commit import ArrayCommit, CommitRecord, fsync_dir, read_commit, write_commit
+from madata.atomic import atomic_output, fsync_dir
+from madata.commit import ArrayCommit, CommitRecord, read_commit, write_commit
 from madata.errors import CorruptionError, DatasetExistsError, DatasetNotFoundError, SchemaError
 from madata.schema import (
     AgentSpec,
@@ -405,11 +406,8 @@ class DatasetWriter:
 
     def _write_part(self, table: pa.Table, name: str) -> str:
         rel = f"{EPISODES_DIR}/{name}"
-        tmp = self.root / EPISODES_DIR / f".{name}.tmp-{os.getpid()}"
-        pq.write_table(table, tmp, compression="zstd")
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, self.root / rel)
+        with atomic_output(self.root / rel) as tmp:
+            pq.write_table(table, tmp, compression="zstd")
         return rel
 
     def close(self) -> None:

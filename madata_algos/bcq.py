@@ -18,9 +18,8 @@ from collections.abc import Sequence
 import torch
 
 from madata.errors import SchemaError
-from madata_algos.cast_bcq_discrete import IndependentBcqDiscrete
-from madata_algos.configs import BcqConfig
-from madata_algos.ibcq import IndependentBcq, discrete_config
+from madata_algos.configs import BcqConfig, BcqDiscreteConfig
+from madata_algos.ibcq import IndependentBcq, IndependentBcqDiscrete
 
 MAX_JOINT_ACTIONS = 4096  # K^N outputs of the joint Q-network and classifier; beyond this, use ibcq or cast-bcq
 
@@ -42,7 +41,7 @@ class JointBcq(IndependentBcq):
         bounds = [float(m) for m, d in zip(max_action, act_dims, strict=True) for _ in range(d)]
         super().__init__([sum(obs_dims)], [sum(act_dims)], [bounds], config, device)
         self.n_agents, self.agent_O, self.agent_A = len(obs_dims), max(obs_dims), max(act_dims)
-        dev = self.max_action.device
+        dev = self.policy.max_action.device
         self.register_buffer("obs_columns", torch.tensor(_real_columns(obs_dims, self.agent_O), device=dev))
         self.register_buffer("act_columns", torch.tensor(_real_columns(act_dims, self.agent_A), device=dev))
 
@@ -76,15 +75,13 @@ class JointBcqDiscrete(IndependentBcqDiscrete):
     Batches: ``obs`` [N, B, obs_dim], ``action`` [N, B] int64, as for the decentralized algorithms.
     """
 
-    def __init__(self, n_agents: int, obs_dim: int, n_actions: int, config: BcqConfig | None = None,
+    def __init__(self, n_agents: int, obs_dim: int, n_actions: int, config: BcqDiscreteConfig | None = None,
                  device: torch.device | str = "cpu"):  # fmt: skip
         joint = n_actions**n_agents
         if joint > MAX_JOINT_ACTIONS:
             raise SchemaError(f"centralized discrete BCQ: {n_agents} agents x {n_actions} actions make {joint} joint "
                               f"actions, more than {MAX_JOINT_ACTIONS}; train a decentralized algorithm (ibcq, cast-bcq)")  # fmt: skip
-        cfg = config or BcqConfig()
-        super().__init__(1, n_agents * obs_dim, joint, discrete_config(cfg), device)
-        self.bcq_config = cfg  # self.cfg is the DiscreteConfig made from it
+        super().__init__(1, n_agents * obs_dim, joint, config, device)
         self.n_agents, self.n_actions = n_agents, n_actions
         digits = n_actions ** torch.arange(n_agents - 1, -1, -1)  # [N]: K^(N-1), ..., K, 1
         self.register_buffer("digits", digits.to(next(self.parameters()).device))

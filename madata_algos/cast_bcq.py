@@ -4,7 +4,7 @@ Continuous actions (MaMuJoCo). The update follows Algorithm 1: train the per-age
 (Eq. 3), the twin joint critics on n candidate joint actions (Eq. 6, combined by Eq. 10),
 the individual critics on the counterfactual contribution with subteam masking
 (Eqs. 8-9), and the per-agent perturbation actors through their individual critics.
-Execution is decentralized: agent i acts on o_i alone (``CastBcq.act``, I-BCQ's).
+Execution is decentralized: agent i acts on o_i alone (``CastBcq.act``, I-BCQ's rule).
 Agents are batched: every per-agent network is one :class:`AgentMLP`.
 
 Notation: N agents; a joint critic Q(o, a) on the global state (or joint observation) and
@@ -19,10 +19,10 @@ import itertools
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
+from torch import nn
 
 from madata_algos.configs import CastBcqConfig
-from madata_algos.ibcq import IndependentBcq, soft_clipped_double_q
+from madata_algos.ibcq import BcqPolicy, TwinCritics, bcq_target, soft_clipped_double_q
 from madata_algos.networks import AgentMLP, minimize, soft_update
 
 
@@ -88,16 +88,16 @@ def counterfactual_contribution(
 # ---------------------------------------------------------------------------- the algorithm
 
 
-class CastBcq(IndependentBcq):
+class CastBcq(nn.Module):
     """CAST-BCQ for ``n_agents`` agents with observation sizes ``obs_dims`` and action sizes
     ``act_dims`` (each agent's actions in [-max_action_i, max_action_i]).
 
-    Each agent's own networks are I-BCQ's (:class:`~madata_algos.ibcq.IndependentBcq`): the
-    VAE G_{w^i}(o_i) and its loss (Eq. 3, ``vae_loss``), the perturbation actor xi_i trained
-    through Q_i (``actor_loss``), and twin individual critics Q_i(o_i, a_i) (``critic``,
-    ``q``), used for decentralized execution (``act``). What CAST-BCQ adds is the joint
-    critic (Eqs. 6, 10) and the target of Q_i: the counterfactual contribution (Eqs. 8-9)
-    instead of a Bellman backup, so Q_i needs no target network.
+    Each agent's own parts are BCQ's, as in I-BCQ: ``policy`` (:class:`~madata_algos.ibcq.BcqPolicy`:
+    the VAE G_{w^i}(o_i) of Eq. 3 and the perturbation actor xi_i trained through Q_i) and ``critic``
+    (:class:`~madata_algos.ibcq.TwinCritics`: the twin individual critics Q_i(o_i, a_i) used for
+    decentralized execution). What CAST-BCQ adds is the joint critic (Eqs. 6, 10) and the target of
+    Q_i: the counterfactual contribution (Eqs. 8-9) instead of a Bellman backup, so Q_i has no
+    target network.
 
     Batches come as agent-major tensors: ``obs`` [N, B, max obs_dim] (zero-padded),
     ``action`` [N, B, max act_dim], ``state`` [B, S] for the joint critic.
@@ -105,38 +105,52 @@ class CastBcq(IndependentBcq):
 
     def __init__(self, obs_dims: list[int], act_dims: list[int], state_dim: int, max_action: list[float],
                  config: CastBcqConfig | None = None, device: torch.device | str = "cpu"):  # fmt: skip
-        cfg = config or CastBcqConfig()
-        super().__init__(obs_dims, act_dims, max_action, cfg, device)
-        del self.critic_target  # Q_i regresses on Delta_i (Eq. 9): no bootstrap, no target
+        super().__init__()
+        self.cfg = cfg = config or CastBcqConfig()
+        self.n = len(obs_dims)
+        self.policy = BcqPolicy(obs_dims, act_dims, max_action, cfg)
+        self.A = self.policy.A
+        self.critic = TwinCritics(obs_dims, self.A, cfg.critic_hidden)  # Q_i, regressed on Delta_i (Eq. 9)
         self.twins = 2 if cfg.clipped_double_q else 1
+        self.lam = cfg.lam if cfg.clipped_double_q else 1.0  # one critic: Eq. 10 with lambda = 1 gives it back exactly
         joint_in = state_dim + self.n * self.A
-        self.joint_critic = AgentMLP(self.twins, joint_in, cfg.critic_hidden, 1).to(device)  # Q(o, a; phi^1), Q(o, a; phi^2)
+        self.joint_critic = AgentMLP(self.twins, joint_in, cfg.critic_hidden, 1)  # Q(o, a; phi^1), Q(o, a; phi^2)
         self.joint_critic_target = copy.deepcopy(self.joint_critic)
-        self.opt_joint = torch.optim.Adam(self.joint_critic.parameters(), lr=cfg.lr)
+        self.to(device)
+        self.optimizers = {
+            "vae": torch.optim.Adam(self.policy.vae_parameters(), lr=cfg.lr),
+            "joint_critic": torch.optim.Adam(self.joint_critic.parameters(), lr=cfg.lr),
+            "individual_critic": torch.optim.Adam(self.critic.parameters(), lr=cfg.lr),
+            "actor": torch.optim.Adam(self.policy.actor.parameters(), lr=cfg.lr),
+        }
 
     # ------------------------------------------------------------ the joint critic
 
-    def joint_q(self, state: torch.Tensor, joint_action: torch.Tensor, target: bool = False) -> torch.Tensor:
-        """Eq. 10 over the twin joint critics: state [R, S], joint action [R, N, A] -> [R]."""
+    def joint_values(self, state: torch.Tensor, joint_action: torch.Tensor, target: bool = False) -> torch.Tensor:
+        """Each joint critic on its own: state [R, S], joint action [R, N, A] -> [twins, R]."""
         net = self.joint_critic_target if target else self.joint_critic
         x = torch.cat([state, joint_action.flatten(1)], -1)
-        q = net(x[None].expand(self.twins, -1, -1))[..., 0]  # [twins, R]
-        return soft_clipped_double_q(q[0], q[1], self.cfg.lam) if self.twins == 2 else q[0]
+        return net(x[None].expand(self.twins, -1, -1))[..., 0]
+
+    def joint_q(self, state: torch.Tensor, joint_action: torch.Tensor, target: bool = False) -> torch.Tensor:
+        """Eq. 10 over the twin joint critics: state [R, S], joint action [R, N, A] -> [R]."""
+        q = self.joint_values(state, joint_action, target)
+        return soft_clipped_double_q(q[0], q[-1], self.lam)  # one critic: q[0] is q[-1]
 
     # ------------------------------------------------------------ losses, one per equation
 
     def joint_critic_loss(self, state, action, reward, next_state, next_obs, terminated, generator=None) -> torch.Tensor:
         """Eq. 6: [r + gamma * (1 - terminated) * max_j Q'(o', a'_j) - Q^k(o, a)]^2 for both critics k,
-        with a'_j (j = 1..n) candidate joint actions from the agents' VAEs and target actors."""
+        with a'_j (j = 1..n) candidate joint actions from the agents' VAEs and target actors, and Q'
+        the twin target critics combined by Eq. 10 (:func:`~madata_algos.ibcq.bcq_target`)."""
         n, B = self.cfg.n_target, state.shape[0]
         with torch.no_grad():
-            obs_rep = next_obs.repeat_interleave(n, dim=1)  # [N, B*n, O]
-            cand = self.perturb(self.actor_target, obs_rep, self.decode(obs_rep, generator))  # [N, B*n, A]
-            q = self.joint_q(next_state.repeat_interleave(n, dim=0), cand.transpose(0, 1), target=True)
-            y = reward + self.cfg.gamma * (1.0 - terminated) * q.view(B, n).max(1).values
-        x = torch.cat([state, action.transpose(0, 1).flatten(1)], -1)
-        q_now = self.joint_critic(x[None].expand(self.twins, -1, -1))[..., 0]  # [twins, B]
-        return F.mse_loss(q_now, y[None].expand(self.twins, -1), reduction="mean") * self.twins
+            _, cand = self.policy.candidates(next_obs, n, generator, target=True)  # [N, B*n, A]
+            q = self.joint_values(next_state.repeat_interleave(n, dim=0), cand.transpose(0, 1), target=True)
+            q = q.view(self.twins, B, n)
+            y = bcq_target(reward, terminated, q[0], q[-1], self.cfg.gamma, self.lam)
+        q_now = self.joint_values(state, action.transpose(0, 1))  # [twins, B]
+        return ((q_now - y[None]) ** 2).mean(-1).sum()
 
     def counterfactual_target(self, state, obs, action, generator=None) -> torch.Tensor:
         """Eq. 8 with the current joint critic (no gradient): Delta [B, N].
@@ -147,7 +161,7 @@ class CastBcq(IndependentBcq):
         """
         N, dev = self.n, state.device
         with torch.no_grad():
-            pi = self.perturb(self.actor, obs, self.decode(obs, generator)).transpose(0, 1)  # [B, N, A]
+            pi = self.policy.sample(obs, generator).transpose(0, 1)  # [B, N, A]
             a = action.transpose(0, 1)  # [B, N, A]
             if not self.cfg.csaa:
                 own = torch.eye(N, dtype=torch.bool, device=dev)[:, None, :, None]
@@ -161,25 +175,29 @@ class CastBcq(IndependentBcq):
             return counterfactual_contribution(self.joint_q, state, a, pi, default, masks)
 
     def individual_critic_loss(self, obs, action, delta) -> torch.Tensor:
-        """Eq. 9: (Q_i(o_i, a_i) - Delta_i)^2 for both heads of every agent's Q_i."""
-        q = self.q(obs, action)  # [2, N, B]
-        err = (q - delta.transpose(0, 1)[None]) ** 2
+        """Eq. 9: (Q_i(o_i, a_i) - Delta_i)^2 for both heads of every agent's Q_i (mean over the batch, summed)."""
+        err = (self.critic(obs, action) - delta.transpose(0, 1)[None]) ** 2  # [2, N, B]
         if self.cfg.delta_weight:
             err = err * delta.transpose(0, 1).exp().clamp(0, 10)[None]
-        return err.mean() * 2 * self.n
+        return err.mean(-1).sum()
 
     # ------------------------------------------------------------ Algorithm 1, one iteration
 
     def update(self, obs, action, reward, next_obs, terminated, state, next_state, generator=None) -> dict[str, float]:
         """One iteration of Algorithm 1 on a minibatch (shapes in the class docstring)."""
-        stats = minimize((
-            ("vae", self.opt_vae, lambda: self.vae_loss(obs, action, generator)),  # lines 3-4
-            ("joint_critic", self.opt_joint,  # lines 5-7
+        stats = minimize(self.optimizers, (
+            ("vae", lambda: self.policy.vae_loss(obs, action, generator)),  # lines 3-4
+            ("joint_critic",  # lines 5-7
              lambda: self.joint_critic_loss(state, action, reward, next_state, next_obs, terminated, generator)),
-            ("individual_critic", self.opt_critic,  # lines 8-11
+            ("individual_critic",  # lines 8-11
              lambda: self.individual_critic_loss(obs, action, self.counterfactual_target(state, obs, action, generator))),
-            ("actor", self.opt_actor, lambda: self.actor_loss(obs, generator)),
+            ("actor", lambda: self.policy.actor_loss(obs, self.critic.first, generator)),
         ))  # fmt: skip
         soft_update(self.joint_critic_target, self.joint_critic, self.cfg.tau)  # line 13
-        soft_update(self.actor_target, self.actor, self.cfg.tau)
+        soft_update(self.policy.actor_target, self.policy.actor, self.cfg.tau)
         return stats
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Decentralized execution: agent i's best of n_act candidates from G_i(o_i) under Q_{i,1} (I-BCQ's rule)."""
+        return self.policy.act(obs, self.critic.first, generator)

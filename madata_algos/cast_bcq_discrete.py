@@ -1,4 +1,4 @@
-"""CAST-BCQ for discrete actions, and I-BCQ (independent discrete BCQ) beside it.
+"""CAST-BCQ for discrete actions (the paper's StarCraft setting; here the grid world and SMAX).
 
 The generative model of agent i is a behaviour classifier G_i(a_i | o_i) (BCQ's
 discrete variant): an action is allowed when G_i(a|o_i) / max_a' G_i(a'|o_i) >= threshold.
@@ -8,7 +8,7 @@ critics by Eq. 10; the individual critic Q_i(o_i, .) has one output per action a
 regressed on the counterfactual contribution (Eqs. 8-9) with masked teammates taking the
 default (no-op) action. Execution: agent i takes the allowed action of highest Q_i.
 
-I-BCQ: each agent runs discrete BCQ on its own (o_i, a_i, r, o'_i), blind to the others.
+Discrete I-BCQ is :class:`~madata_algos.ibcq.IndependentBcqDiscrete`.
 """
 
 from __future__ import annotations
@@ -20,15 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from madata_algos.cast_bcq import counterfactual_contribution, soft_clipped_double_q, subteam_masks
-from madata_algos.configs import DiscreteConfig
+from madata_algos.cast_bcq import counterfactual_contribution, subteam_masks
+from madata_algos.configs import CastBcqDiscreteConfig
+from madata_algos.ibcq import allowed_actions, soft_clipped_double_q, td_target
 from madata_algos.networks import AgentMLP, minimize, soft_update
-
-
-def allowed_actions(logits: torch.Tensor, threshold: float) -> torch.Tensor:
-    """BCQ's discrete constraint: G(a|o) / max_a' G(a'|o) >= threshold. logits [..., n] -> bool [..., n]."""
-    p = logits.softmax(-1)
-    return p / p.max(-1, keepdim=True).values >= threshold
 
 
 class CastBcqDiscrete(nn.Module):
@@ -38,28 +33,31 @@ class CastBcqDiscrete(nn.Module):
     """
 
     def __init__(self, n_agents: int, obs_dim: int, n_actions: int, state_dim: int, default_action: int,
-                 config: DiscreteConfig | None = None, device="cpu"):  # fmt: skip
+                 config: CastBcqDiscreteConfig | None = None, device="cpu"):  # fmt: skip
         super().__init__()
-        self.cfg = cfg = config or DiscreteConfig()
+        self.cfg = cfg = config or CastBcqDiscreteConfig()
         self.n, self.k, self.default = n_agents, n_actions, default_action
         self.classifier = AgentMLP(n_agents, obs_dim, cfg.hidden, n_actions)  # G_i(a_i | o_i)
         self.twins = 2 if cfg.clipped_double_q else 1
+        self.lam = cfg.lam if cfg.clipped_double_q else 1.0  # one critic: Eq. 10 with lambda = 1 gives it back exactly
         self.joint_critic = AgentMLP(self.twins, state_dim + n_agents * n_actions, cfg.hidden, 1)  # twin Q(s, a)
         self.ind_critic = AgentMLP(n_agents, obs_dim, cfg.hidden, n_actions)  # Q_i(o_i, .)
-        self.joint_target = copy.deepcopy(self.joint_critic)
+        self.joint_critic_target = copy.deepcopy(self.joint_critic)
         # every joint action, [K^N, N]
         self.register_buffer("joint_actions", torch.tensor(list(itertools.product(range(n_actions), repeat=n_agents))))
         self.to(device)
-        self.opt_cls = torch.optim.Adam(self.classifier.parameters(), lr=cfg.lr)
-        self.opt_joint = torch.optim.Adam(self.joint_critic.parameters(), lr=cfg.lr)
-        self.opt_ind = torch.optim.Adam(self.ind_critic.parameters(), lr=cfg.lr)
+        self.optimizers = {
+            "classifier": torch.optim.Adam(self.classifier.parameters(), lr=cfg.lr),
+            "joint_critic": torch.optim.Adam(self.joint_critic.parameters(), lr=cfg.lr),
+            "individual_critic": torch.optim.Adam(self.ind_critic.parameters(), lr=cfg.lr),
+        }
 
     def joint_q(self, state: torch.Tensor, joint_action: torch.Tensor, target: bool = False) -> torch.Tensor:
         """Eq. 10 over the twin joint critics: state [R, S], joint action [R, N] int (or [R, N, 1]) -> [R]."""
         a = joint_action.reshape(joint_action.shape[0], self.n).long()
         x = torch.cat([state, F.one_hot(a, self.k).float().flatten(1)], -1)
-        q = (self.joint_target if target else self.joint_critic)(x[None].expand(self.twins, -1, -1))[..., 0]
-        return soft_clipped_double_q(q[0], q[1], self.cfg.lam) if self.twins == 2 else q[0]
+        q = (self.joint_critic_target if target else self.joint_critic)(x[None].expand(self.twins, -1, -1))[..., 0]
+        return soft_clipped_double_q(q[0], q[-1], self.lam)  # one critic: q[0] is q[-1]
 
     def greedy_joint(self, state: torch.Tensor, obs: torch.Tensor, target: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """The joint policy: the allowed joint action of highest Q. Returns (actions [B, N], Q [B])."""
@@ -80,10 +78,10 @@ class CastBcqDiscrete(nn.Module):
         """Eq. 6 over allowed joint actions, both critics."""
         with torch.no_grad():
             _, q_next = self.greedy_joint(next_state, next_obs, target=True)
-            y = reward + self.cfg.gamma * (1.0 - terminated) * q_next
+            y = td_target(reward, terminated, q_next, self.cfg.gamma)
         a = F.one_hot(action.transpose(0, 1), self.k).float().flatten(1)
-        q = self.joint_critic(torch.cat([state, a], -1)[None].expand(self.twins, -1, -1))[..., 0]
-        return F.mse_loss(q, y[None].expand(self.twins, -1)) * self.twins
+        q = self.joint_critic(torch.cat([state, a], -1)[None].expand(self.twins, -1, -1))[..., 0]  # [twins, B]
+        return ((q - y[None]) ** 2).mean(-1).sum()
 
     def counterfactual_target(self, state, obs, action, generator=None) -> torch.Tensor:
         """Eq. 8 with no-op defaults; Delta [B, N]."""
@@ -102,18 +100,19 @@ class CastBcqDiscrete(nn.Module):
             return counterfactual_contribution(self.joint_q, state, a[..., None].float(), pi[..., None].float(), default, masks)
 
     def individual_critic_loss(self, obs, action, delta) -> torch.Tensor:
-        """Eq. 9: (Q_i(o_i, a_i) - Delta_i)^2 on the data's actions."""
+        """Eq. 9: (Q_i(o_i, a_i) - Delta_i)^2 on the data's actions (mean over the batch, summed over agents)."""
         q = self.ind_critic(obs).gather(-1, action[..., None])[..., 0]  # [N, B]
-        return F.mse_loss(q, delta.T) * self.n
+        return ((q - delta.T) ** 2).mean(-1).sum()
 
     def update(self, obs, action, reward, next_obs, terminated, state, next_state, generator=None) -> dict[str, float]:
-        stats = minimize((
-            ("classifier", self.opt_cls, lambda: self.classifier_loss(obs, action)),
-            ("joint_critic", self.opt_joint, lambda: self.joint_critic_loss(state, action, reward, next_state, next_obs, terminated)),
-            ("individual_critic", self.opt_ind,
+        """One iteration of Algorithm 1: classifiers, joint critic (Eq. 6), individual critics (Eqs. 8-9)."""
+        stats = minimize(self.optimizers, (
+            ("classifier", lambda: self.classifier_loss(obs, action)),
+            ("joint_critic", lambda: self.joint_critic_loss(state, action, reward, next_state, next_obs, terminated)),
+            ("individual_critic",
              lambda: self.individual_critic_loss(obs, action, self.counterfactual_target(state, obs, action, generator))),
         ))  # fmt: skip
-        soft_update(self.joint_target, self.joint_critic, self.cfg.tau)
+        soft_update(self.joint_critic_target, self.joint_critic, self.cfg.tau)
         return stats
 
     @torch.no_grad()
@@ -121,40 +120,3 @@ class CastBcqDiscrete(nn.Module):
         """Decentralized: agent i takes its allowed action of highest Q_i(o_i, .). obs [N, B, O] -> [N, B]."""
         ok = allowed_actions(self.classifier(obs), self.cfg.threshold)
         return self.ind_critic(obs).masked_fill(~ok, float("-inf")).argmax(-1)
-
-
-class IndependentBcqDiscrete(nn.Module):
-    """I-BCQ: discrete BCQ run by each agent on its own (o_i, a_i, r, o'_i), batched across agents."""
-
-    def __init__(self, n_agents: int, obs_dim: int, n_actions: int, config: DiscreteConfig | None = None, device="cpu"):
-        super().__init__()
-        self.cfg = cfg = config or DiscreteConfig()
-        self.n, self.k = n_agents, n_actions
-        self.classifier = AgentMLP(n_agents, obs_dim, cfg.hidden, n_actions)
-        self.critic = AgentMLP(n_agents, obs_dim, cfg.hidden, n_actions)
-        self.target = copy.deepcopy(self.critic)
-        self.to(device)
-        self.opt_cls = torch.optim.Adam(self.classifier.parameters(), lr=cfg.lr)
-        self.opt_q = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr)
-
-    def critic_loss(self, obs, action, reward, next_obs, terminated) -> torch.Tensor:
-        """Each agent's TD error: r + gamma (1 - d) Q'_i(o'_i, argmax_{allowed a'} Q_i(o'_i, a')) - Q_i(o_i, a_i)."""
-        with torch.no_grad():
-            ok = allowed_actions(self.classifier(next_obs), self.cfg.threshold)
-            best = self.critic(next_obs).masked_fill(~ok, float("-inf")).argmax(-1, keepdim=True)
-            y = reward[None] + self.cfg.gamma * (1.0 - terminated[None]) * self.target(next_obs).gather(-1, best)[..., 0]
-        q = self.critic(obs).gather(-1, action[..., None])[..., 0]
-        return F.smooth_l1_loss(q, y) * self.n
-
-    def update(self, obs, action, reward, next_obs, terminated, state=None, next_state=None, generator=None) -> dict[str, float]:
-        stats = minimize((
-            ("classifier", self.opt_cls, lambda: F.cross_entropy(self.classifier(obs).flatten(0, 1), action.flatten()) * self.n),
-            ("critic", self.opt_q, lambda: self.critic_loss(obs, action, reward, next_obs, terminated)),
-        ))  # fmt: skip
-        soft_update(self.target, self.critic, self.cfg.tau)
-        return stats
-
-    @torch.no_grad()
-    def act(self, obs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        ok = allowed_actions(self.classifier(obs), self.cfg.threshold)
-        return self.critic(obs).masked_fill(~ok, float("-inf")).argmax(-1)

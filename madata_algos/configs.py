@@ -1,160 +1,242 @@
-"""Algorithm configurations: plain dataclasses (no torch import), saved with every run.
+"""Algorithm configurations: one dataclass per algorithm and kind of action, saved with every run.
 
-Each field's comment names the paper's symbol or equation; the defaults are the paper's
-or its reference code's values (docs/algorithms.md), and the CLI shows them in --help.
+Each field is declared with :func:`option`: its default (the paper's or its reference
+code's value unless the help says otherwise), its help text (the paper's symbol or
+equation; ``madata train --help`` shows it) and its valid range. :class:`Config` checks
+every range when a config is built, so a config that exists is one that can run, and
+``to_json`` / ``from_json`` round-trip it. No torch import here: the CLI reads these
+classes without loading an algorithm.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field
+from typing import Any
 
 from madata.errors import SchemaError
 
 
-def check_ranges(config, **ranges: tuple[float, float]) -> None:
-    """Raise a SchemaError naming the first field outside its closed range ``(lo, hi)``,
-    and any hidden-size tuple that is empty or holds a size below 1."""
-    for name, (lo, hi) in ranges.items():
-        value = getattr(config, name)
-        if not lo <= value <= hi:
-            raise SchemaError(f"{type(config).__name__}.{name} (--{name.replace('_', '-')}) must be in [{lo}, {hi}], got {value}")
-    for name, value in vars(config).items():
-        if name.endswith("hidden") and (not value or min(value) < 1):
-            raise SchemaError(f"{type(config).__name__}.{name} (--{name.replace('_', '-')}) needs sizes >= 1, got {value}")
+def option(default: Any, doc: str, *, gt: float | None = None, ge: float | None = None, lt: float | None = None,
+           le: float | None = None, flag: str | None = None) -> Any:  # fmt: skip
+    """A config field: its default, its help ``doc`` (shown by the CLI), its range (``gt``, ``ge``, ``lt``, ``le``)
+    and, where it differs from the field's name, its command-line name ``flag``. Tuples are hidden layer sizes,
+    each >= 1 (``()``: a linear map)."""
+    bounds = {k: v for k, v in (("gt", gt), ("ge", ge), ("lt", lt), ("le", le)) if v is not None}
+    return field(default=default, metadata={"help": doc, "bounds": bounds, "flag": flag})
 
+
+_CHECKS = {"gt": (lambda v, b: v > b, ">"), "ge": (lambda v, b: v >= b, ">="),
+           "lt": (lambda v, b: v < b, "<"), "le": (lambda v, b: v <= b, "<=")}  # fmt: skip
+
+
+def flag_name(f: dataclasses.Field) -> str:
+    """The command-line option of a config field: ``--vae-hidden`` for ``vae_hidden``."""
+    return "--" + (f.metadata.get("flag") or f.name).replace("_", "-")
 
 
 @dataclass
-class CastBcqConfig:
-    """CAST-BCQ hyperparameters; defaults are the paper's or its reference code's (docs/algorithms.md)."""
-
-    vae_hidden: tuple[int, ...] = (750, 750)  # hidden sizes of the VAEs G_{w^i}, encoder and decoder (Eq. 3)
-    latent_scale: float = 2.0  # latent dim = latent_scale * action dim
-    kl_weight: float = 0.5  # weight of D_KL in Eq. 3
-    latent_clip: float = 0.5  # |z| bound when sampling the decoder (BCQ's; the reference's 0.05 was mistake 7)
-    actor_hidden: tuple[int, ...] = (400, 300)  # hidden sizes of the perturbation actors xi_i
-    phi: float = 0.05  # perturbation scale Phi (BCQ's; the reference's 0.001 was mistake 7)
-    critic_hidden: tuple[int, ...] = (400, 300)  # hidden sizes of the joint critics Q(o, a; phi^k) and the Q_i
-    lr: float = 1e-3  # Adam learning rate of every network
-    gamma: float = 0.99  # discount gamma
-    tau: float = 0.005  # Polyak rate of the target networks
-    lam: float = 0.9  # lambda of the soft clipped double Q (Eq. 10)
-    clipped_double_q: bool = True  # ablation --no-clipped-double-q: one joint critic, Eq. 10 with lambda = 1
-    n_target: int = 10  # n candidate joint actions in the target (Eq. 6)
-    n_act: int = 100  # candidates per agent at execution
-    subteams: int = 6  # M subteam samples (Eq. 8); all 2^(N-1) subteams once when M >= 2^(N-1)
-    delta_weight: bool = False  # the reference code's clip(exp(Delta), 0, 10) weights on Eq. 9 (not in the paper)
-    csaa: bool = True  # ablation --no-csaa: regress Q_i on the joint Q with the joint policy's teammates
-    subteam_sampling: bool = True  # ablation --no-subteam: the empty subteam only
+class Config:
+    """Base of every algorithm's config: range checks and JSON."""
 
     def __post_init__(self) -> None:
-        check_ranges(self, latent_scale=(1e-9, 1e3), kl_weight=(0, 1e6), latent_clip=(1e-9, 1e3), phi=(0, 1),
-                     lr=(1e-12, 1), gamma=(0, 1), tau=(1e-12, 1), lam=(0, 1), n_target=(1, 1e6), n_act=(1, 1e6),
-                     subteams=(1, 1e6))  # fmt: skip
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value, kind, where = getattr(self, f.name), hints[f.name], f"{type(self).__name__}.{f.name} ({flag_name(f)})"
+            if typing.get_origin(kind) is tuple:
+                if not isinstance(value, tuple) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value):
+                    raise SchemaError(f"{where}: expected hidden layer sizes, integers >= 1 such as (256, 256), got {value!r}")
+                continue
+            if kind is bool:
+                if not isinstance(value, bool):
+                    raise SchemaError(f"{where}: expected true or false, got {value!r}")
+                continue
+            if isinstance(value, bool) or not isinstance(value, int if kind is int else (int, float)):
+                raise SchemaError(f"{where}: expected {kind.__name__}, got {value!r}")
+            if not math.isfinite(value):
+                raise SchemaError(f"{where}: expected a finite number, got {value!r}")
+            for key, bound in f.metadata.get("bounds", {}).items():
+                check, sign = _CHECKS[key]
+                if not check(value, bound):
+                    raise SchemaError(f"{where}: must be {sign} {bound}, got {value!r}")
 
-    def to_json(self) -> dict:
-        return asdict(self)
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, values: dict[str, Any]) -> Config:
+        """Rebuild a config saved by :meth:`to_json` (JSON has lists where the dataclass has tuples)."""
+        hints = typing.get_type_hints(cls)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise SchemaError(f"{cls.__name__}: unknown fields {unknown} in the saved config")
+        return cls(**{k: tuple(v) if typing.get_origin(hints[k]) is tuple and isinstance(v, list) else v
+                      for k, v in values.items()})  # fmt: skip
+
+    @classmethod
+    def help(cls) -> dict[str, str]:
+        return {f.name: f.metadata.get("help", f.name) for f in dataclasses.fields(cls)}
+
+
+# ---------------------------------------------------------------------------- options shared by several configs
+
+
+def _lr() -> Any:
+    return option(1e-3, "Adam learning rate of every network", gt=0, le=1)
+
+
+def _gamma() -> Any:
+    return option(0.99, "discount gamma", ge=0, lt=1)
+
+
+def _tau() -> Any:
+    return option(0.005, "Polyak rate of the target networks", gt=0, le=1)
 
 
 @dataclass
-class DiscreteConfig:
-    """Discrete CAST-BCQ and I-BCQ (grid world, StarCraft-like maps); BCQ's discrete variant."""
+class BcqConfig(Config):
+    """BCQ (Fujimoto et al., 2019) with continuous actions, for ``bcq`` (one BCQ on the joint observation and
+    joint action) and ``ibcq`` (one BCQ per agent on o_i, a_i): the BCQ paper's and reference code's values.
 
-    hidden: tuple[int, ...] = (64, 64)  # critics and behaviour classifiers
-    lr: float = 1e-3
-    gamma: float = 0.99
-    tau: float = 0.005  # Polyak rate of the target critics
-    threshold: float = 0.3  # BCQ's tau: action a is allowed when G(a|o) / max_a' G(a'|o) >= threshold
-    lam: float = 0.9  # Eq. 10 (CAST-BCQ's joint critic)
-    clipped_double_q: bool = True  # ablation: one joint critic (Eq. 10 with lambda = 1)
-    subteams: int = 10  # M (Eq. 8; the reference's discrete value)
-    csaa: bool = True
-    subteam_sampling: bool = True
+    A conditional VAE G(o) of the data's actions (reconstruction + kl_weight KL), a perturbation actor
+    xi(o, a) in [-phi, phi] * max_action, twin critics on the target
+    y = r + gamma (1 - d) max_j [lam min_k Q'_k(o', a_j) + (1 - lam) max_k Q'_k(o', a_j)] over n_target
+    candidates a_j = a~_j + xi'(o', a~_j), a~_j ~ G(o'); acting takes argmax_j Q_1(o, a_j) over n_act candidates.
+    """
 
-    def __post_init__(self) -> None:
-        check_ranges(self, lr=(1e-12, 1), gamma=(0, 1), tau=(1e-12, 1), threshold=(0, 1), lam=(0, 1), subteams=(1, 1e6))
-
-    def to_json(self) -> dict:
-        return asdict(self)
+    vae_hidden: tuple[int, ...] = option((750, 750), "hidden sizes of the VAE G, encoder and decoder")
+    latent_scale: float = option(2.0, "latent dim = latent_scale * action dim", gt=0, le=1000)
+    kl_weight: float = option(0.5, "weight of D_KL(N(mu, sigma) || N(0, 1)) in the VAE loss", ge=0)
+    latent_clip: float = option(0.5, "|z| bound when sampling the decoder", gt=0)
+    actor_hidden: tuple[int, ...] = option((400, 300), "hidden sizes of the perturbation actor xi")
+    phi: float = option(0.05, "perturbation scale Phi", ge=0, le=1)
+    critic_hidden: tuple[int, ...] = option((400, 300), "hidden sizes of the twin critics Q_1, Q_2")
+    lr: float = _lr()
+    gamma: float = _gamma()
+    tau: float = _tau()
+    lam: float = option(0.75, "lambda of the soft clipped double-Q target", ge=0, le=1)
+    n_target: int = option(10, "candidate actions n in the target", ge=1)
+    n_act: int = option(100, "candidate actions at execution (BCQ's reference code)", ge=1)
 
 
 @dataclass
-class BcqConfig:
-    """BCQ (Fujimoto et al., 2019), for ``bcq`` (one BCQ on the joint observation and joint action)
-    and ``ibcq`` (one BCQ per agent on o_i, a_i): the BCQ paper's and its reference code's values.
+class BcqDiscreteConfig(Config):
+    """BCQ's discrete variant (Fujimoto et al., 2019b), for ``bcq`` and ``ibcq`` on discrete actions.
 
-    Continuous actions: a conditional VAE G(o) of the data's actions (reconstruction + kl_weight KL),
-    a perturbation actor xi(o, a) in [-phi, phi] * max_action, twin critics on the target
-    y = r + gamma (1 - d) max_j [lam min_k Q'_k(o', a_j) + (1 - lam) max_k Q'_k(o', a_j)] over
-    n_target candidates a_j = a~_j + xi'(o', a~_j), a~_j ~ G(o'); acting takes argmax_j Q_1(o, a_j)
-    over n_act candidates. Discrete actions (BCQ's discrete variant): a behaviour classifier G(a|o),
-    a is allowed when G(a|o) / max_a' G(a'|o) >= threshold, Huber loss on
+    A behaviour classifier G(a|o); a is allowed when G(a|o) / max_a' G(a'|o) >= threshold; Huber loss on
     y = r + gamma (1 - d) Q'(o', argmax over allowed a' of Q(o', a')).
     """
 
-    vae_hidden: tuple[int, ...] = (750, 750)  # hidden sizes of the VAE G, encoder and decoder
-    latent_scale: float = 2.0  # latent dim = latent_scale * action dim
-    kl_weight: float = 0.5  # weight of D_KL(N(mu, sigma) || N(0, 1)) in the VAE loss
-    latent_clip: float = 0.5  # |z| bound when sampling the decoder
-    actor_hidden: tuple[int, ...] = (400, 300)  # hidden sizes of the perturbation actor xi
-    phi: float = 0.05  # perturbation scale Phi
-    critic_hidden: tuple[int, ...] = (400, 300)  # hidden sizes of the twin critics Q_1, Q_2
-    lr: float = 1e-3  # Adam learning rate of every network
-    gamma: float = 0.99  # discount gamma
-    tau: float = 0.005  # Polyak rate of the target networks
-    lam: float = 0.75  # lambda of the soft clipped double-Q target
-    n_target: int = 10  # candidate actions n in the target
-    n_act: int = 100  # candidate actions at execution (BCQ's reference code)
-    discrete_hidden: tuple[int, ...] = (64, 64)  # discrete actions: hidden sizes of Q and of the classifier G
-    threshold: float = 0.3  # discrete actions: a is allowed when G(a|o) / max_a' G(a'|o) >= threshold
-
-    def to_json(self) -> dict:
-        return asdict(self)
+    hidden: tuple[int, ...] = option((64, 64), "hidden sizes of Q and of the behaviour classifier G")
+    lr: float = _lr()
+    gamma: float = _gamma()
+    tau: float = _tau()
+    threshold: float = option(0.3, "BCQ's tau: a is allowed when G(a|o) / max_a' G(a'|o) >= threshold", ge=0, le=1)
 
 
 @dataclass
-class MabcqConfig(BcqConfig):
-    """MABCQ (Jiang & Lu, 2021): I-BCQ whose critic loss weighs each agent's transition
-    (o_i, a_i, r, o'_i) by lambda = w_vd * w_tn, clipped to [weight_min, weight_max] (docs/algorithms.md).
+class CastBcqConfig(BcqConfig):
+    """CAST-BCQ with continuous actions: each agent's VAE G_{w^i}, perturbation actor xi_i and individual
+    critics Q_i are BCQ's; the twin joint critic is trained by Eq. 6 (combined by Eq. 10) and each Q_i is
+    regressed on the counterfactual contribution Delta_i (Eqs. 8-9)."""
 
-    T_i is a conditional VAE of the agent's outcome (r, d, o'_i) given (o_i, a_i); n_next outcomes
-    drawn from it give the expectations. Value deviation: w_vd = V+(y) / E[V+(y'')], y the outcome's
-    value r + gamma (1 - d) V(o'), V+ its shift to positive values (value_margin). Transition
-    normalization: w_tn = exp(E_{p_i}[log p_i]) / p_i(o'|o_i, a_i), log p_i the ELBO of T_i, 1 at the minibatch's median.
-    """
-
-    value_deviation: bool = True  # weigh by the value deviation w_vd (--no-value-deviation: w_vd = 1)
-    transition_normalization: bool = True  # weigh by the transition normalization w_tn (--no-...: w_tn = 1)
-    transition_hidden: tuple[int, ...] = (256, 256)  # hidden sizes of the transition VAE T_i (our choice)
-    transition_latent_scale: float = 1.0  # latent dim of T_i = this * observation dim (our choice)
-    n_next: int = 5  # outcomes drawn from T_i for the expectations in w_vd and w_tn (our choice)
-    value_margin: float = 0.1  # w_vd's values shifted to be > 0: V - min + margin * (max - min) (our choice)
-    weight_min: float = 0.1  # lower clip of lambda = w_vd * w_tn (our choice)
-    weight_max: float = 10.0  # upper clip of lambda (our choice)
+    vae_hidden: tuple[int, ...] = option((750, 750), "hidden sizes of the VAEs G_{w^i}, encoder and decoder (Eq. 3)")
+    latent_clip: float = option(0.5, "|z| bound when sampling the decoder (BCQ's; the reference's 0.05 was mistake 7)", gt=0)
+    actor_hidden: tuple[int, ...] = option((400, 300), "hidden sizes of the perturbation actors xi_i")
+    phi: float = option(0.05, "perturbation scale Phi (BCQ's; the reference's 0.001 was mistake 7)", ge=0, le=1)
+    critic_hidden: tuple[int, ...] = option((400, 300), "hidden sizes of the joint critics Q(o, a; phi^k) and the Q_i")
+    lam: float = option(0.9, "lambda of the soft clipped double Q (Eq. 10)", ge=0, le=1)
+    n_target: int = option(10, "n candidate joint actions in the target (Eq. 6)", ge=1)
+    n_act: int = option(100, "candidates per agent at execution", ge=1)
+    subteams: int = option(6, "M subteam samples (Eq. 8); all 2^(N-1) subteams once when M >= 2^(N-1)", ge=1)
+    delta_weight: bool = option(False, "the reference code's clip(exp(Delta), 0, 10) weights on Eq. 9 (not in the paper)")
+    csaa: bool = option(True, "ablation --no-csaa: regress Q_i on the joint Q with the joint policy's teammates")
+    subteam_sampling: bool = option(True, "ablation --no-subteam: the empty subteam only", flag="subteam")
+    clipped_double_q: bool = option(True, "ablation --no-clipped-double-q: one joint critic, Eq. 10 with lambda = 1")
 
 
 @dataclass
-class IcqConfig:
-    """ICQ-MA hyperparameters (Yang et al., NeurIPS 2021); the losses are in ``madata_algos/icq.py``.
+class CastBcqDiscreteConfig(BcqDiscreteConfig):
+    """CAST-BCQ with discrete actions (grid world, StarCraft-like maps): behaviour classifiers G_i, a twin
+    joint critic over one-hot joint actions trained by Eq. 6 over the allowed joint actions, and individual
+    critics Q_i(o_i, .) regressed on Delta_i with masked teammates taking the no-op (Eqs. 8-9)."""
+
+    hidden: tuple[int, ...] = option((64, 64), "hidden sizes of the critics and the behaviour classifiers")
+    lam: float = option(0.9, "lambda of the soft clipped double Q (Eq. 10)", ge=0, le=1)
+    subteams: int = option(10, "M subteam samples (Eq. 8; the reference's discrete value)", ge=1)
+    csaa: bool = option(True, "ablation --no-csaa: regress Q_i on the joint Q with the joint policy's teammates")
+    subteam_sampling: bool = option(True, "ablation --no-subteam: the empty subteam only", flag="subteam")
+    clipped_double_q: bool = option(True, "ablation --no-clipped-double-q: one joint critic, Eq. 10 with lambda = 1")
+
+
+@dataclass
+class TransitionWeightOptions(Config):
+    """MABCQ's weights lambda = w_vd * w_tn on each agent's transitions (docs/algorithms.md); every value is our choice."""
+
+    value_deviation: bool = option(True, "weigh by the value deviation w_vd (--no-value-deviation: w_vd = 1)")
+    transition_normalization: bool = option(True, "weigh by the transition normalization w_tn (--no-...: w_tn = 1)")
+    transition_hidden: tuple[int, ...] = option((256, 256), "hidden sizes of the transition VAE T_i")
+    transition_latent_scale: float = option(1.0, "latent dim of T_i = this * observation dim", gt=0, le=1000)
+    n_next: int = option(5, "outcomes drawn from T_i for the expectations in w_vd and w_tn", ge=1)
+    value_candidates: int = option(2, "candidate actions in the values V(o') that w_vd compares (continuous)", ge=1)
+    value_margin: float = option(0.1, "w_vd's values shifted to be > 0: V - min + margin * (max - min)", gt=0)
+    weight_min: float = option(0.1, "lower clip of lambda = w_vd * w_tn", ge=0)
+    weight_max: float = option(10.0, "upper clip of lambda", gt=0)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.weight_min > self.weight_max:
+            raise SchemaError(f"{type(self).__name__}: weight_min (--weight-min) must be <= weight_max (--weight-max), "
+                              f"got {self.weight_min} > {self.weight_max}")  # fmt: skip
+
+
+@dataclass
+class MabcqConfig(TransitionWeightOptions, BcqConfig):
+    """MABCQ (Jiang & Lu, 2021) with continuous actions: I-BCQ whose critic loss weighs each agent's
+    transition (o_i, a_i, r, o'_i) by lambda = w_vd * w_tn, clipped to [weight_min, weight_max]."""
+
+
+@dataclass
+class MabcqDiscreteConfig(TransitionWeightOptions, BcqDiscreteConfig):
+    """MABCQ with discrete actions: discrete I-BCQ whose Huber TD loss is weighted by lambda = w_vd * w_tn."""
+
+
+@dataclass
+class IcqDiscreteConfig(Config):
+    """ICQ-MA (Yang et al., NeurIPS 2021) with discrete actions; the losses are in ``madata_algos/icq.py``.
 
     alpha: the ICQ operator's temperature, implicit-constraint weights B * softmax_batch(Q'_tot / alpha) on the
-    next-state value (Sec. 4.1). beta: the policy's temperature, weights B * softmax_batch(w_i(s) A_i / beta) on
-    log pi_i(a_i | o_i) (Sec. 4.2). Defaults: the reference ICQ-MA code (its SMAC settings) unless a comment says
-    otherwise; its critic temperature is named ``beta`` there and its actor temperature ``beta = 0.1``.
+    next-state value. beta: the policy's temperature, weights k_i(s) B softmax_batch(A_i / beta) on
+    log pi_i(a_i | o_i), k_i the mixer's normalized weights. Defaults: the authors' ICQ-MA code (SMAC), where
+    the critic temperature is also named beta.
     """
 
-    actor_hidden: tuple[int, ...] = (64, 64)  # hidden sizes of pi_i(a_i | o_i); reference agents are 64 wide (GRU)
-    critic_hidden: tuple[int, ...] = (256, 256)  # hidden sizes of Q_i(o_i, a_i) and V(s); reference critic
-    mixer_embed: int = 32  # hypernetwork width of Q_tot = sum_i w_i(s) Q_i + b(s); reference mixing_embed_dim
-    actor_lr: float = 5e-4  # Adam learning rate of the policies (reference lr)
-    critic_lr: float = 1e-4  # Adam learning rate of Q_i, the mixer and V(s) (reference critic_lr)
-    gamma: float = 0.99  # discount gamma
-    tau: float = 0.005  # Polyak rate of the target critics and mixer (the single-agent ICQ code's polyak 0.995)
-    alpha: float = 1000.0  # critic temperature of the ICQ operator (reference: 1000)
-    beta: float = 0.1  # actor temperature (reference: 0.1, SMAC; scale with the advantages: OMIGA's MaMuJoCo ICQ: 100)
-    baseline_samples: int = 10  # continuous: actions drawn from pi_i for the baseline E_{a ~ pi_i} Q_i (our choice)
-    log_std_min: float = -6.0  # continuous pi_i: lower bound of its state-independent log std (single-agent ICQ code)
-    log_std_max: float = 0.0  # continuous pi_i: upper bound of the log std (single-agent ICQ code)
+    actor_hidden: tuple[int, ...] = option((64, 64), "hidden sizes of pi_i(a_i | o_i) (the reference's agents: a 64-wide GRU)")
+    critic_hidden: tuple[int, ...] = option((256, 256), "hidden sizes of Q_i(o_i, a_i) and V(s) (reference critic)")
+    mixer_embed: int = option(32, "hypernetwork width of Q_tot = sum_i w_i(s) Q_i + b(s) (reference mixing_embed_dim)", ge=1)
+    actor_lr: float = option(5e-4, "Adam learning rate of the policies (reference lr)", gt=0, le=1)
+    critic_lr: float = option(1e-4, "Adam learning rate of Q_i, the mixer and V(s) (reference critic_lr)", gt=0, le=1)
+    gamma: float = _gamma()
+    tau: float = option(0.005, "Polyak rate of the target critics and mixer (single-agent ICQ's polyak 0.995)", gt=0, le=1)
+    alpha: float = option(1000.0, "critic temperature of the ICQ operator (reference: 1000)", gt=0)
+    beta: float = option(0.1, "actor temperature (reference, SMAC: 0.1)", gt=0)
 
-    def to_json(self) -> dict:
-        return asdict(self)
+
+@dataclass
+class IcqConfig(IcqDiscreteConfig):
+    """ICQ-MA with continuous actions: Gaussian policies pi_i with a tanh-bounded mean and a state-independent
+    std (the single-agent ICQ code's actor); the baseline E_{a ~ pi_i} Q_i(o_i, a) is a sample mean."""
+
+    beta: float = option(100.0, "actor temperature (the only public MaMuJoCo ICQ, in ComaDICE's code: 100)", gt=0)
+    baseline_samples: int = option(10, "actions drawn from pi_i for the baseline E_{a ~ pi_i} Q_i (our choice)", ge=1)
+    log_std_min: float = option(-6.0, "lower bound of pi_i's state-independent log std (single-agent ICQ code)")
+    log_std_max: float = option(0.0, "upper bound of the log std (single-agent ICQ code)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.log_std_min >= self.log_std_max:
+            raise SchemaError(f"IcqConfig: log_std_min (--log-std-min) must be < log_std_max (--log-std-max), "
+                              f"got {self.log_std_min} >= {self.log_std_max}")  # fmt: skip

@@ -1,29 +1,34 @@
 """I-BCQ: every agent runs BCQ (Fujimoto et al., 2019) on its own (o_i, a_i, r, o'_i), blind to its teammates.
 
-Continuous actions (:class:`IndependentBcq`): per agent a conditional VAE G_i(o_i) of the
-data's actions, a perturbation actor xi_i and twin critics Q_{i,1}, Q_{i,2}(o_i, a_i), all
-agents batched in :class:`AgentMLP` s (one ``baddbmm`` per layer). One iteration follows
-BCQ's Algorithm 1: VAE step, critic step on the soft clipped double-Q target, actor step,
-Polyak updates. Execution is decentralized: agent i acts on o_i alone.
+BCQ's pieces live here because the whole BCQ family is built from them: CAST-BCQ, MABCQ
+and centralized BCQ compose the same per-agent parts rather than inherit and override.
 
-Discrete actions: :class:`~madata_algos.cast_bcq_discrete.IndependentBcqDiscrete` (BCQ's
-discrete variant, kept beside discrete CAST-BCQ), built from a :class:`BcqConfig` by
-:func:`discrete_config`.
+* :func:`soft_clipped_double_q`, :func:`bcq_value`, :func:`td_target`: BCQ's target (its Eq. 13),
+  tested once and called by every algorithm that bootstraps;
+* :class:`BcqPolicy`: each agent's conditional VAE G_i(o_i) of the data's actions and its
+  perturbation actor xi_i (with a Polyak-averaged copy), all agents batched in
+  :class:`~madata_algos.networks.AgentMLP` s;
+* :class:`TwinCritics`: each agent's Q_{i,1}, Q_{i,2}(o_i, a_i);
+* :func:`allowed_actions`, :func:`discrete_bcq_value`: BCQ's discrete variant.
 
-The centralized baseline (``madata_algos/bcq.py``) is this class with one "agent" whose
-observation is the joint observation and whose action is the joint action.
+:class:`IndependentBcq` (continuous) follows BCQ's Algorithm 1: VAE step, critic step on the
+soft clipped double-Q target, actor step, Polyak updates. :class:`IndependentBcqDiscrete` is
+BCQ's discrete variant per agent. Execution is decentralized: agent i acts on o_i alone.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from madata_algos.configs import BcqConfig, DiscreteConfig
+from madata_algos.configs import BcqConfig, BcqDiscreteConfig
 from madata_algos.networks import AgentMLP, minimize, soft_update
+
+# ---------------------------------------------------------------------------- BCQ's target
 
 
 def soft_clipped_double_q(q1: torch.Tensor, q2: torch.Tensor, lam: float) -> torch.Tensor:
@@ -42,57 +47,67 @@ def bcq_value(q1: torch.Tensor, q2: torch.Tensor, lam: float) -> torch.Tensor:
     return soft_clipped_double_q(q1, q2, lam).max(-1).values
 
 
+def td_target(reward: torch.Tensor, terminated: torch.Tensor, next_value: torch.Tensor, gamma: float) -> torch.Tensor:
+    """y = r + gamma (1 - terminated) V(s'): a terminated transition does not bootstrap, a truncated one
+    does (the loader keeps the two apart). Shapes broadcast: reward, terminated [B] against V [..., B]."""
+    return reward + gamma * (1.0 - terminated) * next_value
+
+
 def bcq_target(reward: torch.Tensor, terminated: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor,
                gamma: float, lam: float) -> torch.Tensor:  # fmt: skip
     """BCQ's critic target (its Eq. 13): y = r + gamma (1 - d) max_j [lam min_k Q'_k + (1 - lam) max_k Q'_k](o', a_j).
 
-    ``reward``, ``terminated`` broadcast against [..., B]; ``q1``, ``q2`` [..., B, n]. Returns y [..., B].
-    A terminated transition does not bootstrap; a truncated one does (the loader keeps them apart).
+    ``q1``, ``q2`` [..., B, n]; ``reward``, ``terminated`` broadcast against [..., B]. Returns y [..., B].
     """
-    return reward + gamma * (1.0 - terminated) * bcq_value(q1, q2, lam)
+    return td_target(reward, terminated, bcq_value(q1, q2, lam), gamma)
 
 
-def discrete_config(cfg: BcqConfig) -> DiscreteConfig:
-    """The options of BCQ's discrete variant, taken from a :class:`BcqConfig`."""
-    return DiscreteConfig(hidden=cfg.discrete_hidden, lr=cfg.lr, gamma=cfg.gamma, tau=cfg.tau, threshold=cfg.threshold)
+def allowed_actions(logits: torch.Tensor, threshold: float) -> torch.Tensor:
+    """BCQ's discrete constraint: G(a|o) / max_a' G(a'|o) >= threshold. logits [..., n] -> bool [..., n]."""
+    p = logits.softmax(-1)
+    return p / p.max(-1, keepdim=True).values >= threshold
 
 
-class IndependentBcq(nn.Module):
-    """BCQ for each of ``len(obs_dims)`` agents, batched.
+def discrete_bcq_value(q_next: torch.Tensor, q_next_target: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """Discrete BCQ's value of o': Q'(o', argmax over allowed a' of Q(o', a')) (the online critic picks, the
+    target critic values). ``q_next``, ``q_next_target``, ``allowed`` [..., K] -> [...]."""
+    best = q_next.masked_fill(~allowed, float("-inf")).argmax(-1, keepdim=True)
+    return q_next_target.gather(-1, best)[..., 0]
 
-    ``max_action[i]``: agent i's action bound, one float for all its components or one per
-    component. Batches are agent-major: ``obs``/``next_obs`` [N, B, max obs_dim] and
-    ``action`` [N, B, max act_dim], zero-padded; ``reward``, ``terminated`` [B].
+
+# ---------------------------------------------------------------------------- per-agent parts
+
+
+class BcqPolicy(nn.Module):
+    """Every agent's BCQ policy: a conditional VAE G_i(o_i) of the data's actions (encoder E_i, decoder D_i) and a
+    perturbation actor xi_i with its Polyak-averaged copy xi'_i.
+
+    ``max_action[i]``: agent i's action bound, one float for all its components or one per component.
+    Tensors are agent-major: ``obs`` [N, R, max obs_dim], ``action`` [N, R, max act_dim], zero-padded.
+    Network inputs are laid out [a or z (the same width for every agent), o_i], so an agent's padded
+    observation columns come last, where :class:`~madata_algos.networks.AgentLinear` keeps zero weights.
     """
 
     def __init__(self, obs_dims: Sequence[int], act_dims: Sequence[int], max_action: Sequence[float | Sequence[float]],
-                 config: BcqConfig | None = None, device: torch.device | str = "cpu"):  # fmt: skip
+                 cfg: BcqConfig):  # fmt: skip
         super().__init__()
-        self.cfg = cfg = config or BcqConfig()
-        self.n = n = len(obs_dims)
-        self.obs_dims, self.act_dims = list(obs_dims), list(act_dims)
-        self.O, self.A = max(obs_dims), max(act_dims)
+        self.cfg, self.n = cfg, len(obs_dims)
+        self.A = max(act_dims)
         self.latent = max(1, int(cfg.latent_scale * self.A))
-        bound = torch.zeros(n, 1, self.A)  # [N, 1, A]; 0 on padded components, so they stay 0 everywhere
+        bound = torch.zeros(self.n, 1, self.A)  # 0 on padded components, so they stay 0 everywhere
         for i, (m, d) in enumerate(zip(max_action, act_dims, strict=True)):
             bound[i, 0, :d] = torch.as_tensor(m, dtype=torch.float32)
-        self.register_buffer("max_action", bound)
-        self.register_buffer("act_mask", (torch.arange(self.A)[None, :] < torch.tensor(act_dims)[:, None]).float()[:, None])
-        # inputs are [a or z (same width for every agent), o_i]: an agent's padded observation columns
-        # come last, where AgentLinear keeps its weight rows at 0
+        self.register_buffer("max_action", bound)  # [N, 1, A]
+        mask = (torch.arange(self.A)[None, :] < torch.tensor(list(act_dims))[:, None]).float()[:, None]
+        self.register_buffer("act_mask", mask)  # [N, 1, A]
         in_oa = [self.A + o for o in obs_dims]
-        self.encoder = AgentMLP(n, in_oa, cfg.vae_hidden, 2 * self.latent)  # E(o_i, a_i) -> mu, log sigma
-        self.decoder = AgentMLP(n, [self.latent + o for o in obs_dims], cfg.vae_hidden, self.A)  # D(o_i, z)
-        self.actor = AgentMLP(n, in_oa, cfg.actor_hidden, self.A)  # xi_i(o_i, a_i)
-        self.critic = AgentMLP(2 * n, in_oa * 2, cfg.critic_hidden, 1)  # rows [Q_{., 1} for N agents, Q_{., 2} for N]
+        self.encoder = AgentMLP(self.n, in_oa, cfg.vae_hidden, 2 * self.latent)  # E(o_i, a_i) -> mu, log sigma
+        self.decoder = AgentMLP(self.n, [self.latent + o for o in obs_dims], cfg.vae_hidden, self.A)  # D(o_i, z)
+        self.actor = AgentMLP(self.n, in_oa, cfg.actor_hidden, self.A)  # xi_i(o_i, a_i)
         self.actor_target = copy.deepcopy(self.actor)
-        self.critic_target = copy.deepcopy(self.critic)
-        self.to(device)
-        self.opt_vae = torch.optim.Adam([*self.encoder.parameters(), *self.decoder.parameters()], lr=cfg.lr)
-        self.opt_actor = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr)
-        self.opt_critic = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr)
 
-    # ------------------------------------------------------------ networks
+    def vae_parameters(self) -> list[nn.Parameter]:
+        return [*self.encoder.parameters(), *self.decoder.parameters()]
 
     def decode(self, obs: torch.Tensor, generator: torch.Generator | None = None, z: torch.Tensor | None = None) -> torch.Tensor:
         """a ~ G_i(o_i): obs [N, R, O] -> actions [N, R, A]; z ~ N(0, 1) clipped to +-latent_clip (BCQ's)."""
@@ -101,38 +116,112 @@ class IndependentBcq(nn.Module):
             z = z.clamp(-self.cfg.latent_clip, self.cfg.latent_clip)
         return torch.tanh(self.decoder(torch.cat([z, obs], -1))) * self.max_action
 
-    def perturb(self, actor: nn.Module, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        """a + Phi * max_action * tanh(xi(o, a)), clamped to the action box: [N, R, A]."""
+    def perturb(self, obs: torch.Tensor, action: torch.Tensor, target: bool = False) -> torch.Tensor:
+        """a + Phi * max_action * tanh(xi(o, a)), clamped to the action box: [N, R, A] (``target``: xi')."""
+        actor = self.actor_target if target else self.actor
         xi = self.cfg.phi * self.max_action * torch.tanh(actor(torch.cat([action, obs], -1)))
         return torch.maximum(torch.minimum(action + xi, self.max_action), -self.max_action)
 
-    def q(self, obs: torch.Tensor, action: torch.Tensor, target: bool = False) -> torch.Tensor:
-        """Both critics: obs [N, R, O], action [N, R, A] -> [2, N, R]."""
-        x = torch.cat([action, obs], -1)
-        net = self.critic_target if target else self.critic
-        return net(torch.cat([x, x]))[..., 0].view(2, self.n, -1)
+    def sample(self, obs: torch.Tensor, generator: torch.Generator | None = None, target: bool = False) -> torch.Tensor:
+        """The policy's action a~ + xi(o, a~), a~ ~ G_i(o_i): [N, R, A]."""
+        return self.perturb(obs, self.decode(obs, generator), target)
 
-    # ------------------------------------------------------------ losses
+    def candidates(self, obs: torch.Tensor, k: int, generator: torch.Generator | None = None,
+                   target: bool = False) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """k sampled actions per row: (obs repeated [N, R*k, O], actions [N, R*k, A]); row r's come at r*k .. r*k+k-1."""
+        rep = obs.repeat_interleave(k, dim=1)
+        return rep, self.sample(rep, generator, target)
 
     def vae_loss(self, obs: torch.Tensor, action: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """(a - D(o, z))^2 + kl_weight * D_KL(N(mu, sigma) || N(0, 1)), z = mu + sigma eps; summed over agents."""
+        """Eq. 3 / BCQ's VAE loss: (a - D(o, z))^2 + kl_weight * D_KL(N(mu, sigma) || N(0, 1)), z = mu + sigma eps;
+        mean over the batch, the real action components and the latent, summed over agents."""
         mu, log_std = self.encoder(torch.cat([action, obs], -1)).chunk(2, -1)
         log_std = log_std.clamp(-4, 15)  # BCQ's reference clamp, keeps exp() finite
         std = log_std.exp()
         z = mu + std * torch.randn(mu.shape, device=mu.device, generator=generator)
         recon = self.decode(obs, z=z)
-        rec = ((recon - action) ** 2).sum(-1).mean(-1) / self.act_mask.sum(-1).squeeze(-1)  # mean over real components
+        rec = ((recon - action) ** 2).sum(-1).mean(-1) / self.act_mask.sum(-1).squeeze(-1)
         kl = -0.5 * (1 + 2 * log_std - mu.pow(2) - std.pow(2)).mean(dim=(-2, -1))
         return (rec + self.cfg.kl_weight * kl).sum()
 
+    def actor_loss(self, obs: torch.Tensor, q1: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                   generator: torch.Generator | None = None) -> torch.Tensor:  # fmt: skip
+        """-Q_{i,1}(o_i, a~_i + xi_i(o_i, a~_i)), a~_i ~ G_i(o_i): the deterministic policy gradient through the
+        first critic ``q1(obs, action) -> [N, R]``, mean over the batch, summed over agents."""
+        with torch.no_grad():
+            sampled = self.decode(obs, generator)
+        return -q1(obs, self.perturb(obs, sampled)).mean(-1).sum()
+
     @torch.no_grad()
-    def next_value(self, next_obs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """V(o') = :func:`bcq_value` over n_target candidates a_j = a~_j + xi'(o', a~_j), a~_j ~ G(o'): [N, B]."""
-        k, (N, B, _) = self.cfg.n_target, next_obs.shape
-        rep = next_obs.repeat_interleave(k, dim=1)  # [N, B*k, O]
-        cand = self.perturb(self.actor_target, rep, self.decode(rep, generator))
-        q = self.q(rep, cand, target=True).view(2, N, B, k)
+    def act(self, obs: torch.Tensor, q1: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+            generator: torch.Generator | None = None) -> torch.Tensor:  # fmt: skip
+        """Agent i draws n_act candidates from G_i(o_i), perturbs them, takes the argmax of Q_{i,1}.
+
+        obs [N, B, O] -> actions [N, B, A] (padded components 0).
+        """
+        N, B, _ = obs.shape
+        k = self.cfg.n_act
+        rep, cand = self.candidates(obs, k, generator)
+        best = q1(rep, cand).view(N, B, k).argmax(-1)  # [N, B]
+        return cand.view(N, B, k, self.A).gather(2, best[..., None, None].expand(N, B, 1, self.A))[:, :, 0]
+
+
+class TwinCritics(nn.Module):
+    """Every agent's twin critics Q_{i,1}, Q_{i,2}(o_i, a_i), in one AgentMLP of 2N rows (head 1 of all agents, then head 2)."""
+
+    def __init__(self, obs_dims: Sequence[int], act_width: int, hidden: Sequence[int]):
+        super().__init__()
+        self.n = len(obs_dims)
+        in_oa = [act_width + o for o in obs_dims]
+        self.net = AgentMLP(2 * self.n, in_oa * 2, hidden, 1)
+
+    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """obs [N, R, O], action [N, R, A] -> [2, N, R]."""
+        x = torch.cat([action, obs], -1)
+        return self.net(torch.cat([x, x]))[..., 0].view(2, self.n, -1)
+
+    def first(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """Q_{i,1} alone (acting, the actor's gradient): [N, R]."""
+        return self(obs, action)[0]
+
+
+# ---------------------------------------------------------------------------- I-BCQ, continuous
+
+
+class IndependentBcq(nn.Module):
+    """BCQ for each of ``len(obs_dims)`` agents, batched.
+
+    Batches are agent-major: ``obs``/``next_obs`` [N, B, max obs_dim] and ``action`` [N, B, max act_dim],
+    zero-padded; ``reward``, ``terminated`` [B]. The centralized baseline (``madata_algos/bcq.py``) is this
+    class with one "agent" whose observation is the joint observation and whose action the joint action.
+    """
+
+    def __init__(self, obs_dims: Sequence[int], act_dims: Sequence[int], max_action: Sequence[float | Sequence[float]],
+                 config: BcqConfig | None = None, device: torch.device | str = "cpu"):  # fmt: skip
+        super().__init__()
+        self.cfg = cfg = config or BcqConfig()
+        self.n = len(obs_dims)
+        self.policy = BcqPolicy(obs_dims, act_dims, max_action, cfg)
+        self.critic = TwinCritics(obs_dims, self.policy.A, cfg.critic_hidden)
+        self.critic_target = copy.deepcopy(self.critic)
+        self.to(device)
+        self.optimizers = {
+            "vae": torch.optim.Adam(self.policy.vae_parameters(), lr=cfg.lr),
+            "critic": torch.optim.Adam(self.critic.parameters(), lr=cfg.lr),
+            "actor": torch.optim.Adam(self.policy.actor.parameters(), lr=cfg.lr),
+        }
+
+    @torch.no_grad()
+    def next_value(self, next_obs: torch.Tensor, generator: torch.Generator | None = None, k: int | None = None) -> torch.Tensor:
+        """V(o') = :func:`bcq_value` over k (default n_target) candidates a_j = a~_j + xi'(o', a~_j), a~_j ~ G(o'): [N, B]."""
+        k, (N, B, _) = k or self.cfg.n_target, next_obs.shape
+        rep, cand = self.policy.candidates(next_obs, k, generator, target=True)
+        q = self.critic_target(rep, cand).view(2, N, B, k)
         return bcq_value(q[0], q[1], self.cfg.lam)
+
+    def target(self, reward, next_obs, terminated, generator=None) -> torch.Tensor:
+        """BCQ's target for every agent's transition (:func:`td_target` of :meth:`next_value`): [N, B]."""
+        return td_target(reward[None], terminated[None], self.next_value(next_obs, generator), self.cfg.gamma)
 
     def critic_loss(self, obs: torch.Tensor, action: torch.Tensor, y: torch.Tensor,
                     weight: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
@@ -141,45 +230,95 @@ class IndependentBcq(nn.Module):
         ``y``, ``weight`` [N, B]. Mean over the minibatch, summed over agents and the two critics
         (BCQ's reference sums the two critics' MSEs).
         """
-        err = (self.q(obs, action) - y[None]) ** 2  # [2, N, B]
+        err = (self.critic(obs, action) - y[None]) ** 2  # [2, N, B]
         if weight is not None:
             err = err * weight[None]
         return err.mean(-1).sum()
 
-    def td_loss(self, obs, action, reward, next_obs, terminated, generator=None) -> torch.Tensor:
-        """The critic step: :meth:`critic_loss` on :func:`bcq_target` (MABCQ adds its weights here)."""
-        y = reward[None] + self.cfg.gamma * (1.0 - terminated[None]) * self.next_value(next_obs, generator)
-        return self.critic_loss(obs, action, y)
-
-    def actor_loss(self, obs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """-Q_{i,1}(o_i, a~_i + xi_i(o_i, a~_i)), a~_i ~ G_i(o_i): deterministic policy gradient through Q_{i,1}."""
-        with torch.no_grad():
-            sampled = self.decode(obs, generator)
-        return -self.q(obs, self.perturb(self.actor, obs, sampled))[0].mean(-1).sum()
-
-    # ------------------------------------------------------------ BCQ's Algorithm 1, one iteration
+    def critic_objective(self, obs, action, reward, next_obs, terminated, generator=None) -> torch.Tensor:
+        """The critic step's loss: :meth:`critic_loss` on BCQ's target (MABCQ weighs it)."""
+        return self.critic_loss(obs, action, self.target(reward, next_obs, terminated, generator))
 
     def update(self, obs, action, reward, next_obs, terminated, state=None, next_state=None,
                generator: torch.Generator | None = None) -> dict[str, float]:  # fmt: skip
-        """One iteration on a minibatch (shapes in the class docstring); ``state`` is not used."""
-        stats = minimize((
-            ("vae", self.opt_vae, lambda: self.vae_loss(obs, action, generator)),
-            ("critic", self.opt_critic, lambda: self.td_loss(obs, action, reward, next_obs, terminated, generator)),
-            ("actor", self.opt_actor, lambda: self.actor_loss(obs, generator)),
+        """BCQ's Algorithm 1 on a minibatch (shapes in the class docstring); ``state`` is not used."""
+        stats = minimize(self.optimizers, (
+            ("vae", lambda: self.policy.vae_loss(obs, action, generator)),
+            ("critic", lambda: self.critic_objective(obs, action, reward, next_obs, terminated, generator)),
+            ("actor", lambda: self.policy.actor_loss(obs, self.critic.first, generator)),
         ))  # fmt: skip
         soft_update(self.critic_target, self.critic, self.cfg.tau)
-        soft_update(self.actor_target, self.actor, self.cfg.tau)
+        soft_update(self.policy.actor_target, self.policy.actor, self.cfg.tau)
         return stats
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Agent i draws n_act candidates from G_i(o_i), perturbs them, takes the argmax of Q_{i,1}.
+        """Decentralized: agent i's best of n_act candidates from G_i(o_i) under Q_{i,1}. obs [N, B, O] -> [N, B, A]."""
+        return self.policy.act(obs, self.critic.first, generator)
 
-        obs [N, B, O] -> actions [N, B, A] (padded components 0).
-        """
-        N, B, _ = obs.shape
-        k = self.cfg.n_act
-        rep = obs.repeat_interleave(k, dim=1)  # [N, B*k, O]
-        cand = self.perturb(self.actor, rep, self.decode(rep, generator))
-        best = self.q(rep, cand)[0].view(N, B, k).argmax(-1)  # [N, B]
-        return cand.view(N, B, k, self.A).gather(2, best[..., None, None].expand(N, B, 1, self.A))[:, :, 0]
+
+# ---------------------------------------------------------------------------- I-BCQ, discrete
+
+
+class IndependentBcqDiscrete(nn.Module):
+    """I-BCQ: discrete BCQ run by each agent on its own (o_i, a_i, r, o'_i), batched across agents.
+
+    Batches: ``obs``/``next_obs`` [N, B, obs_dim], ``action`` [N, B] int64 (0-based), ``reward``, ``terminated`` [B].
+    """
+
+    def __init__(self, n_agents: int, obs_dim: int, n_actions: int, config: BcqDiscreteConfig | None = None,
+                 device: torch.device | str = "cpu"):  # fmt: skip
+        super().__init__()
+        self.cfg = cfg = config or BcqDiscreteConfig()
+        self.n, self.k = n_agents, n_actions
+        self.classifier = AgentMLP(n_agents, obs_dim, cfg.hidden, n_actions)  # G_i(a | o_i)
+        self.critic = AgentMLP(n_agents, obs_dim, cfg.hidden, n_actions)  # Q_i(o_i, .)
+        self.critic_target = copy.deepcopy(self.critic)
+        self.to(device)
+        self.optimizers = {
+            "classifier": torch.optim.Adam(self.classifier.parameters(), lr=cfg.lr),
+            "critic": torch.optim.Adam(self.critic.parameters(), lr=cfg.lr),
+        }
+
+    def classifier_loss(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """Behaviour cloning of each agent's actions: cross-entropy of G_i, summed over agents."""
+        return F.cross_entropy(self.classifier(obs).flatten(0, 1), action.flatten()) * self.n
+
+    @torch.no_grad()
+    def next_value(self, next_obs: torch.Tensor) -> torch.Tensor:
+        """V(o') = Q'_i(o', argmax over allowed a' of Q_i(o', a')) for every agent: [N, R]."""
+        allowed = allowed_actions(self.classifier(next_obs), self.cfg.threshold)
+        return discrete_bcq_value(self.critic(next_obs), self.critic_target(next_obs), allowed)
+
+    @torch.no_grad()
+    def target(self, reward, next_obs, terminated) -> torch.Tensor:
+        """Discrete BCQ's target for every agent (:func:`td_target` of :meth:`next_value`): [N, B]."""
+        return td_target(reward[None], terminated[None], self.next_value(next_obs), self.cfg.gamma)
+
+    def critic_loss(self, obs, action, y, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Huber(Q_i(o_i, a_i) - y_i), mean over the minibatch (optionally weighted), summed over agents."""
+        q = self.critic(obs).gather(-1, action[..., None])[..., 0]  # [N, B]
+        err = F.smooth_l1_loss(q, y, reduction="none")
+        if weight is not None:
+            err = err * weight
+        return err.mean(-1).sum()
+
+    def critic_objective(self, obs, action, reward, next_obs, terminated, generator=None) -> torch.Tensor:
+        """The critic step's loss: :meth:`critic_loss` on discrete BCQ's target (MABCQ weighs it)."""
+        return self.critic_loss(obs, action, self.target(reward, next_obs, terminated))
+
+    def update(self, obs, action, reward, next_obs, terminated, state=None, next_state=None,
+               generator: torch.Generator | None = None) -> dict[str, float]:  # fmt: skip
+        """Discrete BCQ's iteration: the classifiers, then the critics; Polyak-average the target critics."""
+        stats = minimize(self.optimizers, (
+            ("classifier", lambda: self.classifier_loss(obs, action)),
+            ("critic", lambda: self.critic_objective(obs, action, reward, next_obs, terminated, generator)),
+        ))  # fmt: skip
+        soft_update(self.critic_target, self.critic, self.cfg.tau)
+        return stats
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Agent i's allowed action of highest Q_i(o_i, .): obs [N, B, O] -> int64 [N, B]."""
+        ok = allowed_actions(self.classifier(obs), self.cfg.threshold)
+        return self.critic(obs).masked_fill(~ok, float("-inf")).argmax(-1)

@@ -6,10 +6,11 @@ actions, weighted by the implicit-constraint ratio pi*(a|s) / mu(a|s) = exp(Q(s,
 (the ICQ operator, Sec. 4.1); each agent's policy is advantage-weighted behaviour cloning of
 the decomposed constrained-optimal joint policy (ICQ-MA, Sec. 4.2). The joint value is
 Q_tot(s, a) = sum_i w_i(s) Q_i(o_i, a_i) + b(s) with w_i(s) >= 0. Execution is
-decentralized: agent i acts on o_i alone (:meth:`IcqMa.act`). Continuous and discrete actions.
+decentralized: agent i acts on o_i alone. Continuous actions: :class:`IcqMa`; discrete: :class:`IcqMaDiscrete`.
 
-Equations are cited by section and name: the paper's equation numbers could not be checked
-against its text when this was written, so each docstring gives the formula itself.
+Equations are cited by section and name: the paper's method section was not available, so
+each docstring gives the formula itself, checked against the authors' public code
+(YiqinYang/ICQ, ICQ-MA/) where the two could differ; docs/algorithms.md lists each difference.
 
 One iteration (:meth:`IcqMa.update`), in the paper's order (critic, then policy):
 
@@ -17,7 +18,8 @@ One iteration (:meth:`IcqMa.update`), in the paper's order (critic, then policy)
    rho = B * softmax over the minibatch of Q'_tot / alpha (the ICQ operator's expectation
    over a ~ mu, its partition function Z estimated on the minibatch as in the paper);
 2. :meth:`IcqMa.critic_loss`: Q_tot(s, a) <- r + gamma (1 - terminated) V(s');
-3. :meth:`IcqMa.actor_loss`: -sum_i B softmax_batch(w_i(s) A_i / beta) log pi_i(a_i | o_i);
+3. :meth:`IcqMa.actor_loss`: -sum_i k_i(s) B softmax_batch(A_i / beta) log pi_i(a_i | o_i),
+   k_i = w_i / sum_j w_j the mixer's normalized weights (the authors' code);
 4. Polyak averaging of the target critics and mixer.
 
 Choices where the paper or our data leave a detail open:
@@ -29,12 +31,17 @@ Choices where the paper or our data leave a detail open:
   training only. No policy action ever enters a target.
 - ICQ-MA trains the critic with a TD(lambda)-like multi-step target on whole trajectories;
   the loader gives 1-step transitions, so this is the 1-step (lambda = 0) operator.
-- Policy weights: exp(w_i(s) A_i / beta), the per-agent factor of exp(A_tot / beta) under the
-  linear decomposition (the reference code instead multiplies the normalized weight by w_i).
-  The mixer keeps b(s) and unnormalized w_i(s) as in the paper (the reference code
-  normalizes w to sum 1 and drops b). Adam instead of the reference's RMSprop, Polyak
-  targets instead of hard copies every 600 steps, no gradient-norm clip (every weight is
-  bounded by B through the softmax).
+- Policy weights as in the authors' code (ICQ-MA/src/learners/offpg_learner.py): the
+  normalized advantage weight B softmax_batch(A_i / beta) times the mixer's normalized
+  weight k_i(s) = w_i(s) / sum_j w_j(s), outside the exponent, so beta keeps the meaning it
+  has there whatever scale the mixer's weights drift to. The mixer keeps b(s) in Q_tot (the
+  reference code drops it). Adam instead of the reference's RMSprop, Polyak targets instead
+  of hard copies every 600 steps, no gradient-norm clip (every weight is bounded by B
+  through the softmax).
+- The reference's per-agent critic sees (s, o_i, agent id) with one network shared by all
+  agents; here Q_i(o_i, a_i) is each agent's own network on its own observation, as in the
+  one public MaMuJoCo ICQ (ComaDICE's). Its softmax normalizes over the minibatch; the
+  reference's over the episodes of a batch at one time step.
 - Continuous pi_i: a Gaussian with a tanh-bounded mean and a state-independent std (the
   single-agent ICQ code's actor). Its log-density of the data's action is exact at the
   bounds (a tanh-squashed Gaussian's is infinite there); baseline draws are clipped to the
@@ -52,7 +59,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from madata.errors import SchemaError
-from madata_algos.configs import IcqConfig
+from madata_algos.configs import IcqConfig, IcqDiscreteConfig
+from madata_algos.ibcq import td_target
 from madata_algos.networks import MLP, AgentMLP, minimize, soft_update
 
 
@@ -67,11 +75,13 @@ def implicit_constraint_value(q_tot: torch.Tensor, alpha: float) -> torch.Tensor
 
 
 def advantage_weights(advantage: torch.Tensor, credit: torch.Tensor, beta: float) -> torch.Tensor:
-    """ICQ-MA policy weights (Sec. 4.2): exp(w_i(s) A_i / beta) / Z_i, Z_i the minibatch mean, per agent.
+    """ICQ-MA policy weights (Sec. 4.2, the authors' form): k_i(s) exp(A_i / beta) / Z_i, Z_i the minibatch mean of
+    exp(A_i / beta), k_i(s) = w_i(s) / sum_j w_j(s) the mixer's normalized weights.
 
-    ``advantage`` A_i and ``credit`` w_i(s): [N, B] -> [N, B]; each agent's row averages to 1.
+    ``advantage`` A_i and ``credit`` w_i(s) >= 0: [N, B] -> [N, B]; each agent's exp-factor averages to 1.
     """
-    return advantage.shape[-1] * torch.softmax(credit * advantage / beta, dim=-1)
+    k = credit / credit.sum(0, keepdim=True).clamp_min(1e-8)
+    return k * advantage.shape[-1] * torch.softmax(advantage / beta, dim=-1)
 
 
 class LinearMixer(nn.Module):
@@ -103,122 +113,32 @@ class LinearMixer(nn.Module):
         return (w * q).sum(0) + b
 
 
-def _is_discrete(n_agents: int, act_dims, max_action, n_actions) -> bool:
-    if n_actions is not None:
-        if act_dims is not None or max_action is not None:
-            raise SchemaError("IcqMa: got both n_actions (discrete) and act_dims/max_action (continuous); pass one")
-        if n_actions < 2:
-            raise SchemaError(f"IcqMa: n_actions must be >= 2, got {n_actions}")
-        return True
-    if act_dims is None or max_action is None:
-        raise SchemaError("IcqMa: pass act_dims and max_action for continuous actions, or n_actions for discrete ones")
-    if len(act_dims) != n_agents or len(max_action) != n_agents:
-        raise SchemaError(f"IcqMa: {n_agents} agents in obs_dims, but {len(act_dims)} act_dims and "
-                         f"{len(max_action)} max_action values; give one per agent")  # fmt: skip
-    return False
+class _IcqBase(nn.Module):
+    """What both kinds of ICQ-MA share: the mixer, V(s), the target copies, the three losses and the update.
 
-
-class IcqMa(nn.Module):
-    """ICQ-MA for ``len(obs_dims)`` agents on the global state of size ``state_dim``.
-
-    Continuous actions: ``act_dims`` and ``max_action`` (agent i acts in [-max_action_i,
-    max_action_i]^act_dims_i). Discrete: ``n_actions`` per agent. Batches are agent-major:
-    ``obs``/``next_obs`` [N, B, O] zero-padded to the largest obs dim, ``action`` [N, B, A]
-    zero-padded (continuous) or int64 [N, B] (discrete), ``reward``/``terminated`` [B],
-    ``state``/``next_state`` [B, S].
+    Subclasses build ``critic`` (Q_i) and ``actor`` (pi_i) and define :meth:`agent_q`, :meth:`log_prob`,
+    :meth:`policy_baseline` and :meth:`act` for their kind of action.
     """
 
-    def __init__(self, obs_dims: Sequence[int], act_dims: Sequence[int] | None, state_dim: int,
-                 max_action: Sequence[float] | None = None, n_actions: int | None = None,
-                 config: IcqConfig | None = None, device: torch.device | str = "cpu"):  # fmt: skip
-        super().__init__()
-        self.cfg = cfg = config or IcqConfig()
-        if not obs_dims:
-            raise SchemaError("IcqMa: obs_dims is empty; give one observation size per agent")
-        if cfg.alpha <= 0 or cfg.beta <= 0 or cfg.baseline_samples < 1:
-            raise SchemaError(f"IcqMa: need alpha > 0, beta > 0, baseline_samples >= 1; got {cfg.alpha}, {cfg.beta}, "
-                             f"{cfg.baseline_samples}")  # fmt: skip
-        self.n = n = len(obs_dims)
-        self.discrete = _is_discrete(n, act_dims, max_action, n_actions)
-        self.obs_dims, self.O = list(obs_dims), max(obs_dims)
-        if self.discrete:
-            self.n_actions = n_actions
-            self.critic = AgentMLP(n, self.obs_dims, cfg.critic_hidden, n_actions)  # Q_i(o_i, .)
-            self.actor = AgentMLP(n, self.obs_dims, cfg.actor_hidden, n_actions)  # logits of pi_i(. | o_i)
-        else:
-            self.act_dims, self.A = list(act_dims), max(act_dims)
-            self.register_buffer(
-                "max_action", torch.tensor(max_action, dtype=torch.float32)[:, None, None]
-            )  # [N, 1, 1]
-            # action components an agent does not have (padding) are always 0
-            mask = torch.arange(self.A)[None, :] < torch.tensor(self.act_dims)[:, None]
-            self.register_buffer("act_mask", mask.float()[:, None, :])  # [N, 1, A]
-            # input [a_i (width A for all), o_i (zero-padded to O)]: padded observation columns are
-            # exactly the weight rows AgentLinear keeps at 0
-            self.critic = AgentMLP(n, [self.A + o for o in self.obs_dims], cfg.critic_hidden, 1)  # Q_i(o_i, a_i)
-            self.actor = AgentMLP(n, self.obs_dims, cfg.actor_hidden, self.A)  # mean of pi_i(. | o_i)
-            self.log_std = nn.Parameter(torch.zeros(n, 1, self.A))  # squashed into [log_std_min, log_std_max]
-        self.mixer = LinearMixer(n, state_dim, cfg.mixer_embed)
+    cfg: IcqDiscreteConfig
+
+    def _finish(self, n_agents: int, state_dim: int, actor_params: list[nn.Parameter], device) -> None:
+        cfg = self.cfg
+        self.mixer = LinearMixer(n_agents, state_dim, cfg.mixer_embed)
         self.state_value = MLP(state_dim, cfg.critic_hidden, 1)  # V(s): the ICQ operator's next-state value
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.mixer_target = copy.deepcopy(self.mixer).requires_grad_(False)
         self.to(device)
-        self.opt_actor = torch.optim.Adam(self.actor.parameters() if self.discrete else
-                                          [*self.actor.parameters(), self.log_std], lr=cfg.actor_lr)  # fmt: skip
-        self.opt_critic = torch.optim.Adam([*self.critic.parameters(), *self.mixer.parameters()], lr=cfg.critic_lr)
-        self.opt_value = torch.optim.Adam(self.state_value.parameters(), lr=cfg.critic_lr)
+        self.optimizers = {
+            "value": torch.optim.Adam(self.state_value.parameters(), lr=cfg.critic_lr),
+            "critic": torch.optim.Adam([*self.critic.parameters(), *self.mixer.parameters()], lr=cfg.critic_lr),
+            "actor": torch.optim.Adam(actor_params, lr=cfg.actor_lr),
+        }
 
-    # ------------------------------------------------------------ networks
-
-    def agent_q(self, critic: nn.Module, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        """Q_i(o_i, a_i) of every agent: obs [N, R, O], action [N, R, A] (or int64 [N, R]) -> [N, R]."""
-        if self.discrete:
-            return critic(obs).gather(-1, action[..., None])[..., 0]
-        return critic(torch.cat([action, obs], -1))[..., 0]
-
-    def joint_q(
-        self, obs: torch.Tensor, action: torch.Tensor, state: torch.Tensor, target: bool = False
-    ) -> torch.Tensor:
+    def joint_q(self, obs: torch.Tensor, action: torch.Tensor, state: torch.Tensor, target: bool = False) -> torch.Tensor:
         """Q_tot(s, a) = sum_i w_i(s) Q_i(o_i, a_i) + b(s) -> [B]; ``target``: the Polyak-averaged copies."""
         critic, mixer = (self.critic_target, self.mixer_target) if target else (self.critic, self.mixer)
         return mixer(self.agent_q(critic, obs, action), state)
-
-    def policy_mean(self, obs: torch.Tensor) -> torch.Tensor:
-        """Continuous pi_i's mean, inside the action box: obs [N, R, O] -> [N, R, A] (0 in padded components)."""
-        return torch.tanh(self.actor(obs)) * self.max_action * self.act_mask
-
-    def policy_log_std(self) -> torch.Tensor:
-        """[N, 1, A], in [log_std_min, log_std_max]."""
-        lo, hi = self.cfg.log_std_min, self.cfg.log_std_max
-        return lo + torch.sigmoid(self.log_std) * (hi - lo)
-
-    def log_prob(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        """log pi_i(a_i | o_i) of every agent: obs [N, B, O], action [N, B, A] (or int64 [N, B]) -> [N, B]."""
-        if self.discrete:
-            return F.log_softmax(self.actor(obs), -1).gather(-1, action[..., None])[..., 0]
-        log_std = self.policy_log_std()
-        z = (action - self.policy_mean(obs)) * torch.exp(-log_std)
-        per_dim = -0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)
-        return (per_dim * self.act_mask).sum(-1)
-
-    @torch.no_grad()
-    def policy_baseline(self, obs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """E_{a ~ pi_i(.|o_i)} Q_i(o_i, a) of every agent: obs [N, B, O] -> [N, B].
-
-        Discrete: the exact sum over actions. Continuous: the mean over ``baseline_samples``
-        draws, clipped to the action box.
-        """
-        if self.discrete:
-            return (torch.softmax(self.actor(obs), -1) * self.critic(obs)).sum(-1)
-        N, B, _ = obs.shape
-        k = self.cfg.baseline_samples
-        mean = self.policy_mean(obs)[:, None]  # [N, 1, B, A]
-        eps = torch.randn((N, k, B, self.A), device=obs.device, dtype=obs.dtype, generator=generator)
-        a = mean + self.policy_log_std().exp()[:, None] * eps  # [N, k, B, A]
-        box = self.max_action[:, None]
-        a = torch.maximum(torch.minimum(a, box), -box) * self.act_mask[:, None]
-        rep = obs[:, None].expand(N, k, B, obs.shape[-1])
-        return self.agent_q(self.critic, rep.reshape(N, k * B, -1), a.reshape(N, k * B, self.A)).view(N, k, B).mean(1)
 
     # ------------------------------------------------------------ losses, one per equation
 
@@ -233,12 +153,12 @@ class IcqMa(nn.Module):
         """ICQ-MA's critic, 1-step (Sec. 4.2 with lambda = 0): (Q_tot(s, a) - [r + gamma (1 - terminated) V(s')])^2,
         trained through the per-agent critics Q_i and the mixer together."""
         with torch.no_grad():
-            y = reward + self.cfg.gamma * (1.0 - terminated) * self.state_value(next_state)[..., 0]
+            y = td_target(reward, terminated, self.state_value(next_state)[..., 0], self.cfg.gamma)
         return F.mse_loss(self.joint_q(obs, action, state), y)
 
     def actor_loss(self, obs, action, state, generator: torch.Generator | None = None) -> torch.Tensor:
-        """ICQ-MA's decomposed policy objective (Sec. 4.2): -sum_i mean_batch [exp(w_i(s) A_i / beta) / Z_i]
-        log pi_i(a_i | o_i), A_i = Q_i(o_i, a_i) - E_{pi_i} Q_i(o_i, .), Z_i the minibatch mean (:func:`advantage_weights`)."""
+        """ICQ-MA's decomposed policy objective (Sec. 4.2): -sum_i mean_batch [k_i(s) exp(A_i / beta) / Z_i]
+        log pi_i(a_i | o_i), A_i = Q_i(o_i, a_i) - E_{pi_i} Q_i(o_i, .) (:func:`advantage_weights`)."""
         with torch.no_grad():
             advantage = self.agent_q(self.critic, obs, action) - self.policy_baseline(obs, generator)
             credit, _ = self.mixer.coefficients(state)
@@ -252,20 +172,112 @@ class IcqMa(nn.Module):
         """One iteration on a minibatch (shapes in the class docstring); returns the three losses.
 
         ``next_obs`` is not needed: the next-state value is V(s') on the global state."""
-        stats = minimize((
-            ("value", self.opt_value, lambda: self.value_loss(obs, action, state)),
-            ("critic", self.opt_critic, lambda: self.critic_loss(obs, action, reward, terminated, state, next_state)),
-            ("actor", self.opt_actor, lambda: self.actor_loss(obs, action, state, generator)),
+        stats = minimize(self.optimizers, (
+            ("value", lambda: self.value_loss(obs, action, state)),
+            ("critic", lambda: self.critic_loss(obs, action, reward, terminated, state, next_state)),
+            ("actor", lambda: self.actor_loss(obs, action, state, generator)),
         ))  # fmt: skip
         soft_update(self.critic_target, self.critic, self.cfg.tau)
         soft_update(self.mixer_target, self.mixer, self.cfg.tau)
         return stats
 
+
+class IcqMa(_IcqBase):
+    """ICQ-MA with continuous actions for ``len(obs_dims)`` agents on the global state of size ``state_dim``.
+
+    Agent i acts in [-max_action_i, max_action_i]^act_dims_i. Batches are agent-major: ``obs``/``next_obs``
+    [N, B, O] zero-padded to the largest obs dim, ``action`` [N, B, A] zero-padded, ``reward``/``terminated``
+    [B], ``state``/``next_state`` [B, S].
+    """
+
+    def __init__(self, obs_dims: Sequence[int], act_dims: Sequence[int], state_dim: int, max_action: Sequence[float],
+                 config: IcqConfig | None = None, device: torch.device | str = "cpu"):  # fmt: skip
+        super().__init__()
+        self.cfg = cfg = config or IcqConfig()
+        if not obs_dims or len(act_dims) != len(obs_dims) or len(max_action) != len(obs_dims):
+            raise SchemaError(f"IcqMa: {len(obs_dims)} agents in obs_dims, but {len(act_dims)} act_dims and "
+                              f"{len(max_action)} max_action values; give one per agent")  # fmt: skip
+        n = self.n = len(obs_dims)
+        self.obs_dims, self.act_dims, self.A = list(obs_dims), list(act_dims), max(act_dims)
+        self.register_buffer("max_action", torch.tensor(max_action, dtype=torch.float32)[:, None, None])  # [N, 1, 1]
+        # action components an agent does not have (padding) are always 0
+        mask = torch.arange(self.A)[None, :] < torch.tensor(self.act_dims)[:, None]
+        self.register_buffer("act_mask", mask.float()[:, None, :])  # [N, 1, A]
+        # input [a_i (width A for all), o_i (zero-padded to O)]: padded observation columns are
+        # exactly the weight rows AgentLinear keeps at 0
+        self.critic = AgentMLP(n, [self.A + o for o in self.obs_dims], cfg.critic_hidden, 1)  # Q_i(o_i, a_i)
+        self.actor = AgentMLP(n, self.obs_dims, cfg.actor_hidden, self.A)  # mean of pi_i(. | o_i)
+        self.log_std = nn.Parameter(torch.zeros(n, 1, self.A))  # squashed into [log_std_min, log_std_max]
+        self._finish(n, state_dim, [*self.actor.parameters(), self.log_std], device)
+
+    def agent_q(self, critic: nn.Module, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """Q_i(o_i, a_i) of every agent: obs [N, R, O], action [N, R, A] -> [N, R]."""
+        return critic(torch.cat([action, obs], -1))[..., 0]
+
+    def policy_mean(self, obs: torch.Tensor) -> torch.Tensor:
+        """pi_i's mean, inside the action box: obs [N, R, O] -> [N, R, A] (0 in padded components)."""
+        return torch.tanh(self.actor(obs)) * self.max_action * self.act_mask
+
+    def policy_log_std(self) -> torch.Tensor:
+        """[N, 1, A], in [log_std_min, log_std_max]."""
+        lo, hi = self.cfg.log_std_min, self.cfg.log_std_max
+        return lo + torch.sigmoid(self.log_std) * (hi - lo)
+
+    def log_prob(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """log pi_i(a_i | o_i) of every agent, a Gaussian over the real components: [N, B]."""
+        log_std = self.policy_log_std()
+        z = (action - self.policy_mean(obs)) * torch.exp(-log_std)
+        per_dim = -0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)
+        return (per_dim * self.act_mask).sum(-1)
+
+    @torch.no_grad()
+    def policy_baseline(self, obs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """E_{a ~ pi_i(.|o_i)} Q_i(o_i, a): the mean over ``baseline_samples`` draws clipped to the action box. [N, B]."""
+        N, B, _ = obs.shape
+        k = self.cfg.baseline_samples
+        mean = self.policy_mean(obs)[:, None]  # [N, 1, B, A]
+        eps = torch.randn((N, k, B, self.A), device=obs.device, dtype=obs.dtype, generator=generator)
+        a = mean + self.policy_log_std().exp()[:, None] * eps  # [N, k, B, A]
+        box = self.max_action[:, None]
+        a = torch.maximum(torch.minimum(a, box), -box) * self.act_mask[:, None]
+        rep = obs[:, None].expand(N, k, B, obs.shape[-1])
+        return self.agent_q(self.critic, rep.reshape(N, k * B, -1), a.reshape(N, k * B, self.A)).view(N, k, B).mean(1)
+
     @torch.no_grad()
     def act(self, obs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Decentralized execution on each agent's own o_i: obs [N, B, O] -> the mean action [N, B, A]
-        (continuous, inside the box) or the most probable action int64 [N, B] (discrete).
-        ``generator`` is unused: both are deterministic."""
-        if self.discrete:
-            return self.actor(obs).argmax(-1)
+        """Decentralized execution on each agent's own o_i: the mean action, inside the box. [N, B, O] -> [N, B, A]."""
         return self.policy_mean(obs)
+
+
+class IcqMaDiscrete(_IcqBase):
+    """ICQ-MA with ``n_actions`` discrete actions per agent. ``action`` int64 [N, B]; otherwise as :class:`IcqMa`."""
+
+    def __init__(self, obs_dims: Sequence[int], state_dim: int, n_actions: int, config: IcqDiscreteConfig | None = None,
+                 device: torch.device | str = "cpu"):  # fmt: skip
+        super().__init__()
+        self.cfg = cfg = config or IcqDiscreteConfig()
+        if not obs_dims or n_actions < 2:
+            raise SchemaError(f"IcqMaDiscrete: need at least one agent and 2 actions, got {len(obs_dims)} and {n_actions}")
+        n = self.n = len(obs_dims)
+        self.n_actions = n_actions
+        self.critic = AgentMLP(n, list(obs_dims), cfg.critic_hidden, n_actions)  # Q_i(o_i, .)
+        self.actor = AgentMLP(n, list(obs_dims), cfg.actor_hidden, n_actions)  # logits of pi_i(. | o_i)
+        self._finish(n, state_dim, list(self.actor.parameters()), device)
+
+    def agent_q(self, critic: nn.Module, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """Q_i(o_i, a_i) of every agent: obs [N, R, O], action int64 [N, R] -> [N, R]."""
+        return critic(obs).gather(-1, action[..., None])[..., 0]
+
+    def log_prob(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """log pi_i(a_i | o_i) of every agent: [N, B]."""
+        return F.log_softmax(self.actor(obs), -1).gather(-1, action[..., None])[..., 0]
+
+    @torch.no_grad()
+    def policy_baseline(self, obs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """E_{a ~ pi_i(.|o_i)} Q_i(o_i, a), the exact sum over actions: [N, B]."""
+        return (torch.softmax(self.actor(obs), -1) * self.critic(obs)).sum(-1)
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Decentralized execution: each agent's most probable action. [N, B, O] -> int64 [N, B]."""
+        return self.actor(obs).argmax(-1)

@@ -154,6 +154,13 @@ class TransitionLoader:
         rows = rows.view(batch_size, -1) if n_batches is None else rows.view(k, batch_size, -1)
         return self.layout.unpack(rows)
 
+    def state_dict(self) -> dict:
+        """What a checkpoint needs to resume sampling exactly."""
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"].cpu())
+
 
 class StreamingLoader:
     """For data larger than memory: chunk-aligned row ranges read in order into a shuffle buffer.
@@ -167,6 +174,8 @@ class StreamingLoader:
     def __init__(self, ds: Dataset, device: str | torch.device | None = None, seed: int = 0,
                  buffer_chunks: int = 4, samples_per_chunk: int | None = None):  # fmt: skip
         self.ds, self.layout = ds, _Layout(ds)
+        if ds.num_transitions == 0:
+            raise SchemaError(f"{ds.root}: no transitions to load")
         self.device = torch.device(device) if device is not None else default_device()
         self.rows_per_range = ds.meta.chunk_rows
         self.samples_per_chunk = samples_per_chunk or self.rows_per_range
@@ -174,13 +183,11 @@ class StreamingLoader:
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
         ids = ds.episode_ids
-        self._ranges = self._episode_ranges(ids, ds._column("length")[ids])
-        self._order: list[np.ndarray] = []
-        self.buffer: list[torch.Tensor] = []
-        for _ in range(min(buffer_chunks, len(self._ranges))):
-            self.buffer.append(self._read_next())
-        self.data = torch.cat(self.buffer)
+        self._ranges = self._episode_ranges(ids, ds.episode_lengths())
+        self._order: list[int] = []  # range indices still to read in this pass (read from the end)
+        self._buffered: list[int] = []  # range indices in the buffer, oldest first
         self._drawn = 0
+        self._fill(min(buffer_chunks, len(self._ranges)))
 
     def _episode_ranges(self, ids: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
         """Groups of whole episodes of about ``rows_per_range`` transitions each."""
@@ -194,14 +201,21 @@ class StreamingLoader:
             groups.append(ids[start:])
         return groups
 
-    def _read_next(self) -> torch.Tensor:
+    def _next_range(self) -> int:
         if not self._order:
-            self._order = [self._ranges[i] for i in self.rng.permutation(len(self._ranges))]
-        group = self._order.pop()
-        tr = self.ds.select(episodes=group).transitions(self.layout.fields)
+            self._order = [int(i) for i in self.rng.permutation(len(self._ranges))]
+        return self._order.pop()
+
+    def _read(self, k: int) -> torch.Tensor:
+        tr = self.ds.select(episodes=self._ranges[k]).transitions(self.layout.fields)
         packed = np.empty((len(tr["reward"]), self.layout.width), dtype=np.float32)
         self.layout.pack(tr, packed)
         return torch.from_numpy(packed).to(self.device)
+
+    def _fill(self, n: int) -> None:
+        self._buffered = [self._next_range() for _ in range(n)]
+        self.buffer = [self._read(k) for k in self._buffered]
+        self.data = torch.cat(self.buffer)
 
     def sample(self, batch_size: int, n_batches: int | None = None) -> Batch:
         k = 1 if n_batches is None else n_batches
@@ -210,8 +224,23 @@ class StreamingLoader:
         self._drawn += k * batch_size
         if self._drawn >= self.samples_per_chunk and len(self._ranges) > len(self.buffer):
             self._drawn = 0
+            self._buffered.pop(0)
             self.buffer.pop(0)
-            self.buffer.append(self._read_next())
+            self._buffered.append(self._next_range())
+            self.buffer.append(self._read(self._buffered[-1]))
             self.data = torch.cat(self.buffer)
         rows = rows.view(batch_size, -1) if n_batches is None else rows.view(k, batch_size, -1)
         return self.layout.unpack(rows)
+
+    def state_dict(self) -> dict:
+        """What a checkpoint needs to resume sampling exactly: the pass order, the buffer's ranges, the generators."""
+        return {"generator": self.generator.get_state(), "rng": self.rng.bit_generator.state, "order": list(self._order),
+                "buffered": list(self._buffered), "drawn": self._drawn}  # fmt: skip
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"].cpu())
+        self.rng.bit_generator.state = state["rng"]
+        self._order, self._drawn = list(state["order"]), int(state["drawn"])
+        self._buffered = list(state["buffered"])
+        self.buffer = [self._read(k) for k in self._buffered]
+        self.data = torch.cat(self.buffer)

@@ -19,8 +19,12 @@ option, docs/algorithms.md):
   log p_i, and ``n_next`` outcomes drawn from it give every expectation over next states.
 * The reward and termination are part of the outcome: from agent i's seat they depend on
   the teammates as much as o'_i does, and the value that the deviation compares is the
-  outcome's, y = r + gamma (1 - d) V(o') (V: BCQ's target value), so that walking off a
-  cliff (terminal, V(o') never learned) is judged by its reward.
+  outcome's, y = r + gamma (1 - d) V(o'), so that walking off a cliff (terminal, V(o')
+  never learned) is judged by its reward. V is BCQ's value with ``value_candidates``
+  candidate actions (2 by default, where the critic's own target uses n_target = 10): the
+  n_next drawn outcomes need n_next such values per transition, which at 10 candidates made
+  MABCQ 4x as costly as I-BCQ; the transition's own value uses the same estimator, so the
+  ratio compares like with like.
 * The two modifications compose as p_MABCQ(o') proportional to V(o') on the next states p_i
   reaches, uniformly weighted: lambda = p_MABCQ / p_i = w_vd * w_tn with w_tn = 1 / (Z p_i),
   and w_vd's expectation taken under that uniform measure (importance-weighted samples of p_i).
@@ -38,17 +42,15 @@ execution, which this one does not.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from madata.errors import SchemaError
-from madata_algos.cast_bcq_discrete import IndependentBcqDiscrete, allowed_actions
-from madata_algos.configs import MabcqConfig
-from madata_algos.ibcq import IndependentBcq, discrete_config
-from madata_algos.networks import AgentMLP, minimize, soft_update
+from madata_algos.configs import MabcqConfig, MabcqDiscreteConfig, TransitionWeightOptions
+from madata_algos.ibcq import IndependentBcq, IndependentBcqDiscrete, td_target
+from madata_algos.networks import AgentMLP, minimize
 
 
 def value_deviation_weight(value: torch.Tensor, samples: torch.Tensor, sample_weight: torch.Tensor | None,
@@ -81,15 +83,6 @@ def transition_normalization_weight(log_p: torch.Tensor, log_p_samples: torch.Te
     log_w = log_p_samples.mean(-1) - log_p  # log (typical density / p(o'))
     # +-20 keeps exp finite; lambda is clipped far inside e^20 anyway
     return torch.exp((log_w - log_w.quantile(0.5, dim=-1, keepdim=True)).clamp(-20.0, 20.0))
-
-
-def check_mabcq_config(cfg: MabcqConfig) -> None:
-    if not 0.0 <= cfg.weight_min <= cfg.weight_max:
-        raise SchemaError(f"MABCQ: need 0 <= weight_min <= weight_max, got {cfg.weight_min} and {cfg.weight_max}")
-    if cfg.value_margin <= 0:
-        raise SchemaError(f"MABCQ: value_margin must be > 0, got {cfg.value_margin}")
-    if cfg.n_next < 1:
-        raise SchemaError(f"MABCQ: n_next must be >= 1, got {cfg.n_next}")
 
 
 class TransitionVae(nn.Module):
@@ -130,114 +123,107 @@ class TransitionVae(nn.Module):
         return self.decoder(torch.cat([z, c], -1)) * self.x_mask
 
 
-class _TransitionWeights:
-    """What continuous and discrete MABCQ share: the transition model's loss and lambda.
-    The host class provides ``transition`` (a :class:`TransitionVae`), ``mcfg`` (the MabcqConfig)
-    and ``next_value(next_obs [N, R, O], generator) -> [N, R]``."""
+class TransitionWeights(nn.Module):
+    """MABCQ's weights lambda = w_vd * w_tn, with the transition model T_i they need (``model``).
 
-    transition: TransitionVae
-    mcfg: MabcqConfig
+    ``value(next_obs [N, R, O]) -> [N, R]`` is the host algorithm's value of next observations
+    (continuous: BCQ's value over ``value_candidates`` candidates; discrete: BCQ's greedy allowed value).
+    """
 
-    def transition_loss(self, cond, reward, terminated, next_obs, generator=None) -> torch.Tensor:
+    def __init__(self, obs_dims: Sequence[int], act_width: int, cfg: TransitionWeightOptions):
+        super().__init__()
+        self.cfg = cfg
+        latent = max(1, int(cfg.transition_latent_scale * max(obs_dims)))
+        self.model = TransitionVae(obs_dims, act_width, cfg.transition_hidden, latent)
+
+    def loss(self, cond, reward, terminated, next_obs, generator=None) -> torch.Tensor:
         """-ELBO of T_i on the agent's own outcomes, mean over the minibatch, summed over agents."""
-        x = self.transition.outcome(reward, terminated, next_obs)
-        return self.transition.neg_elbo(x, cond, generator).mean(-1).sum()
+        x = self.model.outcome(reward, terminated, next_obs)
+        return self.model.neg_elbo(x, cond, generator).mean(-1).sum()
 
     @torch.no_grad()
-    def weights(self, cond, reward, terminated, next_obs, y, generator=None) -> torch.Tensor:
-        """lambda = clip(w_vd * w_tn, weight_min, weight_max) [N, B] for transitions with targets ``y`` [N, B].
+    def weights(self, cond, reward, terminated, next_obs, value: Callable[[torch.Tensor], torch.Tensor], gamma: float,
+                generator=None) -> torch.Tensor:  # fmt: skip
+        """lambda = clip(w_vd * w_tn, weight_min, weight_max) [N, B] for transitions conditioned on ``cond`` [N, B, C].
 
         Both factors use the same n_next outcomes drawn from T_i(o_i, a_i). With transition
         normalization on, w_vd's expectation is under the normalized next-state distribution
-        (the samples importance-weighted by 1 / p_i); with it off, under p_i itself.
+        (the samples importance-weighted by 1 / p_i); with it off, under p_i itself. w_vd compares
+        outcome values y = r + gamma (1 - d) value(o'), the transition's own and the drawn ones alike.
         """
-        cfg, (N, B, _), k = self.mcfg, next_obs.shape, self.mcfg.n_next
+        cfg, (N, B, _), k = self.cfg, next_obs.shape, self.cfg.n_next
         rep = cond.repeat_interleave(k, dim=1)  # [N, B*k, C]
-        x = self.transition.sample(rep, generator)  # [N, B*k, 2 + O]
-        w, measure = torch.ones_like(y), None
+        x = self.model.sample(rep, generator)  # [N, B*k, 2 + O]
+        w, measure = torch.ones(N, B, device=next_obs.device), None
         if cfg.transition_normalization:
-            log_p = -self.transition.neg_elbo(self.transition.outcome(reward, terminated, next_obs), cond, sample=False)
-            log_p_samples = -self.transition.neg_elbo(x, rep, sample=False).view(N, B, k)
+            log_p = -self.model.neg_elbo(self.model.outcome(reward, terminated, next_obs), cond, sample=False)
+            log_p_samples = -self.model.neg_elbo(x, rep, sample=False).view(N, B, k)
             w = w * transition_normalization_weight(log_p, log_p_samples)
             measure = torch.softmax(-log_p_samples, -1)
         if cfg.value_deviation:
+            own = td_target(reward[None], terminated[None], value(next_obs), gamma)  # [N, B]
             d = x[..., 1].clamp(0.0, 1.0)  # a sampled termination flag, read as a probability
-            y_hat = x[..., 0] + cfg.gamma * (1.0 - d) * self.next_value(x[..., 2:], generator)
-            w = w * value_deviation_weight(y, y_hat.view(N, B, k), measure, cfg.value_margin)
+            drawn = td_target(x[..., 0], d, value(x[..., 2:]), gamma)  # [N, B*k]
+            w = w * value_deviation_weight(own, drawn.view(N, B, k), measure, cfg.value_margin)
         return w.clamp(cfg.weight_min, cfg.weight_max)
 
 
-class Mabcq(_TransitionWeights, IndependentBcq):
-    """MABCQ with continuous actions: :class:`IndependentBcq` whose critic loss is weighted by lambda."""
+class Mabcq(IndependentBcq):
+    """MABCQ with continuous actions: :class:`~madata_algos.ibcq.IndependentBcq` whose critic loss is weighted
+    by lambda, after a step on the transition models T_i."""
 
     def __init__(self, obs_dims: Sequence[int], act_dims: Sequence[int], max_action: Sequence[float],
                  config: MabcqConfig | None = None, device: torch.device | str = "cpu"):  # fmt: skip
         cfg = config or MabcqConfig()
-        check_mabcq_config(cfg)
         super().__init__(obs_dims, act_dims, max_action, cfg, device)
-        self.mcfg = cfg
-        latent = max(1, int(cfg.transition_latent_scale * self.O))
-        self.transition = TransitionVae(obs_dims, self.A, cfg.transition_hidden, latent).to(self.max_action.device)
-        self.opt_transition = torch.optim.Adam(self.transition.parameters(), lr=cfg.lr)
+        self.weighting = TransitionWeights(obs_dims, self.policy.A, cfg).to(device)
+        self.optimizers["transition"] = torch.optim.Adam(self.weighting.parameters(), lr=cfg.lr)
 
-    def td_loss(self, obs, action, reward, next_obs, terminated, generator=None) -> torch.Tensor:
+    def critic_objective(self, obs, action, reward, next_obs, terminated, generator=None) -> torch.Tensor:
         """lambda_i * (Q_{i,k}(o_i, a_i) - y_i)^2, y_i BCQ's target, summed over both critics and agents."""
-        with torch.no_grad():
-            y = reward[None] + self.cfg.gamma * (1.0 - terminated[None]) * self.next_value(next_obs, generator)
-            w = self.weights(torch.cat([action, obs], -1), reward, terminated, next_obs, y, generator)
+        y = self.target(reward, next_obs, terminated, generator)
+        value = lambda o: self.next_value(o, generator, k=self.cfg.value_candidates)  # noqa: E731
+        w = self.weighting.weights(torch.cat([action, obs], -1), reward, terminated, next_obs, value, self.cfg.gamma,
+                                   generator)  # fmt: skip
         return self.critic_loss(obs, action, y, w)
 
     def update(self, obs, action, reward, next_obs, terminated, state=None, next_state=None,
                generator: torch.Generator | None = None) -> dict[str, float]:  # fmt: skip
         """Fit T_i on the minibatch, then BCQ's iteration with the weighted critic loss."""
         cond = torch.cat([action, obs], -1)
-        stats = minimize((
-            ("transition", self.opt_transition, lambda: self.transition_loss(cond, reward, terminated, next_obs, generator)),
+        stats = minimize(self.optimizers, (
+            ("transition", lambda: self.weighting.loss(cond, reward, terminated, next_obs, generator)),
         ))  # fmt: skip
         return stats | super().update(obs, action, reward, next_obs, terminated, generator=generator)
 
 
-class MabcqDiscrete(_TransitionWeights, IndependentBcqDiscrete):
+class MabcqDiscrete(IndependentBcqDiscrete):
     """MABCQ with discrete actions: discrete I-BCQ (``n_agents`` agents, equal ``obs_dim`` and
     ``n_actions``) whose Huber TD loss is weighted by lambda. ``action`` [N, B] int64."""
 
-    def __init__(self, n_agents: int, obs_dim: int, n_actions: int, config: MabcqConfig | None = None,
+    def __init__(self, n_agents: int, obs_dim: int, n_actions: int, config: MabcqDiscreteConfig | None = None,
                  device: torch.device | str = "cpu"):  # fmt: skip
-        cfg = config or MabcqConfig()
-        check_mabcq_config(cfg)
-        super().__init__(n_agents, obs_dim, n_actions, discrete_config(cfg), device)
-        self.mcfg = cfg
-        latent = max(1, int(cfg.transition_latent_scale * obs_dim))
-        dev = next(self.parameters()).device
-        self.transition = TransitionVae([obs_dim] * n_agents, n_actions, cfg.transition_hidden, latent).to(dev)
-        self.opt_transition = torch.optim.Adam(self.transition.parameters(), lr=cfg.lr)
+        cfg = config or MabcqDiscreteConfig()
+        super().__init__(n_agents, obs_dim, n_actions, cfg, device)
+        self.weighting = TransitionWeights([obs_dim] * n_agents, n_actions, cfg).to(device)
+        self.optimizers["transition"] = torch.optim.Adam(self.weighting.parameters(), lr=cfg.lr)
 
     def condition(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """c = [one_hot(a_i), o_i]: [N, B, K + O]."""
         return torch.cat([F.one_hot(action, self.k).float(), obs], -1)
 
-    @torch.no_grad()
-    def next_value(self, next_obs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Discrete BCQ's V(o') = Q'_i(o', argmax over allowed a' of Q_i(o', a')): [N, R]."""
-        ok = allowed_actions(self.classifier(next_obs), self.cfg.threshold)
-        best = self.critic(next_obs).masked_fill(~ok, float("-inf")).argmax(-1, keepdim=True)
-        return self.target(next_obs).gather(-1, best)[..., 0]
-
-    def weighted_critic_loss(self, obs, action, reward, next_obs, terminated, generator=None) -> torch.Tensor:
+    def critic_objective(self, obs, action, reward, next_obs, terminated, generator=None) -> torch.Tensor:
         """lambda_i * Huber(Q_i(o_i, a_i) - y_i), mean over the minibatch, summed over agents."""
-        with torch.no_grad():
-            y = reward[None] + self.cfg.gamma * (1.0 - terminated[None]) * self.next_value(next_obs)
-            w = self.weights(self.condition(obs, action), reward, terminated, next_obs, y, generator)
-        q = self.critic(obs).gather(-1, action[..., None])[..., 0]  # [N, B]
-        return (F.smooth_l1_loss(q, y, reduction="none") * w).mean(-1).sum()
+        y = self.target(reward, next_obs, terminated)
+        w = self.weighting.weights(self.condition(obs, action), reward, terminated, next_obs, self.next_value,
+                                   self.cfg.gamma, generator)  # fmt: skip
+        return self.critic_loss(obs, action, y, w)
 
     def update(self, obs, action, reward, next_obs, terminated, state=None, next_state=None,
                generator: torch.Generator | None = None) -> dict[str, float]:  # fmt: skip
+        """Fit T_i on the minibatch, then discrete BCQ's iteration with the weighted critic loss."""
         cond = self.condition(obs, action)
-        stats = minimize((
-            ("transition", self.opt_transition, lambda: self.transition_loss(cond, reward, terminated, next_obs, generator)),
-            ("classifier", self.opt_cls, lambda: F.cross_entropy(self.classifier(obs).flatten(0, 1), action.flatten()) * self.n),
-            ("critic", self.opt_q, lambda: self.weighted_critic_loss(obs, action, reward, next_obs, terminated, generator)),
+        stats = minimize(self.optimizers, (
+            ("transition", lambda: self.weighting.loss(cond, reward, terminated, next_obs, generator)),
         ))  # fmt: skip
-        soft_update(self.target, self.critic, self.cfg.tau)
-        return stats
+        return stats | super().update(obs, action, reward, next_obs, terminated, generator=generator)

@@ -46,21 +46,21 @@ class AgentLinear(nn.Module):
         return f"n_agents={self.n_agents}, in_features={self.in_features}, out_features={self.out_features}"
 
 
-# Above this many activations per agent and layer (rows x width, 4 MiB of float32), a CPU
-# ``bmm`` over agents that do not divide evenly among the threads runs slower than one
-# multithreaded product per agent: 3 agents on 2 threads leave one thread idle a third of
-# the time, and the stacked [n_agents, rows, width] intermediates fall out of cache.
-# Measured in benchmarks/train_step.py (docs/results/benchmarks.md).
+# From this many activations per agent and layer (rows x widest layer) on, one multithreaded
+# ``addmm`` per agent beats a CPU ``bmm`` over agents: on this project's CPU, torch's batched
+# product ran at about 150 GFLOP/s where per-agent products reached 200, and 3 agents on 2
+# threads leave one thread idle. Below it (e.g. 64-wide networks at batch 32-100) the calls'
+# overhead dominates and one ``bmm`` wins. Measured in benchmarks/train_step.py
+# (docs/results/benchmarks.md).
 PER_AGENT_MIN_ACTIVATIONS = 1 << 14
 
 
 class AgentMLP(nn.Module):
     """Per-agent MLPs evaluated together: [n_agents, B, in] -> [n_agents, B, out] (ReLU between layers).
 
-    The kernel is chosen for the shape and the thread count (:meth:`per_agent_kernel`): one
-    ``baddbmm`` per layer for all agents, or, on large CPU batches whose agents do not divide
-    evenly among the threads, each agent's whole MLP as multithreaded ``addmm`` s on its
-    own unpadded inputs. Both compute the same function.
+    The kernel is chosen for the shape (:meth:`per_agent_kernel`): one ``baddbmm`` per layer
+    for all agents, or, on large CPU batches, each agent's whole MLP as multithreaded
+    ``addmm`` s on its own unpadded inputs. Both compute the same function.
     """
 
     def __init__(self, n_agents: int, in_features: int | Sequence[int], hidden: Sequence[int], out_features: int):
@@ -73,7 +73,6 @@ class AgentMLP(nn.Module):
 
     def per_agent_kernel(self, x: torch.Tensor) -> bool:
         """True when one multithreaded product per agent beats a ``bmm`` over agents for input ``x``."""
-        n, threads = self.layers[0].n_agents, torch.get_num_threads()
         return x.device.type == "cpu" and x.shape[-2] * self.widest >= PER_AGENT_MIN_ACTIVATIONS
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -123,11 +122,12 @@ def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
         t.lerp_(s, tau)
 
 
-def minimize(steps) -> dict[str, float]:
-    """Run ``(name, optimizer, loss_fn)`` steps in order: each loss is computed after the
-    previous step's update (as the algorithms' pseudocode orders them). Returns the losses."""
+def minimize(optimizers: dict[str, torch.optim.Optimizer], steps) -> dict[str, float]:
+    """Run ``(name, loss_fn)`` steps in order, each with ``optimizers[name]``: each loss is computed after
+    the previous step's update (as the algorithms' pseudocode orders them). Returns the losses by name."""
     stats = {}
-    for name, opt, loss_fn in steps:
+    for name, loss_fn in steps:
+        opt = optimizers[name]
         loss = loss_fn()
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -8,7 +8,7 @@ Every algorithm follows one interface on agent-major tensors (N agents, minibatc
   ``reward``/``terminated`` [B], ``state``/``next_state`` [B, S] or None;
 * ``act(obs [N, B, O], generator=None)`` -> [N, B, A] or int64 [N, B] (the generator argument
   only where acting is random);
-* its optimizers are attributes named ``opt_*`` (checkpoints save them by that name).
+* ``optimizers``: its optimizers by name (checkpoints save them under these names).
 
 This module imports no torch: ``madata train --help`` lists the table without loading an
 algorithm, and each builder imports its algorithm's module when called.
@@ -17,7 +17,6 @@ algorithm, and each builder imports its algorithm's module when called.
 from __future__ import annotations
 
 import dataclasses
-import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,10 +24,21 @@ from typing import Any
 import numpy as np
 
 import madata
-from madata.envs.registry import get_task
+from madata.envs.registry import get_task, is_task
 from madata.errors import SchemaError, UnknownNameError
 from madata.spaces import Discrete
-from madata_algos.configs import BcqConfig, CastBcqConfig, DiscreteConfig, IcqConfig, MabcqConfig
+from madata_algos.configs import (
+    BcqConfig,
+    BcqDiscreteConfig,
+    CastBcqConfig,
+    CastBcqDiscreteConfig,
+    Config,
+    IcqConfig,
+    IcqDiscreteConfig,
+    MabcqConfig,
+    MabcqDiscreteConfig,
+    flag_name,
+)
 
 
 @dataclass(frozen=True)
@@ -47,23 +57,53 @@ class DataInfo:
     default_action: int | None  # discrete: the no-op as a 0-based index, when the metadata names one
     state_dim: int | None  # size of the stored global state, None when there is none
 
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, values: dict[str, Any]) -> DataInfo:
+        """Rebuild what a run saved: enough to build its algorithm and evaluate it without the dataset."""
+        try:
+            return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+        except TypeError as e:
+            raise SchemaError(f"the run's saved data description does not fit this madata version: {e}") from None
+
 
 Builder = Callable[[DataInfo, Any, Any], Any]  # (data, config, device) -> algorithm
 
 
 @dataclass(frozen=True)
+class Variant:
+    """An algorithm for one kind of action space: its config class and how to build it."""
+
+    config: type[Config]
+    build: Builder
+
+
+@dataclass(frozen=True)
 class AlgorithmSpec:
-    """One row of the table. ``continuous``/``discrete``: builders for each kind of action space (None: not
+    """One row of the table. ``continuous``/``discrete``: the variant for each kind of action space (None: not
     supported). ``decentralized``: agent i acts on o_i alone. ``needs_state``: trains on the global state."""
 
     name: str
     label: str  # in plots and tables
     summary: str  # one line, shown by `madata train --help`
-    config: type
-    continuous: Builder | None
-    discrete: Builder | None
+    continuous: Variant | None
+    discrete: Variant | None
     decentralized: bool
     needs_state: bool
+
+    def variants(self) -> dict[str, Variant]:
+        return {k: v for k, v in (("continuous", self.continuous), ("discrete", self.discrete)) if v is not None}
+
+    def variant(self, discrete: bool, where: str = "") -> Variant:
+        kind = "discrete" if discrete else "continuous"
+        v = self.discrete if discrete else self.continuous
+        if v is None:
+            others = [s.name for s in ALGORITHMS.values() if (s.discrete if discrete else s.continuous)]
+            raise SchemaError(f"{where}{': ' if where else ''}{self.name} has no variant for {kind} actions; "
+                              f"algorithms with one: {', '.join(others)}")  # fmt: skip
+        return v
 
 
 # ---------------------------------------------------------------------------- builders
@@ -75,14 +115,12 @@ def _cast_bcq(d: DataInfo, cfg: CastBcqConfig, device):
     return CastBcq(list(d.obs_dims), list(d.act_dims), d.state_dim, list(d.max_action), cfg, device)
 
 
-def _cast_bcq_discrete(d: DataInfo, cfg: CastBcqConfig, device):
+def _cast_bcq_discrete(d: DataInfo, cfg: CastBcqDiscreteConfig, device):
     from madata_algos.cast_bcq_discrete import CastBcqDiscrete
 
     if d.default_action is None:
         raise SchemaError(f"{d.root}: discrete CAST-BCQ needs env.default_action (the no-op) in the dataset's metadata")
-    dcfg = DiscreteConfig(lr=cfg.lr, gamma=cfg.gamma, tau=cfg.tau, lam=cfg.lam, subteams=cfg.subteams, csaa=cfg.csaa,
-                          subteam_sampling=cfg.subteam_sampling, clipped_double_q=cfg.clipped_double_q)  # fmt: skip
-    return CastBcqDiscrete(len(d.obs_dims), d.obs_dims[0], d.n_actions, d.state_dim, d.default_action, dcfg, device)
+    return CastBcqDiscrete(len(d.obs_dims), d.obs_dims[0], d.n_actions, d.state_dim, d.default_action, cfg, device)
 
 
 def _bcq(d: DataInfo, cfg: BcqConfig, device):
@@ -91,7 +129,7 @@ def _bcq(d: DataInfo, cfg: BcqConfig, device):
     return JointBcq(list(d.obs_dims), list(d.act_dims), list(d.max_action), cfg, device)
 
 
-def _bcq_discrete(d: DataInfo, cfg: BcqConfig, device):
+def _bcq_discrete(d: DataInfo, cfg: BcqDiscreteConfig, device):
     from madata_algos.bcq import JointBcqDiscrete
 
     return JointBcqDiscrete(len(d.obs_dims), d.obs_dims[0], d.n_actions, cfg, device)
@@ -103,11 +141,10 @@ def _ibcq(d: DataInfo, cfg: BcqConfig, device):
     return IndependentBcq(list(d.obs_dims), list(d.act_dims), list(d.max_action), cfg, device)
 
 
-def _ibcq_discrete(d: DataInfo, cfg: BcqConfig, device):
-    from madata_algos.cast_bcq_discrete import IndependentBcqDiscrete
-    from madata_algos.ibcq import discrete_config
+def _ibcq_discrete(d: DataInfo, cfg: BcqDiscreteConfig, device):
+    from madata_algos.ibcq import IndependentBcqDiscrete
 
-    return IndependentBcqDiscrete(len(d.obs_dims), d.obs_dims[0], d.n_actions, discrete_config(cfg), device)
+    return IndependentBcqDiscrete(len(d.obs_dims), d.obs_dims[0], d.n_actions, cfg, device)
 
 
 def _mabcq(d: DataInfo, cfg: MabcqConfig, device):
@@ -116,7 +153,7 @@ def _mabcq(d: DataInfo, cfg: MabcqConfig, device):
     return Mabcq(list(d.obs_dims), list(d.act_dims), list(d.max_action), cfg, device)
 
 
-def _mabcq_discrete(d: DataInfo, cfg: MabcqConfig, device):
+def _mabcq_discrete(d: DataInfo, cfg: MabcqDiscreteConfig, device):
     from madata_algos.mabcq import MabcqDiscrete
 
     return MabcqDiscrete(len(d.obs_dims), d.obs_dims[0], d.n_actions, cfg, device)
@@ -125,9 +162,13 @@ def _mabcq_discrete(d: DataInfo, cfg: MabcqConfig, device):
 def _icq(d: DataInfo, cfg: IcqConfig, device):
     from madata_algos.icq import IcqMa
 
-    if d.discrete:
-        return IcqMa(list(d.obs_dims), None, d.state_dim, None, d.n_actions, cfg, device)
-    return IcqMa(list(d.obs_dims), list(d.act_dims), d.state_dim, list(d.max_action), None, cfg, device)
+    return IcqMa(list(d.obs_dims), list(d.act_dims), d.state_dim, list(d.max_action), cfg, device)
+
+
+def _icq_discrete(d: DataInfo, cfg: IcqDiscreteConfig, device):
+    from madata_algos.icq import IcqMaDiscrete
+
+    return IcqMaDiscrete(list(d.obs_dims), d.state_dim, d.n_actions, cfg, device)
 
 
 ALGORITHMS: dict[str, AlgorithmSpec] = {
@@ -135,19 +176,24 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
     for s in (
         AlgorithmSpec("cast-bcq", "CAST-BCQ",
                       "CAST-BCQ: counterfactual SAA with subteam masking; decentralized execution, needs a global state.",
-                      CastBcqConfig, _cast_bcq, _cast_bcq_discrete, decentralized=True, needs_state=True),
+                      Variant(CastBcqConfig, _cast_bcq), Variant(CastBcqDiscreteConfig, _cast_bcq_discrete),
+                      decentralized=True, needs_state=True),
         AlgorithmSpec("bcq", "BCQ",
                       "Centralized BCQ on the joint observation and joint action; execution needs every agent's observation.",
-                      BcqConfig, _bcq, _bcq_discrete, decentralized=False, needs_state=False),
+                      Variant(BcqConfig, _bcq), Variant(BcqDiscreteConfig, _bcq_discrete),
+                      decentralized=False, needs_state=False),
         AlgorithmSpec("ibcq", "I-BCQ",
                       "Independent BCQ: each agent runs BCQ on its own observations and actions; decentralized.",
-                      BcqConfig, _ibcq, _ibcq_discrete, decentralized=True, needs_state=False),
+                      Variant(BcqConfig, _ibcq), Variant(BcqDiscreteConfig, _ibcq_discrete),
+                      decentralized=True, needs_state=False),
         AlgorithmSpec("mabcq", "MABCQ",
                       "MABCQ (Jiang & Lu 2021): I-BCQ with value-deviation and transition-normalization weights; decentralized.",
-                      MabcqConfig, _mabcq, _mabcq_discrete, decentralized=True, needs_state=False),
+                      Variant(MabcqConfig, _mabcq), Variant(MabcqDiscreteConfig, _mabcq_discrete),
+                      decentralized=True, needs_state=False),
         AlgorithmSpec("icq-ma", "ICQ-MA",
                       "ICQ-MA (Yang et al. 2021): implicit constraint Q-learning, mixed value Q_tot = sum_i w_i(s) Q_i + b(s); decentralized, needs a global state.",
-                      IcqConfig, _icq, _icq, decentralized=True, needs_state=True),
+                      Variant(IcqConfig, _icq), Variant(IcqDiscreteConfig, _icq_discrete),
+                      decentralized=True, needs_state=True),
     )
 }  # fmt: skip
 
@@ -166,12 +212,21 @@ def get(name: str) -> AlgorithmSpec:
 # ---------------------------------------------------------------------------- data and configs
 
 
-def describe(ds: madata.Dataset) -> DataInfo:
-    """Read and check what the algorithms need from ``ds``: its task, spaces and state."""
+def describe(ds: madata.Dataset, need_task: bool = True) -> DataInfo:
+    """Read and check what the algorithms need from ``ds``: its task, spaces and state.
+
+    ``need_task``: the run evaluates its policy, so the dataset must name a known task whose
+    environment has the dataset's agents and spaces. Without it, ``task`` is the dataset's
+    env id when it names a known task, else None.
+    """
     task = ds.meta.env.get("id")
-    if task is None:
-        raise SchemaError(f"{ds.root}: metadata names no environment (env.id); evaluation needs one")
-    _check_matches_task(ds, task)
+    if need_task:
+        if task is None:
+            raise SchemaError(f"{ds.root}: metadata names no environment (env.id), so the policy cannot be evaluated; "
+                              "train without evaluation (--eval-episodes 0) or give the dataset an env id")  # fmt: skip
+        _check_matches_task(ds, task)
+    elif task is not None and not is_task(task):
+        task = None
     obs_dims = []
     for a in ds.agents:
         if len(a.observation_space.shape) != 1:
@@ -221,31 +276,42 @@ def _check_matches_task(ds: madata.Dataset, task: str) -> None:
                           "is it a dataset of another task?")  # fmt: skip
 
 
-def check_config(spec: AlgorithmSpec, config: Any) -> Any:
-    """The config for ``spec``: its defaults for None, else ``config`` itself if it is of the algorithm's class."""
+def check_config(spec: AlgorithmSpec, data: DataInfo, config: Any) -> Config:
+    """The config for ``spec`` on ``data``: the variant's defaults for None, else ``config`` itself if it is of
+    that variant's class (a continuous config is refused for discrete data and the other way round)."""
+    variant = spec.variant(data.discrete, data.root)
     if config is None:
-        return spec.config()
-    if type(config) is not spec.config:
-        raise SchemaError(f"algorithm {spec.name!r} takes a {spec.config.__name__}, got a {type(config).__name__}")
+        return variant.config()
+    if type(config) is not variant.config:
+        kind = "discrete" if data.discrete else "continuous"
+        raise SchemaError(f"{data.root}: {spec.name} on {kind} actions takes a {variant.config.__name__}, "
+                          f"got a {type(config).__name__}")  # fmt: skip
     return config
 
 
-def config_from_json(cls: type, values: dict) -> Any:
-    """Rebuild a config saved by ``to_json`` (JSON has lists where the dataclass has tuples)."""
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise SchemaError(f"{cls.__name__}: unknown fields {unknown} in the saved config")
-    return cls(**{k: tuple(v) if typing.get_origin(hints[k]) is tuple else v for k, v in values.items()})
+def config_from_options(spec: AlgorithmSpec, data: DataInfo, given: dict[str, Any]) -> Config:
+    """The variant's config with the options a user set (field name -> value); an option of another
+    variant only is refused, naming it and the options that apply."""
+    variant = spec.variant(data.discrete, data.root)
+    fields = {f.name: f for f in dataclasses.fields(variant.config)}
+    foreign = [k for k in given if k not in fields]
+    if foreign:
+        kind = "discrete" if data.discrete else "continuous"
+        others = [f for v in spec.variants().values() for f in dataclasses.fields(v.config) if f.name in foreign]
+        names = sorted({flag_name(f) for f in others})
+        raise SchemaError(f"{data.root}: {' and '.join(names)} {'does' if len(names) == 1 else 'do'} not apply to "
+                          f"{spec.name} on {kind} actions; its options: {', '.join(flag_name(f) for f in fields.values())}")  # fmt: skip
+    return variant.config(**given)
+
+
+def config_from_json(spec: AlgorithmSpec, data: DataInfo, values: dict) -> Config:
+    """Rebuild the config a run saved (``to_json``) for ``spec`` on ``data``."""
+    return spec.variant(data.discrete, data.root).config.from_json(values)
 
 
 def check_data(spec: AlgorithmSpec, data: DataInfo) -> None:
     """Raise if ``spec`` cannot learn from ``data``: no variant for its kind of actions, or no global state."""
-    if (spec.discrete if data.discrete else spec.continuous) is None:
-        kind = "discrete" if data.discrete else "continuous"
-        others = [s.name for s in ALGORITHMS.values() if (s.discrete if data.discrete else s.continuous)]
-        raise SchemaError(f"{data.root}: {spec.name} has no variant for {kind} actions; algorithms with one: {', '.join(others)}")
+    spec.variant(data.discrete, data.root)
     if spec.needs_state and data.state_dim is None:
         stateless = [s.name for s in ALGORITHMS.values() if not s.needs_state]
         raise SchemaError(f"{data.root}: no global state stored; {spec.name} trains on one ({', '.join(stateless)} do not)")
@@ -254,6 +320,6 @@ def check_data(spec: AlgorithmSpec, data: DataInfo) -> None:
 def build(name: str, data: DataInfo, config: Any = None, device: Any = "cpu") -> Any:
     """The algorithm ``name`` for ``data`` with ``config`` (None: its defaults), its networks on ``device``."""
     spec = get(name)
-    config = check_config(spec, config)
+    config = check_config(spec, data, config)
     check_data(spec, data)
-    return (spec.discrete if data.discrete else spec.continuous)(data, config, device)
+    return spec.variant(data.discrete).build(data, config, device)

@@ -1,18 +1,22 @@
 """Training runs: dataset -> loader -> algorithm -> periodic evaluation -> logs, plots, checkpoints.
 
-A run directory holds ``config.json`` (algorithm, dataset, seed, hyperparameters),
-``log.csv`` (one row per evaluation), ``learning_curve.png`` and ``checkpoint.pt`` (the
-networks, optimizers and every random generator, written atomically). ``resume=True``
-continues a killed run from its last checkpoint and gives the same numbers as a run
-that was never interrupted.
+A run directory holds ``config.json`` (algorithm, dataset, seed, hyperparameters, and the
+dataset's description, so the run can be evaluated without it), ``log.csv`` (one row per
+evaluation), ``learning_curve.png`` and ``checkpoint.pt`` (the networks, optimizers and
+every random generator, written atomically and checksummed). ``resume=True`` continues a
+killed run from its last checkpoint and gives the same numbers as a run that was never
+interrupted.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +28,13 @@ import madata
 from madata.errors import DatasetExistsError, SchemaError
 from madata_algos import registry
 from madata_algos.evaluate import evaluate
-from madata_algos.loader import Batch, TransitionLoader, default_device
+from madata_algos.loader import Batch, StreamingLoader, TransitionLoader, default_device
 from madata_algos.networks import keep_large_tensors_on_heap, pad_agents
 from madata_algos.registry import DataInfo
 
 EVAL_FIELDS = ["eval_return", "eval_std", "eval_normalized"]
+TIME_FIELDS = ["train_seconds", "eval_seconds"]  # cumulative across resumes
+CHECKPOINT_FORMAT = "madata-checkpoint-1"
 
 
 def agent_major(batch: Batch, action_starts: tuple[int, ...] | None = None) -> dict[str, torch.Tensor]:
@@ -70,8 +76,13 @@ def make_policy(algo, data: DataInfo, device, generator: torch.Generator | None)
     return policy
 
 
+def eval_seed(seed: int) -> int:
+    """Evaluation episode k of a run with ``seed`` resets with eval_seed(seed) + k: the same for every method."""
+    return 10_000 * (seed + 1)
+
+
 def train(
-    dataset: str | os.PathLike,
+    dataset: str | os.PathLike | madata.Dataset,
     run_dir: str | os.PathLike,
     *,
     algorithm: str = "cast-bcq",
@@ -84,154 +95,303 @@ def train(
     eval_max_steps: int | None = None,
     device: str | None = None,
     resume: bool = False,
+    stream: bool = False,
     progress: bool = False,
+    report: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``algorithm`` (a :mod:`~madata_algos.registry` name) on ``dataset`` for ``steps`` iterations.
 
-    ``config``: an instance of that algorithm's config class (None: its defaults), e.g.
-    ``CastBcqConfig(csaa=False)`` for an ablation. Returns the evaluation log rows.
+    ``dataset``: a path or an opened :class:`madata.Dataset` (a selection, ``ds.select(...)``, too).
+    ``config``: an instance of that algorithm's config class for the data's kind of actions (None:
+    its defaults), e.g. ``CastBcqConfig(csaa=False)`` for an ablation. ``eval_episodes=0`` trains
+    without an environment: the log then holds the losses only. ``stream=True`` samples from the
+    streaming loader (data larger than memory). ``report`` receives one line after a warm-up (the
+    expected time) and one per evaluation, for logs that are not a terminal. Returns the log rows.
     """
-    if steps < 1 or eval_every < 1 or batch_size < 1 or eval_episodes < 1:
-        raise SchemaError(f"steps, eval_every, batch_size and eval_episodes must be >= 1, got {steps}, {eval_every}, "
-                          f"{batch_size} and {eval_episodes}")  # fmt: skip
+    for name, value, low in (("steps", steps, 1), ("eval_every", eval_every, 1), ("batch_size", batch_size, 1),
+                             ("eval_episodes", eval_episodes, 0)):  # fmt: skip
+        if not isinstance(value, int) or value < low:
+            raise SchemaError(f"{name} (--{name.replace('_', '-')}) must be an integer >= {low}, got {value!r}")
+    if eval_max_steps is not None and eval_max_steps < 1:
+        raise SchemaError(f"eval_max_steps (--eval-max-steps) must be >= 1, got {eval_max_steps}")
     spec = registry.get(algorithm)
-    config = registry.check_config(spec, config)
     run = Path(run_dir)
-    ds = madata.open(dataset)
-    data = registry.describe(ds)
-    dev = torch.device(device) if device else default_device()
-    settings = {"algorithm": algorithm, "dataset": str(Path(dataset).resolve()), "task": data.task, "seed": seed,
-                "steps": steps, "batch_size": batch_size, "eval_every": eval_every, "eval_episodes": eval_episodes,
-                "eval_max_steps": eval_max_steps, "decentralized": spec.decentralized, "config": config.to_json(),
-                "madata": madata.__version__, "torch": torch.__version__}  # fmt: skip
+    ds = dataset if isinstance(dataset, madata.Dataset) else madata.open(dataset)
+    data = registry.describe(ds, need_task=eval_episodes > 0)
+    config = registry.check_config(spec, data, config)
+    registry.check_data(spec, data)
+    if batch_size > ds.num_transitions:
+        raise SchemaError(f"{ds.root}: batch size {batch_size} is larger than the dataset's {ds.num_transitions} "
+                          "transitions; pass a smaller --batch-size")  # fmt: skip
+    dev = resolve_device(device)
+    settings = {"algorithm": algorithm, "dataset": str(Path(ds.root).resolve()), "selection": selection_digest(ds),
+                "task": data.task, "seed": seed, "steps": steps, "batch_size": batch_size, "eval_every": eval_every,
+                "eval_episodes": eval_episodes, "eval_max_steps": eval_max_steps, "eval_seed": eval_seed(seed),
+                "stream": stream, "decentralized": spec.decentralized, "config": config.to_json(),
+                "data": data.to_json(), "madata": madata.__version__, "torch": torch.__version__}  # fmt: skip
     ckpt = run / "checkpoint.pt"
     if resume and (run / "config.json").exists():
-        stored = json.loads((run / "config.json").read_text())
-        stored.setdefault("algorithm", "cast-bcq")  # runs from before the registry
-        same = ("algorithm", "dataset", "task", "seed", "batch_size", "eval_every", "eval_episodes", "eval_max_steps", "config")
-        diff = [k for k in same if stored.get(k) != json.loads(json.dumps(settings[k]))]
+        stored = read_json(run / "config.json")
+        same = ("algorithm", "dataset", "selection", "task", "seed", "batch_size", "eval_every", "eval_episodes",
+                "eval_max_steps", "stream", "config")  # fmt: skip
+        diff = differing(stored, json.loads(json.dumps(settings)), same)
         if diff:
-            raise DatasetExistsError(f"{run}: the run was started with other {', '.join(diff)}; resume with the same options")
+            raise DatasetExistsError(f"{run}: the run was started with other settings ({'; '.join(diff)}); "
+                                     "resume with the same options")  # fmt: skip
         if ckpt.exists():
             settings["steps"] = max(steps, stored["steps"])
         # else: killed before its first checkpoint, so it starts again from step 0
-    elif run.exists() and any(run.iterdir()):
+    elif run.exists() and (not run.is_dir() or any(run.iterdir())):
         hint = "it holds no training run (no config.json)" if resume else "pass --resume to continue it"
         raise DatasetExistsError(f"{run}: run directory is not empty; {hint}, or choose another")
 
-    registry.check_data(spec, data)  # before loading anything
-    keep_large_tensors_on_heap()
     torch.manual_seed(seed)
     np.random.seed(seed)
-    loader = TransitionLoader(ds, device=dev, seed=seed)
-    algo = registry.build(algorithm, data, config, dev)  # its own checks fail here, before anything is written
-    run.mkdir(parents=True, exist_ok=True)
-    _write_atomic(run / "config.json", json.dumps(settings, indent=2).encode())
+    keep_large_tensors_on_heap()
+    loader = (StreamingLoader if stream else TransitionLoader)(ds, device=dev, seed=seed)
+    algo = registry.build(algorithm, data, config, dev)
+    make_dir(run)
+    write_atomic(run / "config.json", json.dumps(settings, indent=2).encode())
     update_gen = torch.Generator(device=dev).manual_seed(seed + 1)
     eval_gen = torch.Generator(device=dev).manual_seed(seed + 2)
-    start, rows = 0, []
+    start, rows, clock = 0, [], {"train_seconds": 0.0, "eval_seconds": 0.0}
     if resume and ckpt.exists():
-        state = torch.load(ckpt, map_location=dev, weights_only=True)
+        state = load_checkpoint(ckpt, dev)
         algo.load_state_dict(state["model"])
-        for name in _optimizers(algo):
-            getattr(algo, name).load_state_dict(state[name])
-        loader.generator.set_state(state["loader_rng"].cpu())  # generator states are CPU byte tensors
-        update_gen.set_state(state["update_rng"].cpu())
+        for name, opt in algo.optimizers.items():
+            opt.load_state_dict(state["optimizers"][name])
+        loader.load_state_dict(state["loader"])
+        update_gen.set_state(state["update_rng"].cpu())  # generator states are CPU byte tensors
         eval_gen.set_state(state["eval_rng"].cpu())
         start = int(state["step"])
-        rows = _read_log(run / "log.csv", upto=start)
+        rows = read_log(run / "log.csv", upto=start)
+        if rows:
+            clock = {k: float(rows[-1][k]) for k in TIME_FIELDS}
     policy = make_policy(algo, data, dev, eval_gen)
-    t0 = time.time()
     losses: dict[str, float] = {}
-    desc = f"{algorithm} {data.task}"
+    desc = f"{algorithm} {data.task or Path(ds.root).name}"
+    t_mark = time.perf_counter()
     with tqdm(total=steps, initial=start, desc=desc, disable=None if progress else True, mininterval=0.5, unit="it") as bar:
         for step in range(start + 1, steps + 1):
             losses = algo.update(**agent_major(loader.sample(batch_size), data.action_starts), generator=update_gen)
             bar.update(1)
+            if report and step == start + WARMUP:
+                per_k = (time.perf_counter() - t_mark) / WARMUP * 1000
+                report(f"{desc}: about {per_k:.1f} s per 1,000 iterations after {WARMUP}; "
+                       f"{steps - step:,} to go, {per_k * (steps - step) / 1000 / 60:.1f} min plus evaluations")  # fmt: skip
             if step % eval_every == 0 or step == steps:
-                res = evaluate(data.task, policy, episodes=eval_episodes, seed=10_000 * (seed + 1), max_steps=eval_max_steps)
-                rows.append({"step": step, "seconds": round(time.time() - t0, 1), **{k: round(v, 5) for k, v in losses.items()},
-                             "eval_return": res.mean_return, "eval_std": res.std_return,
-                             "eval_normalized": res.mean_normalized})  # fmt: skip
-                bar.set_postfix_str(f"return {res.mean_return:.1f}")
-                _write_log(run / "log.csv", rows)
-                _plot(run / "learning_curve.png", rows, data.task, spec.label)
-                state = {"model": algo.state_dict(), "step": step, "loader_rng": loader.generator.get_state(),
-                         "update_rng": update_gen.get_state(), "eval_rng": eval_gen.get_state(),
-                         **{n: getattr(algo, n).state_dict() for n in _optimizers(algo)}}  # fmt: skip
-                tmp = run / f".checkpoint.pt.tmp-{os.getpid()}"
-                torch.save(state, tmp)
-                os.replace(tmp, ckpt)
+                now = time.perf_counter()
+                clock["train_seconds"] += now - t_mark
+                row = {"step": step, **{k: round(v, 5) for k, v in losses.items()}}
+                eval_rng_before = eval_gen.get_state()
+                if eval_episodes:
+                    res = evaluate(data.task, policy, episodes=eval_episodes, seed=eval_seed(seed), max_steps=eval_max_steps)
+                    row |= {"eval_return": res.mean_return, "eval_std": res.std_return, "eval_normalized": res.mean_normalized}
+                    bar.set_postfix_str(f"return {res.mean_return:.1f}")
+                t_mark = time.perf_counter()
+                clock["eval_seconds"] += t_mark - now
+                row |= {k: round(v, 1) for k, v in clock.items()}
+                rows.append(row)
+                write_log(run / "log.csv", rows)
+                plot(run / "learning_curve.png", rows, data.task or "", spec.label)
+                save_checkpoint(ckpt, {
+                    "model": algo.state_dict(), "step": step, "loader": loader.state_dict(),
+                    "update_rng": update_gen.get_state(), "eval_rng": eval_gen.get_state(),
+                    "eval_rng_before_last_eval": eval_rng_before,
+                    "optimizers": {n: o.state_dict() for n, o in algo.optimizers.items()},
+                })  # fmt: skip
+                if report:
+                    report(progress_line(desc, row, steps, clock))
+                t_mark = time.perf_counter()
     return rows
 
 
-def _optimizers(algo) -> list[str]:
-    return sorted(n for n in vars(algo) if n.startswith("opt_"))
+WARMUP = 50  # iterations timed before the expected run time is reported
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+def progress_line(desc: str, row: dict, steps: int, clock: dict[str, float]) -> str:
+    """One line per evaluation, for logs that are not a terminal."""
+    rate = row["step"] / max(clock["train_seconds"], 1e-9)
+    text = f"{desc} step {row['step']:,}/{steps:,}"
+    if "eval_return" in row:
+        text += f": return {row['eval_return']:.1f} +- {row['eval_std']:.1f}"
+        if row.get("eval_normalized") is not None:
+            text += f", normalized {row['eval_normalized']:.1f}"
+    losses = [f"{k} {v:.4g}" for k, v in row.items() if k not in ("step", *EVAL_FIELDS, *TIME_FIELDS)]
+    text += f"; losses {', '.join(losses)}" if "eval_return" not in row else ""
+    return text + f"; {clock['train_seconds'] + clock['eval_seconds']:.0f} s elapsed ({clock['eval_seconds']:.0f} s evaluating), {rate:.1f} it/s"
 
 
-def _write_log(path: Path, rows: list[dict]) -> None:
-    """log.csv: step, seconds, the algorithm's losses (in its update's order), then the evaluation."""
-    losses = [k for k in rows[0] if k not in ("step", "seconds", *EVAL_FIELDS)]
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["step", "seconds", *losses, *EVAL_FIELDS], restval="")
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
+def resolve_device(device: str | None) -> torch.device:
+    """The training device: ``device`` if this torch build has it, else a one-line error."""
+    if device is None:
+        return default_device()
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise SchemaError(f"--device {device!r}: not a device; use cpu or cuda") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SchemaError(f"--device {device}: this torch build has no CUDA device ({torch.__version__}); use cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise SchemaError(f"--device {device}: madata trains on cpu or cuda")
+    return dev
 
 
-def _read_log(path: Path, upto: int) -> list[dict]:
+def selection_digest(ds: madata.Dataset) -> str:
+    """What part of the dataset is trained on: "all", or a digest of the selected episode ids."""
+    ids = np.asarray(ds.episode_ids, dtype=np.int64)
+    if ds.is_full:
+        return "all"
+    return f"{len(ids)} episodes, sha256 {hashlib.sha256(ids.tobytes()).hexdigest()[:16]}"
+
+
+def differing(stored: dict, now: dict, keys) -> list[str]:
+    """One short phrase per setting that differs, naming the field (and, for a config, its fields)."""
+    out = []
+    for k in keys:
+        a, b = stored.get(k), now.get(k)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            fields = sorted(f for f in set(a) | set(b) if a.get(f) != b.get(f))
+            out += [f"{k}.{f} was {a.get(f)!r}, now {b.get(f)!r}" for f in fields]
+        else:
+            out.append(f"{k} was {a!r}, now {b!r}")
+    return out
+
+
+def make_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise SchemaError(f"{path}: exists and is not a directory; the run directory must be one") from None
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    from madata.atomic import write_bytes_atomic
+
+    write_bytes_atomic(path, data)
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SchemaError(f"{path}: cannot be read as JSON ({e}); the run directory is damaged") from None
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """torch.save of ``state`` wrapped with its SHA-256, written atomically."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    payload = buf.getvalue()
+    outer = io.BytesIO()
+    torch.save({"format": CHECKPOINT_FORMAT, "sha256": hashlib.sha256(payload).hexdigest(),
+                "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8)}, outer)  # fmt: skip
+    write_atomic(path, outer.getvalue())
+
+
+def load_checkpoint(path: Path, device) -> dict:
+    """The state saved by :func:`save_checkpoint`, after checking its checksum; a madata error if damaged."""
+    try:
+        outer = torch.load(path, map_location="cpu", weights_only=True)
+        payload = outer["payload"].numpy().tobytes()
+        ok = outer.get("format") == CHECKPOINT_FORMAT and hashlib.sha256(payload).hexdigest() == outer["sha256"]
+    except FileNotFoundError:
+        raise SchemaError(f"{path}: no checkpoint; the run has not reached its first evaluation") from None
+    except (OSError, RuntimeError, KeyError, TypeError, AttributeError, EOFError, ValueError) as e:
+        raise SchemaError(f"{path}: not a readable madata checkpoint ({type(e).__name__}); the file is damaged") from None
+    if not ok:
+        raise SchemaError(f"{path}: does not match its stored checksum; the checkpoint is damaged")
+    return torch.load(io.BytesIO(payload), map_location=device, weights_only=True)
+
+
+def write_log(path: Path, rows: list[dict]) -> None:
+    """log.csv: step, the algorithm's losses (in its update's order), the evaluation, the cumulative times."""
+    losses = [k for k in rows[0] if k not in ("step", *EVAL_FIELDS, *TIME_FIELDS)]
+    evals = [k for k in EVAL_FIELDS if k in rows[0]]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=["step", *losses, *evals, *TIME_FIELDS], restval="")
+    w.writeheader()
+    w.writerows(rows)
+    write_atomic(path, buf.getvalue().encode())
+
+
+def read_log(path: Path, upto: int) -> list[dict]:
     if not path.exists():
         return []
-    with open(path) as f:
-        out = []
-        for r in csv.DictReader(f):
-            if int(r["step"]) <= upto:
-                out.append({k: (None if v == "" else float(v) if k != "step" else int(v)) for k, v in r.items()})
-        return out
+    try:
+        with open(path) as f:
+            return [{k: (None if v == "" else float(v) if k != "step" else int(v)) for k, v in r.items()}
+                    for r in csv.DictReader(f) if int(r["step"]) <= upto]  # fmt: skip
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise SchemaError(f"{path}: cannot be read as the run's log ({type(e).__name__}); the run directory is damaged") from None
 
 
-def _plot(path: Path, rows: list[dict], task: str, label: str) -> None:
+def plot(path: Path, rows: list[dict], task: str, label: str) -> None:
+    """The learning curve (evaluation return, or the losses when there is no evaluation)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     steps = [r["step"] for r in rows]
-    mean = np.array([r["eval_return"] for r in rows], dtype=float)
-    std = np.array([r["eval_std"] for r in rows], dtype=float)
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(steps, mean, marker="o", label=label)
-    ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
+    if "eval_return" in rows[0]:
+        mean = np.array([r["eval_return"] for r in rows], dtype=float)
+        std = np.array([r["eval_std"] for r in rows], dtype=float)
+        ax.plot(steps, mean, marker="o", label=label)
+        ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
+        ax.set_ylabel("evaluation return")
+        ax.set_title(f"{label} on {task}")
+    else:
+        for k in (k for k in rows[0] if k not in ("step", *TIME_FIELDS)):
+            ax.plot(steps, [r[k] for r in rows], marker="o", label=k)
+        ax.set_yscale("symlog")
+        ax.set_ylabel("training loss")
+        ax.set_title(f"{label}: losses (no evaluation)")
     ax.set_xlabel("training iterations")
-    ax.set_ylabel("evaluation return")
-    ax.set_title(f"{label} on {task}")
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=100)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
+    write_atomic(path, buf.getvalue())
 
 
-def evaluate_run(run_dir: str | os.PathLike, episodes: int = 10, seed: int = 0, device: str | None = None):
-    """Evaluate the last checkpoint of a run in its task with its algorithm; returns an :class:`EvalResult`."""
+def evaluate_run(run_dir: str | os.PathLike, episodes: int | None = None, seed: int | None = None,
+                 max_steps: int | None = None, device: str | None = None):  # fmt: skip
+    """Evaluate the last checkpoint of a run in its task with its algorithm; returns an :class:`EvalResult`.
+
+    With no ``episodes``, ``seed`` or ``max_steps``, it repeats the run's last logged evaluation exactly
+    (the same episodes, seeds, time limit and random draws). The dataset is not needed.
+    """
     run = Path(run_dir)
-    try:
-        settings = json.loads((run / "config.json").read_text())
-        state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
-    except FileNotFoundError as e:
-        raise SchemaError(f"{run}: not a training run with a checkpoint ({e.filename} missing)") from e
+    if not (run / "config.json").exists():
+        raise SchemaError(f"{run}: not a training run (no config.json)")
+    settings = read_json(run / "config.json")
+    if "data" not in settings:
+        raise SchemaError(f"{run}: made by an older madata that did not save the data description; retrain it")
+    data = DataInfo.from_json(settings["data"])
+    if data.task is None:
+        raise SchemaError(f"{run}: trained on a dataset with no environment (env.id); there is nothing to evaluate in")
+    for name, value in (("episodes", episodes), ("max_steps", max_steps)):
+        if value is not None and value < 1:
+            raise SchemaError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     spec = registry.get(settings.get("algorithm", "cast-bcq"))
-    data = registry.describe(madata.open(settings["dataset"]))
-    dev = torch.device(device) if device else default_device()
-    algo = registry.build(spec.name, data, registry.config_from_json(spec.config, settings["config"]), dev)
+    dev = resolve_device(device)
+    state = load_checkpoint(run / "checkpoint.pt", dev)
+    algo = registry.build(spec.name, data, registry.config_from_json(spec, data, settings["config"]), dev)
     algo.load_state_dict(state["model"])
-    policy = make_policy(algo, data, dev, torch.Generator(device=dev).manual_seed(seed))
-    return evaluate(settings["task"], policy, episodes=episodes, seed=seed, max_steps=settings.get("eval_max_steps"))
+    repeat = episodes is None and seed is None and max_steps is None
+    generator = torch.Generator(device=dev)
+    if repeat and settings.get("eval_episodes"):
+        generator.set_state(state["eval_rng_before_last_eval"].cpu())
+        episodes, seed, max_steps = settings["eval_episodes"], settings["eval_seed"], settings["eval_max_steps"]
+    else:
+        episodes = episodes or 10
+        seed = 0 if seed is None else seed
+        max_steps = max_steps if max_steps is not None else settings.get("eval_max_steps")
+        generator.manual_seed(seed)
+    policy = make_policy(algo, data, dev, generator)
+    return evaluate(data.task, policy, episodes=episodes, seed=seed, max_steps=max_steps)

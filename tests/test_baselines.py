@@ -14,7 +14,14 @@ from madata.envs.grid import GridWorld
 from madata.envs.registry import get_task
 from madata_algos import registry
 from madata_algos.bcq import JointBcq, JointBcqDiscrete
-from madata_algos.configs import BcqConfig, IcqConfig, MabcqConfig
+from madata_algos.configs import (
+    BcqConfig,
+    BcqDiscreteConfig,
+    IcqConfig,
+    IcqDiscreteConfig,
+    MabcqConfig,
+    MabcqDiscreteConfig,
+)
 from madata_algos.evaluate import evaluate
 from madata_algos.ibcq import IndependentBcq, bcq_target
 from madata_algos.mabcq import Mabcq, transition_normalization_weight, value_deviation_weight
@@ -25,13 +32,16 @@ BASELINES = ["bcq", "ibcq", "mabcq", "icq-ma"]
 
 
 def small_config(algorithm: str, task: str):
-    """Small networks for CPU tests. ICQ-MA: 1e-3 learning rates (its defaults, 5e-4 and 1e-4, need far
-    more than these few hundred steps) and an actor temperature beta on the scale of each task's
-    advantages (its default 0.1 is the reference's SMAC value)."""
-    cls = registry.get(algorithm).config
-    if cls is IcqConfig:
-        return IcqConfig(actor_hidden=(32, 32), critic_hidden=(32, 32), actor_lr=1e-3, critic_lr=1e-3,
-                         beta=10.0 if task == "grid" else 100.0)  # fmt: skip
+    """Small networks for CPU tests, of the variant the task's actions select (the grid's are discrete).
+    ICQ-MA: 1e-3 learning rates (its defaults, 5e-4 and 1e-4, need far more than these few hundred
+    steps) and an actor temperature beta on the scale of each task's advantages."""
+    discrete = task == "grid"
+    cls = registry.get(algorithm).variant(discrete).config
+    if cls in (IcqConfig, IcqDiscreteConfig):
+        return cls(actor_hidden=(32, 32), critic_hidden=(32, 32), actor_lr=1e-3, critic_lr=1e-3,
+                   beta=10.0 if discrete else 100.0)  # fmt: skip
+    if discrete:
+        return cls(hidden=(32, 32), **({"transition_hidden": (32, 32)} if cls is MabcqDiscreteConfig else {}))
     return cls(**SMALL, transition_hidden=(32, 32)) if cls is MabcqConfig else cls(**SMALL)
 
 
@@ -46,13 +56,13 @@ def _one_thread():
 
 
 class Fixed(nn.Module):
-    """A network stand-in that returns the same output whatever its input."""
+    """A network stand-in that returns the same output whatever its inputs."""
 
     def __init__(self, out: torch.Tensor):
         super().__init__()
         self.out = out
 
-    def forward(self, x):
+    def forward(self, *inputs):
         return self.out
 
 
@@ -71,9 +81,8 @@ def test_bcq_target_by_hand():
 
 def _patched_ibcq(cls=IndependentBcq, **kw):
     algo = cls([3, 3], [1, 1], [1.0, 1.0], kw.pop("config", BcqConfig(**SMALL, gamma=0.5)))
-    algo.next_value = lambda next_obs, generator=None: torch.tensor([[2.0, 3.0], [1.0, 0.0]])  # V(o') [N, B]
-    q = torch.tensor([[[1.0, 0.0], [2.0, -1.0]], [[3.0, -1.0], [1.5, 0.0]]])  # [2 critics, N, B]
-    algo.q = lambda obs, action, target=False: q
+    algo.next_value = lambda next_obs, generator=None, k=None: torch.tensor([[2.0, 3.0], [1.0, 0.0]])  # V(o') [N, B]
+    algo.critic = Fixed(torch.tensor([[[1.0, 0.0], [2.0, -1.0]], [[3.0, -1.0], [1.5, 0.0]]]))  # [2 critics, N, B]
     return algo
 
 
@@ -85,7 +94,7 @@ def _batch(N=2, B=2, obs_dim=3, act_dim=1):
 def test_ibcq_critic_loss_by_hand():
     """Each agent's own target y_i = r + gamma (1 - d) V_i(o'_i), both critics' squared errors summed."""
     algo = _patched_ibcq()
-    loss = algo.td_loss(**_batch())
+    loss = algo.critic_objective(**_batch())
     # y = [[1 + 0.5 * 2, -1], [1 + 0.5 * 1, -1]] = [[2, -1], [1.5, -1]]
     # critic 1: agent 0 ((1-2)^2 + (0+1)^2) / 2 = 1, agent 1 ((2-1.5)^2 + 0) / 2 = 0.125
     # critic 2: agent 0 ((3-2)^2 + 0) / 2 = 0.5,     agent 1 (0 + (0+1)^2) / 2 = 0.5
@@ -114,7 +123,7 @@ def test_joint_bcq_concatenates_real_components():
     assert algo.joint(obs, algo.obs_columns).tolist() == [[[1, 2, 3, 4, 5, 6, 7]]]
     joint_action = torch.tensor([[[0.1, 0.2, 0.3, 0.4]]])
     torch.testing.assert_close(algo.split(joint_action)[:, 0], torch.tensor([[0.1, 0.0], [0.2, 0.3], [0.4, 0.0]]))
-    assert algo.max_action[0, 0].tolist() == [1.0, 0.5, 0.5, 1.0]  # each component keeps its agent's bound
+    assert algo.policy.max_action[0, 0].tolist() == [1.0, 0.5, 0.5, 1.0]  # each component keeps its agent's bound
     a = algo.act(torch.randn(3, 4, 3), torch.Generator().manual_seed(0))
     assert a.shape == (3, 4, 2) and not a[0, :, 1].any() and a[1].abs().max() <= 0.5
 
@@ -126,19 +135,19 @@ def test_joint_bcq_discrete_target_by_hand():
     threshold 0.3 only joint actions 0 and 2 are allowed, so the argmax of Q(o') = [1, 9, 3, 8]
     is 2 (not 1), and Q'(o', 2) = 2.5.
     """
-    algo = JointBcqDiscrete(2, 2, 2, BcqConfig(gamma=0.9, threshold=0.3))
+    algo = JointBcqDiscrete(2, 2, 2, BcqDiscreteConfig(gamma=0.9, threshold=0.3))
     assert algo.encode(torch.tensor([[1], [0]])).tolist() == [[2]]
     assert algo.decode_joint(torch.tensor([[0, 1, 2, 3]])).tolist() == [[0, 0, 1, 1], [0, 1, 0, 1]]
     algo.classifier = Fixed(torch.tensor([0.5, 0.1, 0.3, 0.1]).log()[None, None])  # [1, B = 1, 4]
-    algo.target = Fixed(torch.tensor([[[0.5, 7.0, 2.5, 6.0]]]))
+    algo.critic_target = Fixed(torch.tensor([[[0.5, 7.0, 2.5, 6.0]]]))
 
     class Critic(nn.Module):  # Q(o', .) for the next observation (all ones), Q(o, .) for o (zeros)
         def forward(self, x):
             return torch.tensor([[[1.0, 9.0, 3.0, 8.0]]]) if x.sum() > 0 else torch.tensor([[[0.0, 0.0, 4.0, 0.0]]])
 
     algo.critic = Critic()
-    loss = algo.critic_loss(algo.joint_obs(torch.zeros(2, 1, 2)), algo.encode(torch.tensor([[1], [0]])),
-                            torch.tensor([1.0]), algo.joint_obs(torch.ones(2, 1, 2)), torch.tensor([0.0]))  # fmt: skip
+    loss = algo.critic_objective(algo.joint_obs(torch.zeros(2, 1, 2)), algo.encode(torch.tensor([[1], [0]])),
+                                 torch.tensor([1.0]), algo.joint_obs(torch.ones(2, 1, 2)), torch.tensor([0.0]))  # fmt: skip
     # y = 1 + 0.9 * 2.5 = 3.25; Q(o, joint action 2) = 4; Huber(0.75) = 0.5 * 0.75^2
     assert loss.item() == pytest.approx(0.28125)
 
@@ -173,10 +182,10 @@ def test_value_deviation_by_hand():
 
 def test_mabcq_weighs_the_td_errors():
     algo = _patched_ibcq(Mabcq, config=MabcqConfig(**SMALL, gamma=0.5, transition_hidden=(8,)))
-    algo.weights = lambda *args, **kw: torch.tensor([[1.0, 2.0], [0.5, 0.0]])
+    algo.weighting.weights = lambda *args, **kw: torch.tensor([[1.0, 2.0], [0.5, 0.0]])
     # the I-BCQ example's squared errors times lambda, per agent and critic:
     # critic 1: (1 * 1 + 2 * 1) / 2 + (0.5 * 0.25 + 0) / 2; critic 2: (1 * 1 + 2 * 0) / 2 + (0.5 * 0 + 0 * 1) / 2
-    assert algo.td_loss(**_batch()).item() == pytest.approx(1.5 + 0.0625 + 0.5 + 0.0)
+    assert algo.critic_objective(**_batch()).item() == pytest.approx(1.5 + 0.0625 + 0.5 + 0.0)
 
 
 def test_mabcq_weights_switched_off_are_one():
@@ -184,8 +193,8 @@ def test_mabcq_weights_switched_off_are_one():
     algo = Mabcq([3, 3], [1, 1], [1.0, 1.0], MabcqConfig(**SMALL, transition_hidden=(8,), value_deviation=False,
                                                          transition_normalization=False))  # fmt: skip
     b = _batch(B=2)
-    w = algo.weights(torch.cat([b["action"], b["obs"]], -1), b["reward"], b["terminated"], b["next_obs"],
-                     torch.randn(2, 2), torch.Generator().manual_seed(0))  # fmt: skip
+    w = algo.weighting.weights(torch.cat([b["action"], b["obs"]], -1), b["reward"], b["terminated"], b["next_obs"],
+                               lambda o: torch.randn(o.shape[:2]), 0.9, torch.Generator().manual_seed(0))  # fmt: skip
     assert torch.equal(w, torch.ones(2, 2))
     with pytest.raises(madata.errors.SchemaError, match="weight_min"):
         Mabcq([3], [1], [1.0], MabcqConfig(weight_min=2.0, weight_max=1.0))

@@ -97,16 +97,6 @@ def test_teammates_indexing_uses_each_agents_own_block():
         assert torch.equal(block, a[0, j]) if j == i else (torch.equal(block, pi[0, j]) or not block.any())
 
 
-def _toy_batch(N=2, B=32, obs_dim=5, A=3, S=7, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return dict(
-        obs=torch.randn(N, B, obs_dim, generator=g), action=torch.rand(N, B, A, generator=g) * 2 - 1,
-        reward=torch.randn(B, generator=g), next_obs=torch.randn(N, B, obs_dim, generator=g),
-        terminated=(torch.rand(B, generator=g) < 0.1).float(), state=torch.randn(B, S, generator=g),
-        next_state=torch.randn(B, S, generator=g),
-    )  # fmt: skip
-
-
 def _small(N=2, **kw):
     from madata_algos.cast_bcq import CastBcq
     from madata_algos.configs import CastBcqConfig
@@ -114,20 +104,6 @@ def _small(N=2, **kw):
     torch.manual_seed(0)
     cfg = CastBcqConfig(vae_hidden=(16, 16), actor_hidden=(16, 16), critic_hidden=(16, 16), n_target=4, n_act=8, **kw)
     return CastBcq([5] * N, [3] * N, 7, [1.0] * N, cfg)
-
-
-@pytest.mark.parametrize("kw", [{}, {"csaa": False}, {"subteam_sampling": False}, {"delta_weight": True},
-                                {"clipped_double_q": False}])
-def test_update_runs_and_learns_the_vae(kw):
-    algo = _small(3, **kw)
-    batch = _toy_batch(N=3)
-    g = torch.Generator().manual_seed(1)
-    first = algo.update(**batch, generator=g)
-    for _ in range(60):
-        last = algo.update(**batch, generator=g)
-    assert set(first) == {"vae", "joint_critic", "individual_critic", "actor"}
-    assert all(torch.isfinite(torch.tensor(v)) for v in last.values())
-    assert last["vae"] < first["vae"]
 
 
 def test_no_clipped_double_q_has_one_joint_critic():
@@ -155,15 +131,16 @@ def test_perturbation_and_latent_scales_as_configured():
     """Reference-code mistake 7: latent clip and Phi are the configured ones."""
     algo = _small(2, phi=0.05, latent_clip=0.5)
     obs, a = torch.randn(2, 64, 5), torch.zeros(2, 64, 3)
-    moved = algo.perturb(algo.actor, obs, a)
+    moved = algo.policy.perturb(obs, a)
     assert moved.abs().max() <= 0.05 + 1e-6 and moved.abs().max() > 0.005
     algo.cfg.latent_clip = 0.0  # every z = 0: decoding is deterministic
-    d1, d2 = algo.decode(obs), algo.decode(obs)
+    d1, d2 = algo.policy.decode(obs), algo.policy.decode(obs)
     assert torch.equal(d1, d2)
 
 
 def test_discrete_cast_bcq_and_ibcq_update_and_act():
-    from madata_algos.cast_bcq_discrete import CastBcqDiscrete, IndependentBcqDiscrete, allowed_actions
+    from madata_algos.cast_bcq_discrete import CastBcqDiscrete
+    from madata_algos.ibcq import IndependentBcqDiscrete, allowed_actions
 
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
@@ -173,7 +150,7 @@ def test_discrete_cast_bcq_and_ibcq_update_and_act():
                  next_state=torch.randn(B, 2))  # fmt: skip
     for algo in (CastBcqDiscrete(2, 2, 3, 2, default_action=1), IndependentBcqDiscrete(2, 2, 3)):
         first = algo.update(**batch, generator=g)
-        for _ in range(30):
+        for _ in range(10):
             last = algo.update(**batch, generator=g)
         assert last["classifier"] < first["classifier"]
         a = algo.act(batch["obs"])
@@ -208,12 +185,12 @@ def test_heterogeneous_agents_ignore_their_padding():
     obs = torch.randn(3, 5, 3)
     obs[0, :, 2] = obs[2, :, 2] = 0.0
     a = torch.rand(3, 5, 1)
-    q = algo.q(obs, a)
+    q = algo.critic(obs, a)
     noisy = obs.clone()
     noisy[0, :, 2] = 7.0  # agent 0's padding column
-    q_noisy = algo.q(noisy, a)
+    q_noisy = algo.critic(noisy, a)
     assert torch.equal(q, q_noisy)  # the padding column meets agent 0's zero weight rows
-    first = algo.critic.layers[0]  # input [a (1), o (3)]: agent 0's row 3 is padding
+    first = algo.critic.net.layers[0]  # input [a (1), o (3)]: agent 0's row 3 is padding
     assert torch.all(first.weight[0, 3] == 0) and torch.any(first.weight[1, 3] != 0)
     q.sum().backward()
     assert torch.all(first.weight.grad[0, 3] == 0)  # and stays 0

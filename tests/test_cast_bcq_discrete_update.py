@@ -15,8 +15,9 @@ import torch.nn.functional as F
 from test_cast_bcq_update import Linear
 
 from madata_algos.cast_bcq import subteam_masks
-from madata_algos.cast_bcq_discrete import CastBcqDiscrete, IndependentBcqDiscrete, allowed_actions
-from madata_algos.configs import DiscreteConfig
+from madata_algos.cast_bcq_discrete import CastBcqDiscrete
+from madata_algos.configs import BcqDiscreteConfig, CastBcqDiscreteConfig
+from madata_algos.ibcq import IndependentBcqDiscrete, allowed_actions
 
 N, OBS, K, S, B = 3, 4, 3, 5, 6
 NOOP = 1  # the default action, not 0, so a default of zeros shows
@@ -26,13 +27,13 @@ def make(**kw) -> CastBcqDiscrete:
     cfg = dict(hidden=(8,), lam=0.7, gamma=0.9, tau=0.1, threshold=0.3, lr=1e-3)
     cfg.update(kw)
     torch.manual_seed(0)
-    return CastBcqDiscrete(N, OBS, K, S, NOOP, DiscreteConfig(**cfg))
+    return CastBcqDiscrete(N, OBS, K, S, NOOP, CastBcqDiscreteConfig(**cfg))
 
 
 def hand_made(algo: CastBcqDiscrete) -> CastBcqDiscrete:
     algo.classifier = Linear(N, OBS, K, 21)
     algo.joint_critic = Linear(algo.twins, S + N * K, 1, 22)
-    algo.joint_target = Linear(algo.twins, S + N * K, 1, 23)
+    algo.joint_critic_target = Linear(algo.twins, S + N * K, 1, 23)
     algo.ind_critic = Linear(N, OBS, K, 24)
     return algo
 
@@ -77,7 +78,7 @@ def test_joint_critic_loss_is_eq6_over_allowed_joint_actions(clipped):
     loss = algo.joint_critic_loss(d["state"], d["action"], d["reward"], d["next_state"], d["next_obs"], d["terminated"])
     want = torch.zeros(())
     for b in range(B):
-        _, v = greedy(algo, algo.joint_target, d["next_state"][b], d["next_obs"][:, b])
+        _, v = greedy(algo, algo.joint_critic_target, d["next_state"][b], d["next_obs"][:, b])
         y = d["reward"][b] + algo.cfg.gamma * (1 - d["terminated"][b]) * v
         x = torch.cat([d["state"][b], *[F.one_hot(d["action"][i, b], K).float() for i in range(N)]])
         for k in range(algo.twins):
@@ -168,7 +169,7 @@ def test_cast_bcq_discrete_update_is_algorithm1_in_order():
     d = batch()
     stats = algo.update(**d, generator=torch.Generator().manual_seed(8))
     lr, g = twin.cfg.lr, torch.Generator().manual_seed(8)
-    target_before = copy.deepcopy(twin.joint_target)
+    target_before = copy.deepcopy(twin.joint_critic_target)
     want = {
         "classifier": _adam_step(twin.classifier.parameters(), twin.classifier_loss(d["obs"], d["action"]), lr),
         "joint_critic": _adam_step(twin.joint_critic.parameters(), twin.joint_critic_loss(
@@ -176,7 +177,7 @@ def test_cast_bcq_discrete_update_is_algorithm1_in_order():
     }  # fmt: skip
     delta = twin.counterfactual_target(d["state"], d["obs"], d["action"], g)
     want["individual_critic"] = _adam_step(twin.ind_critic.parameters(), twin.individual_critic_loss(d["obs"], d["action"], delta), lr)
-    _polyak(twin.joint_target, target_before, twin.joint_critic, twin.cfg.tau)
+    _polyak(twin.joint_critic_target, target_before, twin.joint_critic, twin.cfg.tau)
     assert list(stats) == list(want)
     for k in want:
         assert stats[k] == pytest.approx(want[k], rel=1e-6, abs=1e-7), k
@@ -190,22 +191,22 @@ def make_ibcq(**kw) -> IndependentBcqDiscrete:
     cfg = dict(hidden=(8,), gamma=0.9, tau=0.1, threshold=0.3, lr=1e-3)
     cfg.update(kw)
     torch.manual_seed(0)
-    algo = IndependentBcqDiscrete(N, OBS, K, DiscreteConfig(**cfg))
+    algo = IndependentBcqDiscrete(N, OBS, K, BcqDiscreteConfig(**cfg))
     return algo
 
 
 def test_ibcq_discrete_critic_loss_is_double_q_over_allowed_actions():
     """y_i = r + gamma (1 - d) Q'_i(o'_i, argmax over allowed a' of Q_i(o'_i, a')), Huber loss, per agent."""
     algo = make_ibcq()
-    algo.classifier, algo.critic, algo.target = Linear(N, OBS, K, 31), Linear(N, OBS, K, 32), Linear(N, OBS, K, 33)
+    algo.classifier, algo.critic, algo.critic_target = Linear(N, OBS, K, 31), Linear(N, OBS, K, 32), Linear(N, OBS, K, 33)
     d = batch()
-    loss = algo.critic_loss(d["obs"], d["action"], d["reward"], d["next_obs"], d["terminated"])
+    loss = algo.critic_objective(d["obs"], d["action"], d["reward"], d["next_obs"], d["terminated"])
     want = torch.zeros(())
     for i in range(N):
         for b in range(B):
             o2 = d["next_obs"][i, b]
             best = max(allowed(algo, i, o2), key=lambda a: algo.critic.at(i, o2)[a].item())
-            y = d["reward"][b] + algo.cfg.gamma * (1 - d["terminated"][b]) * algo.target.at(i, o2)[best]
+            y = d["reward"][b] + algo.cfg.gamma * (1 - d["terminated"][b]) * algo.critic_target.at(i, o2)[best]
             q = algo.critic.at(i, d["obs"][i, b])[d["action"][i, b]]
             want = want + F.smooth_l1_loss(q, y) / B
     torch.testing.assert_close(loss, want, rtol=1e-5, atol=1e-6)
@@ -216,11 +217,12 @@ def test_ibcq_discrete_update_and_act():
     twin = copy.deepcopy(algo)
     d = batch()
     stats = algo.update(**d, generator=torch.Generator().manual_seed(1))
-    lr, target_before = twin.cfg.lr, copy.deepcopy(twin.target)
+    lr, target_before = twin.cfg.lr, copy.deepcopy(twin.critic_target)
     ce = sum(F.cross_entropy(twin.classifier(d["obs"])[i], d["action"][i]) for i in range(N))
     want = {"classifier": _adam_step(twin.classifier.parameters(), ce, lr)}
-    want["critic"] = _adam_step(twin.critic.parameters(), twin.critic_loss(d["obs"], d["action"], d["reward"], d["next_obs"], d["terminated"]), lr)
-    _polyak(twin.target, target_before, twin.critic, twin.cfg.tau)
+    loss = twin.critic_objective(d["obs"], d["action"], d["reward"], d["next_obs"], d["terminated"])
+    want["critic"] = _adam_step(twin.critic.parameters(), loss, lr)
+    _polyak(twin.critic_target, target_before, twin.critic, twin.cfg.tau)
     assert list(stats) == list(want)
     for k in want:
         assert stats[k] == pytest.approx(want[k], rel=1e-6, abs=1e-7), k

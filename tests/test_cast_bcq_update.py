@@ -51,12 +51,12 @@ def make(seed: int = 0, n: int = N, **kw) -> CastBcq:
 
 def hand_made(algo: CastBcq) -> CastBcq:
     """Replace every network by a Linear with known weights (distinct seeds, so online != target)."""
-    n, lat, twins = algo.n, algo.latent, algo.twins
-    algo.encoder = Linear(n, A + OBS, 2 * lat, 1)
-    algo.decoder = Linear(n, lat + OBS, A, 2)
-    algo.actor = Linear(n, A + OBS, A, 3)
-    algo.actor_target = Linear(n, A + OBS, A, 4)
-    algo.critic = Linear(2 * n, A + OBS, 1, 5)
+    n, lat, twins = algo.n, algo.policy.latent, algo.twins
+    algo.policy.encoder = Linear(n, A + OBS, 2 * lat, 1)
+    algo.policy.decoder = Linear(n, lat + OBS, A, 2)
+    algo.policy.actor = Linear(n, A + OBS, A, 3)
+    algo.policy.actor_target = Linear(n, A + OBS, A, 4)
+    algo.critic.net = Linear(2 * n, A + OBS, 1, 5)  # rows: Q_{i,1} of every agent, then Q_{i,2}
     algo.joint_critic = Linear(twins, S + n * A, 1, 6)
     algo.joint_critic_target = Linear(twins, S + n * A, 1, 7)
     return algo
@@ -80,10 +80,10 @@ def batch(seed: int = 0, n: int = N) -> dict[str, torch.Tensor]:
 
 def decode(algo, i, o, z):
     """G_i(o_i) with latent z: max_action_i * tanh(D_i(z, o_i))."""
-    return MAX_ACTION[i] * torch.tanh(algo.decoder.at(i, torch.cat([z, o])))
+    return MAX_ACTION[i] * torch.tanh(algo.policy.decoder.at(i, torch.cat([z, o])))
 
 
-def perturb(algo, actor, i, o, a):
+def perturb(algo, actor, i, o, a):  # actor: algo.policy.actor or .actor_target
     """a + Phi max_action_i tanh(xi_i(a, o_i)), clipped to agent i's box."""
     m = MAX_ACTION[i]
     return (a + algo.cfg.phi * m * torch.tanh(actor.at(i, torch.cat([a, o])))).clamp(-m, m)
@@ -101,13 +101,13 @@ def joint_q(algo, net, s, joint):
 def latents(g: torch.Generator, rows: int, algo) -> torch.Tensor:
     """The z draws of one decode call over ``rows`` rows per agent: [N, rows, latent], clipped."""
     clip = algo.cfg.latent_clip
-    return torch.randn(algo.n, rows, algo.latent, generator=g).clamp(-clip, clip)
+    return torch.randn(algo.n, rows, algo.policy.latent, generator=g).clamp(-clip, clip)
 
 
 def policy_actions(algo, obs, g):
     """Every agent's joint-policy action a~ + xi(o, a~) on its own o_i, [B][N] lists (one decode call)."""
     z = latents(g, obs.shape[1], algo)
-    return [[perturb(algo, algo.actor, i, obs[i, b], decode(algo, i, obs[i, b], z[i, b])) for i in range(algo.n)]
+    return [[perturb(algo, algo.policy.actor, i, obs[i, b], decode(algo, i, obs[i, b], z[i, b])) for i in range(algo.n)]
             for b in range(obs.shape[1])]  # fmt: skip
 
 
@@ -126,7 +126,7 @@ def test_joint_critic_loss_is_eq6_with_eq10(clipped):
     for b in range(B):
         values = []
         for j in range(n):
-            cand = [perturb(algo, algo.actor_target, i, d["next_obs"][i, b],
+            cand = [perturb(algo, algo.policy.actor_target, i, d["next_obs"][i, b],
                             decode(algo, i, d["next_obs"][i, b], z[i, b * n + j])) for i in range(N)]  # fmt: skip
             values.append(joint_q(algo, algo.joint_critic_target, d["next_state"][b], cand))
         y = d["reward"][b] + algo.cfg.gamma * (1 - d["terminated"][b]) * max(values)
@@ -215,7 +215,7 @@ def test_individual_critic_loss_regresses_each_q_i_on_its_own_delta(weighted):
     for i in range(N):
         for head in range(2):  # twin heads Q_{i,1}, Q_{i,2}: rows i and N + i
             for b in range(B):
-                q = algo.critic.at(head * N + i, torch.cat([d["action"][i, b], d["obs"][i, b]]))[0]
+                q = algo.critic.net.at(head * N + i, torch.cat([d["action"][i, b], d["obs"][i, b]]))[0]
                 w = delta[b, i].exp().clamp(0, 10) if weighted else 1.0  # the reference code's weights
                 want = want + w * (q - delta[b, i]) ** 2 / B
     torch.testing.assert_close(loss, want, rtol=1e-5, atol=1e-5)
@@ -227,19 +227,20 @@ def test_individual_critic_loss_regresses_each_q_i_on_its_own_delta(weighted):
 def test_vae_loss_is_eq3():
     algo = hand_made(make())
     with torch.no_grad():
-        algo.encoder.c[0, 0, algo.latent] = -9.0  # agent 0's first log-std far below -4: the clamp matters
-        algo.encoder.c[1, 0, algo.latent + 1] = 20.0  # agent 1's second log-std above 15
+        lat = algo.policy.latent
+        algo.policy.encoder.c[0, 0, lat] = -9.0  # agent 0's first log-std far below -4: the clamp matters
+        algo.policy.encoder.c[1, 0, lat + 1] = 20.0  # agent 1's second log-std above 15
     d = batch()
-    loss = algo.vae_loss(d["obs"], d["action"], torch.Generator().manual_seed(9))
+    loss = algo.policy.vae_loss(d["obs"], d["action"], torch.Generator().manual_seed(9))
     g = torch.Generator().manual_seed(9)
-    eps = torch.randn(N, B, algo.latent, generator=g)
+    eps = torch.randn(N, B, lat, generator=g)
     want = torch.zeros(())
     for i in range(N):
         rec = kl = 0.0
         for b in range(B):
             a, o = d["action"][i, b], d["obs"][i, b]
-            h = algo.encoder.at(i, torch.cat([a, o]))
-            mu, log_std = h[: algo.latent], h[algo.latent :].clamp(-4, 15)
+            h = algo.policy.encoder.at(i, torch.cat([a, o]))
+            mu, log_std = h[:lat], h[lat:].clamp(-4, 15)
             z = mu + log_std.exp() * eps[i, b]
             rec = rec + ((decode(algo, i, o, z) - a) ** 2).mean() / B
             kl = kl + (-0.5 * (1 + 2 * log_std - mu**2 - (2 * log_std).exp())).mean() / B
@@ -250,9 +251,9 @@ def test_vae_loss_is_eq3():
 def test_actor_loss_ascends_the_first_individual_critic():
     algo = hand_made(make())
     d = batch()
-    loss = algo.actor_loss(d["obs"], torch.Generator().manual_seed(11))
+    loss = algo.policy.actor_loss(d["obs"], algo.critic.first, torch.Generator().manual_seed(11))
     pi = policy_actions(algo, d["obs"], torch.Generator().manual_seed(11))
-    want = -sum(algo.critic.at(i, torch.cat([pi[b][i], d["obs"][i, b]]))[0] / B for i in range(N) for b in range(B))
+    want = -sum(algo.critic.net.at(i, torch.cat([pi[b][i], d["obs"][i, b]]))[0] / B for i in range(N) for b in range(B))
     torch.testing.assert_close(loss, want, rtol=1e-5, atol=1e-5)
 
 
@@ -271,8 +272,8 @@ def test_update_is_algorithm1_in_order(kw):
     stats = algo.update(**d, generator=torch.Generator().manual_seed(13))
 
     lr, tau = twin.cfg.lr, twin.cfg.tau
-    polyak = (("joint_critic_target", "joint_critic"), ("actor_target", "actor"))
-    targets_before = {t: copy.deepcopy(getattr(twin, t)) for t, _ in polyak}
+    polyak = ((twin.joint_critic_target, twin.joint_critic), (twin.policy.actor_target, twin.policy.actor))
+    targets_before = [copy.deepcopy(t) for t, _ in polyak]
     g = torch.Generator().manual_seed(13)
 
     def step(params, loss):
@@ -283,17 +284,16 @@ def test_update_is_algorithm1_in_order(kw):
         return loss.item()
 
     want = {}
-    want["vae"] = step([*twin.encoder.parameters(), *twin.decoder.parameters()], twin.vae_loss(d["obs"], d["action"], g))
+    want["vae"] = step([*twin.policy.encoder.parameters(), *twin.policy.decoder.parameters()],
+                       twin.policy.vae_loss(d["obs"], d["action"], g))
     want["joint_critic"] = step(twin.joint_critic.parameters(), twin.joint_critic_loss(
         d["state"], d["action"], d["reward"], d["next_state"], d["next_obs"], d["terminated"], g))  # fmt: skip
     delta = twin.counterfactual_target(d["state"], d["obs"], d["action"], g)
     want["individual_critic"] = step(twin.critic.parameters(), twin.individual_critic_loss(d["obs"], d["action"], delta))
-    want["actor"] = step(twin.actor.parameters(), twin.actor_loss(d["obs"], g))
+    want["actor"] = step(twin.policy.actor.parameters(), twin.policy.actor_loss(d["obs"], twin.critic.first, g))
     with torch.no_grad():
-        for target, online in polyak:
-            pairs = zip(getattr(twin, target).parameters(), targets_before[target].parameters(),
-                        getattr(twin, online).parameters(), strict=True)  # fmt: skip
-            for t, t0, p in pairs:
+        for (target, online), before in zip(polyak, targets_before, strict=True):
+            for t, t0, p in zip(target.parameters(), before.parameters(), online.parameters(), strict=True):
                 t.copy_((1 - tau) * t0 + tau * p)
 
     assert list(stats) == ["vae", "joint_critic", "individual_critic", "actor"]

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from madata_algos.configs import IcqConfig
-from madata_algos.icq import IcqMa, LinearMixer, advantage_weights, implicit_constraint_value
+from madata_algos.configs import IcqConfig, IcqDiscreteConfig
+from madata_algos.icq import IcqMa, IcqMaDiscrete, LinearMixer, advantage_weights, implicit_constraint_value
 
 SMALL = dict(actor_hidden=(16, 16), critic_hidden=(16, 16), mixer_embed=4)
 
@@ -27,9 +27,9 @@ def _continuous(obs_dims=(3, 3), act_dims=(1, 1), max_action=(1.0, 1.0), state_d
     return IcqMa(list(obs_dims), list(act_dims), state_dim, list(max_action), config=IcqConfig(**{**SMALL, **kw}))
 
 
-def _discrete(n_agents=2, obs_dim=3, n_actions=3, state_dim=4, **kw) -> IcqMa:
+def _discrete(n_agents=2, obs_dim=3, n_actions=3, state_dim=4, **kw) -> IcqMaDiscrete:
     torch.manual_seed(0)
-    return IcqMa([obs_dim] * n_agents, None, state_dim, n_actions=n_actions, config=IcqConfig(**{**SMALL, **kw}))
+    return IcqMaDiscrete([obs_dim] * n_agents, state_dim, n_actions, config=IcqDiscreteConfig(**{**SMALL, **kw}))
 
 
 def _constant(net, values: torch.Tensor) -> None:
@@ -82,17 +82,19 @@ def test_value_and_critic_targets_match_closed_form():
 
 
 def test_advantage_weights_match_closed_form():
+    """k_i(s) B exp(A_i / beta) / sum_batch exp(A_i / beta), k_i = w_i / sum_j w_j (the authors' form)."""
     adv = torch.tensor([[1.0, 0.0, -1.0], [0.5, 0.5, 0.0]])
     credit = torch.tensor([[1.0, 1.0, 1.0], [2.0, 4.0, 2.0]])
-    e0 = [math.exp(2.0), 1.0, math.exp(-2.0)]  # exp(w A / beta), beta = 0.5
-    e1 = [math.exp(2.0), math.exp(4.0), 1.0]
-    want = torch.tensor([[3 * x / sum(e0) for x in e0], [3 * x / sum(e1) for x in e1]])
+    k = [[1 / 3, 1 / 5, 1 / 3], [2 / 3, 4 / 5, 2 / 3]]  # w_i / (w_0 + w_1) per sample
+    e0 = [math.exp(2.0), 1.0, math.exp(-2.0)]  # exp(A / beta), beta = 0.5
+    e1 = [math.exp(1.0), math.exp(1.0), 1.0]
+    want = torch.tensor([[k[0][b] * 3 * e0[b] / sum(e0) for b in range(3)], [k[1][b] * 3 * e1[b] / sum(e1) for b in range(3)]])
     torch.testing.assert_close(advantage_weights(adv, credit, 0.5), want)
 
 
 def test_discrete_actor_loss_matches_closed_form():
-    """Fixed Q_i and pi_i, w_i(s) varying over the batch: A_i = Q_i(a_i) - sum_a pi_i(a) Q_i(a), weights
-    exp(w_i(s) A_i / beta) / Z_i. (With w_i constant over the batch the baseline would cancel in the softmax.)"""
+    """Fixed Q_i and pi_i: A_i = Q_i(a_i) - sum_a pi_i(a) Q_i(a), weights k_i(s) B exp(A_i / beta) / Z_i with
+    k_i = w_i / sum_j w_j; w_i(s) scales with |s_0| here, so k = (1/3, 2/3) whatever the state."""
     algo = _discrete(n_actions=2, beta=0.5, mixer_embed=1)
     _constant(algo.critic, torch.tensor([[1.0, 0.0], [0.0, 2.0]]))  # Q_0(.) = (1, 0), Q_1(.) = (0, 2)
     _constant(algo.actor, torch.log(torch.tensor([[0.25, 0.75], [0.8, 0.2]])))  # pi_0, pi_1
@@ -109,8 +111,9 @@ def test_discrete_actor_loss_matches_closed_form():
     logp = [[math.log(0.25), math.log(0.75), math.log(0.25)], [math.log(0.2), math.log(0.2), math.log(0.8)]]
     want = 0.0
     for i in range(2):
-        e = [math.exp(w * a / 0.5) for w, a in zip(credit[i], adv[i], strict=True)]
-        want -= sum(3 * x / sum(e) * lp for x, lp in zip(e, logp[i], strict=True)) / 3
+        e = [math.exp(a / 0.5) for a in adv[i]]
+        k = [credit[i][b] / (credit[0][b] + credit[1][b]) for b in range(3)]
+        want -= sum(k[b] * 3 * e[b] / sum(e) * logp[i][b] for b in range(3)) / 3
     assert algo.actor_loss(torch.randn(2, 3, 3), action, state).item() == pytest.approx(want, rel=1e-5)
 
 
@@ -198,10 +201,9 @@ def test_execution_is_decentralized(kind):
 
 @pytest.mark.parametrize("kind", ["continuous", "discrete"])
 def test_every_trainable_parameter_has_exactly_one_optimizer(kind):
-    """Checkpointing saves the ``opt_*`` attributes; target networks are never trained directly."""
+    """Checkpointing saves ``algo.optimizers``; target networks are never trained directly."""
     algo = _continuous() if kind == "continuous" else _discrete()
-    owned = [id(p) for name in vars(algo) if name.startswith("opt_") for g in getattr(algo, name).param_groups
-             for p in g["params"]]  # fmt: skip
+    owned = [id(p) for opt in algo.optimizers.values() for g in opt.param_groups for p in g["params"]]
     trainable = [id(p) for p in algo.parameters() if p.requires_grad]
     assert sorted(owned) == sorted(trainable)
     targets = {id(p) for p in [*algo.critic_target.parameters(), *algo.mixer_target.parameters()]}
@@ -209,12 +211,10 @@ def test_every_trainable_parameter_has_exactly_one_optimizer(kind):
 
 
 def test_invalid_action_specs_say_how_to_fix():
-    with pytest.raises(ValueError, match="or n_actions"):
-        IcqMa([3, 3], None, 4)
-    with pytest.raises(ValueError, match="pass one"):
-        IcqMa([3, 3], [1, 1], 4, [1.0, 1.0], n_actions=3)
     with pytest.raises(ValueError, match="one per agent"):
         IcqMa([3, 3], [1], 4, [1.0])
+    with pytest.raises(ValueError, match="2 actions"):
+        IcqMaDiscrete([3, 3], 4, 1)
 
 
 # ---------------------------------------------------------------- one update, and learning
@@ -225,7 +225,7 @@ def _batch(algo: IcqMa, B: int, g: torch.Generator) -> dict:
 
     Continuous: r = -(a_0 - 0.5)^2 - (a_1 + 0.5)^2. Discrete: r = [a_0 = 2] + [a_1 = 0]."""
     obs, state = torch.randn(2, B, 3, generator=g), torch.randn(B, 4, generator=g)
-    if algo.discrete:
+    if isinstance(algo, IcqMaDiscrete):
         action = torch.randint(0, 3, (2, B), generator=g)
         reward = (action[0] == 2).float() + (action[1] == 0).float()
     else:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from madata.atomic import atomic_output, write_bytes_atomic
 from madata.errors import CorruptionError, SchemaError
 
 CHECKPOINT_FORMAT = "madata.behaviour.sac-actor"
@@ -85,13 +86,10 @@ def save_checkpoint(path: str | os.PathLike, info: CheckpointInfo, weights: dict
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     SacActor(info, weights)  # refuse inconsistent weights before writing
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npz")
-    np.savez(tmp, **{k: np.asarray(v, dtype=np.float32) for k, v in weights.items()})
-    os.replace(tmp, path.with_suffix(".npz"))
+    with atomic_output(path.with_suffix(".npz")) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **{k: np.asarray(v, dtype=np.float32) for k, v in weights.items()})
     js = path.with_suffix(".json")
-    tmp_js = path.with_name(f".{path.name}.tmp-{os.getpid()}.json")
-    tmp_js.write_text(json.dumps(asdict(info), indent=2) + "\n")
-    os.replace(tmp_js, js)
+    write_bytes_atomic(js, (json.dumps(asdict(info), indent=2) + "\n").encode())
     return js
 
 

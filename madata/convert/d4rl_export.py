@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 import madata
+from madata.atomic import atomic_output
 from madata.convert.d4rl import EXPORT_FORMAT, FLOAT_DTYPES, require_h5py
 from madata.convert.split import mamujoco_split
 from madata.envs.registry import MAMUJOCO_SCENARIOS
@@ -97,8 +98,7 @@ def export_d4rl(dataset: str | os.PathLike, out: str | os.PathLike, *, dtype: st
         "description": ds.meta.description,
         "provenance": ds.meta.provenance,
     }
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_output(out, overwrite=True) as tmp:
         with h5py.File(tmp, "w") as h:
             h.create_dataset("observations", data=tr["state"].astype(dtype))
             h.create_dataset("next_observations", data=tr["next_state"].astype(dtype))
@@ -113,7 +113,4 @@ def export_d4rl(dataset: str | os.PathLike, out: str | os.PathLike, *, dtype: st
             for a in f.agent_ids:
                 g.create_dataset(f"obs/{a}", data=tr[f"obs/{a}"].astype(dtype))
                 g.create_dataset(f"next_obs/{a}", data=tr[f"next_obs/{a}"].astype(dtype))
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return {"path": str(out), "rows": N, "episodes": ds.num_episodes, "dtype": dtype}

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from madata.atomic import write_bytes_atomic
 from madata.errors import MadataError
 
 _CSS = """
@@ -203,9 +204,4 @@ def render_html(d: dict[str, Any]) -> str:
 
 def write_report(d: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write :func:`render_html` of ``d`` to ``path`` (atomically); returns the path."""
-    path = Path(path)
-    page = render_html(d)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_bytes_atomic(path, render_html(d).encode("utf-8"))

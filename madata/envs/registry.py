@@ -127,6 +127,10 @@ for _robot, _conf in (("halfcheetah", "2x3"), ("hopper", "3x1"), ("walker2d", "2
     register_mamujoco(_robot, _conf)
 
 
+def is_task(name: str) -> bool:
+    return name in TASKS
+
+
 def get_task(name: str) -> TaskInfo:
     """The registered task ``name``; an unknown name raises an error listing the known ones."""
     try:

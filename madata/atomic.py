@@ -1,0 +1,70 @@
+"""Atomic file output, written once: readers see the old file or the new one, never a mix.
+
+Every file madata writes outside a store's chunks goes through here: a temporary file in
+the same directory, flushed and fsynced, renamed over the target, and the directory
+fsynced so the rename survives a power cut. Targets are checked before the first byte is
+written (the parent exists, the target is not a directory, it does not exist unless
+overwriting is asked for), and OS errors (read-only file system, full disk) become one
+madata error naming the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from madata.errors import DatasetExistsError, MadataError, OutputError
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make a rename inside ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def check_output(path: str | os.PathLike, overwrite: bool = True, what: str = "file") -> Path:
+    """Refuse, before anything is written, an output ``path`` that cannot become a file:
+    a missing parent directory, a directory in its place, or an existing file without ``overwrite``."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{path}: is a directory; give a {what} path")
+    if path.exists() and not overwrite:
+        raise DatasetExistsError(f"{path}: exists; pass --overwrite to replace it, or choose another path")
+    if not path.parent.is_dir():
+        raise OutputError(f"{path}: its directory {path.parent} does not exist; create it first")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, overwrite: bool = True, what: str = "file") -> Iterator[Path]:
+    """A temporary path to write to; on success it replaces ``path`` (durably), on any error it is removed."""
+    path = check_output(path, overwrite, what)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        if not overwrite and path.exists():  # appeared meanwhile: never replace what a user wrote
+            raise DatasetExistsError(f"{path}: appeared while it was being written; nothing was replaced")
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except MadataError:
+        raise
+    except OSError as e:
+        raise OutputError(f"{path}: cannot be written ({e.strerror or e})") from e
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes, overwrite: bool = True) -> Path:
+    """Write ``data`` to ``path`` atomically and durably; returns the path."""
+    with atomic_output(path, overwrite) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+    return Path(path)
