@@ -45,7 +45,8 @@ from madata.envs.registry import TaskInfo, get_task
 from madata.envs.team import Factorization, TeamEnv, make_team_env
 from madata.errors import DatasetExistsError, SchemaError
 from madata.spaces import Box, Discrete
-from madata.writer import DatasetWriter, read_metadata
+from madata.store import read_root
+from madata.writer import DatasetWriter
 
 PRODUCER = "madata.collect"
 DEFAULT_ENVS = 16
@@ -342,7 +343,7 @@ def _joint_bounds(f: Factorization) -> tuple[np.ndarray, np.ndarray]:
 
 def _check_same_collection(root: Path, requested: dict[str, Any]) -> None:
     """Refuse to resume into a dataset made by another collection (before touching it)."""
-    stored = {**_BEFORE_OPTIONS, **read_metadata(root).provenance}
+    stored = {**_BEFORE_OPTIONS, **read_root(root)[0].provenance}
     diffs = [
         f"{k}: stored {stored.get(k)!r}, requested {requested[k]!r}"
         for k in _MATCH_KEYS

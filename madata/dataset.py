@@ -1,15 +1,17 @@
-"""The reader: ``madata.open(path)`` returns a :class:`Dataset`.
+"""The user-facing reader: ``madata.open(path)`` returns a :class:`Dataset`.
 
-Every read goes through :meth:`Dataset.read_rows`, which decodes whole chunks and
-checks each against the content checksum in the commit record, so damaged data raises
-a :class:`~madata.errors.CorruptionError` naming the array, the rows and the episodes,
-and is never returned.
+A Dataset is a view of a :class:`~madata.store.Store` (the storage layer: metadata, commit
+record, episode table, checked chunk reads) or of a selection of its episodes. Every read
+goes through :meth:`Store.read_rows`, which decodes whole chunks and checks each against
+the content checksum in the commit record, so damaged data raises a
+:class:`~madata.errors.CorruptionError` naming the array, the rows and the episodes, and
+is never returned.
 """
 
 from __future__ import annotations
 
+import numbers
 import os
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -17,16 +19,13 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
-import zarr
-from zarr.storage import LocalStore
 
-from madata.commit import CommitRecord, read_commit
-from madata.errors import CorruptionError, DatasetNotFoundError, MadataError, SchemaError, UnknownNameError
-from madata.schema import AgentSpec, DatasetSpec, Metadata, behaviour_column, episode_table_schema
+from madata.commit import CommitRecord
+from madata.errors import CorruptionError, SchemaError, UnknownNameError
+from madata.integrity import quick_problems
+from madata.schema import AgentSpec, DatasetSpec, Metadata, behaviour_column
 from madata.spaces import Box, Space
-from madata.store import chunk_key, content_crc
-from madata.writer import read_metadata
+from madata.store import Store
 
 FIELDS = (
     "obs", "next_obs", "action", "state", "next_state", "reward", "agent_reward",
@@ -34,7 +33,6 @@ FIELDS = (
 )  # fmt: skip
 _PER_AGENT = {"obs", "next_obs", "action", "agent_reward", "action_mask", "next_action_mask"}
 _STORED = {"next_obs": "obs", "next_state": "state", "next_action_mask": "action_mask"}
-_CACHE_BYTES = 256 << 20
 
 
 @dataclass
@@ -64,27 +62,31 @@ class Episode:
 
 
 class Dataset:
-    """A committed madata store, or a selection of its episodes. Read-only."""
+    """A committed madata dataset, or a selection of its episodes. Read-only.
 
-    def __init__(self, root: Path, meta: Metadata, record: CommitRecord, table: pa.Table, group: zarr.Group,
-                 selection: np.ndarray | None = None):  # fmt: skip
-        self.root, self.meta, self.record, self._table, self._group = root, meta, record, table, group
+    ``store`` is its :class:`~madata.store.Store`; ``select`` returns another Dataset over the same store.
+    """
+
+    def __init__(self, store: Store, selection: np.ndarray | None = None):
+        self.store = store
         self._selection = selection  # episode ids, sorted; None = all
-        self._arrays: dict[str, zarr.Array] = {}
-        self._cache: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
-        self._cache_bytes = 0
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Dataset:
-        """Load metadata, commit record and episode table without checking the data."""
-        root = Path(path)
-        if not root.is_dir():
-            raise DatasetNotFoundError(f"{root}: no such dataset directory")
-        meta = read_metadata(root)
-        record = read_commit(root)
-        table = _read_episode_table(root, record, meta.spec.agent_ids)
-        group = zarr.open_group(store=LocalStore(root, read_only=True), mode="r")
-        return cls(root, meta, record, table, group)
+        """Load metadata, commit record and episode table (checked against each other) without reading chunks."""
+        return cls(Store.open(path))
+
+    @property
+    def root(self) -> Path:
+        return self.store.root
+
+    @property
+    def meta(self) -> Metadata:
+        return self.store.meta
+
+    @property
+    def record(self) -> CommitRecord:
+        return self.store.record
 
     # ------------------------------------------------------------ description
 
@@ -117,8 +119,8 @@ class Dataset:
     def episodes(self) -> pa.Table:
         """The episode table (Arrow) of this dataset or selection; ``.to_pandas()`` works."""
         if self._selection is None:
-            return self._table
-        return self._table.take(pa.array(self._selection))
+            return self.store.table
+        return self.store.table.take(pa.array(self._selection))
 
     @property
     def episode_ids(self) -> np.ndarray:
@@ -137,13 +139,13 @@ class Dataset:
 
     def episode_lengths(self) -> np.ndarray:
         """Transitions of each episode, in ``episode_ids`` order: int64 [num_episodes]."""
-        return self._column("length")[self.episode_ids]
+        return self.store.column("length")[self.episode_ids]
 
     @property
     def num_transitions(self) -> int:
         if self._selection is None:
             return self.record.step_rows
-        return int(self._column("length")[self._selection].sum())
+        return int(self.store.column("length")[self._selection].sum())
 
     def __len__(self) -> int:
         return self.num_episodes
@@ -169,9 +171,13 @@ class Dataset:
             if agent not in self.agent_ids:
                 raise UnknownNameError(f"select: unknown agent {agent!r}; agents are {self.agent_ids}")
             labels = [labels] if isinstance(labels, str) else list(labels)
-            col = self._table.column(behaviour_column(agent))
+            col = self.store.table.column(behaviour_column(agent))
+            known = sorted(v for v in pc.unique(col).to_pylist() if v is not None)
+            unknown = [v for v in labels if v not in known]
+            if unknown:
+                raise UnknownNameError(f"select: agent {agent} has no episodes labelled {unknown}; its labels are {known}")
             mask &= pc.fill_null(pc.is_in(col, value_set=pa.array(labels, pa.string())), False).to_numpy(zero_copy_only=False)
-        ret = self._column("return")
+        ret = self.store.column("return")
         if min_return is not None:
             mask &= ret >= min_return
         if max_return is not None:
@@ -183,19 +189,19 @@ class Dataset:
             keep = np.zeros_like(mask)
             keep[ids] = True
             mask &= keep
-        ds = Dataset(self.root, self.meta, self.record, self._table, self._group, np.flatnonzero(mask))
-        ds._arrays = self._arrays
-        return ds
+        return Dataset(self.store, np.flatnonzero(mask))
 
     # ------------------------------------------------------------ reading
 
     def episode(self, i: int) -> Episode:
         """The ``i``-th episode of this dataset or selection."""
         ids = self.episode_ids
+        if isinstance(i, bool) or not isinstance(i, numbers.Integral):
+            raise SchemaError(f"episode index must be an integer, got {i!r}")
         if not -len(ids) <= i < len(ids):
             raise SchemaError(f"episode index {i} out of range: this dataset has {len(ids)} episodes")
         e = int(ids[i])
-        info = {k: v[0] for k, v in self._table.slice(e, 1).to_pydict().items()}
+        info = {k: v[0] for k, v in self.store.table.slice(e, 1).to_pydict().items()}
         T, s0, o0 = int(info["length"]), int(info["step_offset"]), int(info["obs_offset"])
 
         def obs_rows(name):
@@ -270,7 +276,7 @@ class Dataset:
                 if f == "episode_id":
                     out[key] = ep
                 elif f == "timestep":
-                    out[key] = rows - self._column("step_offset")[ep]
+                    out[key] = rows - self.store.column("step_offset")[ep]
                 else:
                     stored = key.replace(f, _STORED.get(f, f), 1)
                     if self.spec.array(stored).rows == "step":
@@ -291,116 +297,19 @@ class Dataset:
         return f
 
     def read_rows(self, name: str, start: int = 0, stop: int | None = None, cache: bool = False) -> np.ndarray:
-        """Rows ``[start, stop)`` of a stored array, checked against the committed checksums."""
-        spec = self.spec.array(name)
-        committed = self.record.arrays[name].rows
-        stop = committed if stop is None else stop
-        if not 0 <= start <= stop <= committed:
-            raise SchemaError(f"{name}: rows {start}..{stop} outside the committed 0..{committed}")
-        if start == stop:
-            return spec.empty(0)
-        C = self.meta.chunk_rows
-        k0, k1 = start // C, (stop - 1) // C
-        if cache:
-            blocks = [self._cached_chunk(name, k) for k in range(k0, k1 + 1)]
-            block = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
-        else:
-            block = self._read_chunks(name, k0, k1)
-        return block[start - k0 * C : stop - k0 * C]
+        """Rows ``[start, stop)`` of a stored array (of the whole store), checked against the committed checksums."""
+        return self.store.read_rows(name, start, stop, cache)
 
     # ------------------------------------------------------------ internals
-
-    def _column(self, name: str) -> np.ndarray:
-        return self._table.column(name).to_numpy()
 
     def _step_rows(self) -> tuple[np.ndarray, np.ndarray]:
         """Step-row index and episode id of every transition of this selection, in order."""
         ids = self.episode_ids
-        lengths = self._column("length")[ids]
-        offsets = self._column("step_offset")[ids]
+        lengths = self.store.column("length")[ids]
+        offsets = self.store.column("step_offset")[ids]
         total = int(lengths.sum())
         starts = np.repeat(offsets - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
         return starts + np.arange(total, dtype=np.int64), np.repeat(ids, lengths)
-
-    def array(self, name: str) -> zarr.Array:
-        if name not in self._arrays:
-            try:
-                self._arrays[name] = self._group[name]
-            except Exception as e:
-                raise CorruptionError(f"{self.root / name / 'zarr.json'}: array {name} cannot be opened ({type(e).__name__}: {e})") from e
-        return self._arrays[name]
-
-    def chunk_location(self, name: str, k: int) -> str:
-        """``"<array> chunk k (rows a..b, episodes e0..e1)"`` for error messages."""
-        C, rows = self.meta.chunk_rows, self.record.arrays[name].rows
-        lo, hi = k * C, min((k + 1) * C, rows) - 1
-        offsets = self._column("obs_offset" if self.spec.array(name).rows == "obs" else "step_offset")
-        e0 = max(int(np.searchsorted(offsets, lo, side="right")) - 1, 0)
-        e1 = max(int(np.searchsorted(offsets, hi, side="right")) - 1, 0)
-        return f"{name} chunk {k} (rows {lo}..{hi}, episodes {e0}..{e1})"
-
-    def chunk_path(self, name: str, k: int) -> Path:
-        return self.root / chunk_key(name, k, 1 + len(self.spec.array(name).feature_shape))
-
-    def _read_chunks(self, name: str, k0: int, k1: int) -> np.ndarray:
-        C, committed = self.meta.chunk_rows, self.record.arrays[name]
-        lo, hi = k0 * C, min((k1 + 1) * C, committed.rows)
-        try:
-            block = self.array(name)[lo:hi]
-        except MadataError:
-            raise
-        except Exception as e:
-            if k0 == k1:
-                raise self._damaged(name, k0, f"cannot be decoded ({type(e).__name__}: {e})") from e
-            for k in range(k0, k1 + 1):  # find the chunk that failed
-                self._read_chunks(name, k, k)
-            raise
-        for k in range(k0, k1 + 1):
-            a, b = k * C - lo, min((k + 1) * C, committed.rows) - lo
-            if content_crc(block[a:b]) != committed.content_crc[k]:
-                raise self._damaged(name, k, "does not match its committed checksum")
-        return block
-
-    def _damaged(self, name: str, k: int, what: str) -> CorruptionError:
-        path = self.chunk_path(name, k)
-        if not path.exists():
-            what = f"is missing ({path} does not exist)"
-        return CorruptionError(f"{self.root}: {self.chunk_location(name, k)} {what}; the data there cannot be trusted")
-
-    def _cached_chunk(self, name: str, k: int) -> np.ndarray:
-        key = (name, k)
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
-        block = self._read_chunks(name, k, k)
-        self._cache[key] = block
-        self._cache_bytes += block.nbytes
-        while self._cache_bytes > _CACHE_BYTES and len(self._cache) > 1:
-            _, old = self._cache.popitem(last=False)
-            self._cache_bytes -= old.nbytes
-        return block
-
-
-def _read_episode_table(root: Path, record: CommitRecord, agent_ids: list[str]) -> pa.Table:
-    schema = episode_table_schema(agent_ids)
-    tables = []
-    for part in record.episode_parts:
-        path = root / part
-        try:
-            t = pq.read_table(path)
-        except FileNotFoundError as e:
-            raise CorruptionError(f"{path}: episode table part listed in the commit record is missing") from e
-        except (pa.ArrowException, OSError) as e:
-            raise CorruptionError(f"{path}: episode table part cannot be read ({e})") from e
-        if not t.schema.equals(schema, check_metadata=False):
-            raise CorruptionError(f"{path}: episode table columns {t.schema.names} do not match the schema {schema.names}")
-        tables.append(t)
-    table = pa.concat_tables(tables) if tables else schema.empty_table()
-    if table.num_rows != record.num_episodes:
-        raise CorruptionError(
-            f"{root}: episode table has {table.num_rows} rows but the commit record says {record.num_episodes} episodes"
-        )
-    return table.combine_chunks()
 
 
 def open(path: str | os.PathLike, verify: Literal["quick", "none"] = "quick") -> Dataset:  # noqa: A001
@@ -412,11 +321,9 @@ def open(path: str | os.PathLike, verify: Literal["quick", "none"] = "quick") ->
     each file once without decoding, which is fast. Every later read is checked again
     against the content checksums; ``madata verify`` checks everything.
     """
-    from madata.integrity import quick_problems
-
     ds = Dataset.load(path)
     if verify == "quick":
-        problems = list(quick_problems(ds))
+        problems = list(quick_problems(ds.store))
         if problems:
             more = f" (and {len(problems) - 3} more; run `madata verify {ds.root}`)" if len(problems) > 3 else ""
             raise CorruptionError("; ".join(str(p) for p in problems[:3]) + more)

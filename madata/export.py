@@ -41,7 +41,7 @@ def export_parquet(ds: Dataset, out: str | os.PathLike, *, overwrite: bool = Fal
     check_output(out, overwrite)
     fields = ds.default_fields() + ["episode_id", "timestep"]
     shapes = {}
-    labels = {a: ds._table.column(behaviour_column(a)).to_numpy(zero_copy_only=False) for a in ds.agent_ids}
+    labels = {a: ds.store.column(behaviour_column(a)) for a in ds.agent_ids}
     writer = None
     rows = 0
     with atomic_output(out, overwrite) as tmp:
@@ -72,7 +72,7 @@ def export_parquet(ds: Dataset, out: str | os.PathLike, *, overwrite: bool = Fal
 def _episode_groups(ds: Dataset, rows_per_group: int):
     """Consecutive runs of episode ids of about ``rows_per_group`` transitions."""
     ids = ds.episode_ids
-    lengths = ds._column("length")[ids]
+    lengths = ds.episode_lengths()
     start, acc = 0, 0
     for i, n in enumerate(lengths):
         acc += int(n)

@@ -1,7 +1,10 @@
 """Integrity checks shared by ``madata.open`` (quick) and ``madata verify`` (everything).
 
 Each check yields :class:`Problem` values instead of raising, so ``verify`` can list
-everything that is wrong at once; ``open`` raises on the first few.
+everything that is wrong at once; ``open`` raises on the first few. Both work on a
+:class:`~madata.store.Store`. ``verify`` streams: it decodes one chunk at a time and keeps
+only the per-step flags and rewards (a few bytes per transition), so its memory stays at a
+few chunks whatever the dataset's size.
 """
 
 from __future__ import annotations
@@ -13,11 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from madata.dataset import Dataset
 from madata.errors import CorruptionError, MadataError
 from madata.schema import END_KINDS
-from madata.spaces import Discrete
-from madata.store import partial_files
+from madata.spaces import Box, Discrete
+from madata.store import Store, partial_files
 
 
 @dataclass(frozen=True)
@@ -57,66 +59,37 @@ class Report:
         }
 
 
-def quick_problems(ds: Dataset) -> Iterator[Problem]:
-    """Structure, shapes, chunk presence and stored checksums; decodes only partial last chunks."""
-    yield from _table_problems(ds)
-    rec, C = ds.record, ds.meta.chunk_rows
-    for spec in ds.spec.arrays():
+def quick_problems(store: Store) -> Iterator[Problem]:
+    """The episode table's index, each array's Zarr metadata, every chunk's presence and stored checksum;
+    decodes only partial last chunks (their stored bytes change as they fill)."""
+    yield from _table_problems(store)
+    rec = store.record
+    for spec in store.spec.arrays():
         name = spec.name
-        committed = rec.arrays.get(name)
-        if committed is None:
-            yield Problem(f"{ds.root}: commit record lacks the array {name}")
+        problem = store.array_meta_problem(name)
+        if problem:
+            yield Problem(problem)
             continue
-        want_rows = rec.obs_rows if spec.rows == "obs" else rec.step_rows
-        if committed.rows != want_rows:
-            yield Problem(
-                f"{ds.root}: {name} has {committed.rows} committed rows, expected {want_rows} "
-                f"({spec.rows} rows of {rec.num_episodes} episodes): per-agent arrays of different lengths"
-            )
-            continue
-        try:
-            arr = ds.array(name)
-        except CorruptionError as e:
-            yield Problem(str(e))
-            continue
-        if str(arr.dtype) != spec.dtype or tuple(arr.shape[1:]) != spec.feature_shape:
-            yield Problem(
-                f"{ds.root}: {name} has dtype {arr.dtype} and row shape {tuple(arr.shape[1:])}, "
-                f"expected {spec.dtype} and {spec.feature_shape}"
-            )
-            continue
-        if arr.shape[0] < committed.rows:
-            first_missing = ds.chunk_location(name, arr.shape[0] // C) if arr.shape[0] else name
-            yield Problem(f"{ds.root}: {name} has {arr.shape[0]} rows but {committed.rows} were committed (from {first_missing})")
-            continue
-        n_chunks = -(-committed.rows // C)
-        if len(committed.content_crc) != n_chunks:
-            yield Problem(f"{ds.root}: commit record lists {len(committed.content_crc)} checksums for {name}, expected {n_chunks}")
-            continue
-        for k in range(n_chunks):
-            path = ds.chunk_path(name, k)
-            stored = committed.stored_crc[k]
+        committed = rec.arrays[name]
+        for k in range(store.num_chunks(name)):
             try:
-                if stored is None:  # partial last chunk: check its decoded committed rows
-                    ds.read_rows(name, k * C, min((k + 1) * C, committed.rows))
-                elif zlib.crc32(path.read_bytes()) != stored:
-                    yield Problem(f"{ds.root}: {ds.chunk_location(name, k)} does not match its stored checksum ({path})")
-            except FileNotFoundError:
-                yield Problem(f"{ds.root}: {ds.chunk_location(name, k)} is missing ({path} does not exist)")
+                if committed.stored_crc[k] is None:  # partial last chunk: check its decoded committed rows
+                    store.read_chunk(name, k)
+                elif zlib.crc32(store.chunk_bytes(name, k)) != committed.stored_crc[k]:
+                    yield Problem(f"{store.root}: {store.chunk_location(name, k)} does not match its stored checksum "
+                                  f"({store.chunk_file(name, k)})")  # fmt: skip
             except CorruptionError as e:
                 yield Problem(str(e))
 
 
-def _table_problems(ds: Dataset) -> Iterator[Problem]:
-    t, rec = ds._table, ds.record
-    where = f"{ds.root}: episode table"
+def _table_problems(store: Store) -> Iterator[Problem]:
+    rec = store.record
+    where = f"{store.root}: episode table"
     E = rec.num_episodes
     if E == 0:
         return
-    ids = t.column("episode_id").to_numpy()
-    lengths = t.column("length").to_numpy()
-    step_off = t.column("step_offset").to_numpy()
-    obs_off = t.column("obs_offset").to_numpy()
+    ids, lengths = store.column("episode_id"), store.column("length")
+    step_off, obs_off = store.column("step_offset"), store.column("obs_offset")
     if not np.array_equal(ids, np.arange(E)):
         bad = int(np.flatnonzero(ids != np.arange(E))[0])
         yield Problem(f"{where}: episode_id must be 0..{E - 1} in order; row {bad} has {ids[bad]}")
@@ -131,99 +104,130 @@ def _table_problems(ds: Dataset) -> Iterator[Problem]:
         yield Problem(f"{where}: obs_offset of episode {bad} is {obs_off[bad]}, expected {step_off[bad] + bad}")
     if int(lengths.sum()) != rec.step_rows:
         yield Problem(f"{where}: lengths sum to {int(lengths.sum())} but the commit record has {rec.step_rows} step rows")
-    ends = set(t.column("end").to_pylist())
+    ends = set(store.table.column("end").to_pylist())
     if not ends <= set(END_KINDS):
         yield Problem(f"{where}: column 'end' holds {sorted(ends - set(END_KINDS))}, expected {list(END_KINDS)}")
 
 
-def full_problems(ds: Dataset) -> Iterator[Problem]:
-    """Decode every chunk against its content checksum, then check the data's meaning."""
-    C = ds.meta.chunk_rows
-    data: dict[str, np.ndarray] = {}
+def _episodes_of(store: Store, spec_rows: str, lo: int, rows: np.ndarray) -> np.ndarray:
+    """Episode ids of rows ``lo + rows`` (indices into a chunk) of a step or obs array."""
+    offsets = store.column("obs_offset" if spec_rows == "obs" else "step_offset")
+    return np.unique(np.searchsorted(offsets, lo + rows, side="right") - 1)
+
+
+def _value_problems(store: Store, name: str, lo: int, block: np.ndarray) -> Iterator[Problem]:
+    """A decoded chunk's values against their spaces: finite, inside their Box, valid discrete actions."""
+    spec = store.spec.array(name)
+    agent = store.spec.agent(spec.agent) if spec.agent else None
+    space = None
+    if name.startswith("obs/"):
+        space = agent.observation_space
+    elif name.startswith("action/"):
+        space = agent.action_space
+    elif name == "state":
+        space = store.spec.state_space
+    where = f"{store.root}: {name}"
+    if block.dtype.kind == "f":
+        bad = ~np.isfinite(block).reshape(len(block), -1).all(1)
+        if bad.any():
+            eps = _episodes_of(store, spec.rows, lo, np.flatnonzero(bad))[:10].tolist()
+            yield Problem(f"{where} holds NaN or inf in episodes {eps}")
+            return
+    if isinstance(space, Box):  # the bounds as the writer compared them: cast to the stored dtype
+        low = np.asarray(space.low, dtype=np.float64).astype(block.dtype).reshape(space.shape)
+        high = np.asarray(space.high, dtype=np.float64).astype(block.dtype).reshape(space.shape)
+        flat = block.reshape(len(block), *space.shape)
+        bad = ((flat < low) | (flat > high)).reshape(len(block), -1).any(1)
+        if bad.any():
+            eps = _episodes_of(store, spec.rows, lo, np.flatnonzero(bad))[:10].tolist()
+            yield Problem(f"{where} lies outside its space's bounds in episodes {eps}")
+    elif isinstance(space, Discrete):
+        first, last = space.start, space.start + space.n - 1
+        bad = (block < first) | (block > last)
+        if bad.any():
+            eps = _episodes_of(store, spec.rows, lo, np.flatnonzero(bad))[:10].tolist()
+            yield Problem(f"{where} outside {first}..{last} in episodes {eps}")
+        elif store.spec.action_masks:
+            ep = np.searchsorted(store.column("step_offset"), lo + np.arange(len(block)), side="right") - 1
+            obs_rows = lo + np.arange(len(block)) + ep
+            mask = store.read_rows(f"action_mask/{agent.id}", int(obs_rows[0]), int(obs_rows[-1]) + 1, cache=True)
+            allowed = mask[obs_rows - obs_rows[0], block - first]
+            if not allowed.all():
+                yield Problem(f"{where} takes actions its action mask forbids in episodes {np.unique(ep[~allowed])[:10].tolist()}")
+
+
+def full_problems(store: Store) -> Iterator[Problem]:
+    """Decode every chunk against its content checksum and check its values, one chunk at a time;
+    then check the episodes' meaning (ends, returns) from the per-step flags and rewards."""
+    keep = {"terminated", "truncated", "reward"}
+    kept: dict[str, list[np.ndarray]] = {k: [] for k in keep}
     damaged = False
-    for spec in ds.spec.arrays():
-        rows = ds.record.arrays[spec.name].rows
-        parts = []
-        for k in range(-(-rows // C)):
+    for spec in store.spec.arrays():
+        for k in range(store.num_chunks(spec.name)):
             try:
-                parts.append(ds.read_rows(spec.name, k * C, min((k + 1) * C, rows)))
+                block = store.read_chunk(spec.name, k)
             except CorruptionError as e:
                 damaged = True
                 yield Problem(str(e))
-        if spec.name in ("terminated", "truncated", "reward") or spec.name.startswith(("action", "obs/")):
-            data[spec.name] = np.concatenate(parts) if parts else spec.empty(0)
-    if damaged or ds.record.num_episodes == 0:
+                continue
+            lo = k * store.meta.chunk_rows
+            yield from _value_problems(store, spec.name, lo, block)
+            if spec.name in keep:
+                kept[spec.name].append(block)
+    if damaged or store.record.num_episodes == 0:
         return
-    yield from _semantic_problems(ds, data)
+    yield from _episode_problems(store, {k: np.concatenate(v) for k, v in kept.items()})
 
 
-def _semantic_problems(ds: Dataset, data: dict[str, np.ndarray]) -> Iterator[Problem]:
-    t = ds._table
-    lengths = t.column("length").to_numpy()
-    starts = t.column("step_offset").to_numpy()
+def _episode_problems(store: Store, data: dict[str, np.ndarray]) -> Iterator[Problem]:
+    lengths, starts = store.column("length"), store.column("step_offset")
     last = starts + lengths - 1
     term, trunc = data["terminated"], data["truncated"]
     flagged = np.flatnonzero(term | trunc)
     early = np.setdiff1d(flagged, last)
     if early.size:
         ep = np.searchsorted(starts, early, side="right") - 1
-        yield Problem(f"{ds.root}: terminated/truncated set before the last step in episodes {np.unique(ep)[:10].tolist()}")
+        yield Problem(f"{store.root}: terminated/truncated set before the last step in episodes {np.unique(ep)[:10].tolist()}")
     both = term[last] == trunc[last]
     if both.any():
-        yield Problem(f"{ds.root}: episodes {np.flatnonzero(both)[:10].tolist()} end neither or both terminated and truncated")
+        yield Problem(f"{store.root}: episodes {np.flatnonzero(both)[:10].tolist()} end neither or both terminated and truncated")
     end = np.where(term[last], "terminated", "truncated")
-    stored_end = np.asarray(t.column("end").to_pylist())
+    stored_end = np.asarray(store.table.column("end").to_pylist())
     if (end != stored_end).any():
         bad = np.flatnonzero(end != stored_end)[:10].tolist()
-        yield Problem(f"{ds.root}: episode table column 'end' disagrees with the terminated/truncated arrays in episodes {bad}")
+        yield Problem(f"{store.root}: episode table column 'end' disagrees with the terminated/truncated arrays in episodes {bad}")
     returns = np.add.reduceat(data["reward"], starts) if len(starts) else np.zeros(0)
-    stored_ret = t.column("return").to_numpy()
+    stored_ret = store.column("return")
     off = ~np.isclose(returns, stored_ret, rtol=1e-9, atol=1e-9)
     if off.any():
         bad = np.flatnonzero(off)[:10].tolist()
-        yield Problem(f"{ds.root}: episode table column 'return' differs from the sum of rewards in episodes {bad}")
-    for a in ds.spec.agents:
-        act = data[f"action/{a.id}"]
-        if isinstance(a.action_space, Discrete):
-            lo, hi = a.action_space.start, a.action_space.start + a.action_space.n - 1
-            bad_rows = np.flatnonzero((act < lo) | (act > hi))
-            if bad_rows.size:
-                ep = np.unique(np.searchsorted(starts, bad_rows, side="right") - 1)[:10].tolist()
-                yield Problem(f"{ds.root}: action/{a.id} outside {lo}..{hi} in episodes {ep}")
-            if ds.spec.action_masks:
-                mask = ds.read_rows(f"action_mask/{a.id}")
-                ep_of = np.repeat(np.arange(len(lengths)), lengths)
-                allowed = mask[np.arange(len(act)) + ep_of, np.clip(act - lo, 0, a.action_space.n - 1)]
-                if not allowed.all():
-                    ep = np.unique(ep_of[~allowed])[:10].tolist()
-                    yield Problem(f"{ds.root}: action/{a.id} takes actions its action mask forbids in episodes {ep}")
+        yield Problem(f"{store.root}: episode table column 'return' differs from the sum of rewards in episodes {bad}")
 
 
 def verify(path: str | Path, full: bool = True) -> Report:
     """Check a store completely; returns a :class:`Report` listing every problem found."""
     report = Report(str(path))
     try:
-        ds = Dataset.load(path)
+        store = Store.open(path)
     except MadataError as e:
         report.problems.append(Problem(str(e)))
         return report
-    report.num_episodes, report.num_transitions = ds.num_episodes, ds.num_transitions
-    report.problems += list(quick_problems(ds))
+    report.num_episodes, report.num_transitions = store.record.num_episodes, store.record.step_rows
+    report.problems += list(quick_problems(store))
     if full and not report.problems:
-        report.problems += list(full_problems(ds))
-    C = ds.meta.chunk_rows
-    report.chunks_checked = sum(-(-a.rows // C) for a in ds.record.arrays.values())
-    for spec in ds.spec.arrays():
-        try:
-            extra = ds.array(spec.name).shape[0] - ds.record.arrays[spec.name].rows
-        except (CorruptionError, KeyError):
-            continue
+        report.problems += list(full_problems(store))
+    report.chunks_checked = sum(store.num_chunks(s.name) for s in store.spec.arrays())
+    for spec in store.spec.arrays():
+        extra = store.extra_rows(spec.name)
         if extra > 0:
             report.notes.append(f"{spec.name}: {extra} rows beyond the last commit (an interrupted write); --resume discards them")
             break
     leftovers = partial_files(Path(path))
     if leftovers:
         report.notes.append(f"{len(leftovers)} temporary files from an interrupted write (e.g. {leftovers[0]}); --resume removes them")
-    if not ds.record.complete:
+    if not store.record.complete:
         report.notes.append("the writer did not close this store (interrupted or still running); it can be resumed")
+    if store.record.legacy:
+        report.notes.append("written by madata 0.1.0: its metadata and episode table are not covered by checksums "
+                            "(the arrays are); `madata upgrade` adds them")  # fmt: skip
     return report

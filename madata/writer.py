@@ -11,10 +11,13 @@ any moment leaves a store that opens and holds every episode committed before th
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import io
 import json
 import os
 import shutil
 import time
+import zlib
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
@@ -25,10 +28,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import zarr
+from zarr.core.buffer import Buffer
+from zarr.storage import LocalStore
 
-from madata.atomic import atomic_output, fsync_dir
-from madata.commit import ArrayCommit, CommitRecord, read_commit, write_commit
-from madata.errors import CorruptionError, DatasetExistsError, DatasetNotFoundError, SchemaError
+from madata.atomic import fsync_dir, write_bytes_atomic
+from madata.commit import ArrayCommit, CommitRecord, PartRecord, read_commit, write_commit
+from madata.errors import CorruptionError, DatasetExistsError, DatasetNotFoundError, OutputError, SchemaError
 from madata.schema import (
     AgentSpec,
     ArraySpec,
@@ -38,7 +43,6 @@ from madata.schema import (
     dumps,
     episode_table_schema,
     parse_chunk_rows,
-    parse_metadata,
 )
 from madata.spaces import Box, Discrete
 from madata.store import (
@@ -46,17 +50,35 @@ from madata.store import (
     DEFAULT_CHUNK_ROWS,
     EPISODES_DIR,
     LOCK_FILE,
-    TrackingStore,
     chunk_key,
     compressor,
     content_crc,
+    metadata_digest,
     partial_files,
+    read_episode_table,
+    read_root,
 )
 
 COMPACT_AFTER_PARTS = 32
 # every chunk must exist on disk, even one equal to the fill value: a missing chunk file
 # would otherwise read back as zeros and could not be told from a deleted one
 _WRITE_CONFIG = {"write_empty_chunks": True}  # merge episode-table parts once there are this many
+
+
+class TrackingStore(LocalStore):
+    """A LocalStore (atomic writes: temp file + rename) that remembers what it wrote.
+
+    The writer needs the CRC of each encoded chunk for the commit record and the list of
+    files to fsync before the commit record may point at them.
+    """
+
+    def __init__(self, root: Path | str, *, read_only: bool = False) -> None:
+        super().__init__(root, read_only=read_only)
+        self.written: dict[str, int] = {}  # key -> CRC-32 of the bytes written
+
+    async def set(self, key: str, value: Buffer) -> None:
+        self.written[key] = zlib.crc32(value.as_buffer_like())
+        await super().set(key, value)
 
 
 def library_versions() -> dict[str, str]:
@@ -171,36 +193,51 @@ class DatasetWriter:
                commit_seconds: float = 1.0) -> DatasetWriter:  # fmt: skip
         root = Path(path)
         if root.exists() and (not root.is_dir() or any(root.iterdir())):
+            if not root.is_dir():
+                raise DatasetExistsError(f"{root}: is a file; a dataset is a directory, choose another path (nothing was overwritten)")
             hint = "use --resume to continue it" if (root / "zarr.json").exists() else "choose another path"
             raise DatasetExistsError(f"{root}: path exists and is not empty; {hint} (nothing was overwritten)")
-        root.parent.mkdir(parents=True, exist_ok=True)
         meta.created = meta.created or datetime.now(timezone.utc).isoformat(timespec="seconds")
         meta.versions = meta.versions or library_versions()
+        try:
+            return cls._create(root, meta, commit_every, commit_seconds)
+        except OSError as e:  # read-only file system, full disk, a file where a directory should be
+            raise OutputError(f"{root}: the dataset cannot be created ({e.strerror or e}); nothing was kept") from e
+
+    @classmethod
+    def _create(cls, root: Path, meta: Metadata, commit_every: int, commit_seconds: float) -> DatasetWriter:
+        root.parent.mkdir(parents=True, exist_ok=True)
         # build the empty store beside its final place and rename it there, so that `root`
         # is either absent (or the user's empty directory) or a whole, committed store
         staging = root.with_name(f".{root.name}.creating")
         shutil.rmtree(staging, ignore_errors=True)  # left by a creation that was killed
-        staging.mkdir()
-        store = TrackingStore(staging)
-        group = zarr.create_group(store=store, attributes={ATTR: meta.to_json()})
-        for s in meta.spec.arrays():
-            group.create_array(
-                s.name,
-                shape=(0, *s.feature_shape),
-                chunks=(meta.chunk_rows, *s.feature_shape),
-                dtype=s.dtype,
-                compressors=compressor(),
-                fill_value=False if s.dtype == "bool" else 0,
-                config=_WRITE_CONFIG,
-            )
-        (staging / EPISODES_DIR).mkdir()
-        _fsync_written(staging, store)
-        record = CommitRecord(arrays={s.name: ArrayCommit() for s in meta.spec.arrays()})
-        write_commit(staging, record)
-        if root.exists():
-            root.rmdir()  # the user's empty directory (checked above)
-        os.rename(staging, root)
-        fsync_dir(root.parent)
+        try:
+            staging.mkdir()
+            store = TrackingStore(staging)
+            attribute = json.loads(json.dumps(meta.to_json()))  # as a reader will parse it back
+            group = zarr.create_group(store=store, attributes={ATTR: attribute})
+            for s in meta.spec.arrays():
+                group.create_array(
+                    s.name,
+                    shape=(0, *s.feature_shape),
+                    chunks=(meta.chunk_rows, *s.feature_shape),
+                    dtype=s.dtype,
+                    compressors=compressor(),
+                    fill_value=False if s.dtype == "bool" else 0,
+                    config=_WRITE_CONFIG,
+                )
+            (staging / EPISODES_DIR).mkdir()
+            _fsync_written(staging, store)
+            record = CommitRecord(arrays={s.name: ArrayCommit() for s in meta.spec.arrays()},
+                                  metadata_sha256=metadata_digest(attribute))  # fmt: skip
+            write_commit(staging, record)
+            if root.exists():
+                root.rmdir()  # the user's empty directory (checked above)
+            os.rename(staging, root)
+            fsync_dir(root.parent)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         return cls(root, meta, record, commit_every, commit_seconds)
 
     @classmethod
@@ -209,16 +246,20 @@ class DatasetWriter:
         root = Path(path)
         if not (root / "zarr.json").exists():
             raise DatasetNotFoundError(f"{root}: no madata dataset to resume (no zarr.json)")
-        meta = read_metadata(root)
+        meta, digest = read_root(root)
         record = read_commit(root)
+        if record.metadata_sha256 is not None and record.metadata_sha256 != digest:
+            raise CorruptionError(f"{root / 'zarr.json'}: the dataset metadata does not match the digest in the commit "
+                                  "record; it was edited or damaged after it was written")  # fmt: skip
         for s in meta.spec.arrays():
             if s.name not in record.arrays:
                 raise CorruptionError(f"{root}: commit record lacks the array {s.name!r}")
+        read_episode_table(root, record, meta.spec.agent_ids)  # the committed parts are whole
         lock = _acquire_lock(root)  # hold it while discarding, so no live writer is disturbed
         try:
             for p in partial_files(root):
                 p.unlink(missing_ok=True)
-            keep = {Path(p).name for p in record.episode_parts}
+            keep = {Path(p.path).name for p in record.episode_parts}
             for p in (root / EPISODES_DIR).glob("*.parquet"):
                 if p.name not in keep:
                     p.unlink()
@@ -314,12 +355,18 @@ class DatasetWriter:
         T = len(rewards)
         blocks: dict[str, np.ndarray] = {}
 
-        def take(name: str, value, rows: int, field: str) -> None:
+        def take(name: str, value, rows: int, field: str, space: Box | None = None) -> None:
             s = spec.array(name)
             a = _as(value, s.dtype, f"{where}: {field}")
             want = (rows, *s.feature_shape)
             if a.shape != want:
                 raise SchemaError(f"{where}: {field} has shape {a.shape}, expected {want} (T={T})")
+            if a.dtype.kind == "f":
+                bad = ~np.isfinite(a).reshape(rows, -1).all(1)
+                if bad.any():
+                    raise SchemaError(f"{where}: {field} holds NaN or inf at rows {np.flatnonzero(bad)[:5].tolist()}")
+            if space is not None:
+                _check_box(a, space, f"{where}: {field}")
             blocks[name] = a
 
         def per_agent(mapping, field: str) -> Mapping[str, Any]:
@@ -331,11 +378,11 @@ class DatasetWriter:
         obs = per_agent(obs, "obs")
         actions = per_agent(actions, "actions")
         for a in spec.agents:
-            take(f"obs/{a.id}", obs[a.id], T + 1, f"obs[{a.id!r}]")
+            take(f"obs/{a.id}", obs[a.id], T + 1, f"obs[{a.id!r}]", a.observation_space)
         if spec.state_space is not None:
             if state is None:
                 raise SchemaError(f"{where}: this dataset stores a global state; pass state with shape [T+1, ...]")
-            take("state", state, T + 1, "state")
+            take("state", state, T + 1, "state", spec.state_space)
         elif state is not None:
             raise SchemaError(f"{where}: state given but the dataset was created without state_space")
         if spec.action_masks:
@@ -344,7 +391,8 @@ class DatasetWriter:
                 take(f"action_mask/{a.id}", masks[a.id], T + 1, f"action_masks[{a.id!r}]")
         for a in spec.agents:
             _check_action(a, actions[a.id], where)
-            take(f"action/{a.id}", actions[a.id], T, f"actions[{a.id!r}]")
+            box = a.action_space if isinstance(a.action_space, Box) else None
+            take(f"action/{a.id}", actions[a.id], T, f"actions[{a.id!r}]", box)
         blocks["reward"] = rewards
         if spec.agent_rewards:
             ar = per_agent(agent_rewards, "agent_rewards")
@@ -375,10 +423,10 @@ class DatasetWriter:
         if self._pending:
             table = pa.Table.from_pylist(self._pending, schema=self._schema)
             parts.append(self._write_part(table, f"part-{seq:06d}.parquet"))
-        obsolete: list[str] = []
+        obsolete: list[PartRecord] = []
         if len(parts) > COMPACT_AFTER_PARTS or (self._closing and len(parts) > 1):
             obsolete = parts
-            table = pa.concat_tables(pq.read_table(self.root / p, schema=self._schema) for p in parts)
+            table = pa.concat_tables(pq.read_table(self.root / p.path, schema=self._schema) for p in parts)
             parts = [self._write_part(table, f"table-{seq:06d}.parquet")]
         _fsync_written(self.root, self.store)
         n_new, new_steps = len(self._pending), self._pending_steps
@@ -389,6 +437,7 @@ class DatasetWriter:
             obs_rows=self.record.obs_rows + new_steps + n_new,
             episode_parts=parts,
             arrays=arrays,
+            metadata_sha256=self.record.metadata_sha256,
             complete=self._closing,
         )
         for name, a in arrays.items():
@@ -400,15 +449,17 @@ class DatasetWriter:
         self.record = record
         self._pending, self._pending_steps = [], 0
         for p in obsolete:
-            (self.root / p).unlink(missing_ok=True)
+            (self.root / p.path).unlink(missing_ok=True)
 
     _closing = False
 
-    def _write_part(self, table: pa.Table, name: str) -> str:
+    def _write_part(self, table: pa.Table, name: str) -> PartRecord:
         rel = f"{EPISODES_DIR}/{name}"
-        with atomic_output(self.root / rel) as tmp:
-            pq.write_table(table, tmp, compression="zstd")
-        return rel
+        buf = io.BytesIO()
+        pq.write_table(table, buf, compression="zstd")
+        raw = buf.getvalue()
+        write_bytes_atomic(self.root / rel, raw)
+        return PartRecord(rel, hashlib.sha256(raw).hexdigest())
 
     def close(self) -> None:
         """Commit what is pending, compact the episode table, mark the store complete."""
@@ -439,21 +490,6 @@ class DatasetWriter:
 # ---------------------------------------------------------------- helpers
 
 
-def read_metadata(root: Path) -> Metadata:
-    """Parse the root group's metadata, naming the file on any failure."""
-    path = root / "zarr.json"
-    try:
-        obj = json.loads(path.read_text())
-    except FileNotFoundError as e:
-        raise DatasetNotFoundError(f"{root}: not a madata dataset (no zarr.json)") from e
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CorruptionError(f"{path}: metadata is not valid JSON ({e}); the file is truncated or damaged") from e
-    attrs = obj.get("attributes", {}) if isinstance(obj, dict) else {}
-    if ATTR not in attrs:
-        raise DatasetNotFoundError(f"{path}: a Zarr group but not a madata dataset (no '{ATTR}' attribute)")
-    return parse_metadata(attrs[ATTR], str(path))
-
-
 def _check_action(agent: AgentSpec, value, where: str) -> None:
     space = agent.action_space
     a = np.asarray(value)
@@ -464,8 +500,17 @@ def _check_action(agent: AgentSpec, value, where: str) -> None:
         lo, hi = space.start, space.start + space.n - 1
         if a.size and (a.min() < lo or a.max() > hi):
             raise SchemaError(f"{where}: actions[{agent.id!r}] outside Discrete range {lo}..{hi} (got {a.min()}..{a.max()})")
-    elif isinstance(space, Box) and a.size and np.isnan(a).any():
-        raise SchemaError(f"{where}: actions[{agent.id!r}] contain NaN")
+
+
+def _check_box(a: np.ndarray, space: Box, field: str) -> None:
+    """Every row of ``a`` inside the Box's bounds (as stored: the bounds cast to the array's dtype)."""
+    low = np.asarray(space.low, dtype=np.float64).astype(a.dtype).reshape(space.shape)
+    high = np.asarray(space.high, dtype=np.float64).astype(a.dtype).reshape(space.shape)
+    bad = ((a < low) | (a > high)).reshape(len(a), -1).any(1)
+    if bad.any():
+        rows = np.flatnonzero(bad)[:5].tolist()
+        raise SchemaError(f"{field} lies outside its space's bounds at rows {rows} (low {list(space.low)[:4]}..., "
+                          f"high {list(space.high)[:4]}...); clip it or declare wider bounds")  # fmt: skip
 
 
 def _as(value, dtype: str, field: str) -> np.ndarray:

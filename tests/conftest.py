@@ -24,7 +24,10 @@ def hetero_agents() -> list[AgentSpec]:
 def random_episode(agents, T: int, rng: np.random.Generator, end: str = "terminated", state_dim: int | None = None,
                    agent_rewards: bool = False, action_masks: bool = False) -> dict:  # fmt: skip
     """Arguments for ``DatasetWriter.add_episode`` with random content of the right shapes."""
-    obs = {a.id: rng.standard_normal((T + 1, *a.observation_space.shape)).astype(a.observation_space.dtype) for a in agents}
+    def inside(space, x):  # a dataset's values lie in its spaces
+        return np.clip(x, np.reshape(space.low, space.shape), np.reshape(space.high, space.shape)).astype(space.dtype)
+
+    obs = {a.id: inside(a.observation_space, rng.standard_normal((T + 1, *a.observation_space.shape))) for a in agents}
     actions = {}
     masks = {}
     for a in agents:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -42,6 +43,14 @@ def _assert_prefix_of(out: Path, ref: madata.Dataset) -> int:
     return n
 
 
+def _committed(out: Path) -> int:
+    """The commit sequence number a store has reached (-1 before it exists)."""
+    try:
+        return json.loads((out / "commit.json").read_text())["sequence"]
+    except (OSError, ValueError, KeyError):
+        return -1
+
+
 @pytest.mark.slow
 def test_sigkill_and_resume(tmp_path):
     ref_path = tmp_path / "ref"
@@ -50,9 +59,17 @@ def test_sigkill_and_resume(tmp_path):
     out = tmp_path / "killed"
     counts = []
     for trial in range(20):
-        # the first trials are killed early (during start-up and store creation), later ones anywhere
+        # the first trials are killed early (during start-up and store creation), later ones anywhere after
+        # the run has begun to commit (measured from there, so a slow start on a busy machine does not matter)
         proc = _start(out, resume=trial > 0 and out.exists())
-        time.sleep(rng.uniform(0.05, 0.8) if trial < 4 else rng.uniform(0.8, 3.0))
+        if trial < 4:
+            time.sleep(rng.uniform(0.05, 0.8))
+        else:
+            before = _committed(out)
+            deadline = time.time() + 60
+            while _committed(out) == before and proc.poll() is None and time.time() < deadline:
+                time.sleep(0.02)
+            time.sleep(rng.uniform(0.0, 1.5))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         if out.exists():

@@ -96,7 +96,7 @@ def test_exception_inside_with_keeps_whole_episodes(tmp_path):
 
 
 def test_float64_dataset_keeps_float64(tmp_path):
-    agents = [AgentSpec("a", Box.make(-1, 1, (3,), "float64"), Box.make(-1, 1, (2,), "float64"))]
+    agents = [AgentSpec("a", Box.make(-2, 2, (3,), "float64"), Box.make(-1, 1, (2,), "float64"))]
     ep = random_episode(agents, 5, np.random.default_rng(0))
     ep["obs"]["a"] = ep["obs"]["a"] + 1e-12  # below float32 resolution
     with madata.create(tmp_path / "ds", agents) as w:

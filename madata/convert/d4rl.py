@@ -55,7 +55,7 @@ QUIRKS = (
     "next_observation_mismatches",  # next_observations[t] != observations[t+1] inside an episode
     "infos_observation_mismatches",  # infos/qpos,qvel disagree with observations
     "clipped_local_obs_rows",  # local observation from a clipped state with a raw-read velocity at +-10
-    "actions_out_of_bounds",  # rows with an action component outside the action box
+    "actions_out_of_bounds",  # rows with an action component outside the action box (clipped to it)
     "episodes_over_time_limit",  # episodes longer than the env's time limit (a timeout missing?)
 )
 
@@ -420,6 +420,7 @@ def build_arrays(d: D4RLArrays, plan: EpisodePlan, split: MaMuJoCoSplit, report:
     if len(out_of_box):
         report["quirks"]["actions_out_of_bounds"] = int(len(out_of_box))
         report["examples"]["actions_out_of_bounds"] = step_idx[out_of_box][:5].tolist()
+        acts = np.clip(acts, lo, hi)  # a dataset's actions lie in its action space; the report counts the rows clipped
     return SplitArrays(
         obs={a: ext[a][obs_idx] for a in split.agent_ids},
         state=ext_state[obs_idx],

@@ -32,57 +32,22 @@ def _check(ds: Dataset) -> None:
         )
 
 
-def _check_finite(ds: Dataset, batch: dict[str, np.ndarray], episode: np.ndarray, steps: np.ndarray) -> None:
-    """Raise naming the array, episode and step of the first NaN or inf in ``batch`` (transition arrays [N, ...])."""
-    for key, arr in batch.items():
-        if not np.issubdtype(arr.dtype, np.floating):
-            continue
-        flat = arr.reshape(len(arr), -1)
-        rows = np.flatnonzero(~np.isfinite(flat).all(axis=1))
-        if not len(rows):
-            continue
-        r = rows[0]
-        value = flat[r][~np.isfinite(flat[r])][0]
-        field, _, agent = key.partition("/")
-        stored = field.removeprefix("next_") + (f"/{agent}" if agent else "")
-        if field == "action":
-            where = f"step {int(steps[r])}"
-        else:  # observation rows: a transition's next observation is the following row
-            where = f"observation {int(steps[r]) + field.startswith('next_')}"
-        more = f" ({len(rows) - 1} more transitions affected)" if len(rows) > 1 else ""
-        raise SchemaError(
-            f"{ds.root}: {stored} holds {value} at episode {int(episode[r])}, {where}{more}; diagnostics need "
-            f"finite values: fix the source, or leave those episodes out with Dataset.select(episodes=...)"
-        )
-
-
 def load_inputs(ds: Dataset) -> dict[str, Any]:
     """Read and check what the data-only statistics use.
 
     Returns ``cond`` [N, D] (the global state, else every agent's observation side by
     side, flattened), ``cond_name``, ``actions`` ({agent: [N, *act_shape]} as stored),
     ``features`` ({agent: [N, d]} float: Box actions flattened, discrete ones one-hot)
-    and ``episode`` [N]. Observations, states and actions must be finite.
+    and ``episode`` [N]. The writer refuses values that are not finite, so these are.
     """
     _check(ds)
-    has_state = ds.state_space is not None
-    ids = ds.transitions(fields=["episode_id", "timestep"])
-    episode, steps = ids["episode_id"], ids["timestep"]
-    obs_parts = []
-    for a in ds.agent_ids:  # one agent at a time: observations are the largest arrays
-        batch = ds.transitions(fields=["obs", "next_obs"], agents=[a])
-        _check_finite(ds, batch, episode, steps)
-        if not has_state:
-            obs_parts.append(batch[f"obs/{a}"].reshape(len(episode), -1))
-        del batch
-    if has_state:
-        batch = ds.transitions(fields=["state", "next_state"])
-        _check_finite(ds, batch, episode, steps)
-        cond = batch["state"].reshape(len(episode), -1)
-    else:
-        cond = np.concatenate(obs_parts, axis=1)
+    episode = ds.transitions(fields=["episode_id"])["episode_id"]
+    if ds.state_space is not None:
+        cond = ds.transitions(fields=["state"])["state"].reshape(len(episode), -1)
+    else:  # one agent at a time: observations are the largest arrays
+        cond = np.concatenate([ds.transitions(fields=["obs"], agents=[a])[f"obs/{a}"].reshape(len(episode), -1)
+                               for a in ds.agent_ids], axis=1)  # fmt: skip
     acts = ds.transitions(fields=["action"])
-    _check_finite(ds, acts, episode, steps)
     actions = {a: acts[f"action/{a}"] for a in ds.agent_ids}
     features = {}
     for spec in ds.agents:
@@ -93,7 +58,7 @@ def load_inputs(ds: Dataset) -> dict[str, Any]:
             features[spec.id] = x.reshape(len(x), -1)
     return {
         "cond": cond,
-        "cond_name": "state" if has_state else "joint observation (every agent's observation side by side)",
+        "cond_name": "state" if ds.state_space is not None else "joint observation (every agent's observation side by side)",
         "actions": actions,
         "features": features,
         "episode": episode,
