@@ -63,6 +63,10 @@ def quick_problems(store: Store) -> Iterator[Problem]:
     """The episode table's index, each array's Zarr metadata, every chunk's presence and stored checksum;
     decodes only partial last chunks (their stored bytes change as they fill)."""
     yield from _table_problems(store)
+    for group in sorted({str(Path(s.name).parent) for s in store.spec.arrays()} - {"."}):
+        problem = store.group_meta_problem(group)
+        if problem:
+            yield Problem(problem)
     rec = store.record
     for spec in store.spec.arrays():
         name = spec.name

@@ -182,8 +182,18 @@ class Metadata:
         }
 
 
+def _field(obj: dict, key: str, kind: type | tuple[type, ...], where: str, default: Any = None) -> Any:
+    value = obj.get(key, default)
+    if value is None and default is None:
+        return None
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise SchemaError(f"{where}: '{key}' must be {names}, got {value!r}"[:300])
+    return value
+
+
 def parse_metadata(obj: Any, where: str) -> Metadata:
-    """Parse and validate stored metadata; ``where`` (a file path) goes into every error."""
+    """Parse and validate stored metadata, field by field; ``where`` (a file path) goes into every error."""
     if not isinstance(obj, dict):
         raise SchemaError(f"{where}: metadata must be a JSON object, got {type(obj).__name__}")
     if obj.get("format") != FORMAT:
@@ -194,48 +204,56 @@ def parse_metadata(obj: Any, where: str) -> Metadata:
             f"{where}: schema_version {version!r} is not supported by this madata "
             f"(expected {SCHEMA_VERSION}); upgrade madata or re-create the dataset"
         )
+    raw_agents = obj.get("agents")
+    if not isinstance(raw_agents, list):
+        raise SchemaError(f"{where}: 'agents' must be a list of agents, got {raw_agents!r}"[:300])
+    agents = []
+    for k, a in enumerate(raw_agents):
+        if not isinstance(a, dict) or not isinstance(a.get("id"), str):
+            raise SchemaError(f"{where}: agents[{k}] must be an object with an 'id' string, got {a!r}"[:300])
+        obs = parse_space(a.get("observation_space"), f"{where}: agents[{k}].observation_space")
+        act = parse_space(a.get("action_space"), f"{where}: agents[{k}].action_space")
+        if not isinstance(obs, Box):
+            raise SchemaError(f"{where}: agents[{k}].observation_space must be a box")
+        agents.append(AgentSpec(a["id"], obs, act))
+    if "state_space" not in obj:
+        raise SchemaError(f"{where}: metadata lacks the field 'state_space' (null when there is no global state)")
+    state = obj["state_space"]
+    state_space = None if state is None else parse_space(state, f"{where}: state_space")
+    if state_space is not None and not isinstance(state_space, Box):
+        raise SchemaError(f"{where}: state_space must be a box")
+    flags = {}
+    for key in ("agent_rewards", "action_masks"):
+        if not isinstance(obj.get(key), bool):
+            raise SchemaError(f"{where}: '{key}' must be true or false, got {obj.get(key)!r}")
+        flags[key] = obj[key]
     try:
-        raw_agents = obj["agents"]
-        if not isinstance(raw_agents, list):
-            raise SchemaError(f"{where}: 'agents' must be a list")
-        agents = []
-        for k, a in enumerate(raw_agents):
-            aid = a["id"]
-            obs = parse_space(a["observation_space"], f"{where}: agents[{k}].observation_space")
-            act = parse_space(a["action_space"], f"{where}: agents[{k}].action_space")
-            if not isinstance(obs, Box):
-                raise SchemaError(f"{where}: agents[{k}].observation_space must be a box")
-            agents.append(AgentSpec(aid, obs, act))
-        state = obj.get("state_space")
-        state_space = None if state is None else parse_space(state, f"{where}: state_space")
-        if state_space is not None and not isinstance(state_space, Box):
-            raise SchemaError(f"{where}: state_space must be a box")
-        spec = DatasetSpec(tuple(agents), state_space, bool(obj.get("agent_rewards", False)), bool(obj.get("action_masks", False)))
-        chunk_rows = parse_chunk_rows(obj["chunk_rows"], where)
-        return Metadata(
-            spec=spec,
-            chunk_rows=chunk_rows,
-            env=dict(obj.get("env") or {}),
-            description=str(obj.get("description") or ""),
-            reference_scores=obj.get("reference_scores"),
-            provenance=dict(obj.get("provenance") or {}),
-            versions=dict(obj.get("versions") or {}),
-            created=str(obj.get("created") or ""),
-            extra=dict(obj.get("extra") or {}),
-        )
-    except KeyError as e:
-        raise SchemaError(f"{where}: metadata lacks the field {e.args[0]!r}") from e
+        spec = DatasetSpec(tuple(agents), state_space, flags["agent_rewards"], flags["action_masks"])
     except SchemaError as e:
-        if str(e).startswith(where):
-            raise
-        raise SchemaError(f"{where}: {e}") from e
+        raise SchemaError(f"{where}: {e}") from None
+    if "chunk_rows" not in obj:
+        raise SchemaError(f"{where}: metadata lacks the field 'chunk_rows'")
+    scores = _field(obj, "reference_scores", dict, where)
+    if scores is not None and (set(scores) != {"min", "max"} or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in scores.values())):  # fmt: skip
+        raise SchemaError(f"{where}: 'reference_scores' must be {{'min': number, 'max': number}}, got {scores!r}")
+    return Metadata(
+        spec=spec,
+        chunk_rows=parse_chunk_rows(obj["chunk_rows"], where),
+        env=dict(_field(obj, "env", dict, where, {})),
+        description=_field(obj, "description", str, where, ""),
+        reference_scores=scores,
+        provenance=dict(_field(obj, "provenance", dict, where, {})),
+        versions=dict(_field(obj, "versions", dict, where, {})),
+        created=_field(obj, "created", str, where, ""),
+        extra=dict(_field(obj, "extra", dict, where, {})),
+    )
 
 
 def parse_chunk_rows(value: Any, where: str = "chunk_rows") -> int:
-    try:
-        n = int(value)
-    except (TypeError, ValueError) as e:
-        raise SchemaError(f"{where}: chunk_rows must be an integer, got {value!r}") from e
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise SchemaError(f"{where}: chunk_rows must be an integer, got {value!r}")
+    n = int(value)
     if n < 1 or n > 1 << 24:
         raise SchemaError(f"{where}: chunk_rows must be in 1..16777216, got {n}")
     return n

@@ -73,32 +73,55 @@ class Discrete:
 Space = Box | Discrete
 
 
+def _ints(value: Any, where: str) -> tuple[int, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
+        raise SchemaError(f"{where}: expected a list of non-negative integers, got {value!r}")
+    return tuple(value)
+
+
+def _bounds(value: Any, size: int, where: str) -> tuple[float, ...]:
+    """A bound list: numbers, or "inf" / "-inf" (JSON has no infinity)."""
+    if not isinstance(value, list) or len(value) != size:
+        raise SchemaError(f"{where}: expected a list of {size} numbers, got {value!r}"[:300])
+    out = []
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+            raise SchemaError(f"{where}: expected numbers or 'inf'/'-inf', got {v!r}")
+        try:
+            x = float(v)
+        except ValueError:
+            raise SchemaError(f"{where}: expected numbers or 'inf'/'-inf', got {v!r}") from None
+        if np.isnan(x) or (isinstance(v, str) and np.isfinite(x)):
+            raise SchemaError(f"{where}: expected numbers or 'inf'/'-inf', got {v!r}")
+        out.append(x)
+    return tuple(out)
+
+
 def parse_space(obj: Any, where: str) -> Space:
-    """Parse a space from its JSON form; ``where`` names the field in error messages."""
+    """Parse a space from its JSON form, with its invariants (shapes, low <= high, n >= 1); ``where``
+    names the field in error messages."""
     if not isinstance(obj, dict) or "type" not in obj:
         raise SchemaError(f"{where}: expected a space object with a 'type', got {obj!r}")
     kind = obj["type"]
-    try:
-        if kind == "box":
-            shape = tuple(int(s) for s in obj["shape"])
-            dtype = str(obj.get("dtype", "float32"))
-            if dtype not in _FLOAT_DTYPES:
-                raise SchemaError(f"{where}: box dtype must be one of {_FLOAT_DTYPES}, got {dtype!r}")
-            low = tuple(float(x) for x in obj["low"])
-            high = tuple(float(x) for x in obj["high"])
-            size = int(np.prod(shape, dtype=np.int64))
-            if len(low) != size or len(high) != size:
-                raise SchemaError(f"{where}: low/high need {size} values for shape {shape}, got {len(low)}/{len(high)}")
-            return Box(shape, low, high, dtype)
-        if kind == "discrete":
-            n = int(obj["n"])
-            if n < 1:
-                raise SchemaError(f"{where}: discrete n must be >= 1, got {n}")
-            return Discrete(n, int(obj.get("start", 0)))
-    except (KeyError, TypeError, ValueError) as e:
-        if isinstance(e, SchemaError):
-            raise
-        raise SchemaError(f"{where}: malformed {kind} space {obj!r}: {e}") from e
+    if kind == "box":
+        if not {"shape", "low", "high"} <= set(obj):
+            raise SchemaError(f"{where}: a box needs shape, low and high, got {sorted(obj)}")
+        shape = _ints(obj["shape"], f"{where}.shape")
+        dtype = obj.get("dtype", "float32")
+        if dtype not in _FLOAT_DTYPES:
+            raise SchemaError(f"{where}: box dtype must be one of {_FLOAT_DTYPES}, got {dtype!r}")
+        size = int(np.prod(shape, dtype=np.int64))
+        low, high = _bounds(obj["low"], size, f"{where}.low"), _bounds(obj["high"], size, f"{where}.high")
+        bad = [i for i, (lo, hi) in enumerate(zip(low, high, strict=True)) if lo > hi]
+        if bad:
+            raise SchemaError(f"{where}: low > high at components {bad[:5]}")
+        return Box(shape, low, high, dtype)
+    if kind == "discrete":
+        n, start = obj.get("n"), obj.get("start", 0)
+        for name, v, low in (("n", n, 1), ("start", start, None)):
+            if isinstance(v, bool) or not isinstance(v, int) or (low is not None and v < low):
+                raise SchemaError(f"{where}.{name}: expected an integer{'' if low is None else f' >= {low}'}, got {v!r}")
+        return Discrete(n, start)
     raise SchemaError(f"{where}: unknown space type {kind!r}; expected 'box' or 'discrete'")
 
 

@@ -128,6 +128,7 @@ def expected_array_meta(spec: ArraySpec, chunk_rows: int) -> dict[str, Any]:
         "node_type": "array",
         "data_type": spec.dtype,
         "chunk_shape": [chunk_rows, *spec.feature_shape],
+        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
         "codecs": [("bytes", endian), ("zstd", {"level": ZSTD_LEVEL, "checksum": True})],
     }
 
@@ -300,6 +301,7 @@ class Store:
                 "node_type": obj["node_type"],
                 "data_type": obj["data_type"],
                 "chunk_shape": obj["chunk_grid"]["configuration"]["chunk_shape"],
+                "chunk_key_encoding": obj["chunk_key_encoding"],
                 "codecs": [(c["name"], c.get("configuration", {})) for c in obj["codecs"]],
             }
             shape = obj["shape"]
@@ -313,6 +315,20 @@ class Store:
         if shape[0] < self.rows(name):
             first = self.chunk_location(name, shape[0] // self.meta.chunk_rows)
             return f"{path}: {name} has {shape[0]} rows but {self.rows(name)} were committed (missing from {first})"
+        return None
+
+    def group_meta_problem(self, name: str) -> str | None:
+        """What is wrong with an intermediate group's zarr.json (``obs``, ``action``, ...), or None:
+        madata does not read it, zarr readers need it."""
+        path = self.root / name / "zarr.json"
+        try:
+            obj = read_json_file(path, f"group {name}'s metadata")
+        except FileNotFoundError:
+            return f"{path}: group {name}'s Zarr metadata is missing (zarr readers need it)"
+        except CorruptionError as e:
+            return str(e)
+        if not isinstance(obj, dict) or obj.get("zarr_format") != 3 or obj.get("node_type") != "group":
+            return f"{path}: expected a Zarr v3 group (zarr_format 3, node_type 'group')"
         return None
 
     def extra_rows(self, name: str) -> int:
