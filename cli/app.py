@@ -6,7 +6,6 @@ and exit with code 2; no traceback.
 
 from __future__ import annotations
 
-import json
 import sys
 from enum import Enum
 from pathlib import Path
@@ -15,7 +14,8 @@ from typing import Annotated
 import typer
 
 from cli import behavior, d4rl, diagnose, train
-from cli.errors import handle_errors
+from cli.errors import handle_errors, main_with
+from cli.format import print_json
 
 app = typer.Typer(
     name="madata",
@@ -31,10 +31,6 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JS
 DatasetArg = Annotated[Path, typer.Argument(help="A madata dataset directory.", show_default=False)]
 
 
-def _print_json(obj) -> None:
-    typer.echo(json.dumps(obj, indent=2, default=str))
-
-
 @app.command()
 @handle_errors
 def info(path: DatasetArg, as_json: JsonOpt = False) -> None:
@@ -44,7 +40,7 @@ def info(path: DatasetArg, as_json: JsonOpt = False) -> None:
 
     s = summarize(madata.open(path))
     if as_json:
-        _print_json(s)
+        print_json(s)
         return
     from cli.format import format_summary
 
@@ -66,7 +62,7 @@ def verify(
 
     report = run_verify(path, full=not quick)
     if as_json:
-        _print_json(report.to_json())
+        print_json(report.to_json())
     else:
         for n in report.notes:
             typer.echo(f"note: {n}")
@@ -108,7 +104,7 @@ def export(
 
 
 @app.command()
-@handle_errors
+@handle_errors(interrupted="committed episodes are kept (rerun with --resume to continue)")
 def collect(
     task: Annotated[str, typer.Argument(help="Task name, e.g. grid or halfcheetah-2x3.", show_default=False)],
     out: Annotated[Path, typer.Option("-o", "--out", help="Output dataset directory.")],
@@ -165,8 +161,20 @@ train.register(app)  # train ALGO, eval
 diagnose.register(app)  # diagnose
 
 
+@app.callback(invoke_without_command=True)
+def root(
+    version: Annotated[bool, typer.Option("--version", help="Print madata's version and exit.", is_eager=True)] = False,
+) -> None:
+    """Offline multi-agent RL datasets: collect, convert, inspect, verify, export, train."""
+    if version:
+        import madata
+
+        typer.echo(f"madata {madata.__version__}")
+        raise typer.Exit(0)
+
+
 def main() -> None:
-    app()
+    main_with(app)
 
 
 if __name__ == "__main__":

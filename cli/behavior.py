@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from cli.errors import handle_errors
+from cli.format import print_json
 
 app = typer.Typer(help="Behaviour policies: train SAC snapshots, export them as levels, list shipped checkpoints.",
                   no_args_is_help=True)  # fmt: skip
@@ -77,7 +77,7 @@ def list_(
         rows.append({"task": i.task, "level": i.level, "train_steps": i.train_steps, "seed": i.seed,
                      "average_return": i.average_return, "return_std": i.return_std, "eval_episodes": i.eval_episodes})  # fmt: skip
     if as_json:
-        typer.echo(json.dumps(rows, indent=2))
+        print_json(rows)
         return
     for r in rows:
         typer.echo(f"{r['task']:<18} {r['level']:<8} {r['train_steps']:>8} steps  seed {r['seed']}  "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Annotated
@@ -10,7 +9,8 @@ from typing import Annotated
 import typer
 
 from cli.errors import handle_errors
-from madata.diagnostics.core import DEFAULTS
+from cli.format import print_json
+from madata.diagnostics.defaults import DEFAULTS
 
 D = SimpleNamespace(**DEFAULTS)  # the defaults shown in --help
 
@@ -18,6 +18,7 @@ D = SimpleNamespace(**DEFAULTS)  # the defaults shown in --help
 def diagnose_command(
     dataset: Annotated[Path, typer.Argument(help="A madata dataset directory.", show_default=False)],
     report: Annotated[Path | None, typer.Option(help="Write a self-contained HTML report here.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing report file.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print every number as JSON instead of text.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of every subsample and shuffle (recorded).")] = D.seed,
     groups: Annotated[
@@ -32,14 +33,17 @@ def diagnose_command(
     """How good and how uncoordinated a dataset is: returns per behaviour combination, the miscoordination
     gap, dependence between agents' actions given the state against its shuffled null, joint versus
     per-agent coverage. Definitions: docs/diagnostics.md."""
+    from madata.atomic import check_output
     from madata.diagnostics import diagnose, write_report
 
+    if report is not None:  # before minutes of statistics, not after
+        check_output(report, overwrite, "report file")
     d = diagnose(dataset, seed=seed, groups=groups, group_size=group_size, pool=pool, permutations=permutations,
                  bins=bins, shuffles=shuffles, progress=not as_json)  # fmt: skip
     if report is not None:
-        write_report(d, report)
+        write_report(d, report, overwrite=overwrite)
     if as_json:
-        typer.echo(json.dumps(d, indent=2, default=str))
+        print_json(d)
         return
     typer.echo(format_diagnosis(d))
     if report is not None:

@@ -51,3 +51,14 @@ def format_summary(s: dict[str, Any]) -> str:
     if s["provenance"]:
         lines.append("provenance " + "  ".join(f"{k}={v}" for k, v in s["provenance"].items()))
     return "\n".join(lines)
+
+
+def print_json(obj) -> None:
+    """Strict JSON on stdout (infinite bounds as "inf"/"-inf", like the metadata), parseable by any JSON reader."""
+    import json
+
+    import typer
+
+    from madata.schema import json_ready
+
+    typer.echo(json.dumps(json_ready(obj), indent=2, default=str, allow_nan=False))

@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import json
 import sys
 import typing
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 from typer.core import TyperGroup
 
 from cli.errors import handle_errors
+from cli.format import print_json
 from madata.errors import SchemaError
 
 PRESETS = {
@@ -148,7 +147,7 @@ def _command(spec):
 
     command.__signature__ = inspect.Signature([*run_params, *config_params])
     command.__name__ = spec.name.replace("-", "_")
-    return handle_errors(command)
+    return handle_errors(command, interrupted="the run continues from its last checkpoint with --resume")
 
 
 def _help(spec) -> str:
@@ -162,12 +161,12 @@ def _help(spec) -> str:
 class LazyAlgorithms(TyperGroup):
     """``madata train``'s subcommands, one per registered algorithm, built when first asked for."""
 
-    def list_commands(self, ctx: click.Context) -> list[str]:
+    def list_commands(self, ctx) -> list[str]:
         from madata_algos.registry import names
 
         return names()
 
-    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+    def get_command(self, ctx, name: str):
         from madata_algos import registry
 
         if name not in registry.ALGORITHMS:
@@ -197,7 +196,7 @@ def eval_command(
 
     res = evaluate_run(run, episodes=episodes, seed=seed, max_steps=max_steps)
     if as_json:
-        typer.echo(json.dumps(res.to_json(), indent=2))
+        print_json(res.to_json())
         return
     norm = "" if res.mean_normalized is None else f", normalized {res.mean_normalized:.1f} +- {res.std_normalized:.1f}"
     lengths = f"episodes of {min(res.lengths)}-{max(res.lengths)} steps"

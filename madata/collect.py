@@ -96,6 +96,10 @@ def collect(
     commit_seconds = _parse_float(commit_seconds, "commit_seconds", 0.0, math.inf)
     if max_steps is not None:
         max_steps = _parse_int(max_steps, "max_steps", 1)
+        limit = info.env.get("max_steps")
+        if limit is not None and max_steps > limit:
+            raise SchemaError(f"max_steps (--max-steps) {max_steps} is above {task}'s own time limit of {limit} steps; "
+                              f"give at most {limit} (it can only shorten episodes)")  # fmt: skip
     noise = _parse_float(noise, "noise", 0.0, math.inf)
     epsilon = _parse_float(epsilon, "epsilon", 0.0, 1.0)
     if (mix is None) == (combo is None):

@@ -283,6 +283,18 @@ def episode_table_schema(agent_ids: list[str]) -> pa.Schema:
     return pa.schema(fields)
 
 
+def json_ready(obj: Any) -> Any:
+    """``obj`` with every non-finite float written as "inf", "-inf" or "nan" (strict JSON has none of them;
+    madata's metadata stores infinite bounds the same way)."""
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else ("nan" if np.isnan(obj) else "inf" if obj > 0 else "-inf")
+    if isinstance(obj, dict):
+        return {k: json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(v) for v in obj]
+    return obj
+
+
 def dumps(obj: Any) -> str:
     """Canonical JSON (sorted keys) so equal content gives equal bytes."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)

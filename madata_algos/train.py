@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 import madata
-from madata.errors import DatasetExistsError, SchemaError
+from madata.errors import DatasetExistsError, OutputError, SchemaError
 from madata_algos import registry
 from madata_algos.evaluate import evaluate
 from madata_algos.loader import Batch, StreamingLoader, TransitionLoader, default_device
@@ -229,7 +229,7 @@ def resolve_device(device: str | None) -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise SchemaError(f"--device {device!r}: not a device; use cpu or cuda") from None
+        raise SchemaError(f"--device {device}: not a device torch knows; use cpu or cuda") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise SchemaError(f"--device {device}: this torch build has no CUDA device ({torch.__version__}); use cpu")
     if dev.type not in ("cpu", "cuda"):
@@ -265,6 +265,8 @@ def make_dir(path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
         raise SchemaError(f"{path}: exists and is not a directory; the run directory must be one") from None
+    except OSError as e:
+        raise OutputError(f"{path}: the run directory cannot be created ({e.strerror or e})") from None
 
 
 def write_atomic(path: Path, data: bytes) -> None:

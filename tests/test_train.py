@@ -203,3 +203,71 @@ def test_cli_lists_every_algorithm_and_trains_a_baseline(tmp_path):
     assert res.exit_code == 0 and json.loads(res.output)["task"] == "grid"
     res = runner.invoke(app, ["train", "mabcq", str(grid), "-o", str(tmp_path / "x"), "--weight-min", "3", "--weight-max", "1"])
     assert res.exit_code == 2 and "weight_min" in res.output and "Traceback" not in res.output
+
+
+def test_eval_repeats_the_last_logged_evaluation_without_the_dataset(hc_data, tmp_path):
+    """`madata eval RUN` by default repeats the run's last evaluation exactly (same episodes, seeds, time
+    limit and random draws), and works after the run is moved and the dataset deleted."""
+    import shutil
+
+    from madata_algos.train import evaluate_run
+
+    data = tmp_path / "data"
+    shutil.copytree(hc_data, data)
+    rows = train(data, tmp_path / "run", steps=10, **KW)
+    moved = tmp_path / "elsewhere" / "run"
+    shutil.copytree(tmp_path / "run", moved)
+    shutil.rmtree(tmp_path / "run")
+    shutil.rmtree(data)
+    res = evaluate_run(moved, device="cpu")
+    assert res.mean_return == rows[-1]["eval_return"] and res.episodes == KW["eval_episodes"]
+    assert res.seed == 10_000 * (KW["seed"] + 1) and max(res.lengths) <= KW["eval_max_steps"]
+    fresh = evaluate_run(moved, episodes=1, seed=5, device="cpu")
+    assert fresh.episodes == 1 and fresh.seed == 5
+
+
+def test_train_from_the_streaming_loader_resumes_exactly(tmp_path):
+    """--stream samples from the streaming loader (data larger than memory); its buffer and pass order
+    are checkpointed, so a resumed run equals an uninterrupted one."""
+    data = tmp_path / "hc-small-chunks"
+    # 8 episodes in chunks of 16 rows: 8 ranges for a buffer of 4, refilled as training samples
+    collect("halfcheetah-2x3", data, mix=["random"], episodes=8, max_steps=30, seed=0, envs=2, chunk_rows=16)
+    kw = dict(KW, stream=True)
+    full = train(data, tmp_path / "full", steps=20, **kw)
+    train(data, tmp_path / "cut", steps=10, **kw)
+    resumed = train(data, tmp_path / "cut", steps=20, resume=True, **kw)
+    assert [(r["vae"], r["eval_return"]) for r in full] == [(r["vae"], r["eval_return"]) for r in resumed]
+    settings = __import__("json").loads((tmp_path / "full" / "config.json").read_text())
+    assert settings["stream"] is True
+    plain = train(data, tmp_path / "plain", steps=20, **KW)
+    assert [r["vae"] for r in plain] != [r["vae"] for r in full]  # a different sampler, really used
+
+
+def test_train_without_an_environment_logs_losses(tmp_path):
+    """A dataset made with madata.create names no environment: --eval-episodes 0 trains on it anyway."""
+    from conftest import random_episode, write
+
+    from madata.schema import AgentSpec
+    from madata.spaces import Box
+
+    rng = np.random.default_rng(0)
+    agents = [AgentSpec(f"a{i}", Box.make(-1, 1, (3,)), Box.make(-1, 1, (2,))) for i in range(2)]
+    path = write(tmp_path / "own", agents, [random_episode(agents, 20, rng) for _ in range(5)])
+    with pytest.raises(SchemaError, match="--eval-episodes 0"):
+        train(path, tmp_path / "r0", algorithm="ibcq", steps=4, batch_size=16, eval_every=2, device="cpu")
+    rows = train(path, tmp_path / "r1", algorithm="ibcq", steps=4, batch_size=16, eval_every=2, eval_episodes=0,
+                 device="cpu", config=__import__("madata_algos.configs", fromlist=["BcqConfig"]).BcqConfig(
+                     vae_hidden=(8,), actor_hidden=(8,), critic_hidden=(8,)))  # fmt: skip
+    assert [r["step"] for r in rows] == [2, 4] and "eval_return" not in rows[-1] and "critic" in rows[-1]
+    assert (tmp_path / "r1" / "learning_curve.png").exists()
+
+
+def test_progress_lines_off_a_terminal(hc_data, tmp_path):
+    """Under nohup or a scheduler (stderr not a TTY) train reports the expected time after its warm-up and
+    one line per evaluation."""
+    lines = []
+    train(hc_data, tmp_path / "run", steps=80, **dict(KW, eval_every=40), report=lines.append)
+    assert len(lines) == 3, lines
+    assert lines[0].startswith("cast-bcq halfcheetah-2x3 step 40/80: return") and "it/s" in lines[0]
+    assert "about" in lines[1] and "per 1,000 iterations after 50" in lines[1]
+    assert lines[2].startswith("cast-bcq halfcheetah-2x3 step 80/80: return")

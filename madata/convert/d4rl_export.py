@@ -27,17 +27,16 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 import madata
-from madata.atomic import atomic_output
+from madata.atomic import atomic_output, check_output
 from madata.convert.d4rl import EXPORT_FORMAT, FLOAT_DTYPES, require_h5py
 from madata.convert.split import mamujoco_split
 from madata.envs.registry import MAMUJOCO_SCENARIOS
-from madata.errors import DatasetExistsError, SchemaError
+from madata.errors import SchemaError
 from madata.spaces import Box
 
 FIELDS = ["obs", "next_obs", "action", "reward", "terminated", "truncated", "state", "next_state"]
@@ -51,11 +50,7 @@ def export_d4rl(dataset: str | os.PathLike, out: str | os.PathLike, *, dtype: st
     the dataset's state dtype. Returns ``{"path", "rows", "episodes", "dtype"}``.
     """
     h5py = require_h5py()
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise DatasetExistsError(f"{out}: file exists; pass --overwrite to replace it or choose another path")
-    if not out.parent.is_dir():
-        raise SchemaError(f"{out}: parent directory {out.parent} does not exist")
+    out = check_output(out, overwrite, "HDF5 file")
     ds = madata.open(dataset)
     env = ds.meta.env
     robot = {v: k for k, v in MAMUJOCO_SCENARIOS.items()}.get(env.get("scenario"))
@@ -98,7 +93,7 @@ def export_d4rl(dataset: str | os.PathLike, out: str | os.PathLike, *, dtype: st
         "description": ds.meta.description,
         "provenance": ds.meta.provenance,
     }
-    with atomic_output(out, overwrite=True) as tmp:
+    with atomic_output(out, overwrite) as tmp:
         with h5py.File(tmp, "w") as h:
             h.create_dataset("observations", data=tr["state"].astype(dtype))
             h.create_dataset("next_observations", data=tr["next_state"].astype(dtype))

@@ -12,13 +12,24 @@ joint versus per-agent action coverage (:mod:`~madata.diagnostics.coverage`).
 docs/diagnostics.md defines every number and how to read it.
 """
 
-from madata.diagnostics.core import DEFAULTS, diagnose, load_inputs
-from madata.diagnostics.coverage import action_coverage
-from madata.diagnostics.dependence import action_dependence
-from madata.diagnostics.quality import behaviour_mix, quality
-from madata.diagnostics.report import render_html, write_report
+from __future__ import annotations
 
-__all__ = [
-    "DEFAULTS", "action_coverage", "action_dependence", "behaviour_mix", "diagnose", "load_inputs", "quality",
-    "render_html", "write_report",
-]  # fmt: skip
+import importlib
+from typing import Any
+
+from madata.diagnostics.defaults import DEFAULTS
+
+_LAZY = {
+    "diagnose": "core", "load_inputs": "core", "action_coverage": "coverage", "action_dependence": "dependence",
+    "behaviour_mix": "quality", "quality": "quality", "render_html": "report", "write_report": "report",
+}  # fmt: skip
+
+__all__ = ["DEFAULTS", *sorted(_LAZY)]
+
+
+def __getattr__(name: str) -> Any:  # the statistics load numpy-heavy modules only when used
+    if name not in _LAZY:
+        raise AttributeError(f"module 'madata.diagnostics' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"madata.diagnostics.{_LAZY[name]}"), name)
+    globals()[name] = value
+    return value

@@ -13,12 +13,11 @@ from tqdm import tqdm
 import madata
 from madata.dataset import Dataset
 from madata.diagnostics.coverage import action_coverage
+from madata.diagnostics.defaults import DEFAULTS
 from madata.diagnostics.dependence import action_dependence
 from madata.diagnostics.quality import behaviour_mix, quality
 from madata.errors import SchemaError
 from madata.spaces import Discrete
-
-DEFAULTS = {"groups": 2048, "group_size": 64, "permutations": 20, "pool": 500_000, "bins": 4, "shuffles": 3, "seed": 0}
 
 
 def _check(ds: Dataset) -> None:

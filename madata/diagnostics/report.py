@@ -202,6 +202,6 @@ def render_html(d: dict[str, Any]) -> str:
             f"<script type='application/json' id='diagnosis'>{data}</script></body></html>\n")  # fmt: skip
 
 
-def write_report(d: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write :func:`render_html` of ``d`` to ``path`` (atomically); returns the path."""
-    return write_bytes_atomic(path, render_html(d).encode("utf-8"))
+def write_report(d: dict[str, Any], path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write :func:`render_html` of ``d`` to ``path`` (atomically; an existing file only with ``overwrite``)."""
+    return write_bytes_atomic(path, render_html(d).encode("utf-8"), overwrite=overwrite)
