@@ -38,7 +38,7 @@ import numpy as np
 from madata.behaviour import load_policy
 from madata.behaviour.checkpoint import CheckpointInfo, save_checkpoint
 from madata.collect import collect
-from madata.envs.team import make_team_env
+from madata.envs.registry import make_team_env
 
 
 def raw_rate(env_id: str, steps: int, seed: int = 0) -> float:
@@ -74,8 +74,18 @@ def random_checkpoints(root: Path, task: str, levels: list[str], hidden: list[in
             w[f"b{i}"] = np.zeros(dims[i + 1])
         w["mu_w"], w["mu_b"] = rng.standard_normal((hidden[-1], A)) * 0.3 / np.sqrt(hidden[-1]), np.zeros(A)
         w["log_std_w"], w["log_std_b"] = np.zeros((hidden[-1], A)), np.full(A, -1.0)
-        info = CheckpointInfo(task=task, env_id=env_id, level=level, obs_dim=S, act_dim=A, hidden=hidden,
-                              action_low=[-1.0] * A, action_high=[1.0] * A, train_steps=0, seed=seed)  # fmt: skip
+        info = CheckpointInfo(
+            task=task,
+            env_id=env_id,
+            level=level,
+            obs_dim=S,
+            act_dim=A,
+            hidden=hidden,
+            action_low=[-1.0] * A,
+            action_high=[1.0] * A,
+            train_steps=0,
+            seed=seed,
+        )
         save_checkpoint(root / task / level, info, w)
 
 
@@ -96,7 +106,9 @@ def policy_rate(task: str, level: str, checkpoint_dir: Path, batch: int, seconds
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--task", default="halfcheetah-2x3")
-    p.add_argument("--transitions", type=int, default=100_000, help="raw env steps; collect runs ceil(this / 1000) episodes")
+    p.add_argument(
+        "--transitions", type=int, default=100_000, help="raw env steps; collect runs ceil(this / 1000) episodes"
+    )
     p.add_argument("--envs", default="16", help="comma-separated --envs values to measure")
     p.add_argument("--mix", default="medium,expert", help="behaviour levels (every per-agent combination)")
     p.add_argument("--hidden", default="256,256", help="hidden sizes of the random-weight SAC checkpoints")
@@ -110,22 +122,36 @@ def main() -> None:
     env_id = make_team_env(args.task).env.single_agent_env.spec.id
     episodes = -(-args.transitions // 1000)
     tmp = Path(tempfile.mkdtemp(prefix="madata-collect-speed-"))
-    result = {"command": command, "task": args.task, "mix": levels, "cpus": os.cpu_count(),
-              "machine": platform.processor() or platform.machine(), "load_before": os.getloadavg(), "runs": []}  # fmt: skip
+    result = {
+        "command": command,
+        "task": args.task,
+        "mix": levels,
+        "cpus": os.cpu_count(),
+        "machine": platform.processor() or platform.machine(),
+        "load_before": os.getloadavg(),
+        "runs": [],
+    }
     try:
         ck = args.checkpoint_dir
         if ck is None:
             ck = tmp / "checkpoints"
             ck.mkdir()
-            random_checkpoints(ck, args.task, [lv for lv in levels if lv != "random"], [int(h) for h in args.hidden.split(",")])
+            random_checkpoints(
+                ck, args.task, [lv for lv in levels if lv != "random"], [int(h) for h in args.hidden.split(",")]
+            )
         raw_before = raw_rate(env_id, args.transitions, args.seed)
         for k in [int(x) for x in args.envs.split(",")]:
             out = tmp / f"ds-{k}"
             t0 = time.perf_counter()
             ds = collect(args.task, out, mix=levels, episodes=episodes, seed=args.seed, envs=k, checkpoint_dir=ck)
             seconds = time.perf_counter() - t0
-            run = {"envs": k, "episodes": ds.num_episodes, "transitions": ds.num_transitions, "seconds": seconds,
-                   "collect_rate": ds.num_transitions / seconds}  # fmt: skip
+            run = {
+                "envs": k,
+                "episodes": ds.num_episodes,
+                "transitions": ds.num_transitions,
+                "seconds": seconds,
+                "collect_rate": ds.num_transitions / seconds,
+            }
             if levels[-1] != "random":
                 run["policy_rows_per_s"] = policy_rate(args.task, levels[-1], ck, k)
             result["runs"].append(run)
@@ -136,14 +162,20 @@ def main() -> None:
     raw = (raw_before + raw_after) / 2
     result.update(raw_before=raw_before, raw_after=raw_after, load_after=os.getloadavg())
     print(f"command: {command}")
-    print(f"task {args.task}, mix {args.mix}, policies hidden {args.hidden if args.checkpoint_dir is None else 'from ' + str(ck)}")
-    print(f"cpus {os.cpu_count()}, load average before {result['load_before'][0]:.2f}, after {result['load_after'][0]:.2f}")
+    print(
+        f"task {args.task}, mix {args.mix}, policies hidden {args.hidden if args.checkpoint_dir is None else 'from ' + str(ck)}"
+    )
+    print(
+        f"cpus {os.cpu_count()}, load average before {result['load_before'][0]:.2f}, after {result['load_after'][0]:.2f}"
+    )
     print(f"raw {env_id} random-action steps/s: {raw_before:,.0f} before, {raw_after:,.0f} after")
     for run in result["runs"]:
         run["ratio"] = run["collect_rate"] / raw
         extra = f", one level's act: {run['policy_rows_per_s']:,.0f} rows/s" if "policy_rows_per_s" in run else ""
-        print(f"collect --envs {run['envs']}: {run['transitions']:,} transitions in {run['seconds']:.1f} s = "
-              f"{run['collect_rate']:,.0f} transitions/s, {run['ratio']:.2f} x raw{extra}")  # fmt: skip
+        print(
+            f"collect --envs {run['envs']}: {run['transitions']:,} transitions in {run['seconds']:.1f} s = "
+            f"{run['collect_rate']:,.0f} transitions/s, {run['ratio']:.2f} x raw{extra}"
+        )
     if args.json:
         print(json.dumps(result))
 

@@ -62,8 +62,8 @@ def write_file(path: Path, transitions: int, steps: int, sim_episodes: int, seed
     rng = np.random.default_rng(seed + 1)
     pick = np.arange(n_ep) % sim_episodes
     scale = 1 + 1e-3 * rng.standard_normal((n_ep, 1, 1))  # one perturbation per copy: states stay smooth in time
-    qpos = (sim["qpos"][pick] * scale)  # (E, T+1, 9)
-    qvel = (sim["qvel"][pick] * scale)
+    qpos = sim["qpos"][pick] * scale  # (E, T+1, 9)
+    qvel = sim["qvel"][pick] * scale
     obs = np.concatenate([qpos[:, :, 1:], qvel], axis=2).astype(np.float32)  # HalfCheetah: [qpos[1:], qvel]
     act = np.clip(sim["act"][pick] * scale.astype(np.float32), -1, 1)
     rew = (sim["rew"][pick] * scale[:, :, 0]).astype(np.float32)
@@ -90,9 +90,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--transitions", type=int, default=1_000_000)
     p.add_argument("--steps", type=int, default=1000, help="episode length (D4RL: 1000)")
-    p.add_argument("--sim-episodes", type=int, default=10, help="episodes actually simulated, the rest are perturbed copies")
+    p.add_argument(
+        "--sim-episodes", type=int, default=10, help="episodes actually simulated, the rest are perturbed copies"
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tmp", type=Path, default=None, help="directory for the file and the dataset (default: system temp)")
+    p.add_argument(
+        "--tmp", type=Path, default=None, help="directory for the file and the dataset (default: system temp)"
+    )
     p.add_argument("--no-cli", action="store_true", help="skip timing the madata command in a subprocess")
     args = p.parse_args()
 
@@ -104,8 +108,10 @@ def main() -> None:
         src = work / "halfcheetah_medium-v2.hdf5"
         t0 = time.perf_counter()
         write_file(src, args.transitions, args.steps, args.sim_episodes, args.seed)
-        print(f"source: {src.name}: {args.transitions:,} transitions, {src.stat().st_size / 2**20:.0f} MiB "
-              f"(made in {time.perf_counter() - t0:.1f} s)")  # fmt: skip
+        print(
+            f"source: {src.name}: {args.transitions:,} transitions, {src.stat().st_size / 2**20:.0f} MiB "
+            f"(made in {time.perf_counter() - t0:.1f} s)"
+        )
         mamujoco_split("halfcheetah", "2x3")  # env start-up, once per process
         t0 = time.perf_counter()
         ds = split_d4rl("halfcheetah", "2x3", work / "lib", source=src)
@@ -113,16 +119,31 @@ def main() -> None:
         assert ds.num_transitions == args.transitions, ds
         rep = ds.meta.provenance["report"]
         size = sum(f.stat().st_size for f in (work / "lib").rglob("*") if f.is_file())
-        print(f"split_d4rl (library): {lib:.1f} s, {args.transitions / lib:,.0f} rows/s; {ds.num_episodes} episodes, "
-              f"local observations from {rep['local_obs_from']}, dataset {size / 2**20:.0f} MiB")  # fmt: skip
-        cmd = [sys.executable, "-m", "cli.app", "split-d4rl", "halfcheetah", "2x3", "--source", str(src), "-o", str(work / "cli")]
+        print(
+            f"split_d4rl (library): {lib:.1f} s, {args.transitions / lib:,.0f} rows/s; {ds.num_episodes} episodes, "
+            f"local observations from {rep['local_obs_from']}, dataset {size / 2**20:.0f} MiB"
+        )
+        cmd = [
+            sys.executable,
+            "-m",
+            "cli.app",
+            "split-d4rl",
+            "halfcheetah",
+            "2x3",
+            "--source",
+            str(src),
+            "-o",
+            str(work / "cli"),
+        ]
         if not args.no_cli:
             t0 = time.perf_counter()
             subprocess.run(cmd, check=True, capture_output=True, cwd=Path(__file__).resolve().parents[1])
             wall = time.perf_counter() - t0
             print(f"madata split-d4rl (command, end to end): {wall:.1f} s, {args.transitions / wall:,.0f} rows/s")
-        print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; python {platform.python_version()}, "
-              f"madata {madata.__version__}")  # fmt: skip
+        print(
+            f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; python {platform.python_version()}, "
+            f"madata {madata.__version__}"
+        )
         print("command: python " + " ".join(shlex.quote(a) for a in sys.argv))
     finally:
         shutil.rmtree(work, ignore_errors=True)

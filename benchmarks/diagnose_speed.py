@@ -50,8 +50,9 @@ def main() -> None:
         if args.dataset is None:
             path = tmp / "hc.zarr"
             t0 = time.perf_counter()
-            collect("halfcheetah-2x3", path, mix=["medium", "expert"], episodes=args.episodes, seed=args.seed,
-                    progress=True)  # fmt: skip
+            collect(
+                "halfcheetah-2x3", path, mix=["medium", "expert"], episodes=args.episodes, seed=args.seed, progress=True
+            )
             collect_s = time.perf_counter() - t0
         else:
             path, collect_s = args.dataset, None
@@ -63,8 +64,18 @@ def main() -> None:
             runs.append({"seconds": time.perf_counter() - t0, "stages": d["timing_s"]})
             ds = madata.open(path)  # a fresh reader: no chunk cache carried over
         report = tmp / "report.html"
-        cmd = [sys.executable, "-m", "cli.app", "diagnose", str(path), "--report", str(report), "--json",
-               "--seed", str(args.seed)]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "cli.app",
+            "diagnose",
+            str(path),
+            "--report",
+            str(report),
+            "--json",
+            "--seed",
+            str(args.seed),
+        ]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
         cli_s = time.perf_counter() - t0
@@ -74,7 +85,7 @@ def main() -> None:
         result = {
             "dataset": str(args.dataset)
             if args.dataset
-            else f"halfcheetah-2x3 --mix medium,expert --episodes {args.episodes} --seed {args.seed}",  # fmt: skip
+            else f"halfcheetah-2x3 --mix medium,expert --episodes {args.episodes} --seed {args.seed}",
             "transitions": ds.num_transitions,
             "episodes": ds.num_episodes,
             "collect_seconds": collect_s,
@@ -92,14 +103,17 @@ def main() -> None:
                 "python": platform.python_version(),
                 "numpy": np.__version__,
                 "load_average": os.getloadavg(),
-            },  # fmt: skip
+            },
             "command": " ".join(shlex.quote(a) for a in ["python", *sys.argv]),
         }
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"{result['transitions']:,} transitions, {result['episodes']} episodes")
-    print(f"diagnose() best of {args.repeat}: {best:.1f} s  (stages of the last run: "
-          + ", ".join(f"{k} {v:.1f} s" for k, v in runs[-1]["stages"].items()) + ")")  # fmt: skip
+    print(
+        f"diagnose() best of {args.repeat}: {best:.1f} s  (stages of the last run: "
+        + ", ".join(f"{k} {v:.1f} s" for k, v in runs[-1]["stages"].items())
+        + ")"
+    )
     print(f"madata diagnose --report --json, fresh process: {cli_s:.1f} s")
     print(f"reproduce: {result['command']}")
     if args.out:

@@ -37,8 +37,16 @@ def train_and_run(ds: madata.Dataset, method: str, seed: int, steps: int, batch:
     g = torch.Generator().manual_seed(seed)
     for _ in range(steps):
         b = loader.sample(batch)
-        algo.update(obs=b.obs.transpose(0, 1), action=b.action.T, reward=b.reward, next_obs=b.next_obs.transpose(0, 1),
-                    terminated=b.terminated, state=b.state, next_state=b.next_state, generator=g)  # fmt: skip
+        algo.update(
+            obs=b.obs.transpose(0, 1),
+            action=b.action.T,
+            reward=b.reward,
+            next_obs=b.next_obs.transpose(0, 1),
+            terminated=b.terminated,
+            state=b.state,
+            next_state=b.next_state,
+            generator=g,
+        )
 
     def policy(obs):
         act = algo.act(torch.stack([torch.as_tensor(obs[a]) for a in AGENTS])).numpy()
@@ -65,8 +73,10 @@ def main() -> None:
                 rets = [train_and_run(ds, method, s, args.steps, args.batch) for s in range(args.seeds)]
                 results[f"{n} episodes / {method}"] = rets
                 print(f"{n} episodes, {method}: returns {rets} ({time.time() - t0:.0f} s)", flush=True)
-    cmd = (f"python benchmarks/grid_figure1.py --episodes {args.episodes} --seeds {args.seeds} --steps {args.steps} "
-           f"--batch {args.batch}")  # fmt: skip
+    cmd = (
+        f"python benchmarks/grid_figure1.py --episodes {args.episodes} --seeds {args.seeds} --steps {args.steps} "
+        f"--batch {args.batch}"
+    )
     lines = ["| dataset / method | seeds reaching the goal | mean return | returns |", "|---|---:|---:|---|"]
     for key, rets in results.items():
         reached = sum(r > 0 and r <= GOAL_REWARD for r in rets)  # a goal episode has return 10 - steps + 1 > 0

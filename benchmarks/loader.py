@@ -39,9 +39,11 @@ def build(path: Path, n: int, T: int = 1000) -> madata.Dataset:
             w.add_episode(
                 obs={a.id: rng.standard_normal((T + 1, 12), dtype=np.float32) for a in agents},
                 actions={a.id: rng.uniform(-1, 1, (T, 3)).astype(np.float32) for a in agents},
-                rewards=rng.standard_normal(T), terminated=np.zeros(T, bool), truncated=end,
+                rewards=rng.standard_normal(T),
+                terminated=np.zeros(T, bool),
+                truncated=end,
                 state=rng.standard_normal((T + 1, 17), dtype=np.float32),
-            )  # fmt: skip
+            )
     return madata.open(path)
 
 
@@ -81,11 +83,20 @@ def main() -> None:
         def naive():
             i = rng.integers(0, N, B)
             o = i + ep[i]
-            return ([obs[a][o] for a in obs], [acts[a][i] for a in acts], [obs[a][o + 1] for a in obs],
-                    state[o], state[o + 1], reward[i], term[i])  # fmt: skip
+            return (
+                [obs[a][o] for a in obs],
+                [acts[a][i] for a in acts],
+                [obs[a][o + 1] for a in obs],
+                state[o],
+                state[o + 1],
+                reward[i],
+                term[i],
+            )
 
         rows.append(("numpy fancy indexing, separate arrays", rate(naive, B, args.seconds)))
-        packed = np.concatenate([v.reshape(N, -1).astype(np.float32) for k, v in tr.items() if k != "truncated"], axis=1)
+        packed = np.concatenate(
+            [v.reshape(N, -1).astype(np.float32) for k, v in tr.items() if k != "truncated"], axis=1
+        )
 
         def packed_np():
             return packed[rng.integers(0, N, B)]
@@ -94,29 +105,49 @@ def main() -> None:
         t0 = time.perf_counter()
         cpu = TransitionLoader(ds, device="cpu", seed=0)
         print(f"TransitionLoader(cpu) packed {N} rows in {time.perf_counter() - t0:.1f} s")
-        rows.append((f"madata TransitionLoader cpu, 1 batch/call (torch threads {torch.get_num_threads()})",
-                     rate(lambda: cpu.sample(B), B, args.seconds)))  # fmt: skip
-        rows.append(("madata TransitionLoader cpu, 16 batches/call", rate(lambda: cpu.sample(B, 16), 16 * B, args.seconds)))
+        rows.append(
+            (
+                f"madata TransitionLoader cpu, 1 batch/call (torch threads {torch.get_num_threads()})",
+                rate(lambda: cpu.sample(B), B, args.seconds),
+            )
+        )
+        rows.append(
+            ("madata TransitionLoader cpu, 16 batches/call", rate(lambda: cpu.sample(B, 16), 16 * B, args.seconds))
+        )
         if torch.cuda.is_available():
             gpu = TransitionLoader(ds, device="cuda", seed=0)
             sync = torch.cuda.synchronize
-            rows.append(("madata TransitionLoader cuda, 1 batch/call", rate(lambda: gpu.sample(B), B, args.seconds, sync)))
-            rows.append(("madata TransitionLoader cuda, 16 batches/call",
-                         rate(lambda: gpu.sample(B, 16), 16 * B, args.seconds, sync)))  # fmt: skip
+            rows.append(
+                ("madata TransitionLoader cuda, 1 batch/call", rate(lambda: gpu.sample(B), B, args.seconds, sync))
+            )
+            rows.append(
+                (
+                    "madata TransitionLoader cuda, 16 batches/call",
+                    rate(lambda: gpu.sample(B, 16), 16 * B, args.seconds, sync),
+                )
+            )
         stream = StreamingLoader(ds, device="cpu", seed=0)
-        rows.append(("madata StreamingLoader cpu (4 x 65536-row buffer, refills included)",
-                     rate(lambda: stream.sample(B, 16), 16 * B, max(args.seconds, 5.0))))  # fmt: skip
+        rows.append(
+            (
+                "madata StreamingLoader cpu (4 x 65536-row buffer, refills included)",
+                rate(lambda: stream.sample(B, 16), 16 * B, max(args.seconds, 5.0)),
+            )
+        )
         arr = zarr.open_array(str(ds.root / "obs" / "agent_0"), mode="r")  # the store read as plain Zarr
         rows.append(("random row access into Zarr (1 field only)", rate(lambda: arr[int(rng.integers(0, N))], 1, 1.0)))
 
     cpu_name = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
-    print(f"\nmachine: {os.cpu_count()} cores, {cpu_name}, {platform.python_version()}, torch {torch.__version__}"
-          + (f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"))  # fmt: skip
+    print(
+        f"\nmachine: {os.cpu_count()} cores, {cpu_name}, {platform.python_version()}, torch {torch.__version__}"
+        + (f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU")
+    )
     print(f"joint samples/s, batch {B}, {N} transitions of halfcheetah-2x3 shape\n")
     print("| method | samples/s |\n|---|---:|")
     for name, r in rows:
         print(f"| {name} | {r / 1e6:.2f} M |" if r >= 1e5 else f"| {name} | {r:,.0f} |")
-    print(f"\ncommand: python benchmarks/loader.py --transitions {args.transitions} --batch {B} --seconds {args.seconds}")
+    print(
+        f"\ncommand: python benchmarks/loader.py --transitions {args.transitions} --batch {B} --seconds {args.seconds}"
+    )
 
 
 if __name__ == "__main__":

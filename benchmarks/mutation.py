@@ -42,8 +42,11 @@ def mutants(path: Path) -> list[tuple[int, str, str]]:
         mutated = deep_replace(module, m.original_node, m.mutated_node).code
         if mutated == code:
             continue
-        diff = [d for d in difflib.unified_diff(code.splitlines(), mutated.splitlines(), lineterm="", n=0)
-                if d[:1] in "+-" and d[:3] not in ("+++", "---")]  # fmt: skip
+        diff = [
+            d
+            for d in difflib.unified_diff(code.splitlines(), mutated.splitlines(), lineterm="", n=0)
+            if d[:1] in "+-" and d[:3] not in ("+++", "---")
+        ]
         pos = module.code_for_node(m.original_node)
         line = next((i + 1 for i, ln in enumerate(code.splitlines()) if diff and ln == diff[0][1:]), 0)
         out.append((line, " / ".join(d.strip() for d in diff)[:300] or pos[:100], mutated))
@@ -77,8 +80,11 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=120.0)
     ap.add_argument("--json", type=Path, default=None, help="write every mutant's outcome here")
-    ap.add_argument("--preload", default="madata,madata_algos.networks,madata_algos.configs",
-                    help="modules the parent imports once (none of them may import a mutated file)")
+    ap.add_argument(
+        "--preload",
+        default="madata,madata_algos.networks,madata_algos.configs",
+        help="modules the parent imports once (none of them may import a mutated file)",
+    )
     args = ap.parse_args()
     os.chdir(ROOT)
     sys.path.insert(0, str(ROOT / "tests"))
@@ -133,14 +139,18 @@ def main() -> None:
         mine = [t for t in todo if t["file"] == str(f)]
         killed = sum(t["outcome"] != "survived" for t in mine)
         timeouts = sum(t["outcome"] == "timeout" for t in mine)
-        print(f"{f}: {killed}/{len(mine)} killed ({100 * killed / max(1, len(mine)):.1f} %), {timeouts} of them by timeout")
+        print(
+            f"{f}: {killed}/{len(mine)} killed ({100 * killed / max(1, len(mine)):.1f} %), {timeouts} of them by timeout"
+        )
         for t in mine:
             if t["outcome"] == "survived":
                 print(f"  survived, line {t['line']}: {t['mutant']}")
     if args.json:
         args.json.write_text(json.dumps([{k: v for k, v in t.items() if k != "source"} for t in todo], indent=1))
-    print(f"\n{time.time() - t0:.0f} s; command: python benchmarks/mutation.py {' '.join(map(str, args.files))} "
-          f"--tests {args.tests} --jobs {args.jobs} --timeout {args.timeout:g}")  # fmt: skip
+    print(
+        f"\n{time.time() - t0:.0f} s; command: python benchmarks/mutation.py {' '.join(map(str, args.files))} "
+        f"--tests {args.tests} --jobs {args.jobs} --timeout {args.timeout:g}"
+    )
 
 
 if __name__ == "__main__":

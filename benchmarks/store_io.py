@@ -247,8 +247,9 @@ def write_store(data: Data, path: Path, chunk_rows: int, policy: str, trace: boo
     return seconds, commits
 
 
-def measure(data: Data, chunk_rows: int, tmp: Path, policies: list[str], n_episode: int, n_cold: int, seed: int,
-            trace: bool) -> dict:  # fmt: skip
+def measure(
+    data: Data, chunk_rows: int, tmp: Path, policies: list[str], n_episode: int, n_cold: int, seed: int, trace: bool
+) -> dict:
     path = tmp / f"store-{chunk_rows}"
     r: dict = {"chunk_rows": chunk_rows}
 
@@ -391,10 +392,15 @@ def tables(results: list[dict], data: Data, policies: list[str], n_episode: int)
         rows.append(row)
     out = _md(head, rows)
     head = [
-        "chunk_rows", "open (quick) s", "transitions() s, 1st / 2nd call", "transitions() Mrows/s, 2nd call",
+        "chunk_rows",
+        "open (quick) s",
+        "transitions() s, 1st / 2nd call",
+        "transitions() Mrows/s, 2nd call",
         "read_rows all MB/s",
-        "verify (full) s", f"{n_episode:,} episode() s", "cold episode ms",
-    ]  # fmt: skip
+        "verify (full) s",
+        f"{n_episode:,} episode() s",
+        "cold episode ms",
+    ]
     rows = []
     for r in results:
         rows.append(
@@ -445,12 +451,26 @@ def main(argv: list[str] | None = None) -> None:
 
     command = "python benchmarks/store_io.py " + shlex.join(
         [
-            "--transitions", str(args.transitions), "--chunk-rows", ",".join(map(str, chunk_sizes)),
-            "--episode-len", str(args.episode_len), "--sim-steps", str(sim_steps),
-            "--commit", ",".join(policies), "--repeat", str(args.repeat),
-            "--episodes", str(args.episodes), "--cold", str(args.cold), "--seed", str(args.seed),
+            "--transitions",
+            str(args.transitions),
+            "--chunk-rows",
+            ",".join(map(str, chunk_sizes)),
+            "--episode-len",
+            str(args.episode_len),
+            "--sim-steps",
+            str(sim_steps),
+            "--commit",
+            ",".join(policies),
+            "--repeat",
+            str(args.repeat),
+            "--episodes",
+            str(args.episodes),
+            "--cold",
+            str(args.cold),
+            "--seed",
+            str(args.seed),
         ]
-    )  # fmt: skip
+    )
     mach = machine()
     print(f"# {command}", file=sys.stderr)
     data = build_data(args.transitions, args.episode_len, sim_steps, args.seed)
@@ -516,7 +536,7 @@ def main(argv: list[str] | None = None) -> None:
                 },
                 indent=2,
             )
-            + "\n"  # fmt: skip
+            + "\n"
         )
 
 

@@ -128,7 +128,9 @@ def _step(opt, loss) -> float:
 
 
 SMALL = CastBcqConfig(vae_hidden=(64, 64), actor_hidden=(64, 64), critic_hidden=(64, 64))
-MEDIUM = CastBcqConfig(vae_hidden=(256, 256), actor_hidden=(256, 256), critic_hidden=(256, 256))  # Table 2's CPU protocol
+MEDIUM = CastBcqConfig(
+    vae_hidden=(256, 256), actor_hidden=(256, 256), critic_hidden=(256, 256)
+)  # Table 2's CPU protocol
 
 
 def make(task: str, B: int, seed: int = 0, config: CastBcqConfig | None = None):
@@ -140,9 +142,15 @@ def make(task: str, B: int, seed: int = 0, config: CastBcqConfig | None = None):
     obs, next_obs = torch.zeros(N, B, width), torch.zeros(N, B, width)
     for i, o in enumerate(obs_dims):
         obs[i, :, :o], next_obs[i, :, :o] = torch.randn(B, o, generator=g), torch.randn(B, o, generator=g)
-    batch = dict(obs=obs, action=(torch.rand(N, B, A, generator=g) * 2 - 1) * algo.act_mask, reward=torch.randn(B, generator=g),
-                 next_obs=next_obs, terminated=(torch.rand(B, generator=g) < 0.05).float(),
-                 state=torch.randn(B, S, generator=g), next_state=torch.randn(B, S, generator=g))  # fmt: skip
+    batch = dict(
+        obs=obs,
+        action=(torch.rand(N, B, A, generator=g) * 2 - 1) * algo.act_mask,
+        reward=torch.randn(B, generator=g),
+        next_obs=next_obs,
+        terminated=(torch.rand(B, generator=g) < 0.05).float(),
+        state=torch.randn(B, S, generator=g),
+        next_state=torch.randn(B, S, generator=g),
+    )
     return algo, batch
 
 
@@ -221,15 +229,47 @@ def main() -> None:
                     loop = LoopUpdate(make(task, B, config=cfg)[0])
                     per_agent = lambda lo=loop, b=batch, g=g: lo.update(**b, generator=g)  # noqa: E731
                     gflop = flops(vec) / 1e9
-                    ms = {k: v * 1000 for k, v in compare({"vec": vec, "bmm": bmm, "loop": per_agent}, args.rounds).items()}
+                    ms = {
+                        k: v * 1000
+                        for k, v in compare({"vec": vec, "bmm": bmm, "loop": per_agent}, args.rounds).items()
+                    }
                     bound = gflop / peak * 1000
-                    rows.append((task, nets, threads, B, f"{ms['vec']:.1f}", f"{ms['bmm']:.1f}", f"{ms['loop']:.1f}",
-                                 f"{ms['vec'] / ms['loop']:.2f}", f"{ms['bmm'] / ms['loop']:.2f}", f"{gflop:.2f}",
-                                 f"{bound:.1f}"))  # fmt: skip
+                    rows.append(
+                        (
+                            task,
+                            nets,
+                            threads,
+                            B,
+                            f"{ms['vec']:.1f}",
+                            f"{ms['bmm']:.1f}",
+                            f"{ms['loop']:.1f}",
+                            f"{ms['vec'] / ms['loop']:.2f}",
+                            f"{ms['bmm'] / ms['loop']:.2f}",
+                            f"{gflop:.2f}",
+                            f"{bound:.1f}",
+                        )
+                    )
     print("\n" + machine_line(peak=f"{peak:.0f} GFLOP/s (float32 matmul)"))
-    print("\n" + markdown_table(
-        ["task", "networks", "threads", "batch", "vectorized ms/iter", "always-bmm ms/iter", "per-agent loop ms/iter",
-         "vectorized / loop", "always-bmm / loop", "GFLOP/iter", "arithmetic bound ms"], rows, numeric_from=2))  # fmt: skip
+    print(
+        "\n"
+        + markdown_table(
+            [
+                "task",
+                "networks",
+                "threads",
+                "batch",
+                "vectorized ms/iter",
+                "always-bmm ms/iter",
+                "per-agent loop ms/iter",
+                "vectorized / loop",
+                "always-bmm / loop",
+                "GFLOP/iter",
+                "arithmetic bound ms",
+            ],
+            rows,
+            numeric_from=2,
+        )
+    )
     print(f"\ncommand: {command_line()}")
 
 

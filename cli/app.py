@@ -51,7 +51,9 @@ def info(path: DatasetArg, as_json: JsonOpt = False) -> None:
 @handle_errors
 def verify(
     path: DatasetArg,
-    quick: Annotated[bool, typer.Option(help="Skip decoding every chunk (structure and stored checksums only).")] = False,
+    quick: Annotated[
+        bool, typer.Option(help="Skip decoding every chunk (structure and stored checksums only).")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Check schema, shapes, episode index, terminated/truncated semantics and every checksum.
@@ -109,22 +111,35 @@ def collect(
     task: Annotated[str, typer.Argument(help="Task name, e.g. grid or halfcheetah-2x3.", show_default=False)],
     out: Annotated[Path, typer.Option("-o", "--out", help="Output dataset directory.")],
     mix: Annotated[
-        str | None, typer.Option(help="Comma-separated behaviour levels; every per-agent combination gets an equal share.")
+        str | None,
+        typer.Option(help="Comma-separated behaviour levels; every per-agent combination gets an equal share."),
     ] = None,
-    combo: Annotated[str | None, typer.Option(help="One explicit combination, e.g. agent_0=medium,agent_1=expert.")] = None,
+    combo: Annotated[
+        str | None, typer.Option(help="One explicit combination, e.g. agent_0=medium,agent_1=expert.")
+    ] = None,
     episodes: Annotated[int, typer.Option(help="Number of episodes.")] = 1000,
     seed: Annotated[int, typer.Option(help="Seed; the same seed reproduces the dataset bit for bit.")] = 0,
-    envs: Annotated[int, typer.Option(help="Environment copies stepped side by side (the data does not depend on it).")] = 16,
-    noise: Annotated[float, typer.Option(help="Std of Gaussian action noise added per action component (clipped to the box).")] = 0.0,
+    envs: Annotated[
+        int, typer.Option(help="Environment copies stepped side by side (the data does not depend on it).")
+    ] = 16,
+    noise: Annotated[
+        float, typer.Option(help="Std of Gaussian action noise added per action component (clipped to the box).")
+    ] = 0.0,
     epsilon: Annotated[float, typer.Option(help="Probability that an agent acts uniformly at random in a step.")] = 0.0,
-    max_steps: Annotated[int | None, typer.Option(help="Time limit below the task's own; ends there are truncated.")] = None,
+    max_steps: Annotated[
+        int | None, typer.Option(help="Time limit below the task's own; ends there are truncated.")
+    ] = None,
     checkpoint_dir: Annotated[
         Path | None,
-        typer.Option(help="Directory of TASK/LEVEL.json behaviour checkpoints (default: $MADATA_CHECKPOINT_DIR, else the shipped ones)."),
+        typer.Option(
+            help="Directory of TASK/LEVEL.json behaviour checkpoints (default: $MADATA_CHECKPOINT_DIR, else the shipped ones)."
+        ),
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted collection into --out.")] = False,
     commit_every: Annotated[int, typer.Option(help="Episodes between commits (each commit is crash-safe).")] = 10,
-    commit_seconds: Annotated[float, typer.Option(help="Seconds at least between commits (a crash loses at most this much work).")] = 5.0,
+    commit_seconds: Annotated[
+        float, typer.Option(help="Seconds at least between commits (a crash loses at most this much work).")
+    ] = 5.0,
     chunk_rows: Annotated[int | None, typer.Option(help="Rows per Zarr chunk (default: madata's).")] = None,
 ) -> None:
     """Run behaviour policies in TASK and write a dataset; each episode records each agent's level."""
@@ -136,7 +151,7 @@ def collect(
     if (mix is None) == (combo is None):
         raise typer.BadParameter("give exactly one of --mix and --combo")
     ds = run_collect(
-        task,
+        info_,
         out,
         mix=parse_mix(mix) if mix is not None else None,
         combo=parse_combo(combo, info_.agent_ids) if combo is not None else None,

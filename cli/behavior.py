@@ -10,8 +10,10 @@ import typer
 from cli.errors import handle_errors
 from cli.format import print_json
 
-app = typer.Typer(help="Behaviour policies: train SAC snapshots, export them as levels, list shipped checkpoints.",
-                  no_args_is_help=True)  # fmt: skip
+app = typer.Typer(
+    help="Behaviour policies: train SAC snapshots, export them as levels, list shipped checkpoints.",
+    no_args_is_help=True,
+)
 
 
 def _parse_snapshots(items: list[str]) -> dict[str, int]:
@@ -40,9 +42,18 @@ def train(
     """Train SAC on the whole robot (stable-baselines3) and export snapshots as behaviour levels."""
     from madata.behaviour.train import train_sac
 
-    done = train_sac(task, out, steps=steps, snapshots=_parse_snapshots(snapshot), save_every=save_every, seed=seed,
-                     eval_episodes=eval_episodes, learning_starts=learning_starts, export_dir=export_to,
-                     progress=True)  # fmt: skip
+    done = train_sac(
+        task,
+        out,
+        steps=steps,
+        snapshots=_parse_snapshots(snapshot),
+        save_every=save_every,
+        seed=seed,
+        eval_episodes=eval_episodes,
+        learning_starts=learning_starts,
+        export_dir=export_to,
+        progress=True,
+    )
     for level, path in done.items():
         typer.echo(f"{level}: {path}")
 
@@ -64,7 +75,9 @@ def export(
 @app.command("list")
 @handle_errors
 def list_(
-    checkpoint_dir: Annotated[Path | None, typer.Option(help="Checkpoint directory (default: $MADATA_CHECKPOINT_DIR, else the shipped ones).")] = None,
+    checkpoint_dir: Annotated[
+        Path | None, typer.Option(help="Checkpoint directory (default: $MADATA_CHECKPOINT_DIR, else the shipped ones).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Behaviour checkpoints (TASK/LEVEL) with their measured average returns."""
@@ -74,13 +87,24 @@ def list_(
     rows = []
     for js in sorted(resolve_checkpoint_dir(checkpoint_dir).glob("*/*.json")):
         i = load_checkpoint(js).info
-        rows.append({"task": i.task, "level": i.level, "train_steps": i.train_steps, "seed": i.seed,
-                     "average_return": i.average_return, "return_std": i.return_std, "eval_episodes": i.eval_episodes})  # fmt: skip
+        rows.append(
+            {
+                "task": i.task,
+                "level": i.level,
+                "train_steps": i.train_steps,
+                "seed": i.seed,
+                "average_return": i.average_return,
+                "return_std": i.return_std,
+                "eval_episodes": i.eval_episodes,
+            }
+        )
     if as_json:
         print_json(rows)
         return
     for r in rows:
-        typer.echo(f"{r['task']:<18} {r['level']:<8} {r['train_steps']:>8} steps  seed {r['seed']}  "
-                   f"return {r['average_return']:.1f} +- {r['return_std']:.1f} ({r['eval_episodes']} episodes)")  # fmt: skip
+        typer.echo(
+            f"{r['task']:<18} {r['level']:<8} {r['train_steps']:>8} steps  seed {r['seed']}  "
+            f"return {r['average_return']:.1f} +- {r['return_std']:.1f} ({r['eval_episodes']} episodes)"
+        )
     if not rows:
         typer.echo("no behaviour checkpoints")

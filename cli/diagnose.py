@@ -38,8 +38,17 @@ def diagnose_command(
 
     if report is not None:  # before minutes of statistics, not after
         check_output(report, overwrite, "report file")
-    d = diagnose(dataset, seed=seed, groups=groups, group_size=group_size, pool=pool, permutations=permutations,
-                 bins=bins, shuffles=shuffles, progress=not as_json)  # fmt: skip
+    d = diagnose(
+        dataset,
+        seed=seed,
+        groups=groups,
+        group_size=group_size,
+        pool=pool,
+        permutations=permutations,
+        bins=bins,
+        shuffles=shuffles,
+        progress=not as_json,
+    )
     if report is not None:
         write_report(d, report, overwrite=overwrite)
     if as_json:
@@ -58,13 +67,17 @@ def format_diagnosis(d: dict) -> str:
     """The text form of a diagnosis: one block per statistic."""
     q, mix, dep, cov = d["quality"], d["behaviour_mix"], d["dependence"], d["coverage"]
     r = q["returns"]
-    lines = [f"dataset   {d['dataset']}  ({d['num_episodes']} episodes, {d['num_transitions']} transitions)",
-             f"returns   mean {r['mean']:.2f}  std {r['std']:.2f}  min {r['min']:.2f}  max {r['max']:.2f}"]  # fmt: skip
+    lines = [
+        f"dataset   {d['dataset']}  ({d['num_episodes']} episodes, {d['num_transitions']} transitions)",
+        f"returns   mean {r['mean']:.2f}  std {r['std']:.2f}  min {r['min']:.2f}  max {r['max']:.2f}",
+    ]
     if q["normalized_scores"]:
         n = q["normalized_scores"]
         lines.append(f"normalized mean {n['mean']:.1f}  std {n['std']:.1f}")
-    lines.append(f"lengths   mean {q['lengths']['mean']:.1f}  ends: {q['ends']['terminated']} terminated, "
-                 f"{q['ends']['truncated']} truncated")  # fmt: skip
+    lines.append(
+        f"lengths   mean {q['lengths']['mean']:.1f}  ends: {q['ends']['terminated']} terminated, "
+        f"{q['ends']['truncated']} truncated"
+    )
     if mix["combinations"]:
         lines.append("behaviour mix")
         for c in mix["combinations"]:
@@ -79,16 +92,22 @@ def format_diagnosis(d: dict) -> str:
     else:
         lines.append(f"miscoordination gap: not defined ({mix['gap_note']})")
     if "pairs" in dep:
-        lines.append(f"dependence given the {dep['conditioning'].split(' (')[0]} (local residual RV; null: one agent's actions shuffled within "
-                     f"{dep['groups']} groups of {dep['group_size']} similar states, seed {dep['seed']})")  # fmt: skip
+        lines.append(
+            f"dependence given the {dep['conditioning'].split(' (')[0]} (local residual RV; null: one agent's actions shuffled within "
+            f"{dep['groups']} groups of {dep['group_size']} similar states, seed {dep['seed']})"
+        )
         for p in dep["pairs"]:
-            lines.append(f"  {' / '.join(p['agents']):<24} {_num(p['statistic'])}  null {_num(p['null_mean'])} "
-                         f"+- {_num(p['null_std'], '.2g')}  excess {_num(p['excess'], '.4f')}  p {_num(p['p_value'], '.3f')}")  # fmt: skip
+            lines.append(
+                f"  {' / '.join(p['agents']):<24} {_num(p['statistic'])}  null {_num(p['null_mean'])} "
+                f"+- {_num(p['null_std'], '.2g')}  excess {_num(p['excess'], '.4f')}  p {_num(p['p_value'], '.3f')}"
+            )
     else:
         lines.append(f"dependence: not computed ({dep['skipped']})")
     agents = "  ".join(f"{a} {c['occupied']}/{c['cells']}" for a, c in cov["agents"].items())
-    lines.append(f"coverage  ({cov['bins']} bins per component) {agents}  joint {cov['joint']['occupied']}/"
-                 f"{cov['joint']['cells']}  independent {_num(cov['independent'], '.1f')}  ratio {_num(cov['ratio'], '.3f')}")  # fmt: skip
+    lines.append(
+        f"coverage  ({cov['bins']} bins per component) {agents}  joint {cov['joint']['occupied']}/"
+        f"{cov['joint']['cells']}  independent {_num(cov['independent'], '.1f')}  ratio {_num(cov['ratio'], '.3f')}"
+    )
     return "\n".join(lines)
 
 

@@ -52,14 +52,22 @@ def config_fields(spec) -> dict[str, dict[str, Any]]:
     for kind, variant in spec.variants().items():
         hints = typing.get_type_hints(variant.config)
         for f in dataclasses.fields(variant.config):
-            entry = out.setdefault(f.name, {"type": hints[f.name], "help": f.metadata.get("help", f.name),
-                                            "flag": flag_name(f), "defaults": {}})  # fmt: skip
+            entry = out.setdefault(
+                f.name,
+                {"type": hints[f.name], "help": f.metadata.get("help", f.name), "flag": flag_name(f), "defaults": {}},
+            )
             entry["defaults"][kind] = f.default
     return out
 
 
 def _show(value) -> str:
-    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value).lower() if isinstance(value, bool) else str(value)
+    return (
+        ",".join(map(str, value))
+        if isinstance(value, tuple)
+        else str(value).lower()
+        if isinstance(value, bool)
+        else str(value)
+    )
 
 
 def _config_parameters(spec) -> tuple[list[inspect.Parameter], dict[str, tuple[str, str, bool]]]:
@@ -69,7 +77,11 @@ def _config_parameters(spec) -> tuple[list[inspect.Parameter], dict[str, tuple[s
     for name, f in config_fields(spec).items():
         kind, option = f["type"], f["flag"]
         defaults = f["defaults"]
-        shown = "; ".join(f"{k}: {_show(v)}" for k, v in defaults.items()) if multi else _show(next(iter(defaults.values())))
+        shown = (
+            "; ".join(f"{k}: {_show(v)}" for k, v in defaults.items())
+            if multi
+            else _show(next(iter(defaults.values())))
+        )
         only = f" ({' and '.join(defaults)} actions only)" if multi and len(defaults) == 1 else ""
         text = f"{f['help']}{only} [default {shown}]"
         sizes = typing.get_origin(kind) is tuple
@@ -82,8 +94,11 @@ def _config_parameters(spec) -> tuple[list[inspect.Parameter], dict[str, tuple[s
         else:
             raise TypeError(f"{spec.name}.{name}: no command-line option for type {kind}")
         info = typer.Option(decl, help=text, metavar="SIZES" if sizes else None, show_default=False)
-        params.append(inspect.Parameter(f"cfg_{name}", inspect.Parameter.KEYWORD_ONLY, default=None,
-                                        annotation=Annotated[annot, info]))  # fmt: skip
+        params.append(
+            inspect.Parameter(
+                f"cfg_{name}", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[annot, info]
+            )
+        )
         fields[f"cfg_{name}"] = (name, option, sizes)
     return params, fields
 
@@ -91,19 +106,75 @@ def _config_parameters(spec) -> tuple[list[inspect.Parameter], dict[str, tuple[s
 def _run_parameters(spec) -> list[inspect.Parameter]:
     state = "with a global state" if spec.needs_state else "(a global state is not needed)"
     shared: list[tuple[str, Any, Any]] = [
-        ("dataset", Annotated[Path, typer.Argument(help=f"A madata dataset {state}.", show_default=False)], inspect.Parameter.empty),
-        ("out", Annotated[Path, typer.Option("-o", "--out", help="Run directory: config.json, log.csv, learning_curve.png, checkpoint.pt.")], inspect.Parameter.empty),
-        ("preset", Annotated[str | None, typer.Option(help="Named settings: 'paper' (the reference code's: batch 1024, 20,000 iterations, reference network sizes; days on a laptop CPU) or 'cpu' (Table 2's CPU protocol: 256-256 networks, batch 256, 20,000 iterations). Options given explicitly win.", show_default=False)], None),
-        ("steps", Annotated[int | None, typer.Option(help="Training iterations (minibatch updates). [default 100000]", show_default=False)], None),
+        (
+            "dataset",
+            Annotated[Path, typer.Argument(help=f"A madata dataset {state}.", show_default=False)],
+            inspect.Parameter.empty,
+        ),
+        (
+            "out",
+            Annotated[
+                Path,
+                typer.Option(
+                    "-o", "--out", help="Run directory: config.json, log.csv, learning_curve.png, checkpoint.pt."
+                ),
+            ],
+            inspect.Parameter.empty,
+        ),
+        (
+            "preset",
+            Annotated[
+                str | None,
+                typer.Option(
+                    help="Named settings: 'paper' (the reference code's: batch 1024, 20,000 iterations, reference network sizes; days on a laptop CPU) or 'cpu' (Table 2's CPU protocol: 256-256 networks, batch 256, 20,000 iterations). Options given explicitly win.",
+                    show_default=False,
+                ),
+            ],
+            None,
+        ),
+        (
+            "steps",
+            Annotated[
+                int | None,
+                typer.Option(help="Training iterations (minibatch updates). [default 100000]", show_default=False),
+            ],
+            None,
+        ),
         ("seed", Annotated[int, typer.Option(help="Seed of torch, numpy, the loader and the evaluation episodes.")], 0),
-        ("batch_size", Annotated[int | None, typer.Option(help="Minibatch size (CAST-BCQ's reference code: 1024). [default 1024]", show_default=False)], None),
+        (
+            "batch_size",
+            Annotated[
+                int | None,
+                typer.Option(
+                    help="Minibatch size (CAST-BCQ's reference code: 1024). [default 1024]", show_default=False
+                ),
+            ],
+            None,
+        ),
         ("eval_every", Annotated[int, typer.Option(help="Iterations between evaluations (and checkpoints).")], 5000),
-        ("eval_episodes", Annotated[int, typer.Option(help="Episodes per evaluation in the real environment; 0 trains without one (the log holds the losses).")], 10),
-        ("eval_max_steps", Annotated[int | None, typer.Option(help="Time limit of evaluation episodes (default: the task's).")], None),
+        (
+            "eval_episodes",
+            Annotated[
+                int,
+                typer.Option(
+                    help="Episodes per evaluation in the real environment; 0 trains without one (the log holds the losses)."
+                ),
+            ],
+            10,
+        ),
+        (
+            "eval_max_steps",
+            Annotated[int | None, typer.Option(help="Time limit of evaluation episodes (default: the task's).")],
+            None,
+        ),
         ("device", Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")], None),
-        ("stream", Annotated[bool, typer.Option(help="Sample from the streaming loader: for datasets larger than memory.")], False),
+        (
+            "stream",
+            Annotated[bool, typer.Option(help="Sample from the streaming loader: for datasets larger than memory.")],
+            False,
+        ),
         ("resume", Annotated[bool, typer.Option(help="Continue a killed run from its last checkpoint.")], False),
-    ]  # fmt: skip
+    ]
     kind = inspect.Parameter.KEYWORD_ONLY
     return [inspect.Parameter(n, kind, annotation=a, default=d) for n, a, d in shared]
 
@@ -121,8 +192,11 @@ def _command(spec):
         from madata_algos import registry
         from madata_algos.train import train
 
-        given = {name: parse_sizes(kw[p], option) if sizes else kw[p]
-                 for p, (name, option, sizes) in fields.items() if kw[p] is not None}  # fmt: skip
+        given = {
+            name: parse_sizes(kw[p], option) if sizes else kw[p]
+            for p, (name, option, sizes) in fields.items()
+            if kw[p] is not None
+        }
         preset = PRESETS.get(kw["preset"] or "", {})
         if kw["preset"] is not None and kw["preset"] not in PRESETS:
             raise SchemaError(f"--preset {kw['preset']!r}: expected one of {', '.join(PRESETS)}")
@@ -135,13 +209,28 @@ def _command(spec):
                     given[f.name] = preset["hidden"]
         cfg = registry.config_from_options(spec, data, given)
         report = None if sys.stderr.isatty() else (lambda line: typer.echo(line, err=True))
-        rows = train(ds, kw["out"], algorithm=spec.name, steps=kw["steps"] or preset.get("steps", 100_000),
-                     seed=kw["seed"], config=cfg, batch_size=kw["batch_size"] or preset.get("batch_size", 1024),
-                     eval_every=kw["eval_every"], eval_episodes=kw["eval_episodes"], eval_max_steps=kw["eval_max_steps"],
-                     device=kw["device"], resume=kw["resume"], stream=kw["stream"], progress=True, report=report)  # fmt: skip
+        rows = train(
+            ds,
+            kw["out"],
+            algorithm=spec.name,
+            steps=kw["steps"] or preset.get("steps", 100_000),
+            seed=kw["seed"],
+            config=cfg,
+            batch_size=kw["batch_size"] or preset.get("batch_size", 1024),
+            eval_every=kw["eval_every"],
+            eval_episodes=kw["eval_episodes"],
+            eval_max_steps=kw["eval_max_steps"],
+            device=kw["device"],
+            resume=kw["resume"],
+            stream=kw["stream"],
+            progress=True,
+            report=report,
+        )
         if rows and "eval_return" in rows[-1]:
             r = rows[-1]
-            typer.echo(f"step {r['step']}: return {r['eval_return']:.1f} +- {r['eval_std']:.1f}; log in {kw['out'] / 'log.csv'}")
+            typer.echo(
+                f"step {r['step']}: return {r['eval_return']:.1f} +- {r['eval_std']:.1f}; log in {kw['out'] / 'log.csv'}"
+            )
         elif rows:
             typer.echo(f"step {rows[-1]['step']}: trained without evaluation; losses in {kw['out'] / 'log.csv'}")
 
@@ -152,10 +241,15 @@ def _command(spec):
 
 def _help(spec) -> str:
     kinds = " and ".join(spec.variants())
-    execution = ("Decentralized execution: agent i acts on its own observation." if spec.decentralized
-                 else "Centralized execution: the policy needs every agent's observation at every step.")  # fmt: skip
-    return (f"{spec.summary}\n\n{kinds.capitalize()} actions. {execution} Equations and defaults: docs/algorithms.md. "
-            "The defaults are the paper's (hours to days on a CPU); --preset cpu is Table 2's CPU protocol.")  # fmt: skip
+    execution = (
+        "Decentralized execution: agent i acts on its own observation."
+        if spec.decentralized
+        else "Centralized execution: the policy needs every agent's observation at every step."
+    )
+    return (
+        f"{spec.summary}\n\n{kinds.capitalize()} actions. {execution} Equations and defaults: docs/algorithms.md. "
+        "The defaults are the paper's (hours to days on a CPU); --preset cpu is Table 2's CPU protocol."
+    )
 
 
 class LazyAlgorithms(TyperGroup):
@@ -182,11 +276,20 @@ app = typer.Typer(cls=LazyAlgorithms, help="Train offline MARL algorithms on a m
 
 def eval_command(
     run: Annotated[Path, typer.Argument(help="A training run directory.", show_default=False)],
-    episodes: Annotated[int | None, typer.Option(help="Evaluation episodes (default: repeat the run's last logged evaluation exactly).", show_default=False)] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of the episodes (episode k resets with seed + k).", show_default=False)] = None,
-    max_steps: Annotated[int | None, typer.Option(help="Time limit of the episodes (default: the run's).", show_default=False)] = None,
+    episodes: Annotated[
+        int | None,
+        typer.Option(
+            help="Evaluation episodes (default: repeat the run's last logged evaluation exactly).", show_default=False
+        ),
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed of the episodes (episode k resets with seed + k).", show_default=False)
+    ] = None,
+    max_steps: Annotated[
+        int | None, typer.Option(help="Time limit of the episodes (default: the run's).", show_default=False)
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
-) -> None:  # fmt: skip
+) -> None:
     """Evaluate a run's last checkpoint in the real environment, executed as its algorithm executes.
 
     With no options it repeats the run's last logged evaluation: the same episodes, seeds, time limit
@@ -200,8 +303,10 @@ def eval_command(
         return
     norm = "" if res.mean_normalized is None else f", normalized {res.mean_normalized:.1f} +- {res.std_normalized:.1f}"
     lengths = f"episodes of {min(res.lengths)}-{max(res.lengths)} steps"
-    typer.echo(f"{res.task}: return {res.mean_return:.1f} +- {res.std_return:.1f} over {res.episodes} episodes{norm} "
-               f"(reset seeds {res.seed}..{res.seed + res.episodes - 1}, {lengths})")  # fmt: skip
+    typer.echo(
+        f"{res.task}: return {res.mean_return:.1f} +- {res.std_return:.1f} over {res.episodes} episodes{norm} "
+        f"(reset seeds {res.seed}..{res.seed + res.episodes - 1}, {lengths})"
+    )
 
 
 def register(root: typer.Typer) -> None:

@@ -17,19 +17,42 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "Dataset": "madata.dataset", "Episode": "madata.dataset", "open": "madata.dataset",
-    "CorruptionError": "madata.errors", "DatasetExistsError": "madata.errors", "DatasetNotFoundError": "madata.errors",
-    "MadataError": "madata.errors", "SchemaError": "madata.errors",
+    "Dataset": "madata.dataset",
+    "Episode": "madata.dataset",
+    "open": "madata.dataset",
+    "CorruptionError": "madata.errors",
+    "DatasetExistsError": "madata.errors",
+    "DatasetNotFoundError": "madata.errors",
+    "MadataError": "madata.errors",
+    "SchemaError": "madata.errors",
     "verify": "madata.integrity",
-    "SCHEMA_VERSION": "madata.schema", "AgentSpec": "madata.schema", "DatasetSpec": "madata.schema",
-    "Box": "madata.spaces", "Discrete": "madata.spaces",
-    "DatasetWriter": "madata.writer", "create": "madata.writer",
-}  # fmt: skip
+    "SCHEMA_VERSION": "madata.schema",
+    "AgentSpec": "madata.schema",
+    "DatasetSpec": "madata.schema",
+    "Box": "madata.spaces",
+    "Discrete": "madata.spaces",
+    "DatasetWriter": "madata.writer",
+    "create": "madata.writer",
+}
 
 __all__ = [
-    "SCHEMA_VERSION", "AgentSpec", "Box", "CorruptionError", "Dataset", "DatasetExistsError", "DatasetNotFoundError",
-    "DatasetSpec", "DatasetWriter", "Discrete", "Episode", "MadataError", "SchemaError", "create", "open", "verify",
-]  # fmt: skip
+    "SCHEMA_VERSION",
+    "AgentSpec",
+    "Box",
+    "CorruptionError",
+    "Dataset",
+    "DatasetExistsError",
+    "DatasetNotFoundError",
+    "DatasetSpec",
+    "DatasetWriter",
+    "Discrete",
+    "Episode",
+    "MadataError",
+    "SchemaError",
+    "create",
+    "open",
+    "verify",
+]
 
 
 def __getattr__(name: str) -> Any:

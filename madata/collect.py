@@ -41,10 +41,11 @@ from madata.behaviour import BehaviourPolicy, check_levels, load_policy
 from madata.behaviour.mix import Combo, assign, check_combo, combinations
 from madata.behaviour.random import TeamRandomPolicy
 from madata.dataset import Dataset
-from madata.envs.registry import TaskInfo, get_task
-from madata.envs.team import Factorization, TeamEnv, make_team_env
+from madata.envs.family import Task
+from madata.envs.registry import get_task
+from madata.envs.team import Factorization, TeamEnv
 from madata.errors import DatasetExistsError, SchemaError
-from madata.spaces import Box, Discrete
+from madata.spaces import Discrete
 from madata.store import read_root
 from madata.writer import DatasetWriter
 
@@ -56,7 +57,7 @@ _BEFORE_OPTIONS = {"noise": 0.0, "epsilon": 0.0, "max_steps": None}  # stored by
 
 
 def collect(
-    task: str,
+    task: str | Task,
     out: str | os.PathLike,
     *,
     mix: list[str] | None = None,
@@ -88,7 +89,8 @@ def collect(
     ``commit_seconds``. Everything is validated before anything is written.
     """
     # ---- validate everything first
-    info = get_task(task)
+    info = get_task(task)  # resolved once, here; the Task object travels from here
+    task = info.name
     episodes = _parse_int(episodes, "episodes", 1)
     seed = _parse_int(seed, "seed", 0)
     envs = _parse_int(envs, "envs", 1)
@@ -98,8 +100,10 @@ def collect(
         max_steps = _parse_int(max_steps, "max_steps", 1)
         limit = info.env.get("max_steps")
         if limit is not None and max_steps > limit:
-            raise SchemaError(f"max_steps (--max-steps) {max_steps} is above {task}'s own time limit of {limit} steps; "
-                              f"give at most {limit} (it can only shorten episodes)")  # fmt: skip
+            raise SchemaError(
+                f"max_steps (--max-steps) {max_steps} is above {task}'s own time limit of {limit} steps; "
+                f"give at most {limit} (it can only shorten episodes)"
+            )
     noise = _parse_float(noise, "noise", 0.0, math.inf)
     epsilon = _parse_float(epsilon, "epsilon", 0.0, 1.0)
     if (mix is None) == (combo is None):
@@ -109,15 +113,15 @@ def collect(
             raise SchemaError(f"mix: expected a list of levels, got the string {mix!r}; use parse_mix() to split it")
         mix = list(mix)
         combos = combinations(mix, info.agent_ids)
-        check_levels(task, mix, checkpoint_dir)
+        check_levels(info, mix, checkpoint_dir)
     else:
         combo = check_combo(combo, info.agent_ids)
-        check_levels(task, combo.values(), checkpoint_dir)
+        check_levels(info, combo.values(), checkpoint_dir)
         combos = [combo]
     root = Path(out)
     resuming = resume and (root / "zarr.json").exists()
 
-    first_env = make_team_env(task, max_steps)
+    first_env = info.team_env(max_steps)
     team_envs: list[TeamEnv] = [first_env]
     try:
         f = first_env.factorization
@@ -126,7 +130,7 @@ def collect(
                 f"noise: Gaussian action noise needs continuous actions; {task} has discrete ones (use epsilon)"
             )
         levels = list(dict.fromkeys(lv for c in combos for lv in c.values()))
-        policies = {lv: load_policy(task, lv, f, checkpoint_dir) for lv in levels}
+        policies = {lv: load_policy(info, lv, f, checkpoint_dir) for lv in levels}
         provenance = {
             "producer": PRODUCER,
             "task": task,
@@ -158,10 +162,20 @@ def collect(
                 commit_seconds=commit_seconds,
                 **({} if chunk_rows is None else {"chunk_rows": chunk_rows}),
             )
-        with writer, tqdm(total=episodes, initial=writer.num_episodes, unit="ep", desc=f"collect {task}",
-                          disable=None if progress else True, mininterval=0.5, file=sys.stderr) as bar:  # fmt: skip
+        with (
+            writer,
+            tqdm(
+                total=episodes,
+                initial=writer.num_episodes,
+                unit="ep",
+                desc=f"collect {task}",
+                disable=None if progress else True,
+                mininterval=0.5,
+                file=sys.stderr,
+            ) as bar,
+        ):
             start = writer.num_episodes
-            team_envs += [make_team_env(task, max_steps) for _ in range(min(envs, episodes - start) - 1)]
+            team_envs += [info.team_env(max_steps) for _ in range(min(envs, episodes - start) - 1)]
             runner = VectorRunner(team_envs, assign(episodes, combos), policies, seed, noise, epsilon)
             transitions = 0
             for ep in runner.run(start, episodes):
@@ -185,15 +199,23 @@ class VectorRunner:
     that use it, exploration noise, then every copy steps once.
     """
 
-    def __init__(self, team_envs: Sequence[TeamEnv], plan: Sequence[Combo], policies: dict[str, BehaviourPolicy],
-                 seed: int, noise: float = 0.0, epsilon: float = 0.0):  # fmt: skip
+    def __init__(
+        self,
+        team_envs: Sequence[TeamEnv],
+        plan: Sequence[Combo],
+        policies: dict[str, BehaviourPolicy],
+        seed: int,
+        noise: float = 0.0,
+        epsilon: float = 0.0,
+    ):
         self.envs, self.plan, self.seed = list(team_envs), plan, seed
         self.policies = list(policies.values())
         self.level_id = {lv: i for i, lv in enumerate(policies)}
         self.f = f = self.envs[0].factorization
         self.sigma, self.epsilon = noise, epsilon
         self.random = TeamRandomPolicy(f.action_spaces, f.act_index, f.act_dim)
-        self.low, self.high = _joint_bounds(f)
+        low, high = f.joint_bounds()
+        self.low, self.high = low.astype(np.float32), high.astype(np.float32)
         K, L, A, S, D = len(self.envs), self.envs[0].max_steps, f.act_dim, f.state_space.shape[0], f.source_dim
         self.L = L
         # per copy: the running episode, its step, its noise (pre-drawn) and its rows so far
@@ -230,9 +252,14 @@ class VectorRunner:
         self._next += 1
         combo = self.plan[e]
         reset_seed, streams = episode_noise(
-            self.seed, e, self.f, {a: self.policies[self.level_id[lv]].noise_dist for a, lv in combo.items()},
-            self.L, self.sigma > 0, self.epsilon,
-        )  # fmt: skip
+            self.seed,
+            e,
+            self.f,
+            {a: self.policies[self.level_id[lv]].noise_dist for a, lv in combo.items()},
+            self.L,
+            self.sigma > 0,
+            self.epsilon,
+        )
         self.policy_noise[s] = streams["policy"]
         if self.gauss is not None:
             self.gauss[s] = streams["gauss"]
@@ -332,19 +359,6 @@ def episode_noise(
     return reset_seed, out
 
 
-def _joint_bounds(f: Factorization) -> tuple[np.ndarray, np.ndarray]:
-    """Per joint component: the action box bounds (float32; Discrete components get their range)."""
-    low, high = np.zeros(f.act_dim, dtype=np.float32), np.zeros(f.act_dim, dtype=np.float32)
-    for a in f.agents:
-        sp, idx = a.action_space, f.act_index[a.id]
-        if isinstance(sp, Box):
-            low[idx], high[idx] = np.ravel(sp.low), np.ravel(sp.high)
-        else:
-            low[idx], high[idx] = sp.start, sp.start + sp.n - 1
-    return low, high
-
-
-
 def _check_same_collection(root: Path, requested: dict[str, Any]) -> None:
     """Refuse to resume into a dataset made by another collection (before touching it)."""
     stored = {**_BEFORE_OPTIONS, **read_root(root)[0].provenance}
@@ -377,8 +391,9 @@ def _parse_float(value: Any, name: str, lo: float, hi: float) -> float:
     return float(value)
 
 
-def _describe(info: TaskInfo, mix: list[str] | None, combo: Combo | None, episodes: int, seed: int,
-              noise: float, epsilon: float) -> str:  # fmt: skip
+def _describe(
+    info: Task, mix: list[str] | None, combo: Combo | None, episodes: int, seed: int, noise: float, epsilon: float
+) -> str:
     how = (
         f"behaviour mix {','.join(mix)} (every per-agent combination, equal shares)"
         if mix

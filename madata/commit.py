@@ -111,14 +111,20 @@ def parse_commit(obj: Any, path: Path) -> CommitRecord:
     if not isinstance(obj, dict):
         raise CorruptionError(f"{path}: commit record must be a JSON object, got {type(obj).__name__}")
     if obj.get("schema_version") != SCHEMA_VERSION:
-        raise SchemaError(f"{path}: schema_version {obj.get('schema_version')!r} is not supported (expected {SCHEMA_VERSION})")
+        raise SchemaError(
+            f"{path}: schema_version {obj.get('schema_version')!r} is not supported (expected {SCHEMA_VERSION})"
+        )
     try:
         arrays = {}
         if not isinstance(obj["arrays"], dict):
             raise CorruptionError(f"{path}: 'arrays' must be an object")
         for name, a in obj["arrays"].items():
             where = f"{path}: arrays[{name!r}]"
-            if not isinstance(a, dict) or not isinstance(a.get("content_crc"), list) or not isinstance(a.get("stored_crc"), list):
+            if (
+                not isinstance(a, dict)
+                or not isinstance(a.get("content_crc"), list)
+                or not isinstance(a.get("stored_crc"), list)
+            ):
                 raise CorruptionError(f"{where}: expected rows, content_crc and stored_crc")
             content = [_nonneg_int(c, f"{where}.content_crc") for c in a["content_crc"]]
             stored = [None if c is None else _nonneg_int(c, f"{where}.stored_crc") for c in a["stored_crc"]]
@@ -153,7 +159,9 @@ def parse_commit(obj: Any, path: Path) -> CommitRecord:
     except KeyError as e:
         raise CorruptionError(f"{path}: commit record lacks the field {e.args[0]!r}") from None
     if rec.obs_rows != rec.step_rows + rec.num_episodes:
-        raise CorruptionError(f"{path}: obs_rows {rec.obs_rows} != step_rows {rec.step_rows} + num_episodes {rec.num_episodes}")
+        raise CorruptionError(
+            f"{path}: obs_rows {rec.obs_rows} != step_rows {rec.step_rows} + num_episodes {rec.num_episodes}"
+        )
     return rec
 
 
@@ -173,7 +181,9 @@ def read_commit(root: Path) -> CommitRecord:
     try:
         obj = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CorruptionError(f"{path}: commit record is not valid UTF-8 JSON ({e}); the file is truncated or damaged") from None
+        raise CorruptionError(
+            f"{path}: commit record is not valid UTF-8 JSON ({e}); the file is truncated or damaged"
+        ) from None
     return parse_commit(obj, path)
 
 

@@ -28,9 +28,20 @@ from madata.spaces import Box, Space
 from madata.store import Store
 
 FIELDS = (
-    "obs", "next_obs", "action", "state", "next_state", "reward", "agent_reward",
-    "terminated", "truncated", "action_mask", "next_action_mask", "episode_id", "timestep",
-)  # fmt: skip
+    "obs",
+    "next_obs",
+    "action",
+    "state",
+    "next_state",
+    "reward",
+    "agent_reward",
+    "terminated",
+    "truncated",
+    "action_mask",
+    "next_action_mask",
+    "episode_id",
+    "timestep",
+)
 _PER_AGENT = {"obs", "next_obs", "action", "agent_reward", "action_mask", "next_action_mask"}
 _STORED = {"next_obs": "obs", "next_state": "state", "next_action_mask": "action_mask"}
 
@@ -175,8 +186,12 @@ class Dataset:
             known = sorted(v for v in pc.unique(col).to_pylist() if v is not None)
             unknown = [v for v in labels if v not in known]
             if unknown:
-                raise UnknownNameError(f"select: agent {agent} has no episodes labelled {unknown}; its labels are {known}")
-            mask &= pc.fill_null(pc.is_in(col, value_set=pa.array(labels, pa.string())), False).to_numpy(zero_copy_only=False)
+                raise UnknownNameError(
+                    f"select: agent {agent} has no episodes labelled {unknown}; its labels are {known}"
+                )
+            mask &= pc.fill_null(pc.is_in(col, value_set=pa.array(labels, pa.string())), False).to_numpy(
+                zero_copy_only=False
+            )
         ret = self.store.column("return")
         if min_return is not None:
             mask &= ret >= min_return
@@ -330,5 +345,3 @@ def open(path: str | os.PathLike, verify: Literal["quick", "none"] = "quick") ->
     elif verify != "none":
         raise SchemaError(f"verify must be 'quick' or 'none', got {verify!r}")
     return ds
-
-

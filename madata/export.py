@@ -31,8 +31,9 @@ def _column(values: np.ndarray) -> pa.Array:
     return pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel()), flat.shape[1])
 
 
-def export_parquet(ds: Dataset, out: str | os.PathLike, *, overwrite: bool = False, rows_per_group: int = 65536,
-                   progress=None) -> int:  # fmt: skip
+def export_parquet(
+    ds: Dataset, out: str | os.PathLike, *, overwrite: bool = False, rows_per_group: int = 65536, progress=None
+) -> int:
     """Write the flat transition table of ``ds`` to ``out``; returns the number of rows.
 
     Streams groups of whole episodes (about ``rows_per_group`` transitions each), so

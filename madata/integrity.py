@@ -80,8 +80,10 @@ def quick_problems(store: Store) -> Iterator[Problem]:
                 if committed.stored_crc[k] is None:  # partial last chunk: check its decoded committed rows
                     store.read_chunk(name, k)
                 elif zlib.crc32(store.chunk_bytes(name, k)) != committed.stored_crc[k]:
-                    yield Problem(f"{store.root}: {store.chunk_location(name, k)} does not match its stored checksum "
-                                  f"({store.chunk_file(name, k)})")  # fmt: skip
+                    yield Problem(
+                        f"{store.root}: {store.chunk_location(name, k)} does not match its stored checksum "
+                        f"({store.chunk_file(name, k)})"
+                    )
             except CorruptionError as e:
                 yield Problem(str(e))
 
@@ -107,7 +109,9 @@ def _table_problems(store: Store) -> Iterator[Problem]:
         bad = int(np.flatnonzero(obs_off != step_off + np.arange(E))[0])
         yield Problem(f"{where}: obs_offset of episode {bad} is {obs_off[bad]}, expected {step_off[bad] + bad}")
     if int(lengths.sum()) != rec.step_rows:
-        yield Problem(f"{where}: lengths sum to {int(lengths.sum())} but the commit record has {rec.step_rows} step rows")
+        yield Problem(
+            f"{where}: lengths sum to {int(lengths.sum())} but the commit record has {rec.step_rows} step rows"
+        )
     ends = set(store.table.column("end").to_pylist())
     if not ends <= set(END_KINDS):
         yield Problem(f"{where}: column 'end' holds {sorted(ends - set(END_KINDS))}, expected {list(END_KINDS)}")
@@ -157,7 +161,9 @@ def _value_problems(store: Store, name: str, lo: int, block: np.ndarray) -> Iter
             mask = store.read_rows(f"action_mask/{agent.id}", int(obs_rows[0]), int(obs_rows[-1]) + 1, cache=True)
             allowed = mask[obs_rows - obs_rows[0], block - first]
             if not allowed.all():
-                yield Problem(f"{where} takes actions its action mask forbids in episodes {np.unique(ep[~allowed])[:10].tolist()}")
+                yield Problem(
+                    f"{where} takes actions its action mask forbids in episodes {np.unique(ep[~allowed])[:10].tolist()}"
+                )
 
 
 def full_problems(store: Store) -> Iterator[Problem]:
@@ -191,15 +197,21 @@ def _episode_problems(store: Store, data: dict[str, np.ndarray]) -> Iterator[Pro
     early = np.setdiff1d(flagged, last)
     if early.size:
         ep = np.searchsorted(starts, early, side="right") - 1
-        yield Problem(f"{store.root}: terminated/truncated set before the last step in episodes {np.unique(ep)[:10].tolist()}")
+        yield Problem(
+            f"{store.root}: terminated/truncated set before the last step in episodes {np.unique(ep)[:10].tolist()}"
+        )
     both = term[last] == trunc[last]
     if both.any():
-        yield Problem(f"{store.root}: episodes {np.flatnonzero(both)[:10].tolist()} end neither or both terminated and truncated")
+        yield Problem(
+            f"{store.root}: episodes {np.flatnonzero(both)[:10].tolist()} end neither or both terminated and truncated"
+        )
     end = np.where(term[last], "terminated", "truncated")
     stored_end = np.asarray(store.table.column("end").to_pylist())
     if (end != stored_end).any():
         bad = np.flatnonzero(end != stored_end)[:10].tolist()
-        yield Problem(f"{store.root}: episode table column 'end' disagrees with the terminated/truncated arrays in episodes {bad}")
+        yield Problem(
+            f"{store.root}: episode table column 'end' disagrees with the terminated/truncated arrays in episodes {bad}"
+        )
     returns = np.add.reduceat(data["reward"], starts) if len(starts) else np.zeros(0)
     stored_ret = store.column("return")
     off = ~np.isclose(returns, stored_ret, rtol=1e-9, atol=1e-9)
@@ -224,14 +236,20 @@ def verify(path: str | Path, full: bool = True) -> Report:
     for spec in store.spec.arrays():
         extra = store.extra_rows(spec.name)
         if extra > 0:
-            report.notes.append(f"{spec.name}: {extra} rows beyond the last commit (an interrupted write); --resume discards them")
+            report.notes.append(
+                f"{spec.name}: {extra} rows beyond the last commit (an interrupted write); --resume discards them"
+            )
             break
     leftovers = partial_files(Path(path))
     if leftovers:
-        report.notes.append(f"{len(leftovers)} temporary files from an interrupted write (e.g. {leftovers[0]}); --resume removes them")
+        report.notes.append(
+            f"{len(leftovers)} temporary files from an interrupted write (e.g. {leftovers[0]}); --resume removes them"
+        )
     if not store.record.complete:
         report.notes.append("the writer did not close this store (interrupted or still running); it can be resumed")
     if store.record.legacy:
-        report.notes.append("written by madata 0.1.0: its metadata and episode table are not covered by checksums "
-                            "(the arrays are); `madata upgrade` adds them")  # fmt: skip
+        report.notes.append(
+            "written by madata 0.1.0: its metadata and episode table are not covered by checksums "
+            "(the arrays are); `madata upgrade` adds them"
+        )
     return report

@@ -234,8 +234,10 @@ def parse_metadata(obj: Any, where: str) -> Metadata:
     if "chunk_rows" not in obj:
         raise SchemaError(f"{where}: metadata lacks the field 'chunk_rows'")
     scores = _field(obj, "reference_scores", dict, where)
-    if scores is not None and (set(scores) != {"min", "max"} or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in scores.values())):  # fmt: skip
+    if scores is not None and (
+        set(scores) != {"min", "max"}
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scores.values())
+    ):
         raise SchemaError(f"{where}: 'reference_scores' must be {{'min': number, 'max': number}}, got {scores!r}")
     return Metadata(
         spec=spec,

@@ -44,7 +44,13 @@ class Box:
         def enc(v):
             return [x if np.isfinite(x) else str(x) for x in v]
 
-        return {"type": "box", "shape": list(self.shape), "low": enc(self.low), "high": enc(self.high), "dtype": self.dtype}
+        return {
+            "type": "box",
+            "shape": list(self.shape),
+            "low": enc(self.low),
+            "high": enc(self.high),
+            "dtype": self.dtype,
+        }
 
 
 @dataclass(frozen=True)
@@ -120,7 +126,9 @@ def parse_space(obj: Any, where: str) -> Space:
         n, start = obj.get("n"), obj.get("start", 0)
         for name, v, low in (("n", n, 1), ("start", start, None)):
             if isinstance(v, bool) or not isinstance(v, int) or (low is not None and v < low):
-                raise SchemaError(f"{where}.{name}: expected an integer{'' if low is None else f' >= {low}'}, got {v!r}")
+                raise SchemaError(
+                    f"{where}.{name}: expected an integer{'' if low is None else f' >= {low}'}, got {v!r}"
+                )
         return Discrete(n, start)
     raise SchemaError(f"{where}: unknown space type {kind!r}; expected 'box' or 'discrete'")
 

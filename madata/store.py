@@ -94,7 +94,9 @@ def read_json_file(path: Path, what: str) -> Any:
     except OSError as e:
         raise CorruptionError(f"{path}: {what} cannot be read ({e.strerror or e})") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CorruptionError(f"{path}: {what} is not valid UTF-8 JSON ({e}); the file is truncated or damaged") from None
+        raise CorruptionError(
+            f"{path}: {what} is not valid UTF-8 JSON ({e}); the file is truncated or damaged"
+        ) from None
 
 
 def read_root(root: Path) -> tuple[Metadata, str]:
@@ -111,8 +113,10 @@ def read_root(root: Path) -> tuple[Metadata, str]:
     if not isinstance(obj, dict):
         raise CorruptionError(f"{path}: expected a JSON object, got {type(obj).__name__}")
     if obj.get("zarr_format") != 3 or obj.get("node_type") != "group":
-        raise CorruptionError(f"{path}: expected a Zarr v3 group (zarr_format 3, node_type 'group'), "
-                              f"got zarr_format {obj.get('zarr_format')!r}, node_type {obj.get('node_type')!r}")  # fmt: skip
+        raise CorruptionError(
+            f"{path}: expected a Zarr v3 group (zarr_format 3, node_type 'group'), "
+            f"got zarr_format {obj.get('zarr_format')!r}, node_type {obj.get('node_type')!r}"
+        )
     attrs = obj.get("attributes")
     if not isinstance(attrs, dict) or ATTR not in attrs:
         raise DatasetNotFoundError(f"{path}: a Zarr group but not a madata dataset (no '{ATTR}' attribute)")
@@ -156,25 +160,33 @@ class Store:
         meta, digest = read_root(root)
         record = read_commit(root)
         if record.metadata_sha256 is not None and record.metadata_sha256 != digest:
-            raise CorruptionError(f"{root / 'zarr.json'}: the dataset metadata (attribute '{ATTR}') does not match the "
-                                  "digest in the commit record; it was edited or damaged after it was written")  # fmt: skip
+            raise CorruptionError(
+                f"{root / 'zarr.json'}: the dataset metadata (attribute '{ATTR}') does not match the "
+                "digest in the commit record; it was edited or damaged after it was written"
+            )
         declared = {s.name for s in meta.spec.arrays()}
         listed = set(record.arrays)
         if declared != listed:
             missing, extra = sorted(declared - listed), sorted(listed - declared)
-            raise CorruptionError(f"{root}: the metadata and the commit record disagree on the stored arrays "
-                                  f"(declared but not committed: {missing}; committed but not declared: {extra})")  # fmt: skip
+            raise CorruptionError(
+                f"{root}: the metadata and the commit record disagree on the stored arrays "
+                f"(declared but not committed: {missing}; committed but not declared: {extra})"
+            )
         for spec in meta.spec.arrays():
             want = record.obs_rows if spec.rows == "obs" else record.step_rows
             committed = record.arrays[spec.name]
             if committed.rows != want:
-                raise CorruptionError(f"{root / 'commit.json'}: {spec.name} has {committed.rows} committed rows, "
-                                      f"expected {want} ({spec.rows} rows of {record.num_episodes} episodes): "
-                                      "the arrays have different lengths")  # fmt: skip
+                raise CorruptionError(
+                    f"{root / 'commit.json'}: {spec.name} has {committed.rows} committed rows, "
+                    f"expected {want} ({spec.rows} rows of {record.num_episodes} episodes): "
+                    "the arrays have different lengths"
+                )
             n_chunks = -(-committed.rows // meta.chunk_rows)
             if len(committed.content_crc) != n_chunks:
-                raise CorruptionError(f"{root / 'commit.json'}: {len(committed.content_crc)} checksums for {spec.name}, "
-                                      f"expected {n_chunks}")  # fmt: skip
+                raise CorruptionError(
+                    f"{root / 'commit.json'}: {len(committed.content_crc)} checksums for {spec.name}, "
+                    f"expected {n_chunks}"
+                )
         table = read_episode_table(root, record, meta.spec.agent_ids)
         return cls(root, meta, record, table)
 
@@ -353,14 +365,18 @@ def read_episode_table(root: Path, record: CommitRecord, agent_ids: list[str]) -
         except OSError as e:
             raise CorruptionError(f"{path}: episode table part cannot be read ({e.strerror or e})") from None
         if part.sha256 is not None and hashlib.sha256(raw).hexdigest() != part.sha256:
-            raise CorruptionError(f"{path}: episode table part does not match its digest in the commit record; "
-                                  "it was edited or damaged after it was written")  # fmt: skip
+            raise CorruptionError(
+                f"{path}: episode table part does not match its digest in the commit record; "
+                "it was edited or damaged after it was written"
+            )
         try:
             t = pq.read_table(pa.BufferReader(raw))
         except (pa.ArrowException, OSError, ValueError) as e:
             raise CorruptionError(f"{path}: episode table part cannot be read as Parquet ({e})") from None
         if not t.schema.equals(schema, check_metadata=False):
-            raise CorruptionError(f"{path}: episode table columns {t.schema.names} do not match the schema {schema.names}")
+            raise CorruptionError(
+                f"{path}: episode table columns {t.schema.names} do not match the schema {schema.names}"
+            )
         tables.append(t)
     table = pa.concat_tables(tables) if tables else schema.empty_table()
     if table.num_rows != record.num_episodes:

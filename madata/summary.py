@@ -57,7 +57,8 @@ def summarize(ds: Dataset) -> dict[str, Any]:
         "env": ds.meta.env,
         "description": ds.meta.description,
         "agents": [
-            {"id": a.id, "observation": _space(a.observation_space), "action": _space(a.action_space)} for a in ds.agents
+            {"id": a.id, "observation": _space(a.observation_space), "action": _space(a.action_space)}
+            for a in ds.agents
         ],
         "state": None if ds.state_space is None else _space(ds.state_space),
         "num_episodes": ds.num_episodes,

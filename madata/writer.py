@@ -169,7 +169,9 @@ class DatasetWriter:
     it still commits the episodes added whole, and leaves the store resumable.
     """
 
-    def __init__(self, root: Path, meta: Metadata, record: CommitRecord, commit_every: int, commit_seconds: float = 1.0):
+    def __init__(
+        self, root: Path, meta: Metadata, record: CommitRecord, commit_every: int, commit_seconds: float = 1.0
+    ):
         self.root, self.meta, self.record = root, meta, record
         self.spec = meta.spec
         self.commit_every, self.commit_seconds = commit_every, commit_seconds
@@ -189,12 +191,15 @@ class DatasetWriter:
     # ------------------------------------------------------------ construction
 
     @classmethod
-    def create(cls, path: str | os.PathLike, meta: Metadata, commit_every: int = 10,
-               commit_seconds: float = 1.0) -> DatasetWriter:  # fmt: skip
+    def create(
+        cls, path: str | os.PathLike, meta: Metadata, commit_every: int = 10, commit_seconds: float = 1.0
+    ) -> DatasetWriter:
         root = Path(path)
         if root.exists() and (not root.is_dir() or any(root.iterdir())):
             if not root.is_dir():
-                raise DatasetExistsError(f"{root}: is a file; a dataset is a directory, choose another path (nothing was overwritten)")
+                raise DatasetExistsError(
+                    f"{root}: is a file; a dataset is a directory, choose another path (nothing was overwritten)"
+                )
             hint = "use --resume to continue it" if (root / "zarr.json").exists() else "choose another path"
             raise DatasetExistsError(f"{root}: path exists and is not empty; {hint} (nothing was overwritten)")
         meta.created = meta.created or datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -228,8 +233,9 @@ class DatasetWriter:
                 )
             (staging / EPISODES_DIR).mkdir()
             _fsync_written(staging, store)
-            record = CommitRecord(arrays={s.name: ArrayCommit() for s in meta.spec.arrays()},
-                                  metadata_sha256=metadata_digest(attribute))  # fmt: skip
+            record = CommitRecord(
+                arrays={s.name: ArrayCommit() for s in meta.spec.arrays()}, metadata_sha256=metadata_digest(attribute)
+            )
             write_commit(staging, record)
             if root.exists():
                 root.rmdir()  # the user's empty directory (checked above)
@@ -249,8 +255,10 @@ class DatasetWriter:
         meta, digest = read_root(root)
         record = read_commit(root)
         if record.metadata_sha256 is not None and record.metadata_sha256 != digest:
-            raise CorruptionError(f"{root / 'zarr.json'}: the dataset metadata does not match the digest in the commit "
-                                  "record; it was edited or damaged after it was written")  # fmt: skip
+            raise CorruptionError(
+                f"{root / 'zarr.json'}: the dataset metadata does not match the digest in the commit "
+                "record; it was edited or damaged after it was written"
+            )
         for s in meta.spec.arrays():
             if s.name not in record.arrays:
                 raise CorruptionError(f"{root}: commit record lacks the array {s.name!r}")
@@ -315,7 +323,9 @@ class DatasetWriter:
         labels = dict(behaviour or {})
         for k in labels:
             if k not in self.spec.agent_ids:
-                raise SchemaError(f"episode {ep}: behaviour label for unknown agent {k!r}; agents are {self.spec.agent_ids}")
+                raise SchemaError(
+                    f"episode {ep}: behaviour label for unknown agent {k!r}; agents are {self.spec.agent_ids}"
+                )
         try:
             prov = None if provenance is None else dumps(dict(provenance))
         except (TypeError, ValueError) as e:
@@ -339,8 +349,11 @@ class DatasetWriter:
             self.columns[name].append(block)
         self._pending.append(row)
         self._pending_steps += T
-        if (self.commit_every and len(self._pending) >= self.commit_every
-                and time.monotonic() - self._last_commit >= self.commit_seconds):  # fmt: skip
+        if (
+            self.commit_every
+            and len(self._pending) >= self.commit_every
+            and time.monotonic() - self._last_commit >= self.commit_seconds
+        ):
             self.commit()
         return ep
 
@@ -351,7 +364,9 @@ class DatasetWriter:
         if rewards.ndim != 1 or len(rewards) < 1:
             raise SchemaError(f"{where}: rewards must have shape [T] with T >= 1, got {rewards.shape}")
         if not np.all(np.isfinite(rewards)):
-            raise SchemaError(f"{where}: rewards contain NaN or inf at steps {np.flatnonzero(~np.isfinite(rewards))[:5].tolist()}")
+            raise SchemaError(
+                f"{where}: rewards contain NaN or inf at steps {np.flatnonzero(~np.isfinite(rewards))[:5].tolist()}"
+            )
         T = len(rewards)
         blocks: dict[str, np.ndarray] = {}
 
@@ -403,7 +418,9 @@ class DatasetWriter:
         term, trunc = blocks["terminated"], blocks["truncated"]
         if term[:-1].any() or trunc[:-1].any():
             bad = np.flatnonzero(term[:-1] | trunc[:-1])[:5].tolist()
-            raise SchemaError(f"{where}: terminated/truncated set before the last step (steps {bad}); split the episode there")
+            raise SchemaError(
+                f"{where}: terminated/truncated set before the last step (steps {bad}); split the episode there"
+            )
         if term[-1] == trunc[-1]:
             raise SchemaError(
                 f"{where}: the last step must be either terminated or truncated (got terminated={bool(term[-1])}, "
@@ -499,7 +516,9 @@ def _check_action(agent: AgentSpec, value, where: str) -> None:
                 raise SchemaError(f"{where}: actions[{agent.id!r}] must be integers for a Discrete({space.n}) space")
         lo, hi = space.start, space.start + space.n - 1
         if a.size and (a.min() < lo or a.max() > hi):
-            raise SchemaError(f"{where}: actions[{agent.id!r}] outside Discrete range {lo}..{hi} (got {a.min()}..{a.max()})")
+            raise SchemaError(
+                f"{where}: actions[{agent.id!r}] outside Discrete range {lo}..{hi} (got {a.min()}..{a.max()})"
+            )
 
 
 def _check_box(a: np.ndarray, space: Box, field: str) -> None:
@@ -509,8 +528,10 @@ def _check_box(a: np.ndarray, space: Box, field: str) -> None:
     bad = ((a < low) | (a > high)).reshape(len(a), -1).any(1)
     if bad.any():
         rows = np.flatnonzero(bad)[:5].tolist()
-        raise SchemaError(f"{field} lies outside its space's bounds at rows {rows} (low {list(space.low)[:4]}..., "
-                          f"high {list(space.high)[:4]}...); clip it or declare wider bounds")  # fmt: skip
+        raise SchemaError(
+            f"{field} lies outside its space's bounds at rows {rows} (low {list(space.low)[:4]}..., "
+            f"high {list(space.high)[:4]}...); clip it or declare wider bounds"
+        )
 
 
 def _as(value, dtype: str, field: str) -> np.ndarray:
@@ -582,7 +603,9 @@ def create(
         try:
             reference_scores = {"min": float(reference_scores["min"]), "max": float(reference_scores["max"])}
         except (KeyError, TypeError, ValueError) as e:
-            raise SchemaError(f"reference_scores must be {{'min': float, 'max': float}}, got {reference_scores!r}") from e
+            raise SchemaError(
+                f"reference_scores must be {{'min': float, 'max': float}}, got {reference_scores!r}"
+            ) from e
     meta = Metadata(
         spec=spec,
         chunk_rows=parse_chunk_rows(chunk_rows),

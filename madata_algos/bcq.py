@@ -36,8 +36,14 @@ class JointBcq(IndependentBcq):
     ``action`` [N, B, max act_dim], zero-padded) and concatenates them inside.
     """
 
-    def __init__(self, obs_dims: Sequence[int], act_dims: Sequence[int], max_action: Sequence[float],
-                 config: BcqConfig | None = None, device: torch.device | str = "cpu"):  # fmt: skip
+    def __init__(
+        self,
+        obs_dims: Sequence[int],
+        act_dims: Sequence[int],
+        max_action: Sequence[float],
+        config: BcqConfig | None = None,
+        device: torch.device | str = "cpu",
+    ):
         bounds = [float(m) for m, d in zip(max_action, act_dims, strict=True) for _ in range(d)]
         super().__init__([sum(obs_dims)], [sum(act_dims)], [bounds], config, device)
         self.n_agents, self.agent_O, self.agent_A = len(obs_dims), max(obs_dims), max(act_dims)
@@ -56,11 +62,26 @@ class JointBcq(IndependentBcq):
         out[:, self.act_columns] = joint_action[0]
         return out.view(B, self.n_agents, self.agent_A).transpose(0, 1)
 
-    def update(self, obs, action, reward, next_obs, terminated, state=None, next_state=None,
-               generator: torch.Generator | None = None) -> dict[str, float]:  # fmt: skip
+    def update(
+        self,
+        obs,
+        action,
+        reward,
+        next_obs,
+        terminated,
+        state=None,
+        next_state=None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, float]:
         """BCQ's iteration on the joint transition (o, a, r, o'); ``state`` is not used."""
-        return super().update(self.joint(obs, self.obs_columns), self.joint(action, self.act_columns), reward,
-                              self.joint(next_obs, self.obs_columns), terminated, generator=generator)  # fmt: skip
+        return super().update(
+            self.joint(obs, self.obs_columns),
+            self.joint(action, self.act_columns),
+            reward,
+            self.joint(next_obs, self.obs_columns),
+            terminated,
+            generator=generator,
+        )
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -75,12 +96,20 @@ class JointBcqDiscrete(IndependentBcqDiscrete):
     Batches: ``obs`` [N, B, obs_dim], ``action`` [N, B] int64, as for the decentralized algorithms.
     """
 
-    def __init__(self, n_agents: int, obs_dim: int, n_actions: int, config: BcqDiscreteConfig | None = None,
-                 device: torch.device | str = "cpu"):  # fmt: skip
+    def __init__(
+        self,
+        n_agents: int,
+        obs_dim: int,
+        n_actions: int,
+        config: BcqDiscreteConfig | None = None,
+        device: torch.device | str = "cpu",
+    ):
         joint = n_actions**n_agents
         if joint > MAX_JOINT_ACTIONS:
-            raise SchemaError(f"centralized discrete BCQ: {n_agents} agents x {n_actions} actions make {joint} joint "
-                              f"actions, more than {MAX_JOINT_ACTIONS}; train a decentralized algorithm (ibcq, cast-bcq)")  # fmt: skip
+            raise SchemaError(
+                f"centralized discrete BCQ: {n_agents} agents x {n_actions} actions make {joint} joint "
+                f"actions, more than {MAX_JOINT_ACTIONS}; train a decentralized algorithm (ibcq, cast-bcq)"
+            )
         super().__init__(1, n_agents * obs_dim, joint, config, device)
         self.n_agents, self.n_actions = n_agents, n_actions
         digits = n_actions ** torch.arange(n_agents - 1, -1, -1)  # [N]: K^(N-1), ..., K, 1
@@ -99,10 +128,20 @@ class JointBcqDiscrete(IndependentBcqDiscrete):
         """Joint action indices [1, B] -> per-agent actions [N, B]."""
         return index[0][None] // self.digits[:, None] % self.n_actions
 
-    def update(self, obs, action, reward, next_obs, terminated, state=None, next_state=None,
-               generator: torch.Generator | None = None) -> dict[str, float]:  # fmt: skip
-        return super().update(self.joint_obs(obs), self.encode(action), reward, self.joint_obs(next_obs), terminated,
-                              generator=generator)  # fmt: skip
+    def update(
+        self,
+        obs,
+        action,
+        reward,
+        next_obs,
+        terminated,
+        state=None,
+        next_state=None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, float]:
+        return super().update(
+            self.joint_obs(obs), self.encode(action), reward, self.joint_obs(next_obs), terminated, generator=generator
+        )
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

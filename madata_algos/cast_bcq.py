@@ -26,8 +26,9 @@ from madata_algos.ibcq import BcqPolicy, TwinCritics, bcq_target, soft_clipped_d
 from madata_algos.networks import AgentMLP, minimize, soft_update
 
 
-def subteam_masks(n_agents: int, m: int, generator: torch.Generator | None = None,
-                  device: torch.device | str = "cpu") -> torch.Tensor:  # fmt: skip
+def subteam_masks(
+    n_agents: int, m: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
+) -> torch.Tensor:
     """Masks of M subteams per agent: ``[M, N, N]`` bool, ``mask[m, i, j]`` = teammate j is masked
     (takes the default action) in agent i's m-th sample; ``mask[m, i, i]`` is always False.
 
@@ -103,8 +104,15 @@ class CastBcq(nn.Module):
     ``action`` [N, B, max act_dim], ``state`` [B, S] for the joint critic.
     """
 
-    def __init__(self, obs_dims: list[int], act_dims: list[int], state_dim: int, max_action: list[float],
-                 config: CastBcqConfig | None = None, device: torch.device | str = "cpu"):  # fmt: skip
+    def __init__(
+        self,
+        obs_dims: list[int],
+        act_dims: list[int],
+        state_dim: int,
+        max_action: list[float],
+        config: CastBcqConfig | None = None,
+        device: torch.device | str = "cpu",
+    ):
         super().__init__()
         self.cfg = cfg = config or CastBcqConfig()
         self.n = len(obs_dims)
@@ -139,7 +147,9 @@ class CastBcq(nn.Module):
 
     # ------------------------------------------------------------ losses, one per equation
 
-    def joint_critic_loss(self, state, action, reward, next_state, next_obs, terminated, generator=None) -> torch.Tensor:
+    def joint_critic_loss(
+        self, state, action, reward, next_state, next_obs, terminated, generator=None
+    ) -> torch.Tensor:
         """Eq. 6: [r + gamma * (1 - terminated) * max_j Q'(o', a'_j) - Q^k(o, a)]^2 for both critics k,
         with a'_j (j = 1..n) candidate joint actions from the agents' VAEs and target actors, and Q'
         the twin target critics combined by Eq. 10 (:func:`~madata_algos.ibcq.bcq_target`)."""
@@ -185,14 +195,23 @@ class CastBcq(nn.Module):
 
     def update(self, obs, action, reward, next_obs, terminated, state, next_state, generator=None) -> dict[str, float]:
         """One iteration of Algorithm 1 on a minibatch (shapes in the class docstring)."""
-        stats = minimize(self.optimizers, (
-            ("vae", lambda: self.policy.vae_loss(obs, action, generator)),  # lines 3-4
-            ("joint_critic",  # lines 5-7
-             lambda: self.joint_critic_loss(state, action, reward, next_state, next_obs, terminated, generator)),
-            ("individual_critic",  # lines 8-11
-             lambda: self.individual_critic_loss(obs, action, self.counterfactual_target(state, obs, action, generator))),
-            ("actor", lambda: self.policy.actor_loss(obs, self.critic.first, generator)),
-        ))  # fmt: skip
+        stats = minimize(
+            self.optimizers,
+            (
+                ("vae", lambda: self.policy.vae_loss(obs, action, generator)),  # lines 3-4
+                (
+                    "joint_critic",  # lines 5-7
+                    lambda: self.joint_critic_loss(state, action, reward, next_state, next_obs, terminated, generator),
+                ),
+                (
+                    "individual_critic",  # lines 8-11
+                    lambda: self.individual_critic_loss(
+                        obs, action, self.counterfactual_target(state, obs, action, generator)
+                    ),
+                ),
+                ("actor", lambda: self.policy.actor_loss(obs, self.critic.first, generator)),
+            ),
+        )
         soft_update(self.joint_critic_target, self.joint_critic, self.cfg.tau)  # line 13
         soft_update(self.policy.actor_target, self.policy.actor, self.cfg.tau)
         return stats

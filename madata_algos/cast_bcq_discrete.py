@@ -32,8 +32,16 @@ class CastBcqDiscrete(nn.Module):
     Batches: ``obs``/``next_obs`` [N, B, obs_dim], ``action`` [N, B] int64, ``state``/``next_state`` [B, S].
     """
 
-    def __init__(self, n_agents: int, obs_dim: int, n_actions: int, state_dim: int, default_action: int,
-                 config: CastBcqDiscreteConfig | None = None, device="cpu"):  # fmt: skip
+    def __init__(
+        self,
+        n_agents: int,
+        obs_dim: int,
+        n_actions: int,
+        state_dim: int,
+        default_action: int,
+        config: CastBcqDiscreteConfig | None = None,
+        device="cpu",
+    ):
         super().__init__()
         self.cfg = cfg = config or CastBcqDiscreteConfig()
         self.n, self.k, self.default = n_agents, n_actions, default_action
@@ -59,7 +67,9 @@ class CastBcqDiscrete(nn.Module):
         q = (self.joint_critic_target if target else self.joint_critic)(x[None].expand(self.twins, -1, -1))[..., 0]
         return soft_clipped_double_q(q[0], q[-1], self.lam)  # one critic: q[0] is q[-1]
 
-    def greedy_joint(self, state: torch.Tensor, obs: torch.Tensor, target: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def greedy_joint(
+        self, state: torch.Tensor, obs: torch.Tensor, target: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The joint policy: the allowed joint action of highest Q. Returns (actions [B, N], Q [B])."""
         B, J = state.shape[0], self.joint_actions.shape[0]
         ok = allowed_actions(self.classifier(obs), self.cfg.threshold)  # [N, B, K]
@@ -97,7 +107,9 @@ class CastBcqDiscrete(nn.Module):
             else:
                 masks = torch.zeros(1, self.n, self.n, dtype=torch.bool, device=state.device)
             default = torch.full((self.n, 1), float(self.default), device=state.device)
-            return counterfactual_contribution(self.joint_q, state, a[..., None].float(), pi[..., None].float(), default, masks)
+            return counterfactual_contribution(
+                self.joint_q, state, a[..., None].float(), pi[..., None].float(), default, masks
+            )
 
     def individual_critic_loss(self, obs, action, delta) -> torch.Tensor:
         """Eq. 9: (Q_i(o_i, a_i) - Delta_i)^2 on the data's actions (mean over the batch, summed over agents)."""
@@ -106,12 +118,22 @@ class CastBcqDiscrete(nn.Module):
 
     def update(self, obs, action, reward, next_obs, terminated, state, next_state, generator=None) -> dict[str, float]:
         """One iteration of Algorithm 1: classifiers, joint critic (Eq. 6), individual critics (Eqs. 8-9)."""
-        stats = minimize(self.optimizers, (
-            ("classifier", lambda: self.classifier_loss(obs, action)),
-            ("joint_critic", lambda: self.joint_critic_loss(state, action, reward, next_state, next_obs, terminated)),
-            ("individual_critic",
-             lambda: self.individual_critic_loss(obs, action, self.counterfactual_target(state, obs, action, generator))),
-        ))  # fmt: skip
+        stats = minimize(
+            self.optimizers,
+            (
+                ("classifier", lambda: self.classifier_loss(obs, action)),
+                (
+                    "joint_critic",
+                    lambda: self.joint_critic_loss(state, action, reward, next_state, next_obs, terminated),
+                ),
+                (
+                    "individual_critic",
+                    lambda: self.individual_critic_loss(
+                        obs, action, self.counterfactual_target(state, obs, action, generator)
+                    ),
+                ),
+            ),
+        )
         soft_update(self.joint_critic_target, self.joint_critic, self.cfg.tau)
         return stats
 

@@ -19,8 +19,16 @@ from typing import Any
 from madata.errors import SchemaError
 
 
-def option(default: Any, doc: str, *, gt: float | None = None, ge: float | None = None, lt: float | None = None,
-           le: float | None = None, flag: str | None = None) -> Any:  # fmt: skip
+def option(
+    default: Any,
+    doc: str,
+    *,
+    gt: float | None = None,
+    ge: float | None = None,
+    lt: float | None = None,
+    le: float | None = None,
+    flag: str | None = None,
+) -> Any:
     """A config field: its default, its help ``doc`` (shown by the CLI), its range (``gt``, ``ge``, ``lt``, ``le``)
     and, where it differs from the field's name, its command-line name ``flag``. Tuples are hidden layer sizes,
     each >= 1 (``()``: a linear map)."""
@@ -28,8 +36,12 @@ def option(default: Any, doc: str, *, gt: float | None = None, ge: float | None 
     return field(default=default, metadata={"help": doc, "bounds": bounds, "flag": flag})
 
 
-_CHECKS = {"gt": (lambda v, b: v > b, ">"), "ge": (lambda v, b: v >= b, ">="),
-           "lt": (lambda v, b: v < b, "<"), "le": (lambda v, b: v <= b, "<=")}  # fmt: skip
+_CHECKS = {
+    "gt": (lambda v, b: v > b, ">"),
+    "ge": (lambda v, b: v >= b, ">="),
+    "lt": (lambda v, b: v < b, "<"),
+    "le": (lambda v, b: v <= b, "<="),
+}
 
 
 def flag_name(f: dataclasses.Field) -> str:
@@ -44,10 +56,18 @@ class Config:
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
-            value, kind, where = getattr(self, f.name), hints[f.name], f"{type(self).__name__}.{f.name} ({flag_name(f)})"
+            value, kind, where = (
+                getattr(self, f.name),
+                hints[f.name],
+                f"{type(self).__name__}.{f.name} ({flag_name(f)})",
+            )
             if typing.get_origin(kind) is tuple:
-                if not isinstance(value, tuple) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value):
-                    raise SchemaError(f"{where}: expected hidden layer sizes, integers >= 1 such as (256, 256), got {value!r}")
+                if not isinstance(value, tuple) or not all(
+                    isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value
+                ):
+                    raise SchemaError(
+                        f"{where}: expected hidden layer sizes, integers >= 1 such as (256, 256), got {value!r}"
+                    )
                 continue
             if kind is bool:
                 if not isinstance(value, bool):
@@ -73,8 +93,12 @@ class Config:
         unknown = sorted(set(values) - known)
         if unknown:
             raise SchemaError(f"{cls.__name__}: unknown fields {unknown} in the saved config")
-        return cls(**{k: tuple(v) if typing.get_origin(hints[k]) is tuple and isinstance(v, list) else v
-                      for k, v in values.items()})  # fmt: skip
+        return cls(
+            **{
+                k: tuple(v) if typing.get_origin(hints[k]) is tuple and isinstance(v, list) else v
+                for k, v in values.items()
+            }
+        )
 
     @classmethod
     def help(cls) -> dict[str, str]:
@@ -144,7 +168,9 @@ class CastBcqConfig(BcqConfig):
     regressed on the counterfactual contribution Delta_i (Eqs. 8-9)."""
 
     vae_hidden: tuple[int, ...] = option((750, 750), "hidden sizes of the VAEs G_{w^i}, encoder and decoder (Eq. 3)")
-    latent_clip: float = option(0.5, "|z| bound when sampling the decoder (BCQ's; the reference's 0.05 was mistake 7)", gt=0)
+    latent_clip: float = option(
+        0.5, "|z| bound when sampling the decoder (BCQ's; the reference's 0.05 was mistake 7)", gt=0
+    )
     actor_hidden: tuple[int, ...] = option((400, 300), "hidden sizes of the perturbation actors xi_i")
     phi: float = option(0.05, "perturbation scale Phi (BCQ's; the reference's 0.001 was mistake 7)", ge=0, le=1)
     critic_hidden: tuple[int, ...] = option((400, 300), "hidden sizes of the joint critics Q(o, a; phi^k) and the Q_i")
@@ -152,7 +178,9 @@ class CastBcqConfig(BcqConfig):
     n_target: int = option(10, "n candidate joint actions in the target (Eq. 6)", ge=1)
     n_act: int = option(100, "candidates per agent at execution", ge=1)
     subteams: int = option(6, "M subteam samples (Eq. 8); all 2^(N-1) subteams once when M >= 2^(N-1)", ge=1)
-    delta_weight: bool = option(False, "the reference code's clip(exp(Delta), 0, 10) weights on Eq. 9 (not in the paper)")
+    delta_weight: bool = option(
+        False, "the reference code's clip(exp(Delta), 0, 10) weights on Eq. 9 (not in the paper)"
+    )
     csaa: bool = option(True, "ablation --no-csaa: regress Q_i on the joint Q with the joint policy's teammates")
     subteam_sampling: bool = option(True, "ablation --no-subteam: the empty subteam only", flag="subteam")
     clipped_double_q: bool = option(True, "ablation --no-clipped-double-q: one joint critic, Eq. 10 with lambda = 1")
@@ -189,8 +217,10 @@ class TransitionWeightOptions(Config):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.weight_min > self.weight_max:
-            raise SchemaError(f"{type(self).__name__}: weight_min (--weight-min) must be <= weight_max (--weight-max), "
-                              f"got {self.weight_min} > {self.weight_max}")  # fmt: skip
+            raise SchemaError(
+                f"{type(self).__name__}: weight_min (--weight-min) must be <= weight_max (--weight-max), "
+                f"got {self.weight_min} > {self.weight_max}"
+            )
 
 
 @dataclass
@@ -214,13 +244,19 @@ class IcqDiscreteConfig(Config):
     the critic temperature is also named beta.
     """
 
-    actor_hidden: tuple[int, ...] = option((64, 64), "hidden sizes of pi_i(a_i | o_i) (the reference's agents: a 64-wide GRU)")
+    actor_hidden: tuple[int, ...] = option(
+        (64, 64), "hidden sizes of pi_i(a_i | o_i) (the reference's agents: a 64-wide GRU)"
+    )
     critic_hidden: tuple[int, ...] = option((256, 256), "hidden sizes of Q_i(o_i, a_i) and V(s) (reference critic)")
-    mixer_embed: int = option(32, "hypernetwork width of Q_tot = sum_i w_i(s) Q_i + b(s) (reference mixing_embed_dim)", ge=1)
+    mixer_embed: int = option(
+        32, "hypernetwork width of Q_tot = sum_i w_i(s) Q_i + b(s) (reference mixing_embed_dim)", ge=1
+    )
     actor_lr: float = option(5e-4, "Adam learning rate of the policies (reference lr)", gt=0, le=1)
     critic_lr: float = option(1e-4, "Adam learning rate of Q_i, the mixer and V(s) (reference critic_lr)", gt=0, le=1)
     gamma: float = _gamma()
-    tau: float = option(0.005, "Polyak rate of the target critics and mixer (single-agent ICQ's polyak 0.995)", gt=0, le=1)
+    tau: float = option(
+        0.005, "Polyak rate of the target critics and mixer (single-agent ICQ's polyak 0.995)", gt=0, le=1
+    )
     alpha: float = option(1000.0, "critic temperature of the ICQ operator (reference: 1000)", gt=0)
     beta: float = option(0.1, "actor temperature (reference, SMAC: 0.1)", gt=0)
 
@@ -238,5 +274,7 @@ class IcqConfig(IcqDiscreteConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.log_std_min >= self.log_std_max:
-            raise SchemaError(f"IcqConfig: log_std_min (--log-std-min) must be < log_std_max (--log-std-max), "
-                              f"got {self.log_std_min} >= {self.log_std_max}")  # fmt: skip
+            raise SchemaError(
+                f"IcqConfig: log_std_min (--log-std-min) must be < log_std_max (--log-std-max), "
+                f"got {self.log_std_min} >= {self.log_std_max}"
+            )

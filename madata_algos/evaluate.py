@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from madata.envs.family import Task
 from madata.envs.registry import get_task
-from madata.envs.team import make_team_env
 from madata.summary import normalized_score
 
 # obs {agent: [E, o_i]} -> actions {agent: [E, d_i]} (int64 [E] for Discrete)
@@ -38,9 +38,12 @@ class EvalResult:
         return asdict(self)
 
 
-def evaluate(task: str, policy: Policy, episodes: int = 10, seed: int = 0, max_steps: int | None = None) -> EvalResult:
+def evaluate(
+    task: str | Task, policy: Policy, episodes: int = 10, seed: int = 0, max_steps: int | None = None
+) -> EvalResult:
     """Run ``episodes`` episodes of ``policy`` in ``task`` at once; returns their statistics."""
-    envs = [make_team_env(task, max_steps) for _ in range(episodes)]
+    spec = get_task(task)
+    envs = [spec.team_env(max_steps) for _ in range(episodes)]
     try:
         f = envs[0].factorization
         sources = np.stack([e.reset(seed + k)[1] for k, e in enumerate(envs)])  # [E, D]
@@ -59,9 +62,9 @@ def evaluate(task: str, policy: Policy, episodes: int = 10, seed: int = 0, max_s
     finally:
         for e in envs:
             e.close()
-    norm = normalized_score(returns, get_task(task).reference_scores)
+    norm = normalized_score(returns, spec.reference_scores)
     return EvalResult(
-        task=task,
+        task=spec.name,
         episodes=episodes,
         seed=seed,
         mean_return=float(returns.mean()),

@@ -53,8 +53,9 @@ def td_target(reward: torch.Tensor, terminated: torch.Tensor, next_value: torch.
     return reward + gamma * (1.0 - terminated) * next_value
 
 
-def bcq_target(reward: torch.Tensor, terminated: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor,
-               gamma: float, lam: float) -> torch.Tensor:  # fmt: skip
+def bcq_target(
+    reward: torch.Tensor, terminated: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor, gamma: float, lam: float
+) -> torch.Tensor:
     """BCQ's critic target (its Eq. 13): y = r + gamma (1 - d) max_j [lam min_k Q'_k + (1 - lam) max_k Q'_k](o', a_j).
 
     ``q1``, ``q2`` [..., B, n]; ``reward``, ``terminated`` broadcast against [..., B]. Returns y [..., B].
@@ -88,8 +89,13 @@ class BcqPolicy(nn.Module):
     observation columns come last, where :class:`~madata_algos.networks.AgentLinear` keeps zero weights.
     """
 
-    def __init__(self, obs_dims: Sequence[int], act_dims: Sequence[int], max_action: Sequence[float | Sequence[float]],
-                 cfg: BcqConfig):  # fmt: skip
+    def __init__(
+        self,
+        obs_dims: Sequence[int],
+        act_dims: Sequence[int],
+        max_action: Sequence[float | Sequence[float]],
+        cfg: BcqConfig,
+    ):
         super().__init__()
         self.cfg, self.n = cfg, len(obs_dims)
         self.A = max(act_dims)
@@ -109,7 +115,9 @@ class BcqPolicy(nn.Module):
     def vae_parameters(self) -> list[nn.Parameter]:
         return [*self.encoder.parameters(), *self.decoder.parameters()]
 
-    def decode(self, obs: torch.Tensor, generator: torch.Generator | None = None, z: torch.Tensor | None = None) -> torch.Tensor:
+    def decode(
+        self, obs: torch.Tensor, generator: torch.Generator | None = None, z: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """a ~ G_i(o_i): obs [N, R, O] -> actions [N, R, A]; z ~ N(0, 1) clipped to +-latent_clip (BCQ's)."""
         if z is None:
             z = torch.randn(obs.shape[0], obs.shape[1], self.latent, device=obs.device, generator=generator)
@@ -126,13 +134,16 @@ class BcqPolicy(nn.Module):
         """The policy's action a~ + xi(o, a~), a~ ~ G_i(o_i): [N, R, A]."""
         return self.perturb(obs, self.decode(obs, generator), target)
 
-    def candidates(self, obs: torch.Tensor, k: int, generator: torch.Generator | None = None,
-                   target: bool = False) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    def candidates(
+        self, obs: torch.Tensor, k: int, generator: torch.Generator | None = None, target: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """k sampled actions per row: (obs repeated [N, R*k, O], actions [N, R*k, A]); row r's come at r*k .. r*k+k-1."""
         rep = obs.repeat_interleave(k, dim=1)
         return rep, self.sample(rep, generator, target)
 
-    def vae_loss(self, obs: torch.Tensor, action: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def vae_loss(
+        self, obs: torch.Tensor, action: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """Eq. 3 / BCQ's VAE loss: (a - D(o, z))^2 + kl_weight * D_KL(N(mu, sigma) || N(0, 1)), z = mu + sigma eps;
         mean over the batch, the real action components and the latent, summed over agents."""
         mu, log_std = self.encoder(torch.cat([action, obs], -1)).chunk(2, -1)
@@ -144,8 +155,12 @@ class BcqPolicy(nn.Module):
         kl = -0.5 * (1 + 2 * log_std - mu.pow(2) - std.pow(2)).mean(dim=(-2, -1))
         return (rec + self.cfg.kl_weight * kl).sum()
 
-    def actor_loss(self, obs: torch.Tensor, q1: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                   generator: torch.Generator | None = None) -> torch.Tensor:  # fmt: skip
+    def actor_loss(
+        self,
+        obs: torch.Tensor,
+        q1: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """-Q_{i,1}(o_i, a~_i + xi_i(o_i, a~_i)), a~_i ~ G_i(o_i): the deterministic policy gradient through the
         first critic ``q1(obs, action) -> [N, R]``, mean over the batch, summed over agents."""
         with torch.no_grad():
@@ -153,8 +168,12 @@ class BcqPolicy(nn.Module):
         return -q1(obs, self.perturb(obs, sampled)).mean(-1).sum()
 
     @torch.no_grad()
-    def act(self, obs: torch.Tensor, q1: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-            generator: torch.Generator | None = None) -> torch.Tensor:  # fmt: skip
+    def act(
+        self,
+        obs: torch.Tensor,
+        q1: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """Agent i draws n_act candidates from G_i(o_i), perturbs them, takes the argmax of Q_{i,1}.
 
         obs [N, B, O] -> actions [N, B, A] (padded components 0).
@@ -196,8 +215,14 @@ class IndependentBcq(nn.Module):
     class with one "agent" whose observation is the joint observation and whose action the joint action.
     """
 
-    def __init__(self, obs_dims: Sequence[int], act_dims: Sequence[int], max_action: Sequence[float | Sequence[float]],
-                 config: BcqConfig | None = None, device: torch.device | str = "cpu"):  # fmt: skip
+    def __init__(
+        self,
+        obs_dims: Sequence[int],
+        act_dims: Sequence[int],
+        max_action: Sequence[float | Sequence[float]],
+        config: BcqConfig | None = None,
+        device: torch.device | str = "cpu",
+    ):
         super().__init__()
         self.cfg = cfg = config or BcqConfig()
         self.n = len(obs_dims)
@@ -212,7 +237,9 @@ class IndependentBcq(nn.Module):
         }
 
     @torch.no_grad()
-    def next_value(self, next_obs: torch.Tensor, generator: torch.Generator | None = None, k: int | None = None) -> torch.Tensor:
+    def next_value(
+        self, next_obs: torch.Tensor, generator: torch.Generator | None = None, k: int | None = None
+    ) -> torch.Tensor:
         """V(o') = :func:`bcq_value` over k (default n_target) candidates a_j = a~_j + xi'(o', a~_j), a~_j ~ G(o'): [N, B]."""
         k, (N, B, _) = k or self.cfg.n_target, next_obs.shape
         rep, cand = self.policy.candidates(next_obs, k, generator, target=True)
@@ -223,8 +250,9 @@ class IndependentBcq(nn.Module):
         """BCQ's target for every agent's transition (:func:`td_target` of :meth:`next_value`): [N, B]."""
         return td_target(reward[None], terminated[None], self.next_value(next_obs, generator), self.cfg.gamma)
 
-    def critic_loss(self, obs: torch.Tensor, action: torch.Tensor, y: torch.Tensor,
-                    weight: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    def critic_loss(
+        self, obs: torch.Tensor, action: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """sum_k (Q_k(o_i, a_i) - y_i)^2 for both critics of every agent, optionally weighted per transition.
 
         ``y``, ``weight`` [N, B]. Mean over the minibatch, summed over agents and the two critics
@@ -239,14 +267,26 @@ class IndependentBcq(nn.Module):
         """The critic step's loss: :meth:`critic_loss` on BCQ's target (MABCQ weighs it)."""
         return self.critic_loss(obs, action, self.target(reward, next_obs, terminated, generator))
 
-    def update(self, obs, action, reward, next_obs, terminated, state=None, next_state=None,
-               generator: torch.Generator | None = None) -> dict[str, float]:  # fmt: skip
+    def update(
+        self,
+        obs,
+        action,
+        reward,
+        next_obs,
+        terminated,
+        state=None,
+        next_state=None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, float]:
         """BCQ's Algorithm 1 on a minibatch (shapes in the class docstring); ``state`` is not used."""
-        stats = minimize(self.optimizers, (
-            ("vae", lambda: self.policy.vae_loss(obs, action, generator)),
-            ("critic", lambda: self.critic_objective(obs, action, reward, next_obs, terminated, generator)),
-            ("actor", lambda: self.policy.actor_loss(obs, self.critic.first, generator)),
-        ))  # fmt: skip
+        stats = minimize(
+            self.optimizers,
+            (
+                ("vae", lambda: self.policy.vae_loss(obs, action, generator)),
+                ("critic", lambda: self.critic_objective(obs, action, reward, next_obs, terminated, generator)),
+                ("actor", lambda: self.policy.actor_loss(obs, self.critic.first, generator)),
+            ),
+        )
         soft_update(self.critic_target, self.critic, self.cfg.tau)
         soft_update(self.policy.actor_target, self.policy.actor, self.cfg.tau)
         return stats
@@ -266,8 +306,14 @@ class IndependentBcqDiscrete(nn.Module):
     Batches: ``obs``/``next_obs`` [N, B, obs_dim], ``action`` [N, B] int64 (0-based), ``reward``, ``terminated`` [B].
     """
 
-    def __init__(self, n_agents: int, obs_dim: int, n_actions: int, config: BcqDiscreteConfig | None = None,
-                 device: torch.device | str = "cpu"):  # fmt: skip
+    def __init__(
+        self,
+        n_agents: int,
+        obs_dim: int,
+        n_actions: int,
+        config: BcqDiscreteConfig | None = None,
+        device: torch.device | str = "cpu",
+    ):
         super().__init__()
         self.cfg = cfg = config or BcqDiscreteConfig()
         self.n, self.k = n_agents, n_actions
@@ -307,13 +353,25 @@ class IndependentBcqDiscrete(nn.Module):
         """The critic step's loss: :meth:`critic_loss` on discrete BCQ's target (MABCQ weighs it)."""
         return self.critic_loss(obs, action, self.target(reward, next_obs, terminated))
 
-    def update(self, obs, action, reward, next_obs, terminated, state=None, next_state=None,
-               generator: torch.Generator | None = None) -> dict[str, float]:  # fmt: skip
+    def update(
+        self,
+        obs,
+        action,
+        reward,
+        next_obs,
+        terminated,
+        state=None,
+        next_state=None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, float]:
         """Discrete BCQ's iteration: the classifiers, then the critics; Polyak-average the target critics."""
-        stats = minimize(self.optimizers, (
-            ("classifier", lambda: self.classifier_loss(obs, action)),
-            ("critic", lambda: self.critic_objective(obs, action, reward, next_obs, terminated, generator)),
-        ))  # fmt: skip
+        stats = minimize(
+            self.optimizers,
+            (
+                ("classifier", lambda: self.classifier_loss(obs, action)),
+                ("critic", lambda: self.critic_objective(obs, action, reward, next_obs, terminated, generator)),
+            ),
+        )
         soft_update(self.critic_target, self.critic, self.cfg.tau)
         return stats
 

@@ -135,7 +135,9 @@ class _IcqBase(nn.Module):
             "actor": torch.optim.Adam(actor_params, lr=cfg.actor_lr),
         }
 
-    def joint_q(self, obs: torch.Tensor, action: torch.Tensor, state: torch.Tensor, target: bool = False) -> torch.Tensor:
+    def joint_q(
+        self, obs: torch.Tensor, action: torch.Tensor, state: torch.Tensor, target: bool = False
+    ) -> torch.Tensor:
         """Q_tot(s, a) = sum_i w_i(s) Q_i(o_i, a_i) + b(s) -> [B]; ``target``: the Polyak-averaged copies."""
         critic, mixer = (self.critic_target, self.mixer_target) if target else (self.critic, self.mixer)
         return mixer(self.agent_q(critic, obs, action), state)
@@ -167,16 +169,20 @@ class _IcqBase(nn.Module):
 
     # ------------------------------------------------------------ one iteration
 
-    def update(self, obs, action, reward, next_obs, terminated, state, next_state,
-               generator: torch.Generator | None = None) -> dict[str, float]:  # fmt: skip
+    def update(
+        self, obs, action, reward, next_obs, terminated, state, next_state, generator: torch.Generator | None = None
+    ) -> dict[str, float]:
         """One iteration on a minibatch (shapes in the class docstring); returns the three losses.
 
         ``next_obs`` is not needed: the next-state value is V(s') on the global state."""
-        stats = minimize(self.optimizers, (
-            ("value", lambda: self.value_loss(obs, action, state)),
-            ("critic", lambda: self.critic_loss(obs, action, reward, terminated, state, next_state)),
-            ("actor", lambda: self.actor_loss(obs, action, state, generator)),
-        ))  # fmt: skip
+        stats = minimize(
+            self.optimizers,
+            (
+                ("value", lambda: self.value_loss(obs, action, state)),
+                ("critic", lambda: self.critic_loss(obs, action, reward, terminated, state, next_state)),
+                ("actor", lambda: self.actor_loss(obs, action, state, generator)),
+            ),
+        )
         soft_update(self.critic_target, self.critic, self.cfg.tau)
         soft_update(self.mixer_target, self.mixer, self.cfg.tau)
         return stats
@@ -190,13 +196,22 @@ class IcqMa(_IcqBase):
     [B], ``state``/``next_state`` [B, S].
     """
 
-    def __init__(self, obs_dims: Sequence[int], act_dims: Sequence[int], state_dim: int, max_action: Sequence[float],
-                 config: IcqConfig | None = None, device: torch.device | str = "cpu"):  # fmt: skip
+    def __init__(
+        self,
+        obs_dims: Sequence[int],
+        act_dims: Sequence[int],
+        state_dim: int,
+        max_action: Sequence[float],
+        config: IcqConfig | None = None,
+        device: torch.device | str = "cpu",
+    ):
         super().__init__()
         self.cfg = cfg = config or IcqConfig()
         if not obs_dims or len(act_dims) != len(obs_dims) or len(max_action) != len(obs_dims):
-            raise SchemaError(f"IcqMa: {len(obs_dims)} agents in obs_dims, but {len(act_dims)} act_dims and "
-                              f"{len(max_action)} max_action values; give one per agent")  # fmt: skip
+            raise SchemaError(
+                f"IcqMa: {len(obs_dims)} agents in obs_dims, but {len(act_dims)} act_dims and "
+                f"{len(max_action)} max_action values; give one per agent"
+            )
         n = self.n = len(obs_dims)
         self.obs_dims, self.act_dims, self.A = list(obs_dims), list(act_dims), max(act_dims)
         self.register_buffer("max_action", torch.tensor(max_action, dtype=torch.float32)[:, None, None])  # [N, 1, 1]
@@ -252,12 +267,20 @@ class IcqMa(_IcqBase):
 class IcqMaDiscrete(_IcqBase):
     """ICQ-MA with ``n_actions`` discrete actions per agent. ``action`` int64 [N, B]; otherwise as :class:`IcqMa`."""
 
-    def __init__(self, obs_dims: Sequence[int], state_dim: int, n_actions: int, config: IcqDiscreteConfig | None = None,
-                 device: torch.device | str = "cpu"):  # fmt: skip
+    def __init__(
+        self,
+        obs_dims: Sequence[int],
+        state_dim: int,
+        n_actions: int,
+        config: IcqDiscreteConfig | None = None,
+        device: torch.device | str = "cpu",
+    ):
         super().__init__()
         self.cfg = cfg = config or IcqDiscreteConfig()
         if not obs_dims or n_actions < 2:
-            raise SchemaError(f"IcqMaDiscrete: need at least one agent and 2 actions, got {len(obs_dims)} and {n_actions}")
+            raise SchemaError(
+                f"IcqMaDiscrete: need at least one agent and 2 actions, got {len(obs_dims)} and {n_actions}"
+            )
         n = self.n = len(obs_dims)
         self.n_actions = n_actions
         self.critic = AgentMLP(n, list(obs_dims), cfg.critic_hidden, n_actions)  # Q_i(o_i, .)

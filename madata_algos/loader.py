@@ -171,8 +171,14 @@ class StreamingLoader:
     The order of ranges is reshuffled at every pass over the dataset.
     """
 
-    def __init__(self, ds: Dataset, device: str | torch.device | None = None, seed: int = 0,
-                 buffer_chunks: int = 4, samples_per_chunk: int | None = None):  # fmt: skip
+    def __init__(
+        self,
+        ds: Dataset,
+        device: str | torch.device | None = None,
+        seed: int = 0,
+        buffer_chunks: int = 4,
+        samples_per_chunk: int | None = None,
+    ):
         self.ds, self.layout = ds, _Layout(ds)
         if ds.num_transitions == 0:
             raise SchemaError(f"{ds.root}: no transitions to load")
@@ -234,8 +240,13 @@ class StreamingLoader:
 
     def state_dict(self) -> dict:
         """What a checkpoint needs to resume sampling exactly: the pass order, the buffer's ranges, the generators."""
-        return {"generator": self.generator.get_state(), "rng": self.rng.bit_generator.state, "order": list(self._order),
-                "buffered": list(self._buffered), "drawn": self._drawn}  # fmt: skip
+        return {
+            "generator": self.generator.get_state(),
+            "rng": self.rng.bit_generator.state,
+            "order": list(self._order),
+            "buffered": list(self._buffered),
+            "drawn": self._drawn,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"].cpu())

@@ -53,8 +53,9 @@ from madata_algos.ibcq import IndependentBcq, IndependentBcqDiscrete, td_target
 from madata_algos.networks import AgentMLP, minimize
 
 
-def value_deviation_weight(value: torch.Tensor, samples: torch.Tensor, sample_weight: torch.Tensor | None,
-                           margin: float) -> torch.Tensor:  # fmt: skip
+def value_deviation_weight(
+    value: torch.Tensor, samples: torch.Tensor, sample_weight: torch.Tensor | None, margin: float
+) -> torch.Tensor:
     """w_vd = V+(o') / E_{o''}[V+(o'')]: the value deviation, a ratio of positive values. [N, B].
 
     ``value`` [N, B]: each transition's own outcome value; ``samples`` [N, B, k]: the values of
@@ -105,8 +106,9 @@ class TransitionVae(nn.Module):
         rd = torch.stack([reward, terminated], -1)[None].expand(N, B, 2)
         return torch.cat([rd, next_obs], -1)
 
-    def neg_elbo(self, x: torch.Tensor, c: torch.Tensor, generator: torch.Generator | None = None,
-                 sample: bool = True) -> torch.Tensor:  # fmt: skip
+    def neg_elbo(
+        self, x: torch.Tensor, c: torch.Tensor, generator: torch.Generator | None = None, sample: bool = True
+    ) -> torch.Tensor:
         """-ELBO = 1/2 |x - D(z, c)|^2 + D_KL(N(mu, sigma) || N(0, 1)) per transition: [N, B].
         ``sample=False`` decodes z = mu, a deterministic estimate (used for the weights)."""
         mu, log_std = self.encoder(torch.cat([x, c], -1)).chunk(2, -1)
@@ -142,8 +144,16 @@ class TransitionWeights(nn.Module):
         return self.model.neg_elbo(x, cond, generator).mean(-1).sum()
 
     @torch.no_grad()
-    def weights(self, cond, reward, terminated, next_obs, value: Callable[[torch.Tensor], torch.Tensor], gamma: float,
-                generator=None) -> torch.Tensor:  # fmt: skip
+    def weights(
+        self,
+        cond,
+        reward,
+        terminated,
+        next_obs,
+        value: Callable[[torch.Tensor], torch.Tensor],
+        gamma: float,
+        generator=None,
+    ) -> torch.Tensor:
         """lambda = clip(w_vd * w_tn, weight_min, weight_max) [N, B] for transitions conditioned on ``cond`` [N, B, C].
 
         Both factors use the same n_next outcomes drawn from T_i(o_i, a_i). With transition
@@ -172,8 +182,14 @@ class Mabcq(IndependentBcq):
     """MABCQ with continuous actions: :class:`~madata_algos.ibcq.IndependentBcq` whose critic loss is weighted
     by lambda, after a step on the transition models T_i."""
 
-    def __init__(self, obs_dims: Sequence[int], act_dims: Sequence[int], max_action: Sequence[float],
-                 config: MabcqConfig | None = None, device: torch.device | str = "cpu"):  # fmt: skip
+    def __init__(
+        self,
+        obs_dims: Sequence[int],
+        act_dims: Sequence[int],
+        max_action: Sequence[float],
+        config: MabcqConfig | None = None,
+        device: torch.device | str = "cpu",
+    ):
         cfg = config or MabcqConfig()
         super().__init__(obs_dims, act_dims, max_action, cfg, device)
         self.weighting = TransitionWeights(obs_dims, self.policy.A, cfg).to(device)
@@ -183,17 +199,28 @@ class Mabcq(IndependentBcq):
         """lambda_i * (Q_{i,k}(o_i, a_i) - y_i)^2, y_i BCQ's target, summed over both critics and agents."""
         y = self.target(reward, next_obs, terminated, generator)
         value = lambda o: self.next_value(o, generator, k=self.cfg.value_candidates)  # noqa: E731
-        w = self.weighting.weights(torch.cat([action, obs], -1), reward, terminated, next_obs, value, self.cfg.gamma,
-                                   generator)  # fmt: skip
+        w = self.weighting.weights(
+            torch.cat([action, obs], -1), reward, terminated, next_obs, value, self.cfg.gamma, generator
+        )
         return self.critic_loss(obs, action, y, w)
 
-    def update(self, obs, action, reward, next_obs, terminated, state=None, next_state=None,
-               generator: torch.Generator | None = None) -> dict[str, float]:  # fmt: skip
+    def update(
+        self,
+        obs,
+        action,
+        reward,
+        next_obs,
+        terminated,
+        state=None,
+        next_state=None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, float]:
         """Fit T_i on the minibatch, then BCQ's iteration with the weighted critic loss."""
         cond = torch.cat([action, obs], -1)
-        stats = minimize(self.optimizers, (
-            ("transition", lambda: self.weighting.loss(cond, reward, terminated, next_obs, generator)),
-        ))  # fmt: skip
+        stats = minimize(
+            self.optimizers,
+            (("transition", lambda: self.weighting.loss(cond, reward, terminated, next_obs, generator)),),
+        )
         return stats | super().update(obs, action, reward, next_obs, terminated, generator=generator)
 
 
@@ -201,8 +228,14 @@ class MabcqDiscrete(IndependentBcqDiscrete):
     """MABCQ with discrete actions: discrete I-BCQ (``n_agents`` agents, equal ``obs_dim`` and
     ``n_actions``) whose Huber TD loss is weighted by lambda. ``action`` [N, B] int64."""
 
-    def __init__(self, n_agents: int, obs_dim: int, n_actions: int, config: MabcqDiscreteConfig | None = None,
-                 device: torch.device | str = "cpu"):  # fmt: skip
+    def __init__(
+        self,
+        n_agents: int,
+        obs_dim: int,
+        n_actions: int,
+        config: MabcqDiscreteConfig | None = None,
+        device: torch.device | str = "cpu",
+    ):
         cfg = config or MabcqDiscreteConfig()
         super().__init__(n_agents, obs_dim, n_actions, cfg, device)
         self.weighting = TransitionWeights([obs_dim] * n_agents, n_actions, cfg).to(device)
@@ -215,15 +248,26 @@ class MabcqDiscrete(IndependentBcqDiscrete):
     def critic_objective(self, obs, action, reward, next_obs, terminated, generator=None) -> torch.Tensor:
         """lambda_i * Huber(Q_i(o_i, a_i) - y_i), mean over the minibatch, summed over agents."""
         y = self.target(reward, next_obs, terminated)
-        w = self.weighting.weights(self.condition(obs, action), reward, terminated, next_obs, self.next_value,
-                                   self.cfg.gamma, generator)  # fmt: skip
+        w = self.weighting.weights(
+            self.condition(obs, action), reward, terminated, next_obs, self.next_value, self.cfg.gamma, generator
+        )
         return self.critic_loss(obs, action, y, w)
 
-    def update(self, obs, action, reward, next_obs, terminated, state=None, next_state=None,
-               generator: torch.Generator | None = None) -> dict[str, float]:  # fmt: skip
+    def update(
+        self,
+        obs,
+        action,
+        reward,
+        next_obs,
+        terminated,
+        state=None,
+        next_state=None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, float]:
         """Fit T_i on the minibatch, then discrete BCQ's iteration with the weighted critic loss."""
         cond = self.condition(obs, action)
-        stats = minimize(self.optimizers, (
-            ("transition", lambda: self.weighting.loss(cond, reward, terminated, next_obs, generator)),
-        ))  # fmt: skip
+        stats = minimize(
+            self.optimizers,
+            (("transition", lambda: self.weighting.loss(cond, reward, terminated, next_obs, generator)),),
+        )
         return stats | super().update(obs, action, reward, next_obs, terminated, generator=generator)

@@ -101,8 +101,10 @@ class AlgorithmSpec:
         v = self.discrete if discrete else self.continuous
         if v is None:
             others = [s.name for s in ALGORITHMS.values() if (s.discrete if discrete else s.continuous)]
-            raise SchemaError(f"{where}{': ' if where else ''}{self.name} has no variant for {kind} actions; "
-                              f"algorithms with one: {', '.join(others)}")  # fmt: skip
+            raise SchemaError(
+                f"{where}{': ' if where else ''}{self.name} has no variant for {kind} actions; "
+                f"algorithms with one: {', '.join(others)}"
+            )
         return v
 
 
@@ -174,28 +176,53 @@ def _icq_discrete(d: DataInfo, cfg: IcqDiscreteConfig, device):
 ALGORITHMS: dict[str, AlgorithmSpec] = {
     s.name: s
     for s in (
-        AlgorithmSpec("cast-bcq", "CAST-BCQ",
-                      "CAST-BCQ: counterfactual SAA with subteam masking; decentralized execution, needs a global state.",
-                      Variant(CastBcqConfig, _cast_bcq), Variant(CastBcqDiscreteConfig, _cast_bcq_discrete),
-                      decentralized=True, needs_state=True),
-        AlgorithmSpec("bcq", "BCQ",
-                      "Centralized BCQ on the joint observation and joint action; execution needs every agent's observation.",
-                      Variant(BcqConfig, _bcq), Variant(BcqDiscreteConfig, _bcq_discrete),
-                      decentralized=False, needs_state=False),
-        AlgorithmSpec("ibcq", "I-BCQ",
-                      "Independent BCQ: each agent runs BCQ on its own observations and actions; decentralized.",
-                      Variant(BcqConfig, _ibcq), Variant(BcqDiscreteConfig, _ibcq_discrete),
-                      decentralized=True, needs_state=False),
-        AlgorithmSpec("mabcq", "MABCQ",
-                      "MABCQ (Jiang & Lu 2021): I-BCQ with value-deviation and transition-normalization weights; decentralized.",
-                      Variant(MabcqConfig, _mabcq), Variant(MabcqDiscreteConfig, _mabcq_discrete),
-                      decentralized=True, needs_state=False),
-        AlgorithmSpec("icq-ma", "ICQ-MA",
-                      "ICQ-MA (Yang et al. 2021): implicit constraint Q-learning, mixed value Q_tot = sum_i w_i(s) Q_i + b(s); decentralized, needs a global state.",
-                      Variant(IcqConfig, _icq), Variant(IcqDiscreteConfig, _icq_discrete),
-                      decentralized=True, needs_state=True),
+        AlgorithmSpec(
+            "cast-bcq",
+            "CAST-BCQ",
+            "CAST-BCQ: counterfactual SAA with subteam masking; decentralized execution, needs a global state.",
+            Variant(CastBcqConfig, _cast_bcq),
+            Variant(CastBcqDiscreteConfig, _cast_bcq_discrete),
+            decentralized=True,
+            needs_state=True,
+        ),
+        AlgorithmSpec(
+            "bcq",
+            "BCQ",
+            "Centralized BCQ on the joint observation and joint action; execution needs every agent's observation.",
+            Variant(BcqConfig, _bcq),
+            Variant(BcqDiscreteConfig, _bcq_discrete),
+            decentralized=False,
+            needs_state=False,
+        ),
+        AlgorithmSpec(
+            "ibcq",
+            "I-BCQ",
+            "Independent BCQ: each agent runs BCQ on its own observations and actions; decentralized.",
+            Variant(BcqConfig, _ibcq),
+            Variant(BcqDiscreteConfig, _ibcq_discrete),
+            decentralized=True,
+            needs_state=False,
+        ),
+        AlgorithmSpec(
+            "mabcq",
+            "MABCQ",
+            "MABCQ (Jiang & Lu 2021): I-BCQ with value-deviation and transition-normalization weights; decentralized.",
+            Variant(MabcqConfig, _mabcq),
+            Variant(MabcqDiscreteConfig, _mabcq_discrete),
+            decentralized=True,
+            needs_state=False,
+        ),
+        AlgorithmSpec(
+            "icq-ma",
+            "ICQ-MA",
+            "ICQ-MA (Yang et al. 2021): implicit constraint Q-learning, mixed value Q_tot = sum_i w_i(s) Q_i + b(s); decentralized, needs a global state.",
+            Variant(IcqConfig, _icq),
+            Variant(IcqDiscreteConfig, _icq_discrete),
+            decentralized=True,
+            needs_state=True,
+        ),
     )
-}  # fmt: skip
+}
 
 
 def names() -> list[str]:
@@ -222,58 +249,80 @@ def describe(ds: madata.Dataset, need_task: bool = True) -> DataInfo:
     task = ds.meta.env.get("id")
     if need_task:
         if task is None:
-            raise SchemaError(f"{ds.root}: metadata names no environment (env.id), so the policy cannot be evaluated; "
-                              "train without evaluation (--eval-episodes 0) or give the dataset an env id")  # fmt: skip
+            raise SchemaError(
+                f"{ds.root}: metadata names no environment (env.id), so the policy cannot be evaluated; "
+                "train without evaluation (--eval-episodes 0) or give the dataset an env id"
+            )
         _check_matches_task(ds, task)
     elif task is not None and not is_task(task):
         task = None
     obs_dims = []
     for a in ds.agents:
         if len(a.observation_space.shape) != 1:
-            raise SchemaError(f"{ds.root}: agent {a.id} has observation shape {a.observation_space.shape}; "
-                              "the algorithms take vectors")  # fmt: skip
+            raise SchemaError(
+                f"{ds.root}: agent {a.id} has observation shape {a.observation_space.shape}; "
+                "the algorithms take vectors"
+            )
         obs_dims.append(int(a.observation_space.shape[0]))
     kinds = {isinstance(a.action_space, Discrete) for a in ds.agents}
     if len(kinds) > 1:
         raise SchemaError(f"{ds.root}: agents mix discrete and continuous actions; the algorithms take one kind")
     state_dim = None if ds.state_space is None else int(np.prod(ds.state_space.shape))
-    common = dict(root=str(ds.root), task=task, agent_ids=tuple(ds.agent_ids), obs_dims=tuple(obs_dims), state_dim=state_dim)
+    common = dict(
+        root=str(ds.root), task=task, agent_ids=tuple(ds.agent_ids), obs_dims=tuple(obs_dims), state_dim=state_dim
+    )
     if kinds == {True}:
         spaces = [a.action_space for a in ds.agents]
         if len({s.n for s in spaces}) > 1 or len(set(obs_dims)) > 1:
-            raise SchemaError(f"{ds.root}: the discrete algorithms need agents of equal observation and action sizes, "
-                              f"got observations {obs_dims} and {[s.n for s in spaces]} actions")  # fmt: skip
+            raise SchemaError(
+                f"{ds.root}: the discrete algorithms need agents of equal observation and action sizes, "
+                f"got observations {obs_dims} and {[s.n for s in spaces]} actions"
+            )
         default = ds.meta.env.get("default_action")
-        return DataInfo(**common, discrete=True, act_dims=(1,) * len(spaces), max_action=(), n_actions=int(spaces[0].n),
-                        action_starts=tuple(int(s.start) for s in spaces),
-                        default_action=None if default is None else int(default) - int(spaces[0].start))  # fmt: skip
+        return DataInfo(
+            **common,
+            discrete=True,
+            act_dims=(1,) * len(spaces),
+            max_action=(),
+            n_actions=int(spaces[0].n),
+            action_starts=tuple(int(s.start) for s in spaces),
+            default_action=None if default is None else int(default) - int(spaces[0].start),
+        )
     boxes = [a.action_space for a in ds.agents]
-    return DataInfo(**common, discrete=False, act_dims=tuple(int(b.shape[0]) for b in boxes),
-                    max_action=tuple(float(max(np.max(np.abs(b.low)), np.max(np.abs(b.high)))) for b in boxes),
-                    n_actions=None, action_starts=(0,) * len(boxes), default_action=None)  # fmt: skip
+    return DataInfo(
+        **common,
+        discrete=False,
+        act_dims=tuple(int(b.shape[0]) for b in boxes),
+        max_action=tuple(float(max(np.max(np.abs(b.low)), np.max(np.abs(b.high)))) for b in boxes),
+        n_actions=None,
+        action_starts=(0,) * len(boxes),
+        default_action=None,
+    )
 
 
 def _check_matches_task(ds: madata.Dataset, task: str) -> None:
     """The policy is evaluated in ``task``'s environment: the dataset's agents and spaces must be that
     environment's (a dataset relabelled with another task's id would otherwise fail after training)."""
-    from madata.envs.team import make_team_env
-
-    get_task(task)
-    env = make_team_env(task)
+    env = get_task(task).team_env()
     try:
         f = env.factorization
     finally:
         env.close()
 
     def shapes(agents):
-        return {a.id: (a.observation_space.shape, getattr(a.action_space, "n", None) or a.action_space.shape) for a in agents}
+        return {
+            a.id: (a.observation_space.shape, getattr(a.action_space, "n", None) or a.action_space.shape)
+            for a in agents
+        }
 
     got, want = shapes(ds.agents), shapes(f.agents)
     state = None if ds.state_space is None else ds.state_space.shape
     if got != want or (state is not None and state != f.state_space.shape):
-        raise SchemaError(f"{ds.root}: its metadata names task {task!r}, but its agents (observation shape, actions) "
-                          f"{got} and state {state} are not that task's {want} and {f.state_space.shape}; "
-                          "is it a dataset of another task?")  # fmt: skip
+        raise SchemaError(
+            f"{ds.root}: its metadata names task {task!r}, but its agents (observation shape, actions) "
+            f"{got} and state {state} are not that task's {want} and {f.state_space.shape}; "
+            "is it a dataset of another task?"
+        )
 
 
 def check_config(spec: AlgorithmSpec, data: DataInfo, config: Any) -> Config:
@@ -284,8 +333,10 @@ def check_config(spec: AlgorithmSpec, data: DataInfo, config: Any) -> Config:
         return variant.config()
     if type(config) is not variant.config:
         kind = "discrete" if data.discrete else "continuous"
-        raise SchemaError(f"{data.root}: {spec.name} on {kind} actions takes a {variant.config.__name__}, "
-                          f"got a {type(config).__name__}")  # fmt: skip
+        raise SchemaError(
+            f"{data.root}: {spec.name} on {kind} actions takes a {variant.config.__name__}, "
+            f"got a {type(config).__name__}"
+        )
     return config
 
 
@@ -299,8 +350,10 @@ def config_from_options(spec: AlgorithmSpec, data: DataInfo, given: dict[str, An
         kind = "discrete" if data.discrete else "continuous"
         others = [f for v in spec.variants().values() for f in dataclasses.fields(v.config) if f.name in foreign]
         names = sorted({flag_name(f) for f in others})
-        raise SchemaError(f"{data.root}: {' and '.join(names)} {'does' if len(names) == 1 else 'do'} not apply to "
-                          f"{spec.name} on {kind} actions; its options: {', '.join(flag_name(f) for f in fields.values())}")  # fmt: skip
+        raise SchemaError(
+            f"{data.root}: {' and '.join(names)} {'does' if len(names) == 1 else 'do'} not apply to "
+            f"{spec.name} on {kind} actions; its options: {', '.join(flag_name(f) for f in fields.values())}"
+        )
     return variant.config(**given)
 
 
@@ -314,7 +367,9 @@ def check_data(spec: AlgorithmSpec, data: DataInfo) -> None:
     spec.variant(data.discrete, data.root)
     if spec.needs_state and data.state_dim is None:
         stateless = [s.name for s in ALGORITHMS.values() if not s.needs_state]
-        raise SchemaError(f"{data.root}: no global state stored; {spec.name} trains on one ({', '.join(stateless)} do not)")
+        raise SchemaError(
+            f"{data.root}: no global state stored; {spec.name} trains on one ({', '.join(stateless)} do not)"
+        )
 
 
 def build(name: str, data: DataInfo, config: Any = None, device: Any = "cpu") -> Any:

@@ -108,8 +108,12 @@ def train(
     streaming loader (data larger than memory). ``report`` receives one line after a warm-up (the
     expected time) and one per evaluation, for logs that are not a terminal. Returns the log rows.
     """
-    for name, value, low in (("steps", steps, 1), ("eval_every", eval_every, 1), ("batch_size", batch_size, 1),
-                             ("eval_episodes", eval_episodes, 0)):  # fmt: skip
+    for name, value, low in (
+        ("steps", steps, 1),
+        ("eval_every", eval_every, 1),
+        ("batch_size", batch_size, 1),
+        ("eval_episodes", eval_episodes, 0),
+    ):
         if not isinstance(value, int) or value < low:
             raise SchemaError(f"{name} (--{name.replace('_', '-')}) must be an integer >= {low}, got {value!r}")
     if eval_max_steps is not None and eval_max_steps < 1:
@@ -121,23 +125,51 @@ def train(
     config = registry.check_config(spec, data, config)
     registry.check_data(spec, data)
     if batch_size > ds.num_transitions:
-        raise SchemaError(f"{ds.root}: batch size {batch_size} is larger than the dataset's {ds.num_transitions} "
-                          "transitions; pass a smaller --batch-size")  # fmt: skip
+        raise SchemaError(
+            f"{ds.root}: batch size {batch_size} is larger than the dataset's {ds.num_transitions} "
+            "transitions; pass a smaller --batch-size"
+        )
     dev = resolve_device(device)
-    settings = {"algorithm": algorithm, "dataset": str(Path(ds.root).resolve()), "selection": selection_digest(ds),
-                "task": data.task, "seed": seed, "steps": steps, "batch_size": batch_size, "eval_every": eval_every,
-                "eval_episodes": eval_episodes, "eval_max_steps": eval_max_steps, "eval_seed": eval_seed(seed),
-                "stream": stream, "decentralized": spec.decentralized, "config": config.to_json(),
-                "data": data.to_json(), "madata": madata.__version__, "torch": torch.__version__}  # fmt: skip
+    settings = {
+        "algorithm": algorithm,
+        "dataset": str(Path(ds.root).resolve()),
+        "selection": selection_digest(ds),
+        "task": data.task,
+        "seed": seed,
+        "steps": steps,
+        "batch_size": batch_size,
+        "eval_every": eval_every,
+        "eval_episodes": eval_episodes,
+        "eval_max_steps": eval_max_steps,
+        "eval_seed": eval_seed(seed),
+        "stream": stream,
+        "decentralized": spec.decentralized,
+        "config": config.to_json(),
+        "data": data.to_json(),
+        "madata": madata.__version__,
+        "torch": torch.__version__,
+    }
     ckpt = run / "checkpoint.pt"
     if resume and (run / "config.json").exists():
         stored = read_json(run / "config.json")
-        same = ("algorithm", "dataset", "selection", "task", "seed", "batch_size", "eval_every", "eval_episodes",
-                "eval_max_steps", "stream", "config")  # fmt: skip
+        same = (
+            "algorithm",
+            "dataset",
+            "selection",
+            "task",
+            "seed",
+            "batch_size",
+            "eval_every",
+            "eval_episodes",
+            "eval_max_steps",
+            "stream",
+            "config",
+        )
         diff = differing(stored, json.loads(json.dumps(settings)), same)
         if diff:
-            raise DatasetExistsError(f"{run}: the run was started with other settings ({'; '.join(diff)}); "
-                                     "resume with the same options")  # fmt: skip
+            raise DatasetExistsError(
+                f"{run}: the run was started with other settings ({'; '.join(diff)}); resume with the same options"
+            )
         if ckpt.exists():
             settings["steps"] = max(steps, stored["steps"])
         # else: killed before its first checkpoint, so it starts again from step 0
@@ -171,22 +203,32 @@ def train(
     losses: dict[str, float] = {}
     desc = f"{algorithm} {data.task or Path(ds.root).name}"
     t_mark = time.perf_counter()
-    with tqdm(total=steps, initial=start, desc=desc, disable=None if progress else True, mininterval=0.5, unit="it") as bar:
+    with tqdm(
+        total=steps, initial=start, desc=desc, disable=None if progress else True, mininterval=0.5, unit="it"
+    ) as bar:
         for step in range(start + 1, steps + 1):
             losses = algo.update(**agent_major(loader.sample(batch_size), data.action_starts), generator=update_gen)
             bar.update(1)
             if report and step == start + WARMUP:
                 per_k = (time.perf_counter() - t_mark) / WARMUP * 1000
-                report(f"{desc}: about {per_k:.1f} s per 1,000 iterations after {WARMUP}; "
-                       f"{steps - step:,} to go, {per_k * (steps - step) / 1000 / 60:.1f} min plus evaluations")  # fmt: skip
+                report(
+                    f"{desc}: about {per_k:.1f} s per 1,000 iterations after {WARMUP}; "
+                    f"{steps - step:,} to go, {per_k * (steps - step) / 1000 / 60:.1f} min plus evaluations"
+                )
             if step % eval_every == 0 or step == steps:
                 now = time.perf_counter()
                 clock["train_seconds"] += now - t_mark
                 row = {"step": step, **{k: round(v, 5) for k, v in losses.items()}}
                 eval_rng_before = eval_gen.get_state()
                 if eval_episodes:
-                    res = evaluate(data.task, policy, episodes=eval_episodes, seed=eval_seed(seed), max_steps=eval_max_steps)
-                    row |= {"eval_return": res.mean_return, "eval_std": res.std_return, "eval_normalized": res.mean_normalized}
+                    res = evaluate(
+                        data.task, policy, episodes=eval_episodes, seed=eval_seed(seed), max_steps=eval_max_steps
+                    )
+                    row |= {
+                        "eval_return": res.mean_return,
+                        "eval_std": res.std_return,
+                        "eval_normalized": res.mean_normalized,
+                    }
                     bar.set_postfix_str(f"return {res.mean_return:.1f}")
                 t_mark = time.perf_counter()
                 clock["eval_seconds"] += t_mark - now
@@ -194,12 +236,18 @@ def train(
                 rows.append(row)
                 write_log(run / "log.csv", rows)
                 plot(run / "learning_curve.png", rows, data.task or "", spec.label)
-                save_checkpoint(ckpt, {
-                    "model": algo.state_dict(), "step": step, "loader": loader.state_dict(),
-                    "update_rng": update_gen.get_state(), "eval_rng": eval_gen.get_state(),
-                    "eval_rng_before_last_eval": eval_rng_before,
-                    "optimizers": {n: o.state_dict() for n, o in algo.optimizers.items()},
-                })  # fmt: skip
+                save_checkpoint(
+                    ckpt,
+                    {
+                        "model": algo.state_dict(),
+                        "step": step,
+                        "loader": loader.state_dict(),
+                        "update_rng": update_gen.get_state(),
+                        "eval_rng": eval_gen.get_state(),
+                        "eval_rng_before_last_eval": eval_rng_before,
+                        "optimizers": {n: o.state_dict() for n, o in algo.optimizers.items()},
+                    },
+                )
                 if report:
                     report(progress_line(desc, row, steps, clock))
                 t_mark = time.perf_counter()
@@ -219,7 +267,10 @@ def progress_line(desc: str, row: dict, steps: int, clock: dict[str, float]) -> 
             text += f", normalized {row['eval_normalized']:.1f}"
     losses = [f"{k} {v:.4g}" for k, v in row.items() if k not in ("step", *EVAL_FIELDS, *TIME_FIELDS)]
     text += f"; losses {', '.join(losses)}" if "eval_return" not in row else ""
-    return text + f"; {clock['train_seconds'] + clock['eval_seconds']:.0f} s elapsed ({clock['eval_seconds']:.0f} s evaluating), {rate:.1f} it/s"
+    return (
+        text
+        + f"; {clock['train_seconds'] + clock['eval_seconds']:.0f} s elapsed ({clock['eval_seconds']:.0f} s evaluating), {rate:.1f} it/s"
+    )
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -288,8 +339,14 @@ def save_checkpoint(path: Path, state: dict) -> None:
     torch.save(state, buf)
     payload = buf.getvalue()
     outer = io.BytesIO()
-    torch.save({"format": CHECKPOINT_FORMAT, "sha256": hashlib.sha256(payload).hexdigest(),
-                "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8)}, outer)  # fmt: skip
+    torch.save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "sha256": hashlib.sha256(payload).hexdigest(),
+            "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8),
+        },
+        outer,
+    )
     write_atomic(path, outer.getvalue())
 
 
@@ -302,7 +359,9 @@ def load_checkpoint(path: Path, device) -> dict:
     except FileNotFoundError:
         raise SchemaError(f"{path}: no checkpoint; the run has not reached its first evaluation") from None
     except (OSError, RuntimeError, KeyError, TypeError, AttributeError, EOFError, ValueError) as e:
-        raise SchemaError(f"{path}: not a readable madata checkpoint ({type(e).__name__}); the file is damaged") from None
+        raise SchemaError(
+            f"{path}: not a readable madata checkpoint ({type(e).__name__}); the file is damaged"
+        ) from None
     if not ok:
         raise SchemaError(f"{path}: does not match its stored checksum; the checkpoint is damaged")
     return torch.load(io.BytesIO(payload), map_location=device, weights_only=True)
@@ -324,10 +383,15 @@ def read_log(path: Path, upto: int) -> list[dict]:
         return []
     try:
         with open(path) as f:
-            return [{k: (None if v == "" else float(v) if k != "step" else int(v)) for k, v in r.items()}
-                    for r in csv.DictReader(f) if int(r["step"]) <= upto]  # fmt: skip
+            return [
+                {k: (None if v == "" else float(v) if k != "step" else int(v)) for k, v in r.items()}
+                for r in csv.DictReader(f)
+                if int(r["step"]) <= upto
+            ]
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
-        raise SchemaError(f"{path}: cannot be read as the run's log ({type(e).__name__}); the run directory is damaged") from None
+        raise SchemaError(
+            f"{path}: cannot be read as the run's log ({type(e).__name__}); the run directory is damaged"
+        ) from None
 
 
 def plot(path: Path, rows: list[dict], task: str, label: str) -> None:
@@ -361,8 +425,13 @@ def plot(path: Path, rows: list[dict], task: str, label: str) -> None:
     write_atomic(path, buf.getvalue())
 
 
-def evaluate_run(run_dir: str | os.PathLike, episodes: int | None = None, seed: int | None = None,
-                 max_steps: int | None = None, device: str | None = None):  # fmt: skip
+def evaluate_run(
+    run_dir: str | os.PathLike,
+    episodes: int | None = None,
+    seed: int | None = None,
+    max_steps: int | None = None,
+    device: str | None = None,
+):
     """Evaluate the last checkpoint of a run in its task with its algorithm; returns an :class:`EvalResult`.
 
     With no ``episodes``, ``seed`` or ``max_steps``, it repeats the run's last logged evaluation exactly

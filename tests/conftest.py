@@ -21,9 +21,17 @@ def hetero_agents() -> list[AgentSpec]:
     ]
 
 
-def random_episode(agents, T: int, rng: np.random.Generator, end: str = "terminated", state_dim: int | None = None,
-                   agent_rewards: bool = False, action_masks: bool = False) -> dict:  # fmt: skip
+def random_episode(
+    agents,
+    T: int,
+    rng: np.random.Generator,
+    end: str = "terminated",
+    state_dim: int | None = None,
+    agent_rewards: bool = False,
+    action_masks: bool = False,
+) -> dict:
     """Arguments for ``DatasetWriter.add_episode`` with random content of the right shapes."""
+
     def inside(space, x):  # a dataset's values lie in its spaces
         return np.clip(x, np.reshape(space.low, space.shape), np.reshape(space.high, space.shape)).astype(space.dtype)
 
@@ -62,13 +70,15 @@ def write(path, agents, episodes, chunk_rows=16, commit_every=3, state_dim=None,
         **kw,
     ) as w:
         for i, ep in enumerate(episodes):
-            w.add_episode(**ep, behaviour={a.id: ("medium", "expert")[(i >> k) & 1] for k, a in enumerate(agents)}, seed=i)
+            w.add_episode(
+                **ep, behaviour={a.id: ("medium", "expert")[(i >> k) & 1] for k, a in enumerate(agents)}, seed=i
+            )
     return path
 
 
 def random_checkpoint(root, task: str, level: str, hidden=(32, 32), seed: int = 0, of_task: str | None = None):
     """Save a SAC checkpoint with random weights for ``task`` at ``root/task/level`` (``of_task``: what it claims)."""
-    from madata.envs.team import make_team_env
+    from madata.envs.registry import make_team_env
 
     team = make_team_env(task)
     f = team.factorization
@@ -82,9 +92,18 @@ def random_checkpoint(root, task: str, level: str, hidden=(32, 32), seed: int = 
         w[f"b{i}"] = rng.standard_normal(dims[i + 1]) * 0.1
     w["mu_w"], w["mu_b"] = rng.standard_normal((hidden[-1], A)) / np.sqrt(hidden[-1]), np.zeros(A)
     w["log_std_w"], w["log_std_b"] = rng.standard_normal((hidden[-1], A)) * 0.01, np.full(A, -1.0)
-    info = CheckpointInfo(task=of_task or task, env_id=get_task(task).env["single_agent_env"], level=level, obs_dim=S, act_dim=A,
-                          hidden=list(hidden), action_low=[-1.0] * A, action_high=[1.0] * A,
-                          train_steps=1000, seed=seed)  # fmt: skip
+    info = CheckpointInfo(
+        task=of_task or task,
+        env_id=get_task(task).env["single_agent_env"],
+        level=level,
+        obs_dim=S,
+        act_dim=A,
+        hidden=list(hidden),
+        action_low=[-1.0] * A,
+        action_high=[1.0] * A,
+        train_steps=1000,
+        seed=seed,
+    )
     return save_checkpoint(root / task / level, info, w)
 
 
@@ -94,6 +113,8 @@ def small_dataset(tmp_path):
     rng = np.random.default_rng(0)
     agents = hetero_agents()
     lengths = [1, 5, 30, 16, 2, 17, 1, 9, 30, 4, 12, 7]
-    eps = [random_episode(agents, T, rng, ("terminated", "truncated")[i % 2], state_dim=11) for i, T in enumerate(lengths)]
+    eps = [
+        random_episode(agents, T, rng, ("terminated", "truncated")[i % 2], state_dim=11) for i, T in enumerate(lengths)
+    ]
     path = write(tmp_path / "ds", agents, eps, state_dim=11)
     return path, agents, eps

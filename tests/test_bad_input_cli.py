@@ -78,7 +78,19 @@ def test_outputs_on_a_file_system_that_refuses_writes(capsys, grid_ds, hc_ds, tm
         ["export", grid_ds, "--format", "parquet", "-o", READ_ONLY / "x.parquet"],
         ["export-d4rl", hc_ds, "-o", READ_ONLY / "x.hdf5"],
         ["diagnose", grid_ds, "--report", READ_ONLY / "r.html"],
-        ["train", "ibcq", grid_ds, "-o", READ_ONLY / "run", "--steps", "2", "--batch-size", "8", "--eval-episodes", "0"],
+        [
+            "train",
+            "ibcq",
+            grid_ds,
+            "-o",
+            READ_ONLY / "run",
+            "--steps",
+            "2",
+            "--batch-size",
+            "8",
+            "--eval-episodes",
+            "0",
+        ],
     ]
     d4rl = tmp_path / "hc.hdf5"
     assert cli(capsys, "export-d4rl", hc_ds, "-o", d4rl)[0] == 0
@@ -103,11 +115,32 @@ def test_outputs_on_a_full_disk(kind, grid_ds, tmp_path):
     args = {
         "collect": ["collect", "grid", "--mix", "random", "--episodes", "300", "-o", tmp_path / "x.zarr"],
         "export": ["export", grid_ds, "--format", "parquet", "-o", tmp_path / "x.parquet"],
-        "train": ["train", "ibcq", grid_ds, "-o", tmp_path / "run", "--steps", "2", "--batch-size", "8",
-                  "--eval-every", "2", "--eval-episodes", "1", "--device", "cpu"],
-    }[kind]  # fmt: skip
-    res = subprocess.run([sys.executable, "-c", FULL_DISK, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)  # fmt: skip
+        "train": [
+            "train",
+            "ibcq",
+            grid_ds,
+            "-o",
+            tmp_path / "run",
+            "--steps",
+            "2",
+            "--batch-size",
+            "8",
+            "--eval-every",
+            "2",
+            "--eval-episodes",
+            "1",
+            "--device",
+            "cpu",
+        ],
+    }[kind]
+    res = subprocess.run(
+        [sys.executable, "-c", FULL_DISK, *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=300,
+    )
     one_line_error(res.returncode, res.stderr, "cannot be")
     if kind == "export":
         assert not (tmp_path / "x.parquet").exists() and not list(tmp_path.glob(".*tmp*"))
@@ -135,7 +168,9 @@ def test_train_refuses_bad_options_before_writing(capsys, grid_ds, tmp_path, ext
 
         if torch.cuda.is_available():
             pytest.skip("this machine has CUDA")
-    code, _, err = cli(capsys, "train", "ibcq", grid_ds, "-o", tmp_path / "run", "--steps", "2", "--batch-size", "8", *extra)
+    code, _, err = cli(
+        capsys, "train", "ibcq", grid_ds, "-o", tmp_path / "run", "--steps", "2", "--batch-size", "8", *extra
+    )
     one_line_error(code, err, needle)
     assert not (tmp_path / "run").exists()
 
@@ -166,8 +201,25 @@ def test_resume_refuses_a_damaged_checkpoint(capsys, grid_ds, grid_run, tmp_path
     b = bytearray((flipped / "checkpoint.pt").read_bytes())
     b[len(b) // 3] ^= 0x01
     (flipped / "checkpoint.pt").write_bytes(bytes(b))
-    code, _, err = cli(capsys, "train", "ibcq", grid_ds, "-o", flipped, "--steps", "8", "--batch-size", "8",
-                       "--eval-every", "4", "--eval-episodes", "1", "--device", "cpu", "--resume")  # fmt: skip
+    code, _, err = cli(
+        capsys,
+        "train",
+        "ibcq",
+        grid_ds,
+        "-o",
+        flipped,
+        "--steps",
+        "8",
+        "--batch-size",
+        "8",
+        "--eval-every",
+        "4",
+        "--eval-episodes",
+        "1",
+        "--device",
+        "cpu",
+        "--resume",
+    )
     one_line_error(code, err, "checkpoint.pt")
 
 
@@ -177,16 +229,20 @@ def test_resume_refuses_a_damaged_checkpoint(capsys, grid_ds, grid_run, tmp_path
 def test_output_paths_that_are_files_or_directories(capsys, grid_ds, tmp_path):
     a_file = tmp_path / "file"
     a_file.write_text("mine")
-    for args in (["collect", "grid", "--mix", "random", "--episodes", "2", "-o", a_file],
-                 ["train", "ibcq", grid_ds, "-o", a_file, "--steps", "2", "--batch-size", "8"],
-                 ["export", grid_ds, "-o", a_file]):  # fmt: skip
+    for args in (
+        ["collect", "grid", "--mix", "random", "--episodes", "2", "-o", a_file],
+        ["train", "ibcq", grid_ds, "-o", a_file, "--steps", "2", "--batch-size", "8"],
+        ["export", grid_ds, "-o", a_file],
+    ):
         one_line_error(*cli(capsys, *args)[::2], str(a_file))
     assert a_file.read_text() == "mine"
     a_dir = tmp_path / "dir"
     a_dir.mkdir()
     one_line_error(*cli(capsys, "export", grid_ds, "-o", a_dir, "--overwrite")[::2], "is a directory")
     one_line_error(*cli(capsys, "diagnose", grid_ds, "--report", a_dir)[::2], "is a directory")
-    one_line_error(*cli(capsys, "diagnose", grid_ds, "--report", tmp_path / "missing" / "r.html")[::2], "does not exist")
+    one_line_error(
+        *cli(capsys, "diagnose", grid_ds, "--report", tmp_path / "missing" / "r.html")[::2], "does not exist"
+    )
     one_line_error(*cli(capsys, "diagnose", grid_ds, "--report", a_file)[::2], "--overwrite")
     assert a_file.read_text() == "mine" and list(a_dir.iterdir()) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dir", "file"]  # no temporary file left anywhere
@@ -194,8 +250,19 @@ def test_output_paths_that_are_files_or_directories(capsys, grid_ds, tmp_path):
 
 def test_collect_refuses_a_time_limit_above_the_tasks(capsys, tmp_path):
     pytest.importorskip("gymnasium_robotics")
-    code, _, err = cli(capsys, "collect", "halfcheetah-2x3", "--mix", "medium", "--episodes", "1", "--max-steps", "5000",
-                       "-o", tmp_path / "x.zarr")  # fmt: skip
+    code, _, err = cli(
+        capsys,
+        "collect",
+        "halfcheetah-2x3",
+        "--mix",
+        "medium",
+        "--episodes",
+        "1",
+        "--max-steps",
+        "5000",
+        "-o",
+        tmp_path / "x.zarr",
+    )
     one_line_error(code, err, "1000")
     assert not (tmp_path / "x.zarr").exists()
 
@@ -208,7 +275,10 @@ def test_collect_refuses_a_time_limit_above_the_tasks(capsys, tmp_path):
     [
         (["collect", "grid", "--mix", "random", "--bogus"], "--bogus"),
         (["collect", "grid", "--mix", "random", "--episodes", "abc", "-o", "x"], "--episodes"),
-        (["collect", "grid", "--mix", "random", "--combo", "agent_0=random,agent_1=random", "-o", "x"], "--mix and --combo"),
+        (
+            ["collect", "grid", "--mix", "random", "--combo", "agent_0=random,agent_1=random", "-o", "x"],
+            "--mix and --combo",
+        ),
         (["collect", "grid", "-o", "x"], "--mix and --combo"),
         (["info"], "Missing argument"),
         (["nonsense"], "nonsense"),

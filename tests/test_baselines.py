@@ -38,8 +38,13 @@ def small_config(algorithm: str, task: str):
     discrete = task == "grid"
     cls = registry.get(algorithm).variant(discrete).config
     if cls in (IcqConfig, IcqDiscreteConfig):
-        return cls(actor_hidden=(32, 32), critic_hidden=(32, 32), actor_lr=1e-3, critic_lr=1e-3,
-                   beta=10.0 if discrete else 100.0)  # fmt: skip
+        return cls(
+            actor_hidden=(32, 32),
+            critic_hidden=(32, 32),
+            actor_lr=1e-3,
+            critic_lr=1e-3,
+            beta=10.0 if discrete else 100.0,
+        )
     if discrete:
         return cls(hidden=(32, 32), **({"transition_hidden": (32, 32)} if cls is MabcqDiscreteConfig else {}))
     return cls(**SMALL, transition_hidden=(32, 32)) if cls is MabcqConfig else cls(**SMALL)
@@ -87,8 +92,13 @@ def _patched_ibcq(cls=IndependentBcq, **kw):
 
 
 def _batch(N=2, B=2, obs_dim=3, act_dim=1):
-    return dict(obs=torch.zeros(N, B, obs_dim), action=torch.zeros(N, B, act_dim), reward=torch.tensor([1.0, -1.0]),
-                next_obs=torch.zeros(N, B, obs_dim), terminated=torch.tensor([0.0, 1.0]))  # fmt: skip
+    return dict(
+        obs=torch.zeros(N, B, obs_dim),
+        action=torch.zeros(N, B, act_dim),
+        reward=torch.tensor([1.0, -1.0]),
+        next_obs=torch.zeros(N, B, obs_dim),
+        terminated=torch.tensor([0.0, 1.0]),
+    )
 
 
 def test_ibcq_critic_loss_by_hand():
@@ -146,8 +156,13 @@ def test_joint_bcq_discrete_target_by_hand():
             return torch.tensor([[[1.0, 9.0, 3.0, 8.0]]]) if x.sum() > 0 else torch.tensor([[[0.0, 0.0, 4.0, 0.0]]])
 
     algo.critic = Critic()
-    loss = algo.critic_objective(algo.joint_obs(torch.zeros(2, 1, 2)), algo.encode(torch.tensor([[1], [0]])),
-                                 torch.tensor([1.0]), algo.joint_obs(torch.ones(2, 1, 2)), torch.tensor([0.0]))  # fmt: skip
+    loss = algo.critic_objective(
+        algo.joint_obs(torch.zeros(2, 1, 2)),
+        algo.encode(torch.tensor([[1], [0]])),
+        torch.tensor([1.0]),
+        algo.joint_obs(torch.ones(2, 1, 2)),
+        torch.tensor([0.0]),
+    )
     # y = 1 + 0.9 * 2.5 = 3.25; Q(o, joint action 2) = 4; Huber(0.75) = 0.5 * 0.75^2
     assert loss.item() == pytest.approx(0.28125)
 
@@ -190,11 +205,22 @@ def test_mabcq_weighs_the_td_errors():
 
 def test_mabcq_weights_switched_off_are_one():
     torch.manual_seed(0)
-    algo = Mabcq([3, 3], [1, 1], [1.0, 1.0], MabcqConfig(**SMALL, transition_hidden=(8,), value_deviation=False,
-                                                         transition_normalization=False))  # fmt: skip
+    algo = Mabcq(
+        [3, 3],
+        [1, 1],
+        [1.0, 1.0],
+        MabcqConfig(**SMALL, transition_hidden=(8,), value_deviation=False, transition_normalization=False),
+    )
     b = _batch(B=2)
-    w = algo.weighting.weights(torch.cat([b["action"], b["obs"]], -1), b["reward"], b["terminated"], b["next_obs"],
-                               lambda o: torch.randn(o.shape[:2]), 0.9, torch.Generator().manual_seed(0))  # fmt: skip
+    w = algo.weighting.weights(
+        torch.cat([b["action"], b["obs"]], -1),
+        b["reward"],
+        b["terminated"],
+        b["next_obs"],
+        lambda o: torch.randn(o.shape[:2]),
+        0.9,
+        torch.Generator().manual_seed(0),
+    )
     assert torch.equal(w, torch.ones(2, 2))
     with pytest.raises(madata.errors.SchemaError, match="weight_min"):
         Mabcq([3], [1], [1.0], MabcqConfig(weight_min=2.0, weight_max=1.0))
@@ -225,8 +251,14 @@ def _noisy_expert_grid(path, episodes: int, epsilon: float, seed: int) -> madata
                 done = term["agent_0"] or trunc["agent_0"]
             ends = np.zeros((2, len(rewards)), bool)
             ends[0 if term["agent_0"] else 1, -1] = True
-            w.add_episode({a: np.array(v, np.float32) for a, v in obs.items()}, {a: np.array(v) for a, v in acts.items()},
-                          np.array(rewards), ends[0], ends[1], state=np.array(obs["agent_0"], np.float32))  # fmt: skip
+            w.add_episode(
+                {a: np.array(v, np.float32) for a, v in obs.items()},
+                {a: np.array(v) for a, v in acts.items()},
+                np.array(rewards),
+                ends[0],
+                ends[1],
+                state=np.array(obs["agent_0"], np.float32),
+            )
     return madata.open(path)
 
 
@@ -262,8 +294,18 @@ def test_learns_to_reach_the_grid_goal(grid_data, tmp_path, algorithm):
     """From half-random episodes of the optimal team, the trained greedy policy reaches the goal
     (return 5 or 6; 6 is optimal) where the initial one does not (the grid is deterministic)."""
     cfg = small_config(algorithm, "grid")
-    rows = train(grid_data, tmp_path / "run", algorithm=algorithm, steps=1000, seed=0, config=cfg, batch_size=128,
-                 eval_every=1000, eval_episodes=1, device="cpu")  # fmt: skip
+    rows = train(
+        grid_data,
+        tmp_path / "run",
+        algorithm=algorithm,
+        steps=1000,
+        seed=0,
+        config=cfg,
+        batch_size=128,
+        eval_every=1000,
+        eval_episodes=1,
+        device="cpu",
+    )
     before = _initial_return(grid_data, algorithm, cfg, 0, 1, None)
     assert before < 0 < rows[-1]["eval_return"]
 
@@ -273,7 +315,18 @@ def test_improves_on_halfcheetah(hc_data, tmp_path, algorithm):
     """200 iterations on medium/expert data: the policy runs forward (about +35 to +95 over 50 steps)
     where the initial one stands still (about 0)."""
     cfg = small_config(algorithm, "halfcheetah")
-    rows = train(hc_data, tmp_path / "run", algorithm=algorithm, steps=200, seed=0, config=cfg, batch_size=64,
-                 eval_every=200, eval_episodes=2, eval_max_steps=50, device="cpu")  # fmt: skip
+    rows = train(
+        hc_data,
+        tmp_path / "run",
+        algorithm=algorithm,
+        steps=200,
+        seed=0,
+        config=cfg,
+        batch_size=64,
+        eval_every=200,
+        eval_episodes=2,
+        eval_max_steps=50,
+        device="cpu",
+    )
     before = _initial_return(hc_data, algorithm, cfg, 0, 2, 50)
     assert rows[-1]["eval_return"] > before + 20

@@ -58,7 +58,9 @@ def _closed_form(w, c, s0, a, pi, masks):
         for m in range(masks.shape[0]):
             mate = [torch.zeros_like(pi[:, j, 0]) if masks[m, i, j] else pi[:, j, 0] for j in range(N)]
             # the a_i-dependent part of Q: w_i.a_i + a_i[0] * sum_{j != i} c_ij mate_j[0]
-            v = (w[i] * a[:, i]).sum(-1) + a[:, i, 0] * sum(c[min(i, j), max(i, j)] * mate[j] for j in range(N) if j != i)
+            v = (w[i] * a[:, i]).sum(-1) + a[:, i, 0] * sum(
+                c[min(i, j), max(i, j)] * mate[j] for j in range(N) if j != i
+            )
             vals.append(s0 * v)
         out[:, i] = torch.stack(vals).mean(0)
     return out
@@ -145,9 +147,15 @@ def test_discrete_cast_bcq_and_ibcq_update_and_act():
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     B = 16
-    batch = dict(obs=torch.randn(2, B, 2), action=torch.randint(0, 3, (2, B)), reward=torch.randn(B),
-                 next_obs=torch.randn(2, B, 2), terminated=torch.zeros(B), state=torch.randn(B, 2),
-                 next_state=torch.randn(B, 2))  # fmt: skip
+    batch = dict(
+        obs=torch.randn(2, B, 2),
+        action=torch.randint(0, 3, (2, B)),
+        reward=torch.randn(B),
+        next_obs=torch.randn(2, B, 2),
+        terminated=torch.zeros(B),
+        state=torch.randn(B, 2),
+        next_state=torch.randn(B, 2),
+    )
     for algo in (CastBcqDiscrete(2, 2, 3, 2, default_action=1), IndependentBcqDiscrete(2, 2, 3)):
         first = algo.update(**batch, generator=g)
         for _ in range(10):
@@ -166,7 +174,10 @@ def test_discrete_counterfactual_masks_with_the_noop():
 
     algo = CastBcqDiscrete(2, 2, 3, 2, default_action=1)
     seen = []
-    algo.joint_q = lambda s, a, target=False: (seen.append(a.reshape(len(a), 2).clone()), a.reshape(len(a), 2)[:, 0].float())[1]
+    algo.joint_q = lambda s, a, target=False: (
+        seen.append(a.reshape(len(a), 2).clone()),
+        a.reshape(len(a), 2)[:, 0].float(),
+    )[1]
     algo.counterfactual_target(torch.zeros(1, 2), torch.zeros(2, 1, 2), torch.tensor([[2], [0]]))
     rows = seen[-1].view(2, 2, 2, 2)  # [with a_i / with default, subteam m ({} then {other}), agent i, agent j]
     assert rows[0, 1, 0].tolist() == [2, 1]  # agent 0 keeps its action 2, its masked teammate takes the no-op 1

@@ -40,10 +40,15 @@ def hand_made(algo: CastBcqDiscrete) -> CastBcqDiscrete:
 
 def batch(seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(200 + seed)
-    return dict(obs=torch.randn(N, B, OBS, generator=g), action=torch.randint(0, K, (N, B), generator=g),
-                reward=torch.randn(B, generator=g), next_obs=torch.randn(N, B, OBS, generator=g) + 1.0,
-                terminated=torch.tensor([0.0, 1.0, 0.0, 0.0, 1.0, 0.0]), state=torch.randn(B, S, generator=g),
-                next_state=torch.randn(B, S, generator=g) - 1.0)  # fmt: skip
+    return dict(
+        obs=torch.randn(N, B, OBS, generator=g),
+        action=torch.randint(0, K, (N, B), generator=g),
+        reward=torch.randn(B, generator=g),
+        next_obs=torch.randn(N, B, OBS, generator=g) + 1.0,
+        terminated=torch.tensor([0.0, 1.0, 0.0, 0.0, 1.0, 0.0]),
+        state=torch.randn(B, S, generator=g),
+        next_state=torch.randn(B, S, generator=g) - 1.0,
+    )
 
 
 def allowed(algo, i, o) -> list[int]:
@@ -100,12 +105,17 @@ def hand_delta(algo, d, masks, mode="csaa"):
                 mates = [NOOP if masks[m, i, j] else pi[j] for j in range(N)]
                 with_a = [a[i] if j == i else mates[j] for j in range(N)]
                 with_d = [NOOP if j == i else mates[j] for j in range(N)]
-                terms.append(jq(algo, algo.joint_critic, d["state"][b], with_a) - jq(algo, algo.joint_critic, d["state"][b], with_d))
+                terms.append(
+                    jq(algo, algo.joint_critic, d["state"][b], with_a)
+                    - jq(algo, algo.joint_critic, d["state"][b], with_d)
+                )
             out[b, i] = torch.stack(terms).mean()
     return out
 
 
-@pytest.mark.parametrize("kw,mode", [({}, "csaa"), ({"subteam_sampling": False}, "no-subteam"), ({"csaa": False}, "no-csaa")])
+@pytest.mark.parametrize(
+    "kw,mode", [({}, "csaa"), ({"subteam_sampling": False}, "no-subteam"), ({"csaa": False}, "no-csaa")]
+)
 def test_counterfactual_target_is_eq8_with_the_noop_default(kw, mode):
     algo = hand_made(make(subteams=3, **kw))  # 3 < 2^(N-1) = 4: sampled subteams
     d = batch()
@@ -122,7 +132,11 @@ def test_individual_critic_loss_is_eq9_on_the_data_actions():
     d = batch()
     delta = torch.randn(B, N)
     loss = algo.individual_critic_loss(d["obs"], d["action"], delta)
-    want = sum((algo.ind_critic.at(i, d["obs"][i, b])[d["action"][i, b]] - delta[b, i]) ** 2 for i in range(N) for b in range(B))
+    want = sum(
+        (algo.ind_critic.at(i, d["obs"][i, b])[d["action"][i, b]] - delta[b, i]) ** 2
+        for i in range(N)
+        for b in range(B)
+    )
     torch.testing.assert_close(loss, want / B, rtol=1e-5, atol=1e-5)
 
 
@@ -172,11 +186,18 @@ def test_cast_bcq_discrete_update_is_algorithm1_in_order():
     target_before = copy.deepcopy(twin.joint_critic_target)
     want = {
         "classifier": _adam_step(twin.classifier.parameters(), twin.classifier_loss(d["obs"], d["action"]), lr),
-        "joint_critic": _adam_step(twin.joint_critic.parameters(), twin.joint_critic_loss(
-            d["state"], d["action"], d["reward"], d["next_state"], d["next_obs"], d["terminated"]), lr),
-    }  # fmt: skip
+        "joint_critic": _adam_step(
+            twin.joint_critic.parameters(),
+            twin.joint_critic_loss(
+                d["state"], d["action"], d["reward"], d["next_state"], d["next_obs"], d["terminated"]
+            ),
+            lr,
+        ),
+    }
     delta = twin.counterfactual_target(d["state"], d["obs"], d["action"], g)
-    want["individual_critic"] = _adam_step(twin.ind_critic.parameters(), twin.individual_critic_loss(d["obs"], d["action"], delta), lr)
+    want["individual_critic"] = _adam_step(
+        twin.ind_critic.parameters(), twin.individual_critic_loss(d["obs"], d["action"], delta), lr
+    )
     _polyak(twin.joint_critic_target, target_before, twin.joint_critic, twin.cfg.tau)
     assert list(stats) == list(want)
     for k in want:
@@ -198,7 +219,11 @@ def make_ibcq(**kw) -> IndependentBcqDiscrete:
 def test_ibcq_discrete_critic_loss_is_double_q_over_allowed_actions():
     """y_i = r + gamma (1 - d) Q'_i(o'_i, argmax over allowed a' of Q_i(o'_i, a')), Huber loss, per agent."""
     algo = make_ibcq()
-    algo.classifier, algo.critic, algo.critic_target = Linear(N, OBS, K, 31), Linear(N, OBS, K, 32), Linear(N, OBS, K, 33)
+    algo.classifier, algo.critic, algo.critic_target = (
+        Linear(N, OBS, K, 31),
+        Linear(N, OBS, K, 32),
+        Linear(N, OBS, K, 33),
+    )
     d = batch()
     loss = algo.critic_objective(d["obs"], d["action"], d["reward"], d["next_obs"], d["terminated"])
     want = torch.zeros(())

@@ -42,8 +42,20 @@ class Linear(nn.Module):
 
 
 def make(seed: int = 0, n: int = N, **kw) -> CastBcq:
-    cfg = dict(vae_hidden=(8,), actor_hidden=(8,), critic_hidden=(8,), n_target=3, n_act=5, phi=0.3, latent_clip=0.7,
-               lam=0.8, gamma=0.9, tau=0.1, lr=1e-3, kl_weight=0.4)
+    cfg = dict(
+        vae_hidden=(8,),
+        actor_hidden=(8,),
+        critic_hidden=(8,),
+        n_target=3,
+        n_act=5,
+        phi=0.3,
+        latent_clip=0.7,
+        lam=0.8,
+        gamma=0.9,
+        tau=0.1,
+        lr=1e-3,
+        kl_weight=0.4,
+    )
     cfg.update(kw)
     torch.manual_seed(seed)
     return CastBcq([OBS] * n, [A] * n, S, MAX_ACTION[:n], CastBcqConfig(**cfg))
@@ -107,8 +119,10 @@ def latents(g: torch.Generator, rows: int, algo) -> torch.Tensor:
 def policy_actions(algo, obs, g):
     """Every agent's joint-policy action a~ + xi(o, a~) on its own o_i, [B][N] lists (one decode call)."""
     z = latents(g, obs.shape[1], algo)
-    return [[perturb(algo, algo.policy.actor, i, obs[i, b], decode(algo, i, obs[i, b], z[i, b])) for i in range(algo.n)]
-            for b in range(obs.shape[1])]  # fmt: skip
+    return [
+        [perturb(algo, algo.policy.actor, i, obs[i, b], decode(algo, i, obs[i, b], z[i, b])) for i in range(algo.n)]
+        for b in range(obs.shape[1])
+    ]
 
 
 # ---------------------------------------------------------------------------- Eq. 6 and 10: the joint critic
@@ -118,16 +132,31 @@ def policy_actions(algo, obs, g):
 def test_joint_critic_loss_is_eq6_with_eq10(clipped):
     algo = hand_made(make(clipped_double_q=clipped))
     d = batch()
-    loss = algo.joint_critic_loss(d["state"], d["action"], d["reward"], d["next_state"], d["next_obs"], d["terminated"],
-                                  torch.Generator().manual_seed(7))  # fmt: skip
+    loss = algo.joint_critic_loss(
+        d["state"],
+        d["action"],
+        d["reward"],
+        d["next_state"],
+        d["next_obs"],
+        d["terminated"],
+        torch.Generator().manual_seed(7),
+    )
     g, n = torch.Generator().manual_seed(7), algo.cfg.n_target
     z = latents(g, B * n, algo)  # candidate j of sample b is row b * n + j
     want = torch.zeros(())
     for b in range(B):
         values = []
         for j in range(n):
-            cand = [perturb(algo, algo.policy.actor_target, i, d["next_obs"][i, b],
-                            decode(algo, i, d["next_obs"][i, b], z[i, b * n + j])) for i in range(N)]  # fmt: skip
+            cand = [
+                perturb(
+                    algo,
+                    algo.policy.actor_target,
+                    i,
+                    d["next_obs"][i, b],
+                    decode(algo, i, d["next_obs"][i, b], z[i, b * n + j]),
+                )
+                for i in range(N)
+            ]
             values.append(joint_q(algo, algo.joint_critic_target, d["next_state"][b], cand))
         y = d["reward"][b] + algo.cfg.gamma * (1 - d["terminated"][b]) * max(values)
         x = torch.cat([d["state"][b], *d["action"][:, b]])
@@ -158,7 +187,9 @@ def hand_delta(algo, d, g, masks=None, mode="csaa"):
         a = list(d["action"][:, b])
         for i in range(algo.n):
             if mode == "no-csaa":  # Q(o, (a_i, pi_-i)) itself
-                out[b, i] = joint_q(algo, algo.joint_critic, d["state"][b], [a[i] if j == i else pi[b][j] for j in range(algo.n)])
+                out[b, i] = joint_q(
+                    algo, algo.joint_critic, d["state"][b], [a[i] if j == i else pi[b][j] for j in range(algo.n)]
+                )
                 continue
             subteams = masks if mode == "csaa" else torch.zeros(1, algo.n, algo.n, dtype=torch.bool)
             terms = []
@@ -166,8 +197,10 @@ def hand_delta(algo, d, g, masks=None, mode="csaa"):
                 mates = [torch.zeros(A) if subteams[m, i, j] else pi[b][j] for j in range(algo.n)]  # a^d = 0
                 with_a = [a[i] if j == i else mates[j] for j in range(algo.n)]
                 with_d = [torch.zeros(A) if j == i else mates[j] for j in range(algo.n)]
-                terms.append(joint_q(algo, algo.joint_critic, d["state"][b], with_a)
-                             - joint_q(algo, algo.joint_critic, d["state"][b], with_d))  # fmt: skip
+                terms.append(
+                    joint_q(algo, algo.joint_critic, d["state"][b], with_a)
+                    - joint_q(algo, algo.joint_critic, d["state"][b], with_d)
+                )
             out[b, i] = torch.stack(terms).mean()
     return out
 
@@ -284,12 +317,20 @@ def test_update_is_algorithm1_in_order(kw):
         return loss.item()
 
     want = {}
-    want["vae"] = step([*twin.policy.encoder.parameters(), *twin.policy.decoder.parameters()],
-                       twin.policy.vae_loss(d["obs"], d["action"], g))
-    want["joint_critic"] = step(twin.joint_critic.parameters(), twin.joint_critic_loss(
-        d["state"], d["action"], d["reward"], d["next_state"], d["next_obs"], d["terminated"], g))  # fmt: skip
+    want["vae"] = step(
+        [*twin.policy.encoder.parameters(), *twin.policy.decoder.parameters()],
+        twin.policy.vae_loss(d["obs"], d["action"], g),
+    )
+    want["joint_critic"] = step(
+        twin.joint_critic.parameters(),
+        twin.joint_critic_loss(
+            d["state"], d["action"], d["reward"], d["next_state"], d["next_obs"], d["terminated"], g
+        ),
+    )
     delta = twin.counterfactual_target(d["state"], d["obs"], d["action"], g)
-    want["individual_critic"] = step(twin.critic.parameters(), twin.individual_critic_loss(d["obs"], d["action"], delta))
+    want["individual_critic"] = step(
+        twin.critic.parameters(), twin.individual_critic_loss(d["obs"], d["action"], delta)
+    )
     want["actor"] = step(twin.policy.actor.parameters(), twin.policy.actor_loss(d["obs"], twin.critic.first, g))
     with torch.no_grad():
         for (target, online), before in zip(polyak, targets_before, strict=True):

@@ -54,9 +54,18 @@ def test_sb3_export_matches_sb3(tmp_path):
     env = gym.make("Hopper-v5")
     model = SAC("MlpPolicy", env, seed=0, device="cpu", policy_kwargs={"net_arch": [64, 64]})
     weights, hidden = sb3_actor_weights(model)
-    info = CheckpointInfo(task="hopper-3x1", env_id="Hopper-v5", level="x", obs_dim=11, act_dim=3, hidden=hidden,
-                          action_low=env.action_space.low.tolist(), action_high=env.action_space.high.tolist(),
-                          train_steps=0, seed=0)  # fmt: skip
+    info = CheckpointInfo(
+        task="hopper-3x1",
+        env_id="Hopper-v5",
+        level="x",
+        obs_dim=11,
+        act_dim=3,
+        hidden=hidden,
+        action_low=env.action_space.low.tolist(),
+        action_high=env.action_space.high.tolist(),
+        train_steps=0,
+        seed=0,
+    )
     actor = load_checkpoint(save_checkpoint(tmp_path / "x", info, weights))
     obs = np.stack([env.observation_space.sample() for _ in range(8)]).astype(np.float32)
     want, _ = model.predict(obs, deterministic=True)
@@ -68,8 +77,16 @@ def test_train_tiny_run_exports_levels(tmp_path):
     from madata.behaviour.train import export_snapshot, train_sac
     from madata.errors import DatasetExistsError
 
-    out = train_sac("hopper-3x1", tmp_path / "run", steps=400, snapshots={"medium": 200, "expert": 400}, save_every=200,
-                    eval_episodes=1, learning_starts=100, export_dir=tmp_path / "ck")  # fmt: skip
+    out = train_sac(
+        "hopper-3x1",
+        tmp_path / "run",
+        steps=400,
+        snapshots={"medium": 200, "expert": 400},
+        save_every=200,
+        eval_episodes=1,
+        learning_starts=100,
+        export_dir=tmp_path / "ck",
+    )
     assert set(out) == {"medium", "expert"}
     med = load_checkpoint(out["medium"])
     assert med.info.level == "medium" and med.info.train_steps == 200 and med.info.task == "hopper-3x1"

@@ -102,8 +102,16 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
 
     monkeypatch.setattr(DatasetWriter, "add_episode", flaky)
     with pytest.raises(Stop):
-        collect("grid", tmp_path / "part", mix=["random"], episodes=23, seed=5, chunk_rows=16, commit_every=3,
-                commit_seconds=0)  # fmt: skip
+        collect(
+            "grid",
+            tmp_path / "part",
+            mix=["random"],
+            episodes=23,
+            seed=5,
+            chunk_rows=16,
+            commit_every=3,
+            commit_seconds=0,
+        )
     monkeypatch.setattr(DatasetWriter, "add_episode", real)
     partial = madata.open(tmp_path / "part")
     assert 0 < partial.num_episodes < 23 and not partial.record.complete
@@ -228,14 +236,19 @@ def test_mix_medium_expert_equal_shares_labels_and_actions(tmp_path):
     """Each agent's stored action is its own level's joint action at the agent's (reversed) indices."""
     from madata.behaviour import load_policy
     from madata.collect import episode_noise
-    from madata.envs.team import make_team_env
+    from madata.envs.registry import make_team_env
 
     ck = checkpoints(tmp_path / "ck", "walker2d-2x3")
-    ds = collect("walker2d-2x3", tmp_path / "ds", mix=["medium", "expert"], episodes=8, seed=4, envs=3,
-                 checkpoint_dir=ck)  # fmt: skip
+    ds = collect(
+        "walker2d-2x3", tmp_path / "ds", mix=["medium", "expert"], episodes=8, seed=4, envs=3, checkpoint_dir=ck
+    )
     labels = [combo_label({a: r[f"behaviour.{a}"] for a in ds.agent_ids}) for r in ds.episodes.to_pylist()]
-    combos = ["agent_0=medium,agent_1=medium", "agent_0=medium,agent_1=expert",
-              "agent_0=expert,agent_1=medium", "agent_0=expert,agent_1=expert"]  # fmt: skip
+    combos = [
+        "agent_0=medium,agent_1=medium",
+        "agent_0=medium,agent_1=expert",
+        "agent_0=expert,agent_1=medium",
+        "agent_0=expert,agent_1=expert",
+    ]
     assert labels == combos * 2
     assert ds.meta.provenance["policies"]["expert"]["kind"] == "sac"
     assert ds.spec.state_space.dtype == "float32" and ds.spaces["agent_0"]["observation"].dtype == "float32"
@@ -332,8 +345,11 @@ def test_noise_and_epsilon(tmp_path):
 def test_level_errors_write_nothing(tmp_path, monkeypatch):
     ck = checkpoints(tmp_path / "ck", "walker2d-2x3", levels=("medium",))
     out = tmp_path / "ds"
-    with pytest.raises(UnknownNameError, match=r"'expert' for task 'walker2d-2x3'; available levels: random, medium\. "
-                       r"No checkpoint .*expert\.json: train one with `madata behavior train walker2d-2x3"):  # fmt: skip
+    with pytest.raises(
+        UnknownNameError,
+        match=r"'expert' for task 'walker2d-2x3'; available levels: random, medium\. "
+        r"No checkpoint .*expert\.json: train one with `madata behavior train walker2d-2x3",
+    ):
         collect("walker2d-2x3", out, mix=["medium", "expert"], episodes=4, checkpoint_dir=ck)
 
     random_checkpoint(ck, "walker2d-2x3", "expert", of_task="halfcheetah-2x3")  # same shapes, wrong robot
@@ -341,8 +357,12 @@ def test_level_errors_write_nothing(tmp_path, monkeypatch):
         collect("walker2d-2x3", out, mix=["medium", "expert"], episodes=4, checkpoint_dir=ck)
     with pytest.raises(SchemaError, match="not a directory"):
         collect("walker2d-2x3", out, mix=["medium"], episodes=4, checkpoint_dir=tmp_path / "nowhere")
-    for bad, match in [({"envs": 0}, "envs: expected an integer >= 1"), ({"epsilon": 1.5}, r"epsilon: expected a number in \[0.0, 1.0\]"),
-                       ({"noise": -0.1}, "noise"), ({"episodes": 0}, "episodes: expected an integer >= 1, got 0")]:  # fmt: skip
+    for bad, match in [
+        ({"envs": 0}, "envs: expected an integer >= 1"),
+        ({"epsilon": 1.5}, r"epsilon: expected a number in \[0.0, 1.0\]"),
+        ({"noise": -0.1}, "noise"),
+        ({"episodes": 0}, "episodes: expected an integer >= 1, got 0"),
+    ]:
         with pytest.raises(SchemaError, match=match):
             collect("walker2d-2x3", out, **{"mix": ["medium"], "episodes": 2, "checkpoint_dir": ck, **bad})
     with pytest.raises(SchemaError, match="Gaussian action noise needs continuous actions"):
@@ -372,9 +392,25 @@ def test_cli_collect_mix_and_combo(tmp_path):
     assert res.exit_code == 0, res.output
     ds = madata.open(tmp_path / "mix")
     assert {r["behaviour.agent_0"] + "/" + r["behaviour.agent_1"] for r in ds.episodes.to_pylist()} == {
-        "medium/medium", "medium/expert", "expert/medium", "expert/expert"}  # fmt: skip
-    res = runner.invoke(app, [*base, "--combo", "agent_0=medium,agent_1=expert", "--episodes", "2", "--epsilon", "0.1",
-                              "-o", str(tmp_path / "combo")])  # fmt: skip
+        "medium/medium",
+        "medium/expert",
+        "expert/medium",
+        "expert/expert",
+    }
+    res = runner.invoke(
+        app,
+        [
+            *base,
+            "--combo",
+            "agent_0=medium,agent_1=expert",
+            "--episodes",
+            "2",
+            "--epsilon",
+            "0.1",
+            "-o",
+            str(tmp_path / "combo"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert madata.open(tmp_path / "combo").meta.provenance["epsilon"] == 0.1
     res = runner.invoke(app, [*base, "--mix", "expert,best", "--episodes", "2", "-o", str(tmp_path / "bad")])

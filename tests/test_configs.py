@@ -13,7 +13,9 @@ from madata.errors import SchemaError
 from madata_algos import registry
 from madata_algos.configs import Config, flag_name
 
-CONFIGS = sorted({v.config for s in registry.ALGORITHMS.values() for v in s.variants().values()}, key=lambda c: c.__name__)
+CONFIGS = sorted(
+    {v.config for s in registry.ALGORITHMS.values() for v in s.variants().values()}, key=lambda c: c.__name__
+)
 
 
 def _outside(f: dataclasses.Field, kind) -> list:
@@ -54,8 +56,25 @@ def test_every_field_rejects_values_outside_its_range(cls):
 
 def test_every_numeric_field_has_a_range_where_it_has_a_natural_one():
     """Learning rates, discounts, Polyak rates, temperatures, counts and sizes all declare bounds."""
-    natural = ("lr", "gamma", "tau", "lam", "phi", "alpha", "beta", "threshold", "n_", "subteams", "samples", "scale",
-               "kl_weight", "latent_clip", "margin", "embed", "weight_")  # fmt: skip
+    natural = (
+        "lr",
+        "gamma",
+        "tau",
+        "lam",
+        "phi",
+        "alpha",
+        "beta",
+        "threshold",
+        "n_",
+        "subteams",
+        "samples",
+        "scale",
+        "kl_weight",
+        "latent_clip",
+        "margin",
+        "embed",
+        "weight_",
+    )
     for cls in CONFIGS:
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
@@ -89,12 +108,32 @@ def test_configs_are_plain_dataclasses_of_one_base():
 
 def _data(discrete: bool) -> registry.DataInfo:
     if discrete:
-        return registry.DataInfo(root="d", task=None, agent_ids=("a0", "a1"), obs_dims=(3, 3), discrete=True,
-                                 act_dims=(1, 1), max_action=(), n_actions=3, action_starts=(0, 0), default_action=1,
-                                 state_dim=4)  # fmt: skip
-    return registry.DataInfo(root="c", task=None, agent_ids=("a0", "a1", "a2"), obs_dims=(3, 4, 3), discrete=False,
-                             act_dims=(1, 2, 1), max_action=(1.0, 1.0, 1.0), n_actions=None, action_starts=(0, 0, 0),
-                             default_action=None, state_dim=5)  # fmt: skip
+        return registry.DataInfo(
+            root="d",
+            task=None,
+            agent_ids=("a0", "a1"),
+            obs_dims=(3, 3),
+            discrete=True,
+            act_dims=(1, 1),
+            max_action=(),
+            n_actions=3,
+            action_starts=(0, 0),
+            default_action=1,
+            state_dim=4,
+        )
+    return registry.DataInfo(
+        root="c",
+        task=None,
+        agent_ids=("a0", "a1", "a2"),
+        obs_dims=(3, 4, 3),
+        discrete=False,
+        act_dims=(1, 2, 1),
+        max_action=(1.0, 1.0, 1.0),
+        n_actions=None,
+        action_starts=(0, 0, 0),
+        default_action=None,
+        state_dim=5,
+    )
 
 
 @pytest.mark.parametrize("name", registry.names())

@@ -6,6 +6,7 @@ import json
 import zlib
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import zarr
 from typer.testing import CliRunner
@@ -159,3 +160,97 @@ def test_not_a_dataset(tmp_path):
         madata.open(tmp_path / "empty")
     res = runner.invoke(app, ["verify", str(tmp_path / "empty")])
     assert res.exit_code == 2
+
+
+# ---------------------------------------------------------------- the damage seen by hand, one test each
+
+
+def _edit_metadata(path, edit):
+    p = path / "zarr.json"
+    obj = json.loads(p.read_text())
+    edit(obj["attributes"]["madata"])
+    p.write_text(json.dumps(obj))
+
+
+@pytest.mark.parametrize(
+    "damage,needle",
+    [
+        ("commit_not_utf8", "not valid UTF-8 JSON"),
+        ("commit_is_dir", "is a directory"),
+        ("root_is_dir", "is a directory"),
+        ("chunk_is_dir", "is a directory"),
+        ("node_type_foo", "Zarr v3 group"),
+        ("zarr_format_4", "Zarr v3 group"),
+        ("agent_entry_empty", "agents[1]"),
+        ("state_space_null", "does not match the digest"),
+        ("state_space_deleted", "lacks the field 'state_space'"),
+        ("agent_rewards_false", "does not match the digest"),
+        ("bounds_high_below_low", "low > high"),
+        ("table_row_edited", "does not match its digest"),
+    ],
+)
+def test_each_damage_seen_by_hand_is_a_madata_error(small_dataset, damage, needle):
+    """The cases found by damaging stores at random: each is one madata error from open, verify and info."""
+    import pyarrow.parquet as pq
+
+    path, _, _ = small_dataset
+    if damage == "commit_not_utf8":
+        b = bytearray((path / "commit.json").read_bytes())
+        b[5] = 0xFF
+        (path / "commit.json").write_bytes(bytes(b))
+    elif damage in ("commit_is_dir", "root_is_dir", "chunk_is_dir"):
+        target = {"commit_is_dir": "commit.json", "root_is_dir": "zarr.json", "chunk_is_dir": "obs/agent_0/c/0/0"}[
+            damage
+        ]
+        (path / target).unlink()
+        (path / target).mkdir()
+    elif damage in ("node_type_foo", "zarr_format_4"):
+        obj = json.loads((path / "zarr.json").read_text())
+        obj.update({"node_type": "foo"} if damage == "node_type_foo" else {"zarr_format": 4})
+        (path / "zarr.json").write_text(json.dumps(obj))
+    elif damage == "agent_entry_empty":
+        _edit_metadata(path, lambda m: m["agents"].__setitem__(1, []))
+    elif damage == "state_space_null":
+        _edit_metadata(path, lambda m: m.__setitem__("state_space", None))
+    elif damage == "state_space_deleted":
+        _edit_metadata(path, lambda m: m.pop("state_space"))
+    elif damage == "agent_rewards_false":
+        _edit_metadata(path, lambda m: m.__setitem__("agent_rewards", not m["agent_rewards"]))
+    elif damage == "bounds_high_below_low":
+        _edit_metadata(path, lambda m: m["agents"][2]["observation_space"].__setitem__("high", [-20.0] * 8))
+    elif damage == "table_row_edited":
+        part = next((path / "episodes").glob("*.parquet"))
+        t = pq.read_table(part)
+        seeds = t.column("seed").to_pylist()
+        seeds[5] = 999
+        pq.write_table(t.set_column(t.schema.get_field_index("seed"), "seed", pa.array(seeds, pa.int64())), part)
+    _fails_everywhere(path, needle)
+
+
+def test_deleting_the_partial_chunk_of_an_all_false_array_is_found(tmp_path):
+    """An all-False array's only (partial) chunk deleted: zarr would read fill values; madata reads the file."""
+    from conftest import hetero_agents, random_episode, write
+
+    rng = np.random.default_rng(0)
+    eps = [random_episode(hetero_agents(), 5, rng, "truncated") for _ in range(3)]  # never terminated: all False
+    path = write(tmp_path / "ds", hetero_agents(), eps, chunk_rows=64)
+    (path / "terminated" / "c" / "0").unlink()
+    _fails_everywhere(path, "terminated chunk 0", "missing")
+
+
+def test_verify_streams_in_bounded_memory(tmp_path):
+    """verify keeps a few chunks in memory, not whole arrays: its peak grows with the chunk size, not the data."""
+    import tracemalloc
+
+    from conftest import hetero_agents, random_episode, write
+
+    rng = np.random.default_rng(0)
+    eps = [random_episode(hetero_agents(), 200, rng, state_dim=11) for _ in range(40)]  # 8,000 steps
+    path = write(tmp_path / "ds", hetero_agents(), eps, state_dim=11, chunk_rows=256)
+    tracemalloc.start()
+    assert madata.verify(path).ok
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    chunk_bytes = 256 * 11 * 4  # the widest array's chunk (the state)
+    obs_bytes = sum(8 * e["obs"]["agent_1"].size for e in eps) * 3  # every observation array held at once
+    assert peak < max(40 * chunk_bytes, 1 << 20) < obs_bytes, (peak, chunk_bytes, obs_bytes)

@@ -17,8 +17,21 @@ import madata
 from madata.collect import collect
 
 EPISODES = 400
-ARGS = ["grid", "--mix", "random", "--episodes", str(EPISODES), "--seed", "7", "--commit-every", "1", "--commit-seconds", "0",
-        "--chunk-rows", "64"]
+ARGS = [
+    "grid",
+    "--mix",
+    "random",
+    "--episodes",
+    str(EPISODES),
+    "--seed",
+    "7",
+    "--commit-every",
+    "1",
+    "--commit-seconds",
+    "0",
+    "--chunk-rows",
+    "64",
+]
 ROOT = Path(__file__).resolve().parents[1]
 
 

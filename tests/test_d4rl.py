@@ -17,7 +17,8 @@ import madata  # noqa: E402
 from cli.app import app  # noqa: E402
 from madata.collect import collect  # noqa: E402
 from madata.convert import AGENT_CONFS, export_d4rl, mamujoco_split, split_d4rl  # noqa: E402
-from madata.envs.registry import D4RL_REF, MAMUJOCO_SCENARIOS, get_task  # noqa: E402
+from madata.envs.mamujoco import D4RL_REF, SCENARIOS  # noqa: E402
+from madata.envs.registry import get_task  # noqa: E402
 from madata.errors import DatasetExistsError, DatasetNotFoundError, SchemaError, UnknownNameError  # noqa: E402
 from madata.writer import DatasetWriter  # noqa: E402
 
@@ -30,8 +31,17 @@ DIMS = {"halfcheetah": (17, 6), "hopper": (11, 3), "walker2d": (17, 6)}
 # ---------------------------------------------------------------- D4RL files made by plain scripts
 
 
-def gym_d4rl_file(path: Path, robot: str, dtype: str, *, episodes: int = 3, max_steps: int = 40, seed: int = 0,
-                  next_obs: bool = True, infos: bool = True) -> dict[str, np.ndarray]:  # fmt: skip
+def gym_d4rl_file(
+    path: Path,
+    robot: str,
+    dtype: str,
+    *,
+    episodes: int = 3,
+    max_steps: int = 40,
+    seed: int = 0,
+    next_obs: bool = True,
+    infos: bool = True,
+) -> dict[str, np.ndarray]:
     """A D4RL-format file from gymnasium's single-agent env with random actions; returns the float64 originals."""
     import gymnasium as gym
 
@@ -67,9 +77,18 @@ def gym_d4rl_file(path: Path, robot: str, dtype: str, *, episodes: int = 3, max_
     return out
 
 
-def synthetic_file(path: Path, robot: str = "halfcheetah", n: int = 20, *, terminals=(), timeouts=(),
-                   next_obs: bool = False, dtype: str = "float32", seed: int = 0,
-                   override: dict | None = None) -> dict[str, np.ndarray]:  # fmt: skip
+def synthetic_file(
+    path: Path,
+    robot: str = "halfcheetah",
+    n: int = 20,
+    *,
+    terminals=(),
+    timeouts=(),
+    next_obs: bool = False,
+    dtype: str = "float32",
+    seed: int = 0,
+    override: dict | None = None,
+) -> dict[str, np.ndarray]:
     """Random arrays in D4RL's layout with the given flags (observation t+1 follows t)."""
     S, A = DIMS[robot]
     rng = np.random.default_rng(seed)
@@ -104,12 +123,12 @@ def test_agent_confs_are_the_ones_mamujoco_offers():
 
     for robot, confs in AGENT_CONFS.items():
         for conf in confs:
-            parts, _, _ = get_parts_and_edges(MAMUJOCO_SCENARIOS[robot], conf)
+            parts, _, _ = get_parts_and_edges(SCENARIOS[robot][0], conf)
             assert len(parts) == int(conf.split("x")[0])
         for other in ("1x6", "3x2", "2x1", "4x2", "2x3", "6x1", "3x1"):
             if other not in confs:
                 with pytest.raises(Exception, match="UNKNOWN partitioning"):
-                    get_parts_and_edges(MAMUJOCO_SCENARIOS[robot], other)
+                    get_parts_and_edges(SCENARIOS[robot][0], other)
 
 
 def test_clipping_is_measured_from_mamujoco():
@@ -190,15 +209,23 @@ def test_round_trip(tmp_path, robot, dtype):
     with h5py.File(h5) as f:
         assert f["observations"].dtype == dtype and f["terminals"].dtype == bool and "infos" not in f
         assert f["actions"].shape == (a.num_transitions, DIMS[robot][1])
-    res = ok(runner.invoke(app, ["split-d4rl", robot, ROBOTS[robot], "--source", str(h5), "--strict", "-o", str(tmp_path / "b")]))
+    res = ok(
+        runner.invoke(
+            app, ["split-d4rl", robot, ROBOTS[robot], "--source", str(h5), "--strict", "-o", str(tmp_path / "b")]
+        )
+    )
     assert "madata/obs" in res.output
     b = madata.open(tmp_path / "b")
-    assert b.num_episodes == a.num_episodes and b.meta.provenance["report"]["quirks"] == dict.fromkeys(b.meta.provenance["report"]["quirks"], 0)
+    assert b.num_episodes == a.num_episodes and b.meta.provenance["report"]["quirks"] == dict.fromkeys(
+        b.meta.provenance["report"]["quirks"], 0
+    )
     ta, tb = a.transitions(), b.transitions()
     for k in ta:
         want = ta[k].astype(np.float32) if k == "reward" and dtype == "float32" else ta[k]
         np.testing.assert_array_equal(tb[k], want, err_msg=k)
-        assert tb[k].dtype == (dtype if k.split("/")[0] in ("obs", "next_obs", "state", "next_state", "action") else ta[k].dtype)
+        assert tb[k].dtype == (
+            dtype if k.split("/")[0] in ("obs", "next_obs", "state", "next_state", "action") else ta[k].dtype
+        )
     assert b.episodes.column("end").to_pylist() == a.episodes.column("end").to_pylist()
 
 
@@ -241,14 +268,18 @@ def test_quirks_without_next_observations(tmp_path):
     assert ds.episodes.column("end").to_pylist() == ["terminated", "truncated", "terminated", "truncated"]
     f = mamujoco_split("halfcheetah", "2x3").factorization
     e0, e1, e3 = ds.episode(0), ds.episode(1), ds.episode(3)
-    np.testing.assert_array_equal(e0.state, np.concatenate([d["observations"][:5], d["observations"][4:5]]))  # final copied
+    np.testing.assert_array_equal(
+        e0.state, np.concatenate([d["observations"][:5], d["observations"][4:5]])
+    )  # final copied
     np.testing.assert_array_equal(e1.state, d["observations"][5:10])  # step 9 dropped, its observation is the final one
     np.testing.assert_array_equal(e3.state, d["observations"][15:20])
     for a in ds.agent_ids:
         np.testing.assert_array_equal(e1.actions[a], d["actions"][5:9][:, f.act_index[a]])
         np.testing.assert_array_equal(e1.obs[a], d["observations"][5:10][:, f.obs_index[a]])
     np.testing.assert_array_equal(e1.rewards, d["rewards"][5:9].astype(np.float64))
-    with pytest.raises(SchemaError, match=r"timeout_transitions_dropped: 3 \(rows \[9, 14, 19\]\); terminal_final_obs_copied: 2"):
+    with pytest.raises(
+        SchemaError, match=r"timeout_transitions_dropped: 3 \(rows \[9, 14, 19\]\); terminal_final_obs_copied: 2"
+    ):
         split_d4rl("halfcheetah", "2x3", tmp_path / "strict", source=src, strict=True)
     assert not (tmp_path / "strict").exists()
 
@@ -302,7 +333,12 @@ def test_inconsistent_infos_and_wild_actions_are_counted(tmp_path):
 def test_six_agents_and_other_observation_depth(tmp_path):
     src = tmp_path / "hc.hdf5"
     d = synthetic_file(src, n=10, timeouts=[9], next_obs=True, dtype="float64")
-    res = ok(runner.invoke(app, ["split-d4rl", "halfcheetah", "6x1", "--agent-obsk", "0", "--source", str(src), "-o", str(tmp_path / "ds")]))
+    res = ok(
+        runner.invoke(
+            app,
+            ["split-d4rl", "halfcheetah", "6x1", "--agent-obsk", "0", "--source", str(src), "-o", str(tmp_path / "ds")],
+        )
+    )
     assert "wrote 1 episodes, 10 transitions" in res.output
     ds = madata.open(tmp_path / "ds")
     assert ds.agent_ids == [f"agent_{i}" for i in range(6)] and ds.meta.env["id"] == "halfcheetah-6x1-k0"
@@ -311,14 +347,20 @@ def test_six_agents_and_other_observation_depth(tmp_path):
     for a in ds.agent_ids:
         np.testing.assert_array_equal(tr[f"action/{a}"], d["actions"][:, s.factorization.act_index[a]])
         np.testing.assert_array_equal(tr[f"obs/{a}"], d["observations"][:, s.factorization.obs_index[a]])
-    assert [a.observation_space.shape[0] for a in ds.agents] == [len(s.factorization.obs_index[a]) for a in ds.agent_ids]
+    assert [a.observation_space.shape[0] for a in ds.agents] == [
+        len(s.factorization.obs_index[a]) for a in ds.agent_ids
+    ]
     assert ds.agents[0].observation_space.dtype == "float64"
 
 
 def test_normalized_scores_in_info(tmp_path):
     src = tmp_path / "h.hdf5"
     d = synthetic_file(src, "hopper", n=10, terminals=[4], timeouts=[9], next_obs=True)
-    ok(runner.invoke(app, ["split-d4rl", "hopper", "3x1", "--source", str(src), "--tier", "expert", "-o", str(tmp_path / "ds")]))
+    ok(
+        runner.invoke(
+            app, ["split-d4rl", "hopper", "3x1", "--source", str(src), "--tier", "expert", "-o", str(tmp_path / "ds")]
+        )
+    )
     s = json.loads(ok(runner.invoke(app, ["info", str(tmp_path / "ds"), "--json"])).output)
     assert s["reference_scores"] == D4RL_REF["hopper"]
     returns = np.array([d["rewards"][:5].astype(np.float64).sum(), d["rewards"][5:].astype(np.float64).sum()])
@@ -342,10 +384,16 @@ def _split_cli(tmp_path, src, *args):
         ({"actions": None}, r"missing key 'actions'"),
         ({"rewards": np.zeros(19, np.float32)}, r"key 'rewards' has shape \(19,\), expected \(N,\) with N = 20"),
         ({"terminals": np.zeros(21, bool)}, r"key 'terminals' has shape \(21,\), expected \(N,\) with N = 20"),
-        ({"actions": np.zeros((20, 3), np.float32)}, r"key 'actions' has shape \(20, 3\), expected \(N, 6\) .*another task"),
+        (
+            {"actions": np.zeros((20, 3), np.float32)},
+            r"key 'actions' has shape \(20, 3\), expected \(N, 6\) .*another task",
+        ),
         ({"timeouts": np.full(20, 2)}, r"key 'timeouts' must hold booleans"),
         ({"infos/qpos": np.zeros((20, 9))}, r"has 'infos/qpos' but not 'infos/qvel'"),
-        ({"next_observations": np.zeros((20, 11), np.float32)}, r"key 'next_observations' has shape \(20, 11\), expected \(N, 17\)"),
+        (
+            {"next_observations": np.zeros((20, 11), np.float32)},
+            r"key 'next_observations' has shape \(20, 11\), expected \(N, 17\)",
+        ),
     ],
 )
 def test_bad_files_name_the_key_and_write_nothing(tmp_path, override, match):
@@ -440,7 +488,9 @@ def test_default_path_lookup(tmp_path, monkeypatch):
     assert madata.open(tmp_path / "out").meta.provenance["source"]["name"] == "halfcheetah_medium_replay-v2.hdf5"
     monkeypatch.delenv("D4RL_DATASET_DIR")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    with pytest.raises(DatasetNotFoundError, match=r"home/.d4rl/datasets/walker2d_expert-v2.hdf5: D4RL file not found.*not set"):
+    with pytest.raises(
+        DatasetNotFoundError, match=r"home/.d4rl/datasets/walker2d_expert-v2.hdf5: D4RL file not found.*not set"
+    ):
         split_d4rl("walker2d", "2x3", tmp_path / "out2", tier="expert")
     with pytest.raises(DatasetNotFoundError, match="no such file"):
         split_d4rl("walker2d", "2x3", tmp_path / "out2", source=tmp_path / "nope.hdf5")

@@ -36,11 +36,23 @@ def _hetero(path: Path) -> Path:
         AgentSpec("agent_1", Box.make(-5, 5, (4,)), Box.make(-1, 1, (2,))),
         AgentSpec("agent_2", Box.make(-np.inf, np.inf, (3,)), Discrete(3, start=1)),
     ]
-    w = madata.create(path, agents, state_space=Box.make(-np.inf, np.inf, (5,)), agent_rewards=True, chunk_rows=8,
-                      commit_every=0, env={"id": "none"}, reference_scores={"min": 0, "max": 10})  # fmt: skip
+    w = madata.create(
+        path,
+        agents,
+        state_space=Box.make(-np.inf, np.inf, (5,)),
+        agent_rewards=True,
+        chunk_rows=8,
+        commit_every=0,
+        env={"id": "none"},
+        reference_scores={"min": 0, "max": 10},
+    )
     for i, T in enumerate([1, 6, 13, 1, 9, 4]):
-        w.add_episode(**random_episode(agents, T, rng, ("terminated", "truncated")[i % 2], state_dim=5, agent_rewards=True),
-                      behaviour={"agent_0": "medium", "agent_1": "expert"}, seed=i, provenance={"i": i})  # fmt: skip
+        w.add_episode(
+            **random_episode(agents, T, rng, ("terminated", "truncated")[i % 2], state_dim=5, agent_rewards=True),
+            behaviour={"agent_0": "medium", "agent_1": "expert"},
+            seed=i,
+            provenance={"i": i},
+        )
         if i % 2:
             w.commit()  # one episode-table part per commit; the store is left open: parts stay apart
     w.commit()
@@ -62,12 +74,26 @@ def _masked(path: Path) -> Path:
 def _snapshot(path: Path) -> dict:
     """Everything a user reads from a store: transitions, episodes, the episode table, metadata, spaces."""
     ds = madata.open(path)
-    out = {"metadata": ds.metadata, "spaces": repr(ds.spaces), "state": repr(ds.state_space),
-           "table": ds.episodes.to_pylist(), "transitions": ds.transitions()}  # fmt: skip
+    out = {
+        "metadata": ds.metadata,
+        "spaces": repr(ds.spaces),
+        "state": repr(ds.state_space),
+        "table": ds.episodes.to_pylist(),
+        "transitions": ds.transitions(),
+    }
     for i in range(ds.num_episodes):
         ep = ds.episode(i)
-        out[f"ep{i}"] = (ep.obs, ep.actions, ep.rewards, ep.terminated, ep.truncated, ep.state, ep.agent_rewards,
-                         ep.action_masks, ep.info)  # fmt: skip
+        out[f"ep{i}"] = (
+            ep.obs,
+            ep.actions,
+            ep.rewards,
+            ep.terminated,
+            ep.truncated,
+            ep.state,
+            ep.agent_rewards,
+            ep.action_masks,
+            ep.info,
+        )
     return out
 
 
@@ -75,7 +101,9 @@ def _equal(a, b) -> bool:
     if isinstance(a, dict):
         return isinstance(b, dict) and a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)):
-        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b, strict=True))
+        return (
+            isinstance(b, (list, tuple)) and len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b, strict=True))
+        )
     if isinstance(a, np.ndarray):
         return isinstance(b, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
     return a == b or (isinstance(a, float) and isinstance(b, float) and np.isnan(a) and np.isnan(b))

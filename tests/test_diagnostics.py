@@ -51,8 +51,14 @@ def _synthetic(path, rho: float, episodes: int = 40, T: int = 250, seed: int = 0
                 obs["agent_1"][nan_at[1], 0] = np.nan
             trunc = np.zeros(T, bool)
             trunc[-1] = True
-            w.add_episode(obs=obs, actions=acts, rewards=rng.standard_normal(T), terminated=np.zeros(T, bool),
-                          truncated=trunc, state=s)  # fmt: skip
+            w.add_episode(
+                obs=obs,
+                actions=acts,
+                rewards=rng.standard_normal(T),
+                terminated=np.zeros(T, bool),
+                truncated=trunc,
+                state=s,
+            )
     return path
 
 
@@ -61,9 +67,15 @@ def _copy(src: madata.Dataset, path, times: int = 1, actions=None):
     with madata.create(path, src.agents, state_space=src.state_space, reference_scores=src.meta.reference_scores) as w:
         for _ in range(times):
             for ep in src.iter_episodes():
-                w.add_episode(obs=ep.obs, actions=actions(ep) if actions else ep.actions, rewards=ep.rewards,
-                              terminated=ep.terminated, truncated=ep.truncated, state=ep.state,
-                              behaviour=ep.behaviour if any(ep.behaviour.values()) else None)  # fmt: skip
+                w.add_episode(
+                    obs=ep.obs,
+                    actions=actions(ep) if actions else ep.actions,
+                    rewards=ep.rewards,
+                    terminated=ep.terminated,
+                    truncated=ep.truncated,
+                    state=ep.state,
+                    behaviour=ep.behaviour if any(ep.behaviour.values()) else None,
+                )
     return madata.open(path)
 
 
@@ -102,8 +114,11 @@ def test_shuffled_actions_match_their_null(synthetic, tmp_path):
     for c in np.unique(cell):
         rows = np.flatnonzero(cell == c)
         shuffled[rows] = a1[rng.permutation(rows)]
-    ds = _copy(src, tmp_path / "shuffled", actions=lambda ep: {"agent_0": ep.actions["agent_0"],
-                                                                "agent_1": shuffled[tr["episode_id"] == ep.id]})  # fmt: skip
+    ds = _copy(
+        src,
+        tmp_path / "shuffled",
+        actions=lambda ep: {"agent_0": ep.actions["agent_0"], "agent_1": shuffled[tr["episode_id"] == ep.id]},
+    )
     before, after = _dependence(src), _dependence(ds)
     assert before["excess"] > 0.4
     assert abs(after["z"]) < 3 and after["p_value"] > 0.05 and abs(after["excess"]) < 0.005
@@ -121,8 +136,9 @@ def test_dependence_needs_episodes():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((300, 2))
     out = action_dependence(x, {"a": x[:, :1], "b": x[:, 1:]}, np.repeat(np.arange(3), 100))
-    assert out == {"skipped": "a group takes at most one transition per episode and needs at least 4; the data has "
-                              "3 episode(s)"}  # fmt: skip
+    assert out == {
+        "skipped": "a group takes at most one transition per episode and needs at least 4; the data has 3 episode(s)"
+    }
 
 
 def test_dependence_null_is_calibrated_on_repeated_states():
@@ -201,10 +217,14 @@ def test_gap_is_the_interaction_contrast(tmp_path):
         for e in range(16):
             combo = list(target)[e % 4]
             r = np.full(2, (target[combo] + (1 if e % 8 < 4 else -1)) / 2)  # +-1 around the combination's mean
-            w.add_episode(obs={a.id: np.zeros((3, 1), np.float32) for a in agents},
-                          actions={a.id: np.zeros((2, 1), np.float32) for a in agents}, rewards=r,
-                          terminated=np.array([False, True]), truncated=np.zeros(2, bool),
-                          behaviour=dict(zip(("agent_0", "agent_1"), combo, strict=True)))  # fmt: skip
+            w.add_episode(
+                obs={a.id: np.zeros((3, 1), np.float32) for a in agents},
+                actions={a.id: np.zeros((2, 1), np.float32) for a in agents},
+                rewards=r,
+                terminated=np.array([False, True]),
+                truncated=np.zeros(2, bool),
+                behaviour=dict(zip(("agent_0", "agent_1"), combo, strict=True)),
+            )
     mix = behaviour_mix(madata.open(tmp_path / "ds"))
     assert mix["gap"] == pytest.approx(8.0) and mix["mismatched_share"] == 0.5
     # pooled variance: squares 16 over 12 dof; each side averages two combination means of 4 episodes
@@ -241,8 +261,12 @@ def test_collected_mixes(collected):
     assert mixes["expert"]["gap"] is None and "matched" in mixes["expert"]["gap_note"]
     assert mixes["random"]["gap"] is None
     m = {c["label"]: c["return_mean"] for c in mixes["medium,expert"]["combinations"]}
-    contrast = (m["agent_0=medium,agent_1=medium"] + m["agent_0=expert,agent_1=expert"]
-                - m["agent_0=medium,agent_1=expert"] - m["agent_0=expert,agent_1=medium"]) / 2  # fmt: skip
+    contrast = (
+        m["agent_0=medium,agent_1=medium"]
+        + m["agent_0=expert,agent_1=expert"]
+        - m["agent_0=medium,agent_1=expert"]
+        - m["agent_0=expert,agent_1=medium"]
+    ) / 2
     assert mixes["medium,expert"]["gap"] == pytest.approx(contrast)
     assert mixes["medium,expert"]["gap_normalized"] == pytest.approx(100 * contrast / (12135.0 + 280.178953))
     # quality: normalized scores with D4RL's HalfCheetah reference, ends by the 200-step limit
@@ -279,8 +303,13 @@ def test_single_agent(tmp_path):
     agent = AgentSpec("solo", Box.make(-1, 1, (2,)), Box.make(-1, 1, (1,)))
     with madata.create(tmp_path / "solo", [agent]) as w:
         for _ in range(2):
-            w.add_episode(obs={"solo": np.zeros((4, 2), np.float32)}, actions={"solo": np.zeros((3, 1), np.float32)},
-                          rewards=np.ones(3), terminated=np.array([0, 0, 1], bool), truncated=np.zeros(3, bool))  # fmt: skip
+            w.add_episode(
+                obs={"solo": np.zeros((4, 2), np.float32)},
+                actions={"solo": np.zeros((3, 1), np.float32)},
+                rewards=np.ones(3),
+                terminated=np.array([0, 0, 1], bool),
+                truncated=np.zeros(3, bool),
+            )
     with pytest.raises(SchemaError, match=r"needs at least 2; this dataset has 1 \(solo\)"):
         diagnose(tmp_path / "solo")
     res = runner.invoke(app, ["diagnose", str(tmp_path / "solo"), "--json"])
@@ -333,11 +362,25 @@ def test_report_opens_in_headless_chromium(synthetic, tmp_path):
     pytest.importorskip("matplotlib", reason="the report's plots need matplotlib")
     d = diagnose(synthetic[0.3], groups=256, permutations=5)
     page = render_html(d)
-    probe = ("<script>window.addEventListener('load',()=>{const im=[...document.images];document.body.setAttribute("
-             "'data-images',im.length+':'+im.filter(i=>i.complete&&i.naturalWidth>0).length);});</script>")  # fmt: skip
+    probe = (
+        "<script>window.addEventListener('load',()=>{const im=[...document.images];document.body.setAttribute("
+        "'data-images',im.length+':'+im.filter(i=>i.complete&&i.naturalWidth>0).length);});</script>"
+    )
     path = write_report(d, tmp_path / "r.html")
     path.write_text(page.replace("</body>", probe + "</body>"))
-    proc = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
-                           "--dump-dom", path.as_uri()], capture_output=True, text=True, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            path.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert 'data-images="3:3"' in proc.stdout

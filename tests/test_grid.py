@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from madata.envs.grid import NOOP_ACTION, GridWorld
-from madata.envs.registry import env_specs, get_task
+from madata.envs.registry import get_task
+from madata.envs.team import env_specs
 from madata.errors import MadataError, SchemaError, UnknownNameError
 from madata.spaces import Box, Discrete
 
@@ -115,7 +116,13 @@ def test_spaces_and_registry():
         assert a.action_space == Discrete(3)
         assert a.observation_space == Box.make(-1.0, [6.0, 4.0], (2,))
     assert state == Box.make(-1.0, [6.0, 4.0], (2,))
-    assert get_task("grid").env == {"id": "grid", "family": "grid", "size": [6, 4], "max_steps": 30, "default_action": 1}
+    assert get_task("grid").env == {
+        "id": "grid",
+        "family": "grid",
+        "size": [6, 4],
+        "max_steps": 30,
+        "default_action": 1,
+    }
 
 
 def test_unknown_task_lists_known():

@@ -88,7 +88,9 @@ def test_advantage_weights_match_closed_form():
     k = [[1 / 3, 1 / 5, 1 / 3], [2 / 3, 4 / 5, 2 / 3]]  # w_i / (w_0 + w_1) per sample
     e0 = [math.exp(2.0), 1.0, math.exp(-2.0)]  # exp(A / beta), beta = 0.5
     e1 = [math.exp(1.0), math.exp(1.0), 1.0]
-    want = torch.tensor([[k[0][b] * 3 * e0[b] / sum(e0) for b in range(3)], [k[1][b] * 3 * e1[b] / sum(e1) for b in range(3)]])
+    want = torch.tensor(
+        [[k[0][b] * 3 * e0[b] / sum(e0) for b in range(3)], [k[1][b] * 3 * e1[b] / sum(e1) for b in range(3)]]
+    )
     torch.testing.assert_close(advantage_weights(adv, credit, 0.5), want)
 
 
@@ -231,8 +233,9 @@ def _batch(algo: IcqMa, B: int, g: torch.Generator) -> dict:
     else:
         action = torch.rand(2, B, 1, generator=g) * 2 - 1
         reward = -((action[0, :, 0] - 0.5) ** 2) - (action[1, :, 0] + 0.5) ** 2
-    return dict(obs=obs, action=action, reward=reward, next_obs=obs, terminated=torch.ones(B), state=state,
-                next_state=state)  # fmt: skip
+    return dict(
+        obs=obs, action=action, reward=reward, next_obs=obs, terminated=torch.ones(B), state=state, next_state=state
+    )
 
 
 def test_targets_are_polyak_averaged_and_updates_reproducible():

@@ -9,8 +9,8 @@ pytest.importorskip("gymnasium_robotics")
 
 from madata.behaviour import SacPolicy, load_policy  # noqa: E402
 from madata.behaviour.checkpoint import SacActor, load_checkpoint  # noqa: E402
-from madata.envs.registry import get_task  # noqa: E402
-from madata.envs.team import make_team_env  # noqa: E402
+from madata.envs.mamujoco import MaMuJoCoTeamEnv  # noqa: E402
+from madata.envs.registry import get_task, make_team_env  # noqa: E402
 from tests.conftest import random_checkpoint  # noqa: E402
 
 TASKS = ["halfcheetah-2x3", "hopper-3x1", "walker2d-2x3"]
@@ -59,7 +59,7 @@ def test_assembled_actions_map_back_to_the_joint_action(task, tmp_path):
 @pytest.mark.parametrize("task", TASKS)
 def test_local_obs_equal_the_parallel_envs(task):
     """source[obs_index] is bit for bit the parallel env's own per-agent observation, after reset and steps."""
-    ours, via_env = make_team_env(task), make_team_env(task, obs_path="env")
+    ours, via_env = make_team_env(task), MaMuJoCoTeamEnv(get_task(task).make_env(), None, "env")
     theirs = get_task(task).make_env()
     f = ours.factorization
     rng = np.random.default_rng(0)
@@ -123,7 +123,10 @@ def test_sac_policy_is_row_invariant_and_matches_the_actor(tmp_path):
     np.testing.assert_allclose(batch, actor.act(states, noise), atol=1e-5)
     np.testing.assert_array_equal(policy.act(states[:1], noise[:1]), actor.act(states[:1], noise[:1]))
     np.testing.assert_allclose(policy.act(states), actor.act(states), atol=1e-5)  # mean action
-    assert isinstance(actor, SacActor) and policy.describe()["weights_sha256"] == SacPolicy(actor, "x").describe()["weights_sha256"]
+    assert (
+        isinstance(actor, SacActor)
+        and policy.describe()["weights_sha256"] == SacPolicy(actor, "x").describe()["weights_sha256"]
+    )
 
 
 @pytest.mark.parametrize("task", TASKS)

@@ -98,7 +98,7 @@ def test_combo_label_round_trips():
 
 
 def test_level_registry():
-    from madata.envs.team import make_team_env
+    from madata.envs.registry import make_team_env
 
     assert available_levels("grid") == ["random"]
     f = make_team_env("grid").factorization

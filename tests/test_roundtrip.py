@@ -23,7 +23,11 @@ def dataset_specs(draw):
     for i in range(n):
         obs_shape = tuple(draw(st.lists(st.integers(1, 4), min_size=1, max_size=2)))
         dtype = draw(st.sampled_from(["float32", "float64"]))
-        act = Discrete(draw(st.integers(2, 5)), draw(st.integers(0, 1))) if discrete else Box.make(-1, 1, (draw(st.integers(1, 4)),), dtype)
+        act = (
+            Discrete(draw(st.integers(2, 5)), draw(st.integers(0, 1)))
+            if discrete
+            else Box.make(-1, 1, (draw(st.integers(1, 4)),), dtype)
+        )
         agents.append(AgentSpec(f"a{i}", Box.make(-np.inf, np.inf, obs_shape, dtype), act))
     lengths = draw(st.lists(st.integers(1, 25), min_size=1, max_size=8))
     ends = draw(st.lists(st.sampled_from(["terminated", "truncated"]), min_size=len(lengths), max_size=len(lengths)))
@@ -52,9 +56,15 @@ def test_roundtrip(case):
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "ds"
         state_space = Box.make(-np.inf, np.inf, (case["state_dim"],)) if case["state_dim"] else None
-        with madata.create(path, agents, state_space=state_space, agent_rewards=case["agent_rewards"],
-                           action_masks=case["action_masks"], chunk_rows=case["chunk_rows"],
-                           commit_every=case["commit_every"]) as w:  # fmt: skip
+        with madata.create(
+            path,
+            agents,
+            state_space=state_space,
+            agent_rewards=case["agent_rewards"],
+            action_masks=case["action_masks"],
+            chunk_rows=case["chunk_rows"],
+            commit_every=case["commit_every"],
+        ) as w:
             for ep in eps:
                 w.add_episode(**ep)
         ds = madata.open(path)

@@ -128,7 +128,9 @@ def _imported_by(code: str) -> set[str]:
 
 def test_cli_start_up_imports_neither_the_data_stack_nor_torch():
     loaded = _imported_by("import cli.app")
-    assert not {"torch", "zarr", "pyarrow", "numpy", "madata.dataset"} & loaded, sorted(loaded & {"torch", "zarr", "pyarrow", "numpy"})
+    assert not {"torch", "zarr", "pyarrow", "numpy", "madata.dataset"} & loaded, sorted(
+        loaded & {"torch", "zarr", "pyarrow", "numpy"}
+    )
 
 
 def test_help_and_info_do_not_import_torch(tmp_path):

@@ -90,8 +90,25 @@ def test_cli_train_and_eval(hc_data, tmp_path):
 
     runner = CliRunner()
     small = ["--vae-hidden", "16,16", "--actor-hidden", "16,16", "--critic-hidden", "16,16", "--n-act", "4"]
-    res = runner.invoke(app, ["train", "cast-bcq", str(hc_data), "-o", str(tmp_path / "run"), "--steps", "4",
-                              "--eval-every", "4", "--eval-episodes", "1", "--batch-size", "32", *small])  # fmt: skip
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            "cast-bcq",
+            str(hc_data),
+            "-o",
+            str(tmp_path / "run"),
+            "--steps",
+            "4",
+            "--eval-every",
+            "4",
+            "--eval-episodes",
+            "1",
+            "--batch-size",
+            "32",
+            *small,
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "--no-csaa" in runner.invoke(app, ["train", "cast-bcq", "--help"]).output
     res = runner.invoke(app, ["eval", str(tmp_path / "run"), "--episodes", "1", "--json"])
@@ -109,8 +126,9 @@ def test_grid_cast_bcq_reaches_the_goal(tmp_path):
     greedy CAST-BCQ policy walks the 5-step diagonal path to the goal (return 6)."""
     data = tmp_path / "grid"
     collect("grid", data, mix=["random"], episodes=1000, seed=0)
-    rows = train(data, tmp_path / "run", steps=1500, seed=0, batch_size=128, eval_every=1500, eval_episodes=1,
-                 device="cpu")  # fmt: skip
+    rows = train(
+        data, tmp_path / "run", steps=1500, seed=0, batch_size=128, eval_every=1500, eval_episodes=1, device="cpu"
+    )
     assert rows[-1]["eval_return"] == 6.0
 
 
@@ -125,15 +143,27 @@ def test_baseline_resume_equals_uninterrupted(hc_data, tmp_path):
 
     from madata_algos.configs import MabcqConfig
 
-    cfg = MabcqConfig(vae_hidden=(16,), actor_hidden=(16,), critic_hidden=(16,), transition_hidden=(16,), n_target=2, n_act=4)
+    cfg = MabcqConfig(
+        vae_hidden=(16,), actor_hidden=(16,), critic_hidden=(16,), transition_hidden=(16,), n_target=2, n_act=4
+    )
     kw = dict(KW, algorithm="mabcq", config=cfg, eval_every=5, eval_max_steps=10)
     full = train(hc_data, tmp_path / "full", steps=10, **kw)
     train(hc_data, tmp_path / "cut", steps=5, **kw)
     resumed = train(hc_data, tmp_path / "cut", steps=10, resume=True, **kw)
     assert [(r["critic"], r["eval_return"]) for r in full] == [(r["critic"], r["eval_return"]) for r in resumed]
     with open(tmp_path / "full" / "log.csv") as f:
-        assert next(csv.reader(f)) == ["step", "transition", "vae", "critic", "actor", "eval_return", "eval_std",
-                                       "eval_normalized", "train_seconds", "eval_seconds"]  # fmt: skip
+        assert next(csv.reader(f)) == [
+            "step",
+            "transition",
+            "vae",
+            "critic",
+            "actor",
+            "eval_return",
+            "eval_std",
+            "eval_normalized",
+            "train_seconds",
+            "eval_seconds",
+        ]
     settings = json.loads((tmp_path / "full" / "config.json").read_text())
     assert settings["algorithm"] == "mabcq" and settings["decentralized"] and settings["config"]["n_target"] == 2
     with pytest.raises(DatasetExistsError, match="algorithm"):
@@ -159,7 +189,11 @@ def test_registry_refuses_bad_input(hc_data, tmp_path):
     data = registry.describe(madata.open(hc_data))
     with pytest.raises(SchemaError, match="no global state stored; cast-bcq trains on one"):
         registry.build("cast-bcq", dataclasses.replace(data, state_dim=None), SMALL)
-    registry.build("ibcq", dataclasses.replace(data, state_dim=None), BcqConfig(vae_hidden=(4,), actor_hidden=(4,), critic_hidden=(4,)))
+    registry.build(
+        "ibcq",
+        dataclasses.replace(data, state_dim=None),
+        BcqConfig(vae_hidden=(4,), actor_hidden=(4,), critic_hidden=(4,)),
+    )
     continuous_only = dataclasses.replace(registry.get("ibcq"), discrete=None)
     with pytest.raises(SchemaError, match="no variant for discrete actions"):
         registry.check_data(continuous_only, dataclasses.replace(data, discrete=True))
@@ -178,7 +212,9 @@ def test_every_config_field_is_an_option_with_help_and_documented():
             for f in dataclasses.fields(variant.config):
                 assert f.metadata.get("help"), f"{variant.config.__name__}.{f.name} has no help"
                 option = flag_name(f)
-                assert f"`{option}" in docs or f"`--no-{option[2:]}" in docs, f"{spec.name} {option} missing in docs/algorithms.md"
+                assert f"`{option}" in docs or f"`--no-{option[2:]}" in docs, (
+                    f"{spec.name} {option} missing in docs/algorithms.md"
+                )
 
 
 def test_cli_lists_every_algorithm_and_trains_a_baseline(tmp_path):
@@ -196,12 +232,34 @@ def test_cli_lists_every_algorithm_and_trains_a_baseline(tmp_path):
     assert "every agent's observation" in runner.invoke(app, ["train", "bcq", "--help"], terminal_width=200).output
     grid = tmp_path / "grid"
     collect("grid", grid, mix=["random"], episodes=30, seed=0)
-    res = runner.invoke(app, ["train", "bcq", str(grid), "-o", str(tmp_path / "run"), "--steps", "3", "--eval-every", "3",
-                              "--eval-episodes", "1", "--batch-size", "16", "--device", "cpu", "--hidden", "8"])  # fmt: skip
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            "bcq",
+            str(grid),
+            "-o",
+            str(tmp_path / "run"),
+            "--steps",
+            "3",
+            "--eval-every",
+            "3",
+            "--eval-episodes",
+            "1",
+            "--batch-size",
+            "16",
+            "--device",
+            "cpu",
+            "--hidden",
+            "8",
+        ],
+    )
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["eval", str(tmp_path / "run"), "--episodes", "1", "--json"])
     assert res.exit_code == 0 and json.loads(res.output)["task"] == "grid"
-    res = runner.invoke(app, ["train", "mabcq", str(grid), "-o", str(tmp_path / "x"), "--weight-min", "3", "--weight-max", "1"])
+    res = runner.invoke(
+        app, ["train", "mabcq", str(grid), "-o", str(tmp_path / "x"), "--weight-min", "3", "--weight-max", "1"]
+    )
     assert res.exit_code == 2 and "weight_min" in res.output and "Traceback" not in res.output
 
 
@@ -255,9 +313,19 @@ def test_train_without_an_environment_logs_losses(tmp_path):
     path = write(tmp_path / "own", agents, [random_episode(agents, 20, rng) for _ in range(5)])
     with pytest.raises(SchemaError, match="--eval-episodes 0"):
         train(path, tmp_path / "r0", algorithm="ibcq", steps=4, batch_size=16, eval_every=2, device="cpu")
-    rows = train(path, tmp_path / "r1", algorithm="ibcq", steps=4, batch_size=16, eval_every=2, eval_episodes=0,
-                 device="cpu", config=__import__("madata_algos.configs", fromlist=["BcqConfig"]).BcqConfig(
-                     vae_hidden=(8,), actor_hidden=(8,), critic_hidden=(8,)))  # fmt: skip
+    rows = train(
+        path,
+        tmp_path / "r1",
+        algorithm="ibcq",
+        steps=4,
+        batch_size=16,
+        eval_every=2,
+        eval_episodes=0,
+        device="cpu",
+        config=__import__("madata_algos.configs", fromlist=["BcqConfig"]).BcqConfig(
+            vae_hidden=(8,), actor_hidden=(8,), critic_hidden=(8,)
+        ),
+    )
     assert [r["step"] for r in rows] == [2, 4] and "eval_return" not in rows[-1] and "critic" in rows[-1]
     assert (tmp_path / "r1" / "learning_curve.png").exists()
 

@@ -20,7 +20,18 @@ from madata_algos.train import load_checkpoint
 pytest.importorskip("gymnasium_robotics")
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["--vae-hidden", "32,32", "--actor-hidden", "32,32", "--critic-hidden", "32,32", "--n-act", "8", "--n-target", "4"]
+SMALL = [
+    "--vae-hidden",
+    "32,32",
+    "--actor-hidden",
+    "32,32",
+    "--critic-hidden",
+    "32,32",
+    "--n-act",
+    "8",
+    "--n-target",
+    "4",
+]
 
 
 def _madata(*args: str) -> list[str]:
@@ -32,8 +43,27 @@ def _env() -> dict[str, str]:
 
 
 def _train(data: Path, run: Path, *extra: str) -> list[str]:
-    return _madata("train", "cast-bcq", str(data), "-o", str(run), "--steps", "60", "--eval-every", "10",
-                   "--eval-episodes", "1", "--batch-size", "64", "--seed", "5", "--device", "cpu", *SMALL, *extra)  # fmt: skip
+    return _madata(
+        "train",
+        "cast-bcq",
+        str(data),
+        "-o",
+        str(run),
+        "--steps",
+        "60",
+        "--eval-every",
+        "10",
+        "--eval-episodes",
+        "1",
+        "--batch-size",
+        "64",
+        "--seed",
+        "5",
+        "--device",
+        "cpu",
+        *SMALL,
+        *extra,
+    )
 
 
 def _log(run: Path) -> list[dict[str, str]]:
@@ -47,12 +77,32 @@ def _log(run: Path) -> list[dict[str, str]]:
 @pytest.mark.slow
 def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     data = tmp_path / "hc.zarr"
-    subprocess.run(_madata("collect", "halfcheetah-2x3", "--mix", "medium,expert", "--episodes", "4", "--max-steps", "100",
-                           "--seed", "0", "-o", str(data)), cwd=ROOT, env=_env(), check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        _madata(
+            "collect",
+            "halfcheetah-2x3",
+            "--mix",
+            "medium,expert",
+            "--episodes",
+            "4",
+            "--max-steps",
+            "100",
+            "--seed",
+            "0",
+            "-o",
+            str(data),
+        ),
+        cwd=ROOT,
+        env=_env(),
+        check=True,
+        capture_output=True,
+    )
     subprocess.run(_train(data, tmp_path / "full"), cwd=ROOT, env=_env(), check=True, capture_output=True)
 
     cut = tmp_path / "cut"
-    proc = subprocess.Popen(_train(data, cut), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _train(data, cut), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 120
     while len(_log(cut)) < 2 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)

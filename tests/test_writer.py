@@ -26,13 +26,22 @@ def good(T=4, **kw):
 @pytest.mark.parametrize(
     "mutate, match",
     [
-        (lambda e: e["obs"].__setitem__("agent_1", e["obs"]["agent_1"][:-1]), r"obs\['agent_1'\] has shape \(4, 9\), expected \(5, 9\)"),
+        (
+            lambda e: e["obs"].__setitem__("agent_1", e["obs"]["agent_1"][:-1]),
+            r"obs\['agent_1'\] has shape \(4, 9\), expected \(5, 9\)",
+        ),
         (lambda e: e["obs"].pop("agent_2"), r"obs needs one entry per agent"),
-        (lambda e: e["actions"].__setitem__("agent_0", np.zeros((4, 2))), r"actions\['agent_0'\] has shape \(4, 2\), expected \(4, 1\)"),
+        (
+            lambda e: e["actions"].__setitem__("agent_0", np.zeros((4, 2))),
+            r"actions\['agent_0'\] has shape \(4, 2\), expected \(4, 1\)",
+        ),
         (lambda e: e["actions"].__setitem__("agent_2", np.array([0, 1, 3, 0])), r"outside Discrete range 0..2"),
         (lambda e: e.__setitem__("rewards", np.array([0.0, np.nan, 0, 0])), r"NaN"),
         (lambda e: e.__setitem__("truncated", np.array([False, True, False, True])), r"before the last step"),
-        (lambda e: e.__setitem__("terminated", np.array([False, False, False, False])), r"either terminated or truncated"),
+        (
+            lambda e: e.__setitem__("terminated", np.array([False, False, False, False])),
+            r"either terminated or truncated",
+        ),
         (lambda e: e.__setitem__("state", np.zeros((5, 3))), r"created without state_space"),
         (lambda e: e.__setitem__("rewards", np.zeros((0,))), r"T >= 1"),
     ],

@@ -33,6 +33,7 @@ import numpy as np
 
 from madata.behaviour.checkpoint import CHECKPOINT_DIR, SacActor, load_checkpoint
 from madata.behaviour.random import RandomPolicy, TeamRandomPolicy
+from madata.envs.family import Task
 from madata.envs.registry import get_task
 from madata.errors import SchemaError, UnknownNameError
 
@@ -112,73 +113,66 @@ def resolve_checkpoint_dir(override: str | os.PathLike | None = None) -> Path:
     return d
 
 
-def available_levels(task: str, checkpoint_dir: str | os.PathLike | None = None) -> list[str]:
+def available_levels(task: str | Task, checkpoint_dir: str | os.PathLike | None = None) -> list[str]:
     """The behaviour levels of ``task``: ``random``, then its checkpoint levels in name order."""
-    info = get_task(task)
+    task = get_task(task)
     levels = [RANDOM]
-    if info.family == "mamujoco":
-        d = resolve_checkpoint_dir(checkpoint_dir) / info.name
+    if task.family.sac_checkpoints:
+        d = resolve_checkpoint_dir(checkpoint_dir) / task.name
         if d.is_dir():
             levels += sorted(p.stem for p in d.glob("*.json") if p.stem != RANDOM and not p.name.startswith("."))
     return levels
 
 
-def check_levels(task: str, levels: Iterable[str], checkpoint_dir: str | os.PathLike | None = None) -> None:
+def check_levels(task: str | Task, levels: Iterable[str], checkpoint_dir: str | os.PathLike | None = None) -> None:
     """Raise :class:`UnknownNameError` naming the first level that ``task`` lacks, and how to get it."""
+    task = get_task(task)
     known = available_levels(task, checkpoint_dir)
     for level in levels:
         if level in known:
             continue
-        msg = f"unknown behaviour level {level!r} for task {task!r}; available levels: {', '.join(known)}"
-        if get_task(task).family == "mamujoco":
+        msg = f"unknown behaviour level {level!r} for task {task.name!r}; available levels: {', '.join(known)}"
+        if task.family.sac_checkpoints:
             d = resolve_checkpoint_dir(checkpoint_dir)
             msg += (
-                f". No checkpoint {d / task / level}.json: train one with `madata behavior train {task} -o RUN "
+                f". No checkpoint {d / task.name / level}.json: train one with `madata behavior train {task.name} -o RUN "
                 f"--snapshot {level}=STEP --export-to DIR` and pass --checkpoint-dir DIR (or set ${CHECKPOINT_ENV})"
             )
         raise UnknownNameError(msg)
 
 
 def load_policy(
-    task: str, level: str, factorization: Factorization, checkpoint_dir: str | os.PathLike | None = None
+    task: str | Task, level: str, factorization: Factorization, checkpoint_dir: str | os.PathLike | None = None
 ) -> BehaviourPolicy:
     """The ``level`` joint policy of ``task`` for a team split by ``factorization``.
 
     A checkpoint must be of ``task`` and fit its global state and joint action.
     """
+    task = get_task(task)
     check_levels(task, [level], checkpoint_dir)
     f = factorization
     if level == RANDOM:
         return TeamRandomPolicy(f.action_spaces, f.act_index, f.act_dim)
-    path = resolve_checkpoint_dir(checkpoint_dir) / task / f"{level}.json"
+    name = task.name
+    path = resolve_checkpoint_dir(checkpoint_dir) / name / f"{level}.json"
     actor = load_checkpoint(path)
     i = actor.info
-    if i.task != task:
+    if i.task != name:
         raise SchemaError(
-            f"{path}: this checkpoint was trained for task {i.task!r}, not {task!r}; "
-            f"put a {task} checkpoint at {task}/{level}.json (`madata behavior train {task} ...`)"
+            f"{path}: this checkpoint was trained for task {i.task!r}, not {name!r}; "
+            f"put a {name} checkpoint at {name}/{level}.json (`madata behavior train {name} ...`)"
         )
-    low, high = _joint_bounds(f)
+    low, high = f.joint_bounds()
     if i.obs_dim != f.state_space.shape[0] or i.act_dim != f.act_dim:
         raise SchemaError(
             f"{path}: checkpoint expects states of {i.obs_dim} and actions of {i.act_dim} values; "
-            f"task {task} has {f.state_space.shape[0]} and {f.act_dim}"
+            f"task {name} has {f.state_space.shape[0]} and {f.act_dim}"
         )
     if not (np.allclose(i.action_low, low) and np.allclose(i.action_high, high)):
         raise SchemaError(
             f"{path}: checkpoint action box {i.action_low}..{i.action_high} differs from the task's {low}..{high}"
         )
-    return SacPolicy(actor, level, f"{task}/{level}.json")
-
-
-def _joint_bounds(f: Factorization) -> tuple[list[float], list[float]]:
-    low, high = np.zeros(f.act_dim), np.zeros(f.act_dim)
-    for a in f.agents:
-        space = a.action_space
-        idx = f.act_index[a.id]
-        low[idx] = np.asarray(getattr(space, "low", 0.0), dtype=np.float64).ravel()
-        high[idx] = np.asarray(getattr(space, "high", 0.0), dtype=np.float64).ravel()
-    return low.tolist(), high.tolist()
+    return SacPolicy(actor, level, f"{name}/{level}.json")
 
 
 __all__ = [

@@ -95,8 +95,11 @@ def train_sac(
     import gymnasium as gym
 
     info = get_task(task)
-    if info.family != "mamujoco":
-        raise SchemaError(f"task {task!r}: SAC behaviour training is for MaMuJoCo tasks (its family is {info.family})")
+    if not info.family.sac_checkpoints or "single_agent_env" not in info.env:
+        raise SchemaError(
+            f"task {task!r}: SAC behaviour training is for tasks whose behaviour levels are SAC checkpoints "
+            f"of a single-agent robot (MaMuJoCo's); {info.family.name} tasks are not"
+        )
     if steps < 1 or save_every < 1:
         raise SchemaError(f"steps and save_every must be >= 1, got {steps} and {save_every}")
     for level, step in snapshots.items():
@@ -108,16 +111,29 @@ def train_sac(
     (run / "snapshots").mkdir(parents=True, exist_ok=True)
     env_id = info.env["single_agent_env"]
     command = " ".join(shlex.quote(a) for a in sys.argv)
-    config = dict(task=task, env_id=env_id, steps=steps, snapshots=snapshots, save_every=save_every, seed=seed,
-                  eval_episodes=eval_episodes, learning_starts=learning_starts, command=command)  # fmt: skip
+    config = dict(
+        task=task,
+        env_id=env_id,
+        steps=steps,
+        snapshots=snapshots,
+        save_every=save_every,
+        seed=seed,
+        eval_episodes=eval_episodes,
+        learning_starts=learning_starts,
+        command=command,
+    )
     (run / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     torch.set_num_threads(1)
 
     env = gym.make(env_id)
     # stable-baselines3's MuJoCo defaults (rl-zoo): 256-256, lr 3e-4, batch 256, 10k random steps first
     model = SAC("MlpPolicy", env, seed=seed, learning_starts=learning_starts, verbose=0, device="cpu")
-    versions = {"stable-baselines3": _version("stable-baselines3"), "torch": torch.__version__,
-                "gymnasium": gym.__version__, "mujoco": _version("mujoco")}  # fmt: skip
+    versions = {
+        "stable-baselines3": _version("stable-baselines3"),
+        "torch": torch.__version__,
+        "gymnasium": gym.__version__,
+        "mujoco": _version("mujoco"),
+    }
     t0 = time.time()
     log = open(run / "progress.csv", "w", newline="")
     writer = csv.writer(log)
@@ -129,19 +145,36 @@ def train_sac(
             if n % save_every == 0:
                 weights, hidden = sb3_actor_weights(self.model)
                 space = env.action_space
-                ck = CheckpointInfo(task=task, env_id=env_id, level=f"step_{n}", obs_dim=int(env.observation_space.shape[0]),
-                                    act_dim=int(space.shape[0]), hidden=hidden, action_low=space.low.tolist(),
-                                    action_high=space.high.tolist(), train_steps=n, seed=seed, trained_with=versions,
-                                    command=command)  # fmt: skip
+                ck = CheckpointInfo(
+                    task=task,
+                    env_id=env_id,
+                    level=f"step_{n}",
+                    obs_dim=int(env.observation_space.shape[0]),
+                    act_dim=int(space.shape[0]),
+                    hidden=hidden,
+                    action_low=space.low.tolist(),
+                    action_high=space.high.tolist(),
+                    train_steps=n,
+                    seed=seed,
+                    trained_with=versions,
+                    command=command,
+                )
                 actor = SacActor(ck, weights)
                 rets = evaluate_actor(actor, env_id, eval_episodes, seed=10_000 + seed)
-                ck.average_return, ck.return_std, ck.eval_episodes = float(rets.mean()), float(rets.std()), eval_episodes
+                ck.average_return, ck.return_std, ck.eval_episodes = (
+                    float(rets.mean()),
+                    float(rets.std()),
+                    eval_episodes,
+                )
                 save_checkpoint(run / "snapshots" / f"step_{n:08d}", ck, weights)
                 writer.writerow([n, f"{rets.mean():.2f}", f"{rets.std():.2f}", f"{time.time() - t0:.0f}"])
                 log.flush()
                 if progress:
-                    print(f"{task} step {n}: return {rets.mean():.1f} +- {rets.std():.1f} ({time.time() - t0:.0f} s)",
-                          file=sys.stderr, flush=True)  # fmt: skip
+                    print(
+                        f"{task} step {n}: return {rets.mean():.1f} +- {rets.std():.1f} ({time.time() - t0:.0f} s)",
+                        file=sys.stderr,
+                        flush=True,
+                    )
             return True
 
     try:

@@ -12,6 +12,12 @@ from madata.convert.d4rl_export import export_d4rl
 from madata.convert.split import AGENT_CONFS, MaMuJoCoSplit, mamujoco_split
 
 __all__ = [
-    "AGENT_CONFS", "QUIRKS", "MaMuJoCoSplit", "d4rl_dataset_dir", "d4rl_file_name", "export_d4rl", "mamujoco_split",
+    "AGENT_CONFS",
+    "QUIRKS",
+    "MaMuJoCoSplit",
+    "d4rl_dataset_dir",
+    "d4rl_file_name",
+    "export_d4rl",
+    "mamujoco_split",
     "split_d4rl",
-]  # fmt: skip
+]

@@ -36,7 +36,7 @@ import numpy as np
 import madata
 from madata.convert.split import CLIP, MaMuJoCoSplit, mamujoco_split, parse_agent_conf, parse_agent_obsk, parse_robot
 from madata.dataset import Dataset
-from madata.envs.registry import D4RL_REF, MAMUJOCO_SCENARIOS
+from madata.envs.mamujoco import D4RL_REF, SCENARIOS
 from madata.errors import DatasetExistsError, DatasetNotFoundError, MadataError, SchemaError
 from madata.schema import AgentSpec
 from madata.spaces import Box, from_gymnasium
@@ -84,7 +84,11 @@ def resolve_source(robot: str, tier: str, version: str, source: str | os.PathLik
     directory = d4rl_dataset_dir()
     path = directory / d4rl_file_name(robot, tier, version)
     if not path.is_file():
-        where = "$D4RL_DATASET_DIR" if os.environ.get("D4RL_DATASET_DIR") else "~/.d4rl/datasets ($D4RL_DATASET_DIR is not set)"
+        where = (
+            "$D4RL_DATASET_DIR"
+            if os.environ.get("D4RL_DATASET_DIR")
+            else "~/.d4rl/datasets ($D4RL_DATASET_DIR is not set)"
+        )
         raise DatasetNotFoundError(
             f"{path}: D4RL file not found; looked for {path.name} in {directory} ({where}). "
             f"Download {robot}-{tier}-{version} into that directory, set D4RL_DATASET_DIR, or pass --source FILE.hdf5"
@@ -135,17 +139,22 @@ def read_d4rl(path: str | os.PathLike, split: MaMuJoCoSplit) -> D4RLArrays:
     h5py = require_h5py()
     path = Path(path)
     if not h5py.is_hdf5(path):
-        raise SchemaError(f"{path}: not an HDF5 file; expected a D4RL .hdf5 file (observations, actions, rewards, terminals, timeouts)")
+        raise SchemaError(
+            f"{path}: not an HDF5 file; expected a D4RL .hdf5 file (observations, actions, rewards, terminals, timeouts)"
+        )
     task = split.describe()
     try:
         f = h5py.File(path, "r")
     except OSError as e:
         raise SchemaError(f"{path}: cannot be opened as HDF5 ({e})") from e
     with f:
+
         def get(key: str, required: bool = True):
             if key not in f:
                 if required:
-                    raise SchemaError(f"{path}: missing key {key!r}; a D4RL file for {task} needs {', '.join(REQUIRED_KEYS)}")
+                    raise SchemaError(
+                        f"{path}: missing key {key!r}; a D4RL file for {task} needs {', '.join(REQUIRED_KEYS)}"
+                    )
                 return None
             d = f[key]
             if not isinstance(d, h5py.Dataset):
@@ -169,7 +178,9 @@ def read_d4rl(path: str | os.PathLike, split: MaMuJoCoSplit) -> D4RLArrays:
 
         S, A = split.state_dim, split.act_dim
         if N == 0:
-            raise SchemaError(f"{path}: key 'observations' is empty or scalar (shape {np.shape(obs)}), expected (N, {S})")
+            raise SchemaError(
+                f"{path}: key 'observations' is empty or scalar (shape {np.shape(obs)}), expected (N, {S})"
+            )
         obs = check("observations", obs, S, "f")
         if str(obs.dtype) not in FLOAT_DTYPES:
             raise SchemaError(f"{path}: key 'observations' has dtype {obs.dtype}, expected float32 or float64")
@@ -191,12 +202,19 @@ def read_d4rl(path: str | os.PathLike, split: MaMuJoCoSplit) -> D4RLArrays:
         if qpos is not None:
             out.qpos = check("infos/qpos", qpos, split.nq, "f").astype(np.float64)
             out.qvel = check("infos/qvel", qvel, split.nv, "f").astype(np.float64)
-        for key, a in (("observations", out.observations), ("actions", out.actions), ("rewards", out.rewards),
-                       ("next_observations", out.next_observations), ("infos/qpos", out.qpos),
-                       ("infos/qvel", out.qvel)):  # fmt: skip
+        for key, a in (
+            ("observations", out.observations),
+            ("actions", out.actions),
+            ("rewards", out.rewards),
+            ("next_observations", out.next_observations),
+            ("infos/qpos", out.qpos),
+            ("infos/qvel", out.qvel),
+        ):
             if a is not None and not np.isfinite(a).all():
                 rows = np.flatnonzero(~np.isfinite(a.reshape(N, -1)).all(axis=1))
-                raise SchemaError(f"{path}: key {key!r} holds NaN or inf in rows {rows[:5].tolist()} ({len(rows)} rows)")
+                raise SchemaError(
+                    f"{path}: key {key!r} holds NaN or inf in rows {rows[:5].tolist()} ({len(rows)} rows)"
+                )
         _read_madata_group(f, out, split, check)
         _check_root_height(out, split)
         out.metadata = _small_metadata(f)
@@ -239,10 +257,10 @@ def _read_madata_group(f, out: D4RLArrays, split: MaMuJoCoSplit, check) -> None:
         out.notes.append("the file has a 'madata' group that export-d4rl did not write: ignored")
         return
     env = info.get("env", {})
-    if env.get("scenario") != MAMUJOCO_SCENARIOS[split.robot]:
+    if env.get("scenario") != SCENARIOS[split.robot][0]:
         raise SchemaError(
             f"{out.path}: written by madata export-d4rl from a {env.get('scenario')} dataset, "
-            f"not {MAMUJOCO_SCENARIOS[split.robot]}; is this a file of another task? ({split.describe()})"
+            f"not {SCENARIOS[split.robot][0]}; is this a file of another task? ({split.describe()})"
         )
     mine = (split.task.env["agent_conf"], split.task.env["agent_obsk"])
     theirs = (env.get("agent_conf"), env.get("agent_obsk"))
@@ -292,7 +310,11 @@ def _small_metadata(f) -> dict[str, Any]:
 
 
 def _shape(want: tuple, cols: int | None) -> str:
-    return f"(N, {cols}) with N = {want[0]} (the rows of 'observations')" if cols else f"(N,) with N = {want[0]} (the rows of 'observations')"
+    return (
+        f"(N, {cols}) with N = {want[0]} (the rows of 'observations')"
+        if cols
+        else f"(N,) with N = {want[0]} (the rows of 'observations')"
+    )
 
 
 def _kinds(kinds: str) -> str:
@@ -304,20 +326,13 @@ def _float(a: np.ndarray) -> np.ndarray:
     return a if str(a.dtype) in FLOAT_DTYPES else a.astype(np.float32)
 
 
-def _joint_bounds(split: MaMuJoCoSplit) -> tuple[np.ndarray, np.ndarray]:
-    """Each joint action component's bounds, from the agents' action boxes."""
-    lo, hi = np.zeros(split.act_dim), np.zeros(split.act_dim)
-    for a in split.factorization.agents:
-        lo[split.factorization.act_index[a.id]] = a.action_space.low
-        hi[split.factorization.act_index[a.id]] = a.action_space.high
-    return lo, hi
-
-
 def _flags(a: np.ndarray, path: Path, key: str) -> np.ndarray:
     if a.dtype != np.bool_:
         bad = ~np.isin(a, (0, 1))
         if bad.any():
-            raise SchemaError(f"{path}: key {key!r} must hold booleans (0/1), got {np.unique(a[bad])[:5].tolist()} in rows {np.flatnonzero(bad)[:5].tolist()}")
+            raise SchemaError(
+                f"{path}: key {key!r} must hold booleans (0/1), got {np.unique(a[bad])[:5].tolist()} in rows {np.flatnonzero(bad)[:5].tolist()}"
+            )
         a = a.astype(bool)
     return a
 
@@ -377,7 +392,9 @@ def plan_episodes(d: D4RLArrays, max_steps: int) -> EpisodePlan:
     empty = length == 0
     note("empty_episodes_dropped", start[empty])
     keep = ~empty
-    plan = EpisodePlan(start[keep], length[keep].astype(np.int64), terminated[keep], final_row[keep], quirks, examples, last_row)
+    plan = EpisodePlan(
+        start[keep], length[keep].astype(np.int64), terminated[keep], final_row[keep], quirks, examples, last_row
+    )
     note("episodes_over_time_limit", plan.start[plan.length > max_steps])
     return plan
 
@@ -415,7 +432,7 @@ def build_arrays(d: D4RLArrays, plan: EpisodePlan, split: MaMuJoCoSplit, report:
     ext_state = d.observations if not len(next_src) else np.concatenate([d.observations, d.next_observations[next_src]])
     ext, src = _local_observations(d, split, next_src, ext_state, obs_idx, report)
     acts = d.actions[step_idx]
-    lo, hi = _joint_bounds(split)
+    lo, hi = split.factorization.joint_bounds()
     out_of_box = np.flatnonzero(((acts < lo) | (acts > hi)).any(axis=1))
     if len(out_of_box):
         report["quirks"]["actions_out_of_bounds"] = int(len(out_of_box))
@@ -430,17 +447,27 @@ def build_arrays(d: D4RLArrays, plan: EpisodePlan, split: MaMuJoCoSplit, report:
     )
 
 
-def _local_observations(d: D4RLArrays, split: MaMuJoCoSplit, next_src: np.ndarray, ext_state: np.ndarray,
-                        obs_idx: np.ndarray, report: dict[str, Any]) -> tuple[dict[str, np.ndarray], str]:  # fmt: skip
+def _local_observations(
+    d: D4RLArrays,
+    split: MaMuJoCoSplit,
+    next_src: np.ndarray,
+    ext_state: np.ndarray,
+    obs_idx: np.ndarray,
+    report: dict[str, Any],
+) -> tuple[dict[str, np.ndarray], str]:
     """Each agent's local observation for every row of ``ext_state`` (file rows, then the
     next_observations of ``next_src``), from the best source the file has, and its name."""
     dtype, N = d.dtype, d.n
     if d.agent_obs is not None:  # written by export-d4rl: the dataset's own
-        return {a: np.concatenate([d.agent_obs[a], d.agent_next_obs[a][next_src]]) for a in split.agent_ids}, "madata/obs"
+        return {
+            a: np.concatenate([d.agent_obs[a], d.agent_next_obs[a][next_src]]) for a in split.agent_ids
+        }, "madata/obs"
     raw = None
     if d.qpos is not None:
         raw = split.source(d.qpos, d.qvel)  # (N, S) unclipped
-        bad = ~np.isclose(split.state_from_source(raw), d.observations.astype(np.float64), rtol=1e-5, atol=1e-5).all(axis=1)
+        bad = ~np.isclose(split.state_from_source(raw), d.observations.astype(np.float64), rtol=1e-5, atol=1e-5).all(
+            axis=1
+        )
         if bad.any():
             raw = None
             report["quirks"]["infos_observation_mismatches"] = int(bad.sum())
@@ -497,7 +524,9 @@ def split_d4rl(
     path = resolve_source(robot, tier, version, source)
     root = Path(out)
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise DatasetExistsError(f"{root}: path exists and is not empty; choose another output path (nothing was overwritten)")
+        raise DatasetExistsError(
+            f"{root}: path exists and is not empty; choose another output path (nothing was overwritten)"
+        )
     split = mamujoco_split(robot, agent_conf, agent_obsk)
     d = read_d4rl(path, split)
     max_steps = int(split.task.env["max_steps"])
@@ -533,11 +562,25 @@ def split_d4rl(
     return madata.open(root)
 
 
-def _write(root: Path, d: D4RLArrays, plan: EpisodePlan, split: MaMuJoCoSplit, arrays: SplitArrays,
-           report: dict[str, Any], path: Path, *, tier: str, version: str, strict: bool, chunk_rows: int) -> None:  # fmt: skip
+def _write(
+    root: Path,
+    d: D4RLArrays,
+    plan: EpisodePlan,
+    split: MaMuJoCoSplit,
+    arrays: SplitArrays,
+    report: dict[str, Any],
+    path: Path,
+    *,
+    tier: str,
+    version: str,
+    strict: bool,
+    chunk_rows: int,
+) -> None:
     f, dtype = split.factorization, d.dtype
     agents = [
-        AgentSpec(a.id, Box.make(-np.inf, np.inf, a.observation_space.shape, dtype), _action_box(a, str(d.actions.dtype)))
+        AgentSpec(
+            a.id, Box.make(-np.inf, np.inf, a.observation_space.shape, dtype), _action_box(a, str(d.actions.dtype))
+        )
         for a in f.agents
     ]
     provenance = {
@@ -562,10 +605,18 @@ def _write(root: Path, d: D4RLArrays, plan: EpisodePlan, split: MaMuJoCoSplit, a
     # commits by episode count only: each commit rewrites every array's partial last chunk,
     # and D4RL's random tiers have ~50k short episodes (the output is removed on failure anyway)
     try:
-        writer = madata.create(root, agents, state_space=Box.make(-np.inf, np.inf, (split.state_dim,), dtype),
-                               env=split.task.env, description=description, reference_scores=D4RL_REF[split.robot],
-                               provenance=provenance, chunk_rows=chunk_rows, commit_every=2000,
-                               commit_seconds=0.0)  # fmt: skip
+        writer = madata.create(
+            root,
+            agents,
+            state_space=Box.make(-np.inf, np.inf, (split.state_dim,), dtype),
+            env=split.task.env,
+            description=description,
+            reference_scores=D4RL_REF[split.robot],
+            provenance=provenance,
+            chunk_rows=chunk_rows,
+            commit_every=2000,
+            commit_seconds=0.0,
+        )
         labels = dict.fromkeys(split.agent_ids, tier)
         o = s = 0
         for k in range(len(plan.length)):

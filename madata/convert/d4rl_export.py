@@ -34,16 +34,18 @@ import numpy as np
 import madata
 from madata.atomic import atomic_output, check_output
 from madata.convert.d4rl import EXPORT_FORMAT, FLOAT_DTYPES, require_h5py
-from madata.convert.split import mamujoco_split
-from madata.envs.registry import MAMUJOCO_SCENARIOS
+from madata.convert.split import AGENT_CONFS, mamujoco_split
+from madata.envs.mamujoco import MAMUJOCO
+from madata.envs.registry import get_task, is_task
 from madata.errors import SchemaError
 from madata.spaces import Box
 
 FIELDS = ["obs", "next_obs", "action", "reward", "terminated", "truncated", "state", "next_state"]
 
 
-def export_d4rl(dataset: str | os.PathLike, out: str | os.PathLike, *, dtype: str | None = None,
-                overwrite: bool = False) -> dict[str, Any]:  # fmt: skip
+def export_d4rl(
+    dataset: str | os.PathLike, out: str | os.PathLike, *, dtype: str | None = None, overwrite: bool = False
+) -> dict[str, Any]:
     """Write the MaMuJoCo dataset at ``dataset`` as a D4RL-format HDF5 file ``out``.
 
     ``dtype`` (float32 or float64) applies to observations, actions and rewards; default:
@@ -53,15 +55,16 @@ def export_d4rl(dataset: str | os.PathLike, out: str | os.PathLike, *, dtype: st
     out = check_output(out, overwrite, "HDF5 file")
     ds = madata.open(dataset)
     env = ds.meta.env
-    robot = {v: k for k, v in MAMUJOCO_SCENARIOS.items()}.get(env.get("scenario"))
-    if env.get("family") != "mamujoco" or robot is None:
+    task = get_task(env["id"]) if is_task(env.get("id")) else None
+    robot = env["id"].split("-")[0] if task is not None else None
+    if task is None or task.family is not MAMUJOCO or robot not in AGENT_CONFS:
         raise SchemaError(
-            f"{ds.root}: export-d4rl writes MaMuJoCo datasets (HalfCheetah, Hopper, Walker2d); "
-            f"this one's env is {env.get('id')!r} (family {env.get('family')!r})"
+            f"{ds.root}: export-d4rl writes MaMuJoCo datasets of D4RL's robots ({', '.join(AGENT_CONFS)}); "
+            f"this one's env is {env.get('id')!r}"
         )
     if ds.state_space is None:
         raise SchemaError(f"{ds.root}: the dataset has no global state; D4RL's observations are the global state")
-    split = mamujoco_split(robot, env["agent_conf"], int(env.get("agent_obsk", 1)))
+    split = mamujoco_split(robot, task.env["agent_conf"], task.env["agent_obsk"])
     f = split.factorization
     if ds.agent_ids != f.agent_ids or ds.state_space.shape != (split.state_dim,):
         raise SchemaError(
@@ -71,7 +74,9 @@ def export_d4rl(dataset: str | os.PathLike, out: str | os.PathLike, *, dtype: st
     for a in ds.agents:
         want = len(f.act_index[a.id])
         if not isinstance(a.action_space, Box) or a.action_space.shape != (want,):
-            raise SchemaError(f"{ds.root}: {a.id}'s action space is {a.action_space}, expected a Box of shape ({want},)")
+            raise SchemaError(
+                f"{ds.root}: {a.id}'s action space is {a.action_space}, expected a Box of shape ({want},)"
+            )
     dtype = str(dtype or ds.state_space.dtype)
     if dtype not in FLOAT_DTYPES:
         raise SchemaError(f"dtype: expected one of {FLOAT_DTYPES}, got {dtype!r}")

@@ -28,24 +28,26 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from madata.envs.mamujoco import factorization, probe_clipping
-from madata.envs.registry import MAMUJOCO_SCENARIOS, TASKS, TaskInfo, mamujoco_task_name, register_mamujoco
-from madata.envs.team import VELOCITY_CLIP, Factorization
+from madata.envs.family import Task
+from madata.envs.mamujoco import (
+    D4RL_REF,
+    SCENARIOS,
+    VELOCITY_CLIP,
+    MaMuJoCoFactorization,
+    factorization,
+    probe_clipping,
+)
+from madata.envs.registry import get_task
 from madata.errors import SchemaError, UnknownNameError
 
-# The agent_confs MaMuJoCo accepts for each robot: the `partitioning` branches of
-# get_parts_and_edges() in gymnasium_robotics/envs/multiagent_mujoco/obsk.py (1.4.2).
-AGENT_CONFS: dict[str, tuple[str, ...]] = {
-    "halfcheetah": ("2x3", "6x1"),
-    "hopper": ("3x1",),
-    "walker2d": ("2x3",),
-}
 CLIP = VELOCITY_CLIP
+# D4RL's robots and the agent_confs MaMuJoCo offers for them
+AGENT_CONFS: dict[str, tuple[str, ...]] = {robot: SCENARIOS[robot][1] for robot in D4RL_REF}
 
 
 def parse_robot(robot: str) -> str:
-    if robot not in MAMUJOCO_SCENARIOS:
-        raise UnknownNameError(f"unknown robot {robot!r}; expected one of {', '.join(MAMUJOCO_SCENARIOS)}")
+    if robot not in AGENT_CONFS:
+        raise UnknownNameError(f"unknown robot {robot!r}; D4RL has {', '.join(AGENT_CONFS)}")
     return robot
 
 
@@ -61,19 +63,18 @@ def parse_agent_conf(robot: str, agent_conf: str) -> str:
 
 def parse_agent_obsk(agent_obsk) -> int:
     if isinstance(agent_obsk, bool) or not isinstance(agent_obsk, (int, np.integer)) or agent_obsk < 0:
-        raise SchemaError(f"agent_obsk: expected an integer >= 0 (observation depth in the joint graph), got {agent_obsk!r}")
+        raise SchemaError(
+            f"agent_obsk: expected an integer >= 0 (observation depth in the joint graph), got {agent_obsk!r}"
+        )
     return int(agent_obsk)
 
 
-def ensure_task(robot: str, agent_conf: str, agent_obsk: int = 1) -> TaskInfo:
-    """The registered MaMuJoCo task of ``(robot, agent_conf, agent_obsk)``, registering it on first use."""
+def task_of(robot: str, agent_conf: str, agent_obsk: int = 1) -> Task:
+    """The MaMuJoCo task of ``(robot, agent_conf, agent_obsk)``: ``halfcheetah-2x3``, ``halfcheetah-6x1-k0``, ..."""
     robot = parse_robot(robot)
     agent_conf = parse_agent_conf(robot, agent_conf)
     agent_obsk = parse_agent_obsk(agent_obsk)
-    name = mamujoco_task_name(robot, agent_conf, agent_obsk)
-    if name in TASKS:
-        return TASKS[name]
-    return register_mamujoco(robot, agent_conf, agent_obsk)
+    return get_task(f"{robot}-{agent_conf}" + ("" if agent_obsk == 1 else f"-k{agent_obsk}"))
 
 
 @dataclass(frozen=True)
@@ -87,8 +88,8 @@ class MaMuJoCoSplit:
     """
 
     robot: str
-    task: TaskInfo
-    factorization: Factorization
+    task: Task
+    factorization: MaMuJoCoFactorization
     skipped_qpos: int
     nq: int
     nv: int
@@ -114,14 +115,18 @@ class MaMuJoCoSplit:
     @property
     def loses_raw_velocities(self) -> bool:
         """True when some agent observes raw a component the single-agent observation clips (Walker2d)."""
-        return any((self.state_clipped[self.factorization.obs_index[a]] & ~m).any() for a, m in self.local_clipped.items())
+        return any(
+            (self.state_clipped[self.factorization.obs_index[a]] & ~m).any() for a, m in self.local_clipped.items()
+        )
 
     def describe(self) -> str:
         return f"{self.robot} {self.task.env['agent_conf']} ({self.single_agent_env}, agent_obsk={self.task.env['agent_obsk']})"
 
     def source(self, qpos: np.ndarray, qvel: np.ndarray) -> np.ndarray:
         """Raw simulator vectors [N, S] from qpos [N, nq] and qvel [N, nv] (float64)."""
-        return np.concatenate([np.asarray(qpos, np.float64)[:, self.skipped_qpos :], np.asarray(qvel, np.float64)], axis=1)
+        return np.concatenate(
+            [np.asarray(qpos, np.float64)[:, self.skipped_qpos :], np.asarray(qvel, np.float64)], axis=1
+        )
 
     def state_from_source(self, source: np.ndarray) -> np.ndarray:
         """What the single-agent env observes for raw vectors [N, S]: clipped where it clips."""
@@ -131,13 +136,7 @@ class MaMuJoCoSplit:
 
     def local_from_source(self, source: np.ndarray, dtype: str) -> dict[str, np.ndarray]:
         """Each agent's local observations [N, o_i] from raw vectors [N, S]: exactly MaMuJoCo's."""
-        out = {}
-        for a in self.agent_ids:
-            x = source[:, self.factorization.obs_index[a]].astype(np.float64)
-            m = self.local_clipped[a]
-            x[:, m] = np.clip(x[:, m], -CLIP, CLIP)
-            out[a] = x.astype(dtype)
-        return out
+        return self.factorization.local_obs(source, dtype)
 
     def local_from_state(self, state: np.ndarray, dtype: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Local observations [N, o_i] from single-agent observations [N, S], and a bool [N] of
@@ -162,7 +161,7 @@ class MaMuJoCoSplit:
 @functools.cache
 def mamujoco_split(robot: str, agent_conf: str, agent_obsk: int = 1) -> MaMuJoCoSplit:
     """Build the MaMuJoCo env once and measure its split (see the module docstring)."""
-    task = ensure_task(robot, agent_conf, agent_obsk)
+    task = task_of(robot, agent_conf, agent_obsk)
     env = task.make_env()
     try:
         f = factorization(env, "index")

@@ -20,9 +20,15 @@ from typing import Any
 from madata.diagnostics.defaults import DEFAULTS
 
 _LAZY = {
-    "diagnose": "core", "load_inputs": "core", "action_coverage": "coverage", "action_dependence": "dependence",
-    "behaviour_mix": "quality", "quality": "quality", "render_html": "report", "write_report": "report",
-}  # fmt: skip
+    "diagnose": "core",
+    "load_inputs": "core",
+    "action_coverage": "coverage",
+    "action_dependence": "dependence",
+    "behaviour_mix": "quality",
+    "quality": "quality",
+    "render_html": "report",
+    "write_report": "report",
+}
 
 __all__ = ["DEFAULTS", *sorted(_LAZY)]
 

@@ -44,8 +44,10 @@ def load_inputs(ds: Dataset) -> dict[str, Any]:
     if ds.state_space is not None:
         cond = ds.transitions(fields=["state"])["state"].reshape(len(episode), -1)
     else:  # one agent at a time: observations are the largest arrays
-        cond = np.concatenate([ds.transitions(fields=["obs"], agents=[a])[f"obs/{a}"].reshape(len(episode), -1)
-                               for a in ds.agent_ids], axis=1)  # fmt: skip
+        cond = np.concatenate(
+            [ds.transitions(fields=["obs"], agents=[a])[f"obs/{a}"].reshape(len(episode), -1) for a in ds.agent_ids],
+            axis=1,
+        )
     acts = ds.transitions(fields=["action"])
     actions = {a: acts[f"action/{a}"] for a in ds.agent_ids}
     features = {}
@@ -57,7 +59,9 @@ def load_inputs(ds: Dataset) -> dict[str, Any]:
             features[spec.id] = x.reshape(len(x), -1)
     return {
         "cond": cond,
-        "cond_name": "state" if ds.state_space is not None else "joint observation (every agent's observation side by side)",
+        "cond_name": "state"
+        if ds.state_space is not None
+        else "joint observation (every agent's observation side by side)",
         "actions": actions,
         "features": features,
         "episode": episode,
@@ -89,8 +93,15 @@ def diagnose(
     gives the same numbers. Raises :class:`~madata.errors.SchemaError` for a dataset with
     no episodes, fewer than two agents, or non-finite observations, states or actions.
     """
-    for name, v in (("groups", groups), ("group_size", group_size), ("permutations", permutations),
-                    ("pool", pool), ("bins", bins), ("shuffles", shuffles), ("seed", seed)):  # fmt: skip
+    for name, v in (
+        ("groups", groups),
+        ("group_size", group_size),
+        ("permutations", permutations),
+        ("pool", pool),
+        ("bins", bins),
+        ("shuffles", shuffles),
+        ("seed", seed),
+    ):
         low = {"seed": 0, "shuffles": 0, "group_size": 4}.get(name, 1)
         if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < low:
             raise SchemaError(f"diagnose: {name} must be an integer >= {low}, got {v!r}")
@@ -98,8 +109,14 @@ def diagnose(
     _check(ds)
     timing: dict[str, float] = {}
     n_pairs = len(ds.agent_ids) * (len(ds.agent_ids) - 1) // 2
-    with tqdm(total=4 + n_pairs, desc="diagnose", unit="step", disable=None if progress else True,
-              file=sys.stderr, mininterval=0.5) as bar:  # fmt: skip
+    with tqdm(
+        total=4 + n_pairs,
+        desc="diagnose",
+        unit="step",
+        disable=None if progress else True,
+        file=sys.stderr,
+        mininterval=0.5,
+    ) as bar:
         t0 = time.perf_counter()
         inputs = load_inputs(ds)
         timing["read"] = time.perf_counter() - t0
@@ -111,9 +128,17 @@ def diagnose(
         bar.update(1)
 
         t0 = time.perf_counter()
-        dep = action_dependence(inputs["cond"], inputs["features"], inputs["episode"], groups=groups,
-                                group_size=group_size, permutations=permutations, pool=pool, seed=seed,
-                                progress=bar.update)  # fmt: skip
+        dep = action_dependence(
+            inputs["cond"],
+            inputs["features"],
+            inputs["episode"],
+            groups=groups,
+            group_size=group_size,
+            permutations=permutations,
+            pool=pool,
+            seed=seed,
+            progress=bar.update,
+        )
         if "skipped" in dep:
             bar.update(1 + n_pairs)
         timing["dependence"] = time.perf_counter() - t0

@@ -77,8 +77,15 @@ def _first_seen(code: np.ndarray) -> np.ndarray:
     return np.sort(first)
 
 
-def action_coverage(actions: dict[str, np.ndarray], spaces: dict[str, Space], *, bins: int = 4, shuffles: int = 3,
-                    seed: int = 0, curve_points: int = 24) -> dict:  # fmt: skip
+def action_coverage(
+    actions: dict[str, np.ndarray],
+    spaces: dict[str, Space],
+    *,
+    bins: int = 4,
+    shuffles: int = 3,
+    seed: int = 0,
+    curve_points: int = 24,
+) -> dict:
     """Occupied action cells per agent and jointly, against independently shuffled copies.
 
     ``actions[agent]`` [N, *act_shape] (integers for discrete spaces), ``spaces[agent]``

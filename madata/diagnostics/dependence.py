@@ -94,9 +94,17 @@ class PairDependence:
 
     def to_json(self) -> dict:
         if not np.isfinite(self.statistic):
-            return {"agents": list(self.agents), "statistic": None, "null_mean": None, "null_std": None,
-                    "excess": None, "z": None, "p_value": None, "null": [],
-                    "note": "one of the agents' actions is constant in every group: no dependence to measure"}  # fmt: skip
+            return {
+                "agents": list(self.agents),
+                "statistic": None,
+                "null_mean": None,
+                "null_std": None,
+                "excess": None,
+                "z": None,
+                "p_value": None,
+                "null": [],
+                "note": "one of the agents' actions is constant in every group: no dependence to measure",
+            }
         return {
             "agents": list(self.agents),
             "statistic": self.statistic,
@@ -144,8 +152,10 @@ def action_dependence(
     n_episodes = len(np.unique(episode[pool_idx]))
     k = int(min(group_size, n_episodes))
     if k < 4:
-        return {"skipped": f"a group takes at most one transition per episode and needs at least 4; the data has "
-                           f"{n_episodes} episode(s)"}  # fmt: skip
+        return {
+            "skipped": f"a group takes at most one transition per episode and needs at least 4; the data has "
+            f"{n_episodes} episode(s)"
+        }
     # groups use at most half the pool, so that the last ones formed still find near neighbours
     n_groups = int(min(groups, max(1, len(pool_idx) // (2 * k))))
     pooled = cond[pool_idx].astype(np.float64)

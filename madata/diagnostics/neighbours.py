@@ -20,8 +20,9 @@ def standardize(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return (x[:, keep] - mu[keep]) / sd[keep]
 
 
-def similar_state_groups(z: np.ndarray, episode: np.ndarray, k: int, groups: int,
-                         rng: np.random.Generator) -> np.ndarray:  # fmt: skip
+def similar_state_groups(
+    z: np.ndarray, episode: np.ndarray, k: int, groups: int, rng: np.random.Generator
+) -> np.ndarray:
     """Up to ``groups`` disjoint groups of ``k`` rows of ``z`` [P, D] (standardized), each a seed row
     and the ``k - 1`` rows nearest to it (Euclidean) that are still free, at most one row per
     episode; returns [G, k] int64 row indices, the seed first.
@@ -70,8 +71,9 @@ def _done(out: list[np.ndarray], shuffle: np.ndarray, k: int) -> np.ndarray:
     return shuffle[np.stack(out)] if out else np.empty((0, k), dtype=np.int64)
 
 
-def _nearest_distinct(seed: int, cand: np.ndarray, dist: np.ndarray, free: np.ndarray, episode: np.ndarray,
-                      k: int) -> np.ndarray | None:  # fmt: skip
+def _nearest_distinct(
+    seed: int, cand: np.ndarray, dist: np.ndarray, free: np.ndarray, episode: np.ndarray, k: int
+) -> np.ndarray | None:
     """``seed`` and the ``k - 1`` free rows of ``cand`` nearest by ``dist``, all from different episodes."""
     cand = cand[free[cand] & (episode[cand] != episode[seed])]
     cand = cand[np.argsort(dist[cand], kind="stable")]

@@ -86,16 +86,18 @@ def behaviour_mix(ds: Dataset) -> dict[str, Any]:
     for combo, eps in sorted(groups.items()):
         r = returns[eps]
         norm = normalized_score(r, ref)
-        rows.append({
-            "combination": dict(zip(agents, combo, strict=True)),
-            "label": ",".join(f"{a}={lv}" for a, lv in zip(agents, combo, strict=True)),
-            "matched": len(set(combo)) == 1,
-            "episodes": len(eps),
-            "share": len(eps) / n_lab,
-            "return_mean": float(r.mean()),
-            "return_std": float(r.std()),  # population std, as `madata info` shows it
-            "normalized_mean": None if norm is None else float(norm.mean()),
-        })  # fmt: skip
+        rows.append(
+            {
+                "combination": dict(zip(agents, combo, strict=True)),
+                "label": ",".join(f"{a}={lv}" for a, lv in zip(agents, combo, strict=True)),
+                "matched": len(set(combo)) == 1,
+                "episodes": len(eps),
+                "share": len(eps) / n_lab,
+                "return_mean": float(r.mean()),
+                "return_std": float(r.std()),  # population std, as `madata info` shows it
+                "normalized_mean": None if norm is None else float(norm.mean()),
+            }
+        )
     out["combinations"] = rows
     out["mismatched_share"] = float(sum(r["share"] for r in rows if not r["matched"]))
     matched = [r for r in rows if r["matched"]]

@@ -89,8 +89,13 @@ def _plots(d: dict[str, Any]) -> dict[str, str]:
             if p["statistic"] is None:
                 continue
             jitter = (0.15 * ((i * 0.6180339) % 1.0 - 0.5) for i in range(len(p["null"])))
-            ax.scatter([x + j for j in jitter], p["null"], s=10, color="#8c8c8c",
-                       label="shuffled among similar states (null)" if x == 0 else None)  # fmt: skip
+            ax.scatter(
+                [x + j for j in jitter],
+                p["null"],
+                s=10,
+                color="#8c8c8c",
+                label="shuffled among similar states (null)" if x == 0 else None,
+            )
             ax.scatter([x], [p["statistic"]], s=60, marker="D", color="#c44e52", label="data" if x == 0 else None)
         ax.set_xticks(range(len(pairs)), [" / ".join(p["agents"]) for p in pairs], fontsize=8)
         values = [v for p in pairs if p["statistic"] is not None for v in (p["statistic"], *p["null"])]
@@ -126,10 +131,19 @@ def render_html(d: dict[str, Any]) -> str:
     """The report page for a :func:`~madata.diagnostics.diagnose` result ``d`` (nothing else is read)."""
     plots = _plots(d)
     q, mix, dep, cov = d["quality"], d["behaviour_mix"], d["dependence"], d["coverage"]
-    parts = [f"<h1>madata diagnose: {html.escape(d['dataset'])}</h1>",
-             f"<p>{html.escape(d.get('description') or '')}</p>",
-             _table(["dataset", "value"], [["env", d["env"].get("id", "?")], ["agents", ", ".join(d["agents"])],
-                                           ["episodes", d["num_episodes"]], ["transitions", d["num_transitions"]]])]  # fmt: skip
+    parts = [
+        f"<h1>madata diagnose: {html.escape(d['dataset'])}</h1>",
+        f"<p>{html.escape(d.get('description') or '')}</p>",
+        _table(
+            ["dataset", "value"],
+            [
+                ["env", d["env"].get("id", "?")],
+                ["agents", ", ".join(d["agents"])],
+                ["episodes", d["num_episodes"]],
+                ["transitions", d["num_transitions"]],
+            ],
+        ),
+    ]
 
     parts.append("<h2>Quality</h2>")
     rows = []
@@ -139,32 +153,63 @@ def render_html(d: dict[str, Any]) -> str:
     parts.append(_table(["", "mean", "std", "min", "max"], rows))
     ends = q["ends"]
     ref = q["reference_scores"]
-    parts.append(f"<p>Ends: {ends['terminated']} terminated, {ends['truncated']} truncated. Normalized score = "
-                 f"100 (return - min) / (max - min) with reference scores "
-                 f"{'min ' + _fmt(ref['min']) + ', max ' + _fmt(ref['max']) if ref else 'unknown for this env'}.</p>")  # fmt: skip
+    parts.append(
+        f"<p>Ends: {ends['terminated']} terminated, {ends['truncated']} truncated. Normalized score = "
+        f"100 (return - min) / (max - min) with reference scores "
+        f"{'min ' + _fmt(ref['min']) + ', max ' + _fmt(ref['max']) if ref else 'unknown for this env'}.</p>"
+    )
     parts.append(f'<img alt="returns" src="{plots["returns"]}">')
 
     parts.append("<h2>Behaviour mix</h2>")
     if mix["combinations"]:
-        parts.append(_table(
-            ["combination", "matched", "episodes", "share", "mean return", "std", "normalized mean"],
-            [[c["label"], "yes" if c["matched"] else "no", c["episodes"], c["share"], c["return_mean"], c["return_std"],
-              c["normalized_mean"]] for c in mix["combinations"]],
-        ))  # fmt: skip
-    gap = (f"<b>{_fmt(mix['gap'])}</b> +- {_fmt(mix['gap_se'])} (standard error)"
-           + (f", {_fmt(mix['gap_normalized'])} normalized points" if mix["gap_normalized"] is not None else "")
-           if mix["gap"] is not None else f"not defined: {html.escape(mix['gap_note'] or '')}")  # fmt: skip
-    parts.append(f"<p>Miscoordination gap (mean return of matched-label combinations minus mismatched ones, each "
-                 f"combination weighted equally): {gap}. Mismatched share of labelled episodes: "
-                 f"{_fmt(mix['mismatched_share'])}; unlabelled episodes: {mix['unlabelled_episodes']}.</p>")  # fmt: skip
+        parts.append(
+            _table(
+                ["combination", "matched", "episodes", "share", "mean return", "std", "normalized mean"],
+                [
+                    [
+                        c["label"],
+                        "yes" if c["matched"] else "no",
+                        c["episodes"],
+                        c["share"],
+                        c["return_mean"],
+                        c["return_std"],
+                        c["normalized_mean"],
+                    ]
+                    for c in mix["combinations"]
+                ],
+            )
+        )
+    gap = (
+        f"<b>{_fmt(mix['gap'])}</b> +- {_fmt(mix['gap_se'])} (standard error)"
+        + (f", {_fmt(mix['gap_normalized'])} normalized points" if mix["gap_normalized"] is not None else "")
+        if mix["gap"] is not None
+        else f"not defined: {html.escape(mix['gap_note'] or '')}"
+    )
+    parts.append(
+        f"<p>Miscoordination gap (mean return of matched-label combinations minus mismatched ones, each "
+        f"combination weighted equally): {gap}. Mismatched share of labelled episodes: "
+        f"{_fmt(mix['mismatched_share'])}; unlabelled episodes: {mix['unlabelled_episodes']}.</p>"
+    )
 
     parts.append("<h2>Dependence between agents' actions given the state</h2>")
     if "pairs" in dep:
-        parts.append(_table(
-            ["agents", "local residual RV", "null mean", "null std", "excess", "z", "p"],
-            [[" / ".join(p["agents"]), p["statistic"], p["null_mean"], p["null_std"], p["excess"], p["z"], p["p_value"]]
-             for p in dep["pairs"]],
-        ))  # fmt: skip
+        parts.append(
+            _table(
+                ["agents", "local residual RV", "null mean", "null std", "excess", "z", "p"],
+                [
+                    [
+                        " / ".join(p["agents"]),
+                        p["statistic"],
+                        p["null_mean"],
+                        p["null_std"],
+                        p["excess"],
+                        p["z"],
+                        p["p_value"],
+                    ]
+                    for p in dep["pairs"]
+                ],
+            )
+        )
         parts.append(f'<img alt="dependence" src="{plots["dependence"]}">')
         parts.append(
             f"<p class='note'>Conditioning on the {html.escape(dep['conditioning'])}. {dep['groups']} disjoint groups "
@@ -185,21 +230,31 @@ def render_html(d: dict[str, Any]) -> str:
     rows.append(["joint", cov["joint"]["cells"], cov["joint"]["occupied"], cov["joint"]["fraction"]])
     rows.append(["joint, agents shuffled independently", cov["joint"]["cells"], cov["independent"], None])
     parts.append(_table(["", "cells", "occupied", "fraction"], rows))
-    parts.append(f"<p>Joint / independent ratio <b>{_fmt(cov['ratio'])}</b> (below 1: joint actions more concentrated "
-                 f"than independent agents with the same per-agent actions would give); saturation "
-                 f"{_fmt(cov['saturation'])} (near 1: too many cells for the data, use fewer bins).</p>")  # fmt: skip
+    parts.append(
+        f"<p>Joint / independent ratio <b>{_fmt(cov['ratio'])}</b> (below 1: joint actions more concentrated "
+        f"than independent agents with the same per-agent actions would give); saturation "
+        f"{_fmt(cov['saturation'])} (near 1: too many cells for the data, use fewer bins).</p>"
+    )
     parts.append(f'<img alt="coverage" src="{plots["coverage"]}">')
 
     parts.append("<h2>Settings</h2>")
-    parts.append(_table(["setting", "value"], [[k, v] for k, v in d["settings"].items()]
-                        + [[f"seconds: {k}", v] for k, v in d["timing_s"].items()]))  # fmt: skip
-    parts.append("<p class='note'>The same numbers: <code>madata diagnose DATASET --json</code>; they are also "
-                 "embedded in this page (script element <code>#diagnosis</code>). Definitions: docs/diagnostics.md.</p>")  # fmt: skip
+    parts.append(
+        _table(
+            ["setting", "value"],
+            [[k, v] for k, v in d["settings"].items()] + [[f"seconds: {k}", v] for k, v in d["timing_s"].items()],
+        )
+    )
+    parts.append(
+        "<p class='note'>The same numbers: <code>madata diagnose DATASET --json</code>; they are also "
+        "embedded in this page (script element <code>#diagnosis</code>). Definitions: docs/diagnostics.md.</p>"
+    )
     data = json.dumps(d, default=str).replace("</", "<\\/")
     body = "\n".join(parts)
-    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>madata diagnose: "
-            f"{html.escape(Path(d['dataset']).name)}</title><style>{_CSS}</style></head><body>\n{body}\n"
-            f"<script type='application/json' id='diagnosis'>{data}</script></body></html>\n")  # fmt: skip
+    return (
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>madata diagnose: "
+        f"{html.escape(Path(d['dataset']).name)}</title><style>{_CSS}</style></head><body>\n{body}\n"
+        f"<script type='application/json' id='diagnosis'>{data}</script></body></html>\n"
+    )
 
 
 def write_report(d: dict[str, Any], path: str | os.PathLike, overwrite: bool = False) -> Path:

@@ -16,13 +16,17 @@ dynamics are deterministic given the actions; the reset seed is only recorded.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from madata.envs.family import Task, TaskFamily
 from madata.errors import MadataError, SchemaError, UnknownNameError
 from madata.schema import AgentSpec
 from madata.spaces import Box, Discrete
+
+if TYPE_CHECKING:
+    from madata.envs.team import TeamEnv
 
 BACKWARD, STAY, FORWARD = 0, 1, 2
 NOOP_ACTION = STAY  # the default action a_i^d of CAST-BCQ's counterfactual baseline (Eq. 5)
@@ -143,3 +147,41 @@ class GridWorld:
     def _check_agent(self, agent: str) -> None:
         if agent not in self.possible_agents:
             raise UnknownNameError(f"unknown agent {agent!r}; GridWorld agents are {self.possible_agents}")
+
+
+class GridFamily(TaskFamily):
+    """The paper's grid world, one task: ``grid`` (6 x 4, 30 steps, the no-op `stay`)."""
+
+    name = "grid"
+    WIDTH, HEIGHT, MAX_STEPS = 6, 4, 30
+
+    def names(self) -> list[str]:
+        return ["grid"]
+
+    def resolve(self, name: str) -> Task | None:
+        if name != "grid":
+            return None
+        return Task(
+            name="grid",
+            family=self,
+            agent_ids=tuple(GridWorld.possible_agents),
+            env={
+                "id": "grid",
+                "family": self.name,
+                "size": [self.WIDTH, self.HEIGHT],
+                "max_steps": self.MAX_STEPS,
+                "default_action": NOOP_ACTION,
+            },
+            description="two-agent navigation in the 6 x 4 grid of the CAST-BCQ paper, Section 2.3",
+        )
+
+    def make_env(self, task: Task) -> GridWorld:
+        return GridWorld(width=self.WIDTH, height=self.HEIGHT, max_steps=self.MAX_STEPS)
+
+    def team_env(self, task: Task, max_steps: int | None) -> TeamEnv:
+        from madata.envs.team import ParallelTeamEnv
+
+        return ParallelTeamEnv(self.make_env(task), task, max_steps)
+
+
+GRID = GridFamily()

@@ -26,20 +26,68 @@ Falls (Hopper/Walker2d unhealthy) are ``terminated``; the time limit is ``trunca
 
 from __future__ import annotations
 
+import contextlib
+import io
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
-from madata.envs.team import VELOCITY_CLIP, Factorization
-from madata.errors import SchemaError
+from madata.envs.family import Task, TaskFamily
+from madata.envs.team import Factorization
+from madata.errors import SchemaError, UnknownNameError
 from madata.schema import AgentSpec
 from madata.spaces import Box, from_gymnasium
 
 ObsPath = Literal["index", "env"]
+VELOCITY_CLIP = 10.0  # the bound Hopper-v5/Walker2d-v5 (and MaMuJoCo's Hopper) clip velocities to
+MAX_STEPS = 1000  # the -v5 robots' time limit
+# robot (task-name prefix) -> MaMuJoCo scenario, and the agent_confs MaMuJoCo offers for it: the
+# `partitioning` branches of get_parts_and_edges() in gymnasium_robotics/envs/multiagent_mujoco/obsk.py (1.4.2);
+# "NxK" stands for any N agents of K segments each
+SCENARIOS = {
+    "halfcheetah": ("HalfCheetah", ("2x3", "6x1")),
+    "hopper": ("Hopper", ("3x1",)),
+    "walker2d": ("Walker2d", ("2x3",)),
+    "ant": ("Ant", ("2x4", "2x4d", "4x2")),
+    "humanoid": ("Humanoid", ("9|8",)),
+    "humanoidstandup": ("HumanoidStandup", ("9|8",)),
+    "reacher": ("Reacher", ("2x1",)),
+    "pusher": ("Pusher", ("3p",)),
+    "swimmer": ("Swimmer", ("2x1",)),
+    "coupledhalfcheetah": ("CoupledHalfCheetah", ("1p1",)),
+    "manysegmentswimmer": ("ManySegmentSwimmer", ("NxK",)),
+    "manysegmentant": ("ManySegmentAnt", ("NxK",)),
+}
+# D4RL's reference scores (normalized score = 100 * (return - min) / (max - min))
+D4RL_REF = {
+    "halfcheetah": {"min": -280.178953, "max": 12135.0},
+    "hopper": {"min": -20.272305, "max": 3234.3},
+    "walker2d": {"min": 1.629008, "max": 4592.3},
+}
 
 
-def factorization(env: Any, obs_path: ObsPath = "index") -> Factorization:
+@dataclass(frozen=True)
+class MaMuJoCoFactorization(Factorization):
+    """MaMuJoCo's factorization: local observations index the raw ``[qpos[skipped:], qvel]`` source and
+    clip, where MaMuJoCo clips, to +-VELOCITY_CLIP (``obs_clip[agent]`` bool [o_i], measured by :func:`probe_clipping`)."""
+
+    obs_clip: dict[str, np.ndarray] | None = None
+
+    def local_obs(self, source: np.ndarray, dtype: str | None = None) -> dict[str, np.ndarray]:
+        out = {}
+        for a in self.agents:
+            x = source[..., self.obs_index[a.id]]
+            if self.obs_clip is not None and self.obs_clip[a.id].any():
+                m = self.obs_clip[a.id]
+                x = x.copy()
+                x[..., m] = np.clip(x[..., m], -VELOCITY_CLIP, VELOCITY_CLIP)
+            out[a.id] = x.astype(dtype or a.observation_space.dtype)
+        return out
+
+
+def factorization(env: Any, obs_path: ObsPath = "index") -> MaMuJoCoFactorization:
     """The :class:`Factorization` of a built MaMuJoCo parallel env, from MaMuJoCo's own mapping.
 
     ``obs_path="index"``: the source is ``[qpos[skipped:], qvel]`` (unclipped) and
@@ -78,7 +126,7 @@ def factorization(env: Any, obs_path: ObsPath = "index") -> Factorization:
     else:
         raise SchemaError(f"obs_path must be 'index' or 'env', got {obs_path!r}")
     state_space = Box.make(-np.inf, np.inf, (state_dim,), "float32")
-    return Factorization(agents, state_space, act_index, obs_index, act_dim, source_dim, obs_clip)
+    return MaMuJoCoFactorization(agents, state_space, act_index, obs_index, act_dim, source_dim, obs_clip)
 
 
 @dataclass(frozen=True)
@@ -115,7 +163,9 @@ def probe_clipping(env: Any, obs_index: dict[str, np.ndarray]) -> Clipping:
     u.set_state(qpos, qvel)
     raw = np.concatenate([u.data.qpos[skip:], u.data.qvel])
     state = np.asarray(u._get_obs(), dtype=np.float64)
-    if state.shape != raw.shape or not np.array_equal(np.where(state != raw, np.clip(raw, -VELOCITY_CLIP, VELOCITY_CLIP), raw), state):
+    if state.shape != raw.shape or not np.array_equal(
+        np.where(state != raw, np.clip(raw, -VELOCITY_CLIP, VELOCITY_CLIP), raw), state
+    ):
         raise SchemaError(
             f"{u.spec.id}: its observation is not [qpos[{skip}:], qvel] (clipped to +-{VELOCITY_CLIP:g} or not); "
             "madata cannot split it by indexing"
@@ -144,6 +194,7 @@ class MaMuJoCoTeamEnv:
     def __init__(self, env: Any, max_steps: int | None = None, obs_path: ObsPath = "index"):
         self.env = env
         self.factorization = factorization(env, obs_path)
+        self.obs_path = obs_path
         self._single = env.single_agent_env.unwrapped
         limit = env.single_agent_env.spec.max_episode_steps
         self.max_steps = int(min(x for x in (limit, max_steps) if x is not None))
@@ -170,3 +221,105 @@ class MaMuJoCoTeamEnv:
 
     def close(self) -> None:
         self.env.close()
+
+
+def _observes_joints_only(env: Any) -> bool:
+    """Whether the robot's observation is ``[qpos[skipped:], qvel]`` only (then local observations are indexed)."""
+    struct = env.single_agent_env.unwrapped.observation_structure
+    return env.observation_factorization is not None and not any(
+        v for k, v in struct.items() if k not in ("skipped_qpos", "qpos", "qvel")
+    )
+
+
+class MaMuJoCoFamily(TaskFamily):
+    """Multi-agent MuJoCo (gymnasium-robotics ``mamujoco_v1``): every robot and factorization it offers.
+
+    Task names: ``<robot>-<agent_conf>`` with MaMuJoCo's observation depth 1, ``<robot>-<agent_conf>-k<obsk>``
+    for another depth, e.g. ``halfcheetah-2x3``, ``halfcheetah-6x1-k0``, ``ant-4x2``, ``manysegmentant-2x3``
+    (``SCENARIOS`` lists the robots and their agent_confs). The global state is the single-agent observation.
+    Behaviour levels beyond ``random`` are SAC checkpoints of the whole robot.
+    """
+
+    name = "mamujoco"
+    sac_checkpoints = True
+    _PATTERN = re.compile(r"^(?P<robot>[a-z0-9]+)-(?P<conf>[0-9a-z|]+?)(?:-k(?P<obsk>[0-9]+))?$")
+
+    def names(self) -> list[str]:
+        return [f"{r}-{c}" for r, (_, confs) in SCENARIOS.items() for c in confs if c != "NxK"]
+
+    def resolve(self, name: str) -> Task | None:
+        m = self._PATTERN.match(name) if isinstance(name, str) else None
+        if m is None or m["robot"] not in SCENARIOS:
+            return None
+        robot, conf = m["robot"], m["conf"]
+        scenario, confs = SCENARIOS[robot]
+        if conf not in confs and not ("NxK" in confs and re.fullmatch(r"[1-9][0-9]*x[1-9][0-9]*", conf)):
+            raise UnknownNameError(
+                f"task {name!r}: MaMuJoCo splits {scenario} as {', '.join(confs)}, not {conf!r}; "
+                f"tasks are <robot>-<agent_conf>[-k<obsk>], robots: {', '.join(SCENARIOS)}"
+            )
+        obsk = 1 if m["obsk"] is None else int(m["obsk"])
+        if m["obsk"] is not None and obsk == 1:
+            raise UnknownNameError(f"task {name!r}: observation depth 1 is the default; call it {robot}-{conf}")
+        n_agents = _agents_of(conf)
+        return Task(
+            name=name,
+            family=self,
+            agent_ids=tuple(f"agent_{i}" for i in range(n_agents)),
+            env={
+                "id": name,
+                "family": self.name,
+                "scenario": scenario,
+                "agent_conf": conf,
+                "agent_obsk": obsk,
+                "single_agent_env": f"{scenario}-v5" if robot in _GYM_ROBOTS else scenario,
+                "max_steps": MAX_STEPS,
+            },
+            reference_scores=D4RL_REF.get(robot),
+            description=f"Multi-agent MuJoCo {scenario} {conf} (gymnasium-robotics mamujoco_v1, agent_obsk={obsk})",
+        )
+
+    def make_env(self, task: Task) -> Any:
+        try:
+            # gymnasium-robotics prints a notice about its Adroit tasks on import: not ours to show
+            with contextlib.redirect_stderr(io.StringIO()):
+                from gymnasium_robotics import mamujoco_v1
+        except ImportError as e:
+            raise SchemaError("MaMuJoCo tasks need gymnasium-robotics and mujoco: pip install 'madata[mujoco]'") from e
+        e = task.env
+        return mamujoco_v1.parallel_env(e["scenario"], e["agent_conf"], agent_obsk=e["agent_obsk"])
+
+    def team_env(self, task: Task, max_steps: int | None) -> MaMuJoCoTeamEnv:
+        env = self.make_env(task)
+        try:
+            return MaMuJoCoTeamEnv(env, max_steps, "index" if _observes_joints_only(env) else "env")
+        except BaseException:
+            env.close()
+            raise
+
+
+_GYM_ROBOTS = {
+    "halfcheetah",
+    "hopper",
+    "walker2d",
+    "ant",
+    "humanoid",
+    "humanoidstandup",
+    "reacher",
+    "pusher",
+    "swimmer",
+}
+
+
+def _agents_of(conf: str) -> int:
+    """Agents of an agent_conf: "2x3" -> 2, "9|8" -> 2, "3p" -> 3, "1p1" -> 2."""
+    if "x" in conf:
+        return int(conf.split("x")[0])
+    if "|" in conf:
+        return len(conf.split("|"))
+    if conf == "1p1":
+        return 2
+    return int(conf.rstrip("p"))
+
+
+MAMUJOCO = MaMuJoCoFamily()

@@ -1,5 +1,6 @@
 """Teams as one environment: a joint action in, the global state and every agent's
-observation source out. The collector and the evaluators step :class:`TeamEnv` objects.
+observation source out. The collector and the evaluators step :class:`TeamEnv` objects,
+which each task family builds (:meth:`madata.envs.family.Task.team_env`).
 
 :class:`Factorization` says how a joint action and an observation source split into the
 agents' parts, as index arrays: MaMuJoCo's (``madata.envs.mamujoco``) comes from
@@ -15,12 +16,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from madata.envs.registry import TaskInfo, env_specs, get_task
+from madata.envs.family import Task
 from madata.errors import SchemaError
 from madata.schema import AgentSpec
-from madata.spaces import Box, Discrete, Space
-
-VELOCITY_CLIP = 10.0  # the bound Hopper-v5/Walker2d-v5 (and MaMuJoCo's Hopper) clip velocities to
+from madata.spaces import Box, Discrete, Space, from_gymnasium
 
 
 @dataclass(frozen=True)
@@ -39,7 +38,6 @@ class Factorization:
     obs_index: dict[str, np.ndarray]
     act_dim: int  # A: length of the joint action
     source_dim: int  # D: length of the observation source vector
-    obs_clip: dict[str, np.ndarray] | None = None  # bool [o_i]: components MaMuJoCo clips to +-VELOCITY_CLIP
 
     def __post_init__(self) -> None:
         joint = np.sort(np.concatenate([self.act_index[a.id] for a in self.agents]))
@@ -65,6 +63,18 @@ class Factorization:
     def act_index_lists(self) -> dict[str, list[int]]:
         return {a: v.tolist() for a, v in self.act_index.items()}
 
+    def joint_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each joint action component's bounds, float64 [A] each: a Box agent's own bounds, a Discrete
+        agent's first and last action."""
+        low, high = np.zeros(self.act_dim), np.zeros(self.act_dim)
+        for a in self.agents:
+            sp, idx = a.action_space, self.act_index[a.id]
+            if isinstance(sp, Box):
+                low[idx], high[idx] = np.ravel(sp.low), np.ravel(sp.high)
+            else:
+                low[idx], high[idx] = sp.start, sp.start + sp.n - 1
+        return low, high
+
     def split_actions(self, joint: np.ndarray) -> dict[str, np.ndarray]:
         """Joint actions [..., A] -> each agent's actions [..., *act_shape] in its space's dtype."""
         out = {}
@@ -82,17 +92,9 @@ class Factorization:
             joint[..., self.act_index[a.id]] = np.asarray(actions[a.id]).reshape(*lead, -1)
         return joint
 
-    def local_obs(self, source: np.ndarray) -> dict[str, np.ndarray]:
-        """Observation sources [..., D] -> each agent's local observations [..., o_i] (the spaces' dtype)."""
-        out = {}
-        for a in self.agents:
-            x = source[..., self.obs_index[a.id]]
-            if self.obs_clip is not None and self.obs_clip[a.id].any():
-                m = self.obs_clip[a.id]
-                x = x.copy()
-                x[..., m] = np.clip(x[..., m], -VELOCITY_CLIP, VELOCITY_CLIP)
-            out[a.id] = x.astype(a.observation_space.dtype)
-        return out
+    def local_obs(self, source: np.ndarray, dtype: str | None = None) -> dict[str, np.ndarray]:
+        """Observation sources [..., D] -> each agent's local observations [..., o_i] (``dtype``, default the spaces')."""
+        return {a.id: source[..., self.obs_index[a.id]].astype(dtype or a.observation_space.dtype) for a in self.agents}
 
 
 class TeamEnv(Protocol):
@@ -122,14 +124,14 @@ class ParallelTeamEnv:
     state ``env.state()``.
     """
 
-    def __init__(self, env: Any, info: TaskInfo, max_steps: int | None = None):
+    def __init__(self, env: Any, task: Task, max_steps: int | None = None):
         agents, state_space = env_specs(env)
         if state_space is None:
-            raise SchemaError(f"task {info.name}: the collector records a global state, but the env has no state()")
-        limit = info.env.get("max_steps")
+            raise SchemaError(f"task {task.name}: the collector records a global state, but the env has no state()")
+        limit = task.max_steps
         if limit is None and max_steps is None:
-            raise SchemaError(f"task {info.name}: no time limit known; pass max_steps")
-        self.env, self.info = env, info
+            raise SchemaError(f"task {task.name}: no time limit known; pass max_steps")
+        self.env, self.task = env, task
         self.max_steps = int(min(x for x in (limit, max_steps) if x is not None))
         sizes = [1 if isinstance(a.action_space, Discrete) else math.prod(a.action_space.shape) for a in agents]
         obs_sizes = [math.prod(a.observation_space.shape) for a in agents]
@@ -156,7 +158,7 @@ class ParallelTeamEnv:
         team = {float(r) for r in rew.values()}
         if len(team) != 1:  # cooperative tasks give every agent the team reward
             raise SchemaError(
-                f"task {self.info.name}: agents got different rewards {rew}; madata.collect records one team reward"
+                f"task {self.task.name}: agents got different rewards {rew}; madata.collect records one team reward"
             )
         self._t += 1
         terminated = any(bool(v) for v in terms.values())
@@ -170,19 +172,23 @@ class ParallelTeamEnv:
         self.env.close()
 
 
-def make_team_env(task: str, max_steps: int | None = None, obs_path: str = "index") -> TeamEnv:
-    """A fresh :class:`TeamEnv` of ``task`` (MaMuJoCo: its single-agent env stepped directly)."""
-    info = get_task(task)
-    env = info.make_env()
-    try:
-        if info.family == "mamujoco":
-            from madata.envs.mamujoco import MaMuJoCoTeamEnv
+def env_specs(env: Any) -> tuple[list[AgentSpec], Box | None]:
+    """The agents (with madata spaces) and the global state space of a built env.
 
-            return MaMuJoCoTeamEnv(env, max_steps, obs_path)
-        return ParallelTeamEnv(env, info, max_steps)
-    except BaseException:
-        env.close()
-        raise
+    Envs of madata's own (the grid) describe themselves (``madata_agents``,
+    ``madata_state_space``); other PettingZoo envs have their gymnasium spaces converted.
+    """
+    if hasattr(env, "madata_agents"):
+        state = env.madata_state_space() if hasattr(env, "madata_state_space") else None
+        return list(env.madata_agents()), state
+    agents = [
+        AgentSpec(a, from_gymnasium(env.observation_space(a)), from_gymnasium(env.action_space(a)))
+        for a in env.possible_agents
+    ]
+    state = from_gymnasium(env.state_space) if getattr(env, "state_space", None) is not None else None
+    if state is not None and not isinstance(state, Box):
+        raise SchemaError(f"{type(env).__name__}: the global state space must be a Box, got {type(state).__name__}")
+    return agents, state
 
 
 def _float32(space: Box) -> Box:
