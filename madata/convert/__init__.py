@@ -7,8 +7,10 @@
 h5py is imported only when a file is read or written (``pip install "madata[d4rl]"``).
 """
 
-from madata.convert.d4rl import QUIRKS, d4rl_dataset_dir, d4rl_file_name, split_d4rl
+from madata.convert.d4rl import split_d4rl
 from madata.convert.d4rl_export import export_d4rl
+from madata.convert.d4rl_plan import QUIRKS
+from madata.convert.d4rl_read import d4rl_dataset_dir, d4rl_file_name
 from madata.convert.split import AGENT_CONFS, MaMuJoCoSplit, mamujoco_split
 
 __all__ = [

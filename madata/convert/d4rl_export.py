@@ -33,7 +33,7 @@ import numpy as np
 
 import madata
 from madata.atomic import atomic_output, check_output
-from madata.convert.d4rl import EXPORT_FORMAT, FLOAT_DTYPES, require_h5py
+from madata.convert.d4rl_read import EXPORT_FORMAT, FLOAT_DTYPES, require_h5py
 from madata.convert.split import AGENT_CONFS, mamujoco_split
 from madata.envs.mamujoco import MAMUJOCO
 from madata.envs.registry import get_task, is_task
