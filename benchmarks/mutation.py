@@ -81,6 +81,12 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=120.0)
     ap.add_argument("--json", type=Path, default=None, help="write every mutant's outcome here")
     ap.add_argument(
+        "--log",
+        type=Path,
+        default=None,
+        help="append each outcome here as it comes (JSON lines); mutants already in it are not run again",
+    )
+    ap.add_argument(
         "--preload",
         default="madata,madata_algos.networks,madata_algos.configs",
         help="modules the parent imports once (none of them may import a mutated file)",
@@ -107,9 +113,24 @@ def main() -> None:
         for line, desc, src in mutants(f):
             todo.append({"file": str(f), "module": name, "line": line, "mutant": desc, "source": src})
     print(f"{len(todo)} mutants in {', '.join(map(str, args.files))}; tests: {', '.join(tests)}", flush=True)
+    known = {}
+    if args.log and args.log.exists():  # outcomes of an earlier, interrupted run
+        for line in args.log.read_text().splitlines():
+            r = json.loads(line)
+            known[(r["file"], r["line"], r["mutant"])] = r["outcome"]
+    for t in todo:
+        if (t["file"], t["line"], t["mutant"]) in known:
+            t["outcome"] = known[(t["file"], t["line"], t["mutant"])]
     running: dict[int, tuple[dict, float]] = {}
     t0, done = time.time(), 0
-    queue = list(todo)
+    queue = [t for t in todo if "outcome" not in t]
+    print(f"{len(todo) - len(queue)} outcomes taken from {args.log}", flush=True) if known else None
+
+    def record(item: dict) -> None:
+        if args.log:
+            with open(args.log, "a") as f:
+                f.write(json.dumps({k: v for k, v in item.items() if k != "source"}) + "\n")
+
     while queue or running:
         while queue and len(running) < args.jobs:
             item = queue.pop(0)
@@ -124,6 +145,7 @@ def main() -> None:
                     os.kill(p, signal.SIGKILL)
                     os.waitpid(p, 0)
                     item["outcome"] = "timeout"
+                    record(item)
                     del running[p]
                     done += 1
             time.sleep(0.05)
@@ -131,9 +153,10 @@ def main() -> None:
         item, _ = running.pop(pid)
         code = os.waitstatus_to_exitcode(status)
         item["outcome"] = "survived" if code == 0 else "killed"
+        record(item)
         done += 1
         if done % 25 == 0:
-            print(f"  {done}/{len(todo)} in {time.time() - t0:.0f} s", flush=True)
+            print(f"  {done}/{len(queue) + done + len(running)} in {time.time() - t0:.0f} s", flush=True)
     print()
     for f in args.files:
         mine = [t for t in todo if t["file"] == str(f)]

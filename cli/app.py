@@ -85,21 +85,33 @@ class ExportFormat(str, Enum):
     parquet = "parquet"
 
 
+class ExportTable(str, Enum):
+    transitions = "transitions"
+    episodes = "episodes"
+
+
 @app.command()
 @handle_errors
 def export(
     path: DatasetArg,
     out: Annotated[Path, typer.Option("-o", "--out", help="Output file.")],
     fmt: Annotated[ExportFormat, typer.Option("--format", help="Output format.")] = ExportFormat.parquet,
+    table: Annotated[
+        ExportTable, typer.Option(help="transitions: one row per transition; episodes: the episode table alone.")
+    ] = ExportTable.transitions,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
 ) -> None:
-    """Write the flat transition table (one row per transition) for DuckDB, polars or pandas."""
+    """Write the flat transition table (one row per transition, with each episode's return, end, seed and
+    behaviour labels), or the episode table alone, for DuckDB, polars or pandas."""
     from tqdm import tqdm
 
     import madata
-    from madata.export import export_parquet
+    from madata.export import export_episodes, export_parquet
 
     ds = madata.open(path)
+    if table is ExportTable.episodes:
+        typer.echo(f"wrote {export_episodes(ds, out, overwrite=overwrite)} episodes to {out}")
+        return
     with tqdm(total=ds.num_transitions, unit="tr", desc="export", disable=None, file=sys.stderr) as bar:
         rows = export_parquet(ds, out, overwrite=overwrite, progress=bar.update)
     typer.echo(f"wrote {rows} transitions to {out}")

@@ -80,7 +80,8 @@ def list_(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Behaviour checkpoints (TASK/LEVEL) with their measured average returns."""
+    """Behaviour levels: `random` (every task: each agent uniform in its own action space), then the
+    checkpoints (TASK/LEVEL) with their measured average returns."""
     from madata.behaviour import resolve_checkpoint_dir
     from madata.behaviour.checkpoint import load_checkpoint
 
@@ -99,8 +100,9 @@ def list_(
             }
         )
     if as_json:
-        print_json(rows)
+        print_json([{"task": "*", "level": "random", "kind": "uniform in each agent's action space"}, *rows])
         return
+    typer.echo(f"{'(every task)':<18} {'random':<8} uniform in each agent's own action space, no checkpoint")
     for r in rows:
         typer.echo(
             f"{r['task']:<18} {r['level']:<8} {r['train_steps']:>8} steps  seed {r['seed']}  "

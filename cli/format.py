@@ -37,6 +37,8 @@ def format_summary(s: dict[str, Any]) -> str:
     lines.append(f"returns   {_stats(s['returns'])}")
     if s["normalized_scores"]:
         lines.append(f"normalized {_stats(s['normalized_scores'], '.1f')}")
+        if s.get("normalized_note"):
+            lines.append(f"           (note: {s['normalized_note']})")
     lines.append(f"lengths   {_stats(s['lengths'], '.1f')}")
     lines.append("ends      " + "  ".join(f"{k} {v}" for k, v in s["ends"].items()))
     if s["behaviour_labels"]:

@@ -362,17 +362,29 @@ def episode_noise(
 def _check_same_collection(root: Path, requested: dict[str, Any]) -> None:
     """Refuse to resume into a dataset made by another collection (before touching it)."""
     stored = {**_BEFORE_OPTIONS, **read_root(root)[0].provenance}
-    diffs = [
-        f"{k}: stored {stored.get(k)!r}, requested {requested[k]!r}"
-        for k in _MATCH_KEYS
-        if (k in stored and stored[k] != requested[k])
-        or (k not in stored and k != "policies")  # older collectors did not record their policies
-    ]
+    diffs = []
+    for k in _MATCH_KEYS:
+        if k not in stored:
+            if k != "policies":  # older collectors did not record their policies
+                diffs.append(f"{k}: not recorded, requested {requested[k]!r}")
+        elif stored[k] != requested[k]:
+            diffs += _differences(k, stored[k], requested[k])
     if diffs:
         raise DatasetExistsError(
             f"{root}: path holds a different dataset ({'; '.join(diffs)}); nothing was overwritten. "
             "Resume with the original arguments or choose another output path"
         )
+
+
+def _differences(where: str, stored: Any, requested: Any) -> list[str]:
+    """The innermost fields that differ between two JSON values, each named by its path (policies.medium.checkpoint)."""
+    if isinstance(stored, dict) and isinstance(requested, dict):
+        out = []
+        for k in sorted(set(stored) | set(requested), key=str):
+            if stored.get(k) != requested.get(k):
+                out += _differences(f"{where}.{k}", stored.get(k), requested.get(k))
+        return out
+    return [f"{where}: stored {stored!r}, requested {requested!r}"[:200]]
 
 
 def _parse_int(value: Any, name: str, minimum: int) -> int:

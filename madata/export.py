@@ -1,10 +1,14 @@
-"""Export to formats other tools read: the flat transition table as Parquet.
+"""Export to formats other tools read: the flat transition table, or the episode table, as Parquet.
 
-One row per transition, for DuckDB, polars and pandas users. Column names are
-SQL-friendly: ``episode_id``, ``timestep``, ``obs_<agent>``, ``action_<agent>``,
-``next_obs_<agent>``, ``state``, ``next_state``, ``reward``, ``terminated``,
-``truncated``, ``behaviour_<agent>``. Vector fields are fixed-size lists (flattened
-row-major; the original shapes are in the schema metadata under ``madata.shapes``).
+The transition table has one row per transition, for DuckDB, polars and pandas users. Column
+names are SQL-friendly: ``episode_id``, ``timestep``, ``obs_<agent>``, ``action_<agent>``,
+``next_obs_<agent>``, ``state``, ``next_state``, ``reward``, ``terminated``, ``truncated``,
+and the episode's own facts on every row: ``episode_return``, ``episode_length``,
+``episode_end``, ``episode_seed``, ``behaviour_<agent>``. Vector fields are fixed-size lists
+(flattened row-major; the original shapes are in the schema metadata under ``madata.shapes``).
+
+The episode table (:func:`export_episodes`) has one row per episode: id, length, return,
+end, seed, each agent's behaviour label and the producer's provenance (JSON).
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ def export_parquet(
     fields = ds.default_fields() + ["episode_id", "timestep"]
     shapes = {}
     labels = {a: ds.store.column(behaviour_column(a)) for a in ds.agent_ids}
+    facts = {"episode_return": "return", "episode_length": "length", "episode_end": "end", "episode_seed": "seed"}
+    per_episode = {name: ds.store.table.column(col) for name, col in facts.items()}
     writer = None
     rows = 0
     with atomic_output(out, overwrite) as tmp:
@@ -54,6 +60,9 @@ def export_parquet(
                 cols[name] = v
                 shapes[name] = list(v.shape[1:])
             arrays = {k: _column(v) for k, v in cols.items()}
+            ep = pa.array(cols["episode_id"])
+            for name, col in per_episode.items():
+                arrays[name] = col.take(ep)
             for a in ds.agent_ids:
                 arrays[f"behaviour_{a}"] = pa.array(labels[a][cols["episode_id"]], pa.string())
             table = pa.table(arrays)
@@ -82,3 +91,16 @@ def _episode_groups(ds: Dataset, rows_per_group: int):
             start, acc = i + 1, 0
     if start < len(ids):
         yield ids[start:]
+
+
+def export_episodes(ds: Dataset, out: str | os.PathLike, *, overwrite: bool = False) -> int:
+    """Write the episode table of ``ds`` (one row per episode of the dataset or selection) to ``out``
+    as Parquet, atomically; returns the number of rows."""
+    check_output(out, overwrite)
+    table = ds.episodes.drop_columns(["step_offset", "obs_offset"])
+    table = table.rename_columns(
+        [c.replace(".", "_") for c in table.column_names]
+    )  # behaviour.agent_0 -> behaviour_agent_0
+    with atomic_output(out, overwrite) as tmp:
+        pq.write_table(table.replace_schema_metadata({"madata.source": str(ds.root)}), tmp, compression="zstd")
+    return table.num_rows

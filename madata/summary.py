@@ -10,6 +10,8 @@ from madata.dataset import Dataset
 from madata.schema import behaviour_column
 from madata.spaces import Box
 
+REFERENCE_HORIZON = 1000  # D4RL's reference scores are returns of 1000-step episodes
+
 
 def normalized_score(returns, reference: dict[str, float] | None):
     """D4RL's convention: 100 * (return - min) / (max - min); None without reference scores."""
@@ -52,6 +54,13 @@ def summarize(ds: Dataset) -> dict[str, Any]:
             combos.setdefault(key, []).append(float(r))
     size = sum(p.stat().st_size for p in ds.root.rglob("*") if p.is_file())
     norm = normalized_score(returns, ref)
+    note = None
+    horizon = ds.meta.env.get("max_steps")
+    if norm is not None and horizon is not None and horizon < REFERENCE_HORIZON:
+        note = (
+            f"against D4RL's reference returns of {REFERENCE_HORIZON}-step episodes; these episodes stop at "
+            f"{horizon} steps, so the scores are not comparable to D4RL's"
+        )
     return {
         "path": str(ds.root),
         "env": ds.meta.env,
@@ -66,6 +75,7 @@ def summarize(ds: Dataset) -> dict[str, Any]:
         "bytes_on_disk": size,
         "returns": _stats(returns),
         "normalized_scores": None if norm is None else _stats(norm),
+        "normalized_note": note,
         "lengths": _stats(lengths.astype(np.float64)),
         "ends": {k: ends.count(k) for k in ("terminated", "truncated")},
         "behaviour_labels": per_agent,

@@ -392,6 +392,17 @@ class DatasetWriter:
 
         obs = per_agent(obs, "obs")
         actions = per_agent(actions, "actions")
+        steps = {"rewards": T, "terminated": _rows(terminated), "truncated": _rows(truncated)}
+        steps |= {f"actions[{a!r}]": _rows(actions[a]) for a in spec.agent_ids}
+        rows = {f"obs[{a!r}]": _rows(obs[a]) for a in spec.agent_ids}
+        if (
+            len(set(steps.values()) | {r - 1 for r in rows.values()}) > 1
+        ):  # name every length: which is wrong is the user's to see
+            got = ", ".join(f"{k} {v}" for k, v in (steps | rows).items())
+            raise SchemaError(
+                f"{where}: the episode's lengths disagree ({got} rows); rewards, flags and actions "
+                "need T rows each, observations T + 1"
+            )
         for a in spec.agents:
             take(f"obs/{a.id}", obs[a.id], T + 1, f"obs[{a.id!r}]", a.observation_space)
         if spec.state_space is not None:
@@ -532,6 +543,12 @@ def _check_box(a: np.ndarray, space: Box, field: str) -> None:
             f"{field} lies outside its space's bounds at rows {rows} (low {list(space.low)[:4]}..., "
             f"high {list(space.high)[:4]}...); clip it or declare wider bounds"
         )
+
+
+def _rows(value) -> int:
+    """The length of an array-like's first axis (0 for a scalar)."""
+    shape = np.shape(value)
+    return shape[0] if shape else 0
 
 
 def _as(value, dtype: str, field: str) -> np.ndarray:

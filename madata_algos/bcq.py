@@ -62,19 +62,9 @@ class JointBcq(IndependentBcq):
         out[:, self.act_columns] = joint_action[0]
         return out.view(B, self.n_agents, self.agent_A).transpose(0, 1)
 
-    def update(
-        self,
-        obs,
-        action,
-        reward,
-        next_obs,
-        terminated,
-        state=None,
-        next_state=None,
-        generator: torch.Generator | None = None,
-    ) -> dict[str, float]:
+    def steps(self, obs, action, reward, next_obs, terminated, state=None, next_state=None, generator=None):
         """BCQ's iteration on the joint transition (o, a, r, o'); ``state`` is not used."""
-        return super().update(
+        return super().steps(
             self.joint(obs, self.obs_columns),
             self.joint(action, self.act_columns),
             reward,
@@ -128,18 +118,9 @@ class JointBcqDiscrete(IndependentBcqDiscrete):
         """Joint action indices [1, B] -> per-agent actions [N, B]."""
         return index[0][None] // self.digits[:, None] % self.n_actions
 
-    def update(
-        self,
-        obs,
-        action,
-        reward,
-        next_obs,
-        terminated,
-        state=None,
-        next_state=None,
-        generator: torch.Generator | None = None,
-    ) -> dict[str, float]:
-        return super().update(
+    def steps(self, obs, action, reward, next_obs, terminated, state=None, next_state=None, generator=None):
+        """Discrete BCQ's iteration over joint actions."""
+        return super().steps(
             self.joint_obs(obs), self.encode(action), reward, self.joint_obs(next_obs), terminated, generator=generator
         )
 

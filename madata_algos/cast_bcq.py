@@ -19,11 +19,10 @@ import itertools
 from collections.abc import Callable
 
 import torch
-from torch import nn
 
 from madata_algos.configs import CastBcqConfig
 from madata_algos.ibcq import BcqPolicy, TwinCritics, bcq_target, soft_clipped_double_q
-from madata_algos.networks import AgentMLP, minimize, soft_update
+from madata_algos.networks import AgentMLP, Algorithm, soft_update
 
 
 def subteam_masks(
@@ -89,7 +88,7 @@ def counterfactual_contribution(
 # ---------------------------------------------------------------------------- the algorithm
 
 
-class CastBcq(nn.Module):
+class CastBcq(Algorithm):
     """CAST-BCQ for ``n_agents`` agents with observation sizes ``obs_dims`` and action sizes
     ``act_dims`` (each agent's actions in [-max_action_i, max_action_i]).
 
@@ -193,28 +192,26 @@ class CastBcq(nn.Module):
 
     # ------------------------------------------------------------ Algorithm 1, one iteration
 
-    def update(self, obs, action, reward, next_obs, terminated, state, next_state, generator=None) -> dict[str, float]:
+    def steps(self, obs, action, reward, next_obs, terminated, state, next_state, generator=None):
         """One iteration of Algorithm 1 on a minibatch (shapes in the class docstring)."""
-        stats = minimize(
-            self.optimizers,
+        return [
+            ("vae", lambda: self.policy.vae_loss(obs, action, generator)),  # lines 3-4
             (
-                ("vae", lambda: self.policy.vae_loss(obs, action, generator)),  # lines 3-4
-                (
-                    "joint_critic",  # lines 5-7
-                    lambda: self.joint_critic_loss(state, action, reward, next_state, next_obs, terminated, generator),
-                ),
-                (
-                    "individual_critic",  # lines 8-11
-                    lambda: self.individual_critic_loss(
-                        obs, action, self.counterfactual_target(state, obs, action, generator)
-                    ),
-                ),
-                ("actor", lambda: self.policy.actor_loss(obs, self.critic.first, generator)),
+                "joint_critic",  # lines 5-7
+                lambda: self.joint_critic_loss(state, action, reward, next_state, next_obs, terminated, generator),
             ),
-        )
+            (
+                "individual_critic",  # lines 8-11
+                lambda: self.individual_critic_loss(
+                    obs, action, self.counterfactual_target(state, obs, action, generator)
+                ),
+            ),
+            ("actor", lambda: self.policy.actor_loss(obs, self.critic.first, generator)),
+        ]
+
+    def after_steps(self) -> None:
         soft_update(self.joint_critic_target, self.joint_critic, self.cfg.tau)  # line 13
         soft_update(self.policy.actor_target, self.policy.actor, self.cfg.tau)
-        return stats
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -18,15 +18,14 @@ import itertools
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from madata_algos.cast_bcq import counterfactual_contribution, subteam_masks
 from madata_algos.configs import CastBcqDiscreteConfig
 from madata_algos.ibcq import allowed_actions, soft_clipped_double_q, td_target
-from madata_algos.networks import AgentMLP, minimize, soft_update
+from madata_algos.networks import AgentMLP, Algorithm, soft_update
 
 
-class CastBcqDiscrete(nn.Module):
+class CastBcqDiscrete(Algorithm):
     """N agents with ``obs_dim`` observations and ``n_actions`` actions each; ``default_action`` the no-op.
 
     Batches: ``obs``/``next_obs`` [N, B, obs_dim], ``action`` [N, B] int64, ``state``/``next_state`` [B, S].
@@ -116,26 +115,21 @@ class CastBcqDiscrete(nn.Module):
         q = self.ind_critic(obs).gather(-1, action[..., None])[..., 0]  # [N, B]
         return ((q - delta.T) ** 2).mean(-1).sum()
 
-    def update(self, obs, action, reward, next_obs, terminated, state, next_state, generator=None) -> dict[str, float]:
+    def steps(self, obs, action, reward, next_obs, terminated, state, next_state, generator=None):
         """One iteration of Algorithm 1: classifiers, joint critic (Eq. 6), individual critics (Eqs. 8-9)."""
-        stats = minimize(
-            self.optimizers,
+        return [
+            ("classifier", lambda: self.classifier_loss(obs, action)),
+            ("joint_critic", lambda: self.joint_critic_loss(state, action, reward, next_state, next_obs, terminated)),
             (
-                ("classifier", lambda: self.classifier_loss(obs, action)),
-                (
-                    "joint_critic",
-                    lambda: self.joint_critic_loss(state, action, reward, next_state, next_obs, terminated),
-                ),
-                (
-                    "individual_critic",
-                    lambda: self.individual_critic_loss(
-                        obs, action, self.counterfactual_target(state, obs, action, generator)
-                    ),
+                "individual_critic",
+                lambda: self.individual_critic_loss(
+                    obs, action, self.counterfactual_target(state, obs, action, generator)
                 ),
             ),
-        )
+        ]
+
+    def after_steps(self) -> None:
         soft_update(self.joint_critic_target, self.joint_critic, self.cfg.tau)
-        return stats
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

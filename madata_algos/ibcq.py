@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from madata_algos.configs import BcqConfig, BcqDiscreteConfig
-from madata_algos.networks import AgentMLP, minimize, soft_update
+from madata_algos.networks import AgentMLP, Algorithm, soft_update
 
 # ---------------------------------------------------------------------------- BCQ's target
 
@@ -207,7 +207,7 @@ class TwinCritics(nn.Module):
 # ---------------------------------------------------------------------------- I-BCQ, continuous
 
 
-class IndependentBcq(nn.Module):
+class IndependentBcq(Algorithm):
     """BCQ for each of ``len(obs_dims)`` agents, batched.
 
     Batches are agent-major: ``obs``/``next_obs`` [N, B, max obs_dim] and ``action`` [N, B, max act_dim],
@@ -267,29 +267,17 @@ class IndependentBcq(nn.Module):
         """The critic step's loss: :meth:`critic_loss` on BCQ's target (MABCQ weighs it)."""
         return self.critic_loss(obs, action, self.target(reward, next_obs, terminated, generator))
 
-    def update(
-        self,
-        obs,
-        action,
-        reward,
-        next_obs,
-        terminated,
-        state=None,
-        next_state=None,
-        generator: torch.Generator | None = None,
-    ) -> dict[str, float]:
+    def steps(self, obs, action, reward, next_obs, terminated, state=None, next_state=None, generator=None):
         """BCQ's Algorithm 1 on a minibatch (shapes in the class docstring); ``state`` is not used."""
-        stats = minimize(
-            self.optimizers,
-            (
-                ("vae", lambda: self.policy.vae_loss(obs, action, generator)),
-                ("critic", lambda: self.critic_objective(obs, action, reward, next_obs, terminated, generator)),
-                ("actor", lambda: self.policy.actor_loss(obs, self.critic.first, generator)),
-            ),
-        )
+        return [
+            ("vae", lambda: self.policy.vae_loss(obs, action, generator)),
+            ("critic", lambda: self.critic_objective(obs, action, reward, next_obs, terminated, generator)),
+            ("actor", lambda: self.policy.actor_loss(obs, self.critic.first, generator)),
+        ]
+
+    def after_steps(self) -> None:
         soft_update(self.critic_target, self.critic, self.cfg.tau)
         soft_update(self.policy.actor_target, self.policy.actor, self.cfg.tau)
-        return stats
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -300,7 +288,7 @@ class IndependentBcq(nn.Module):
 # ---------------------------------------------------------------------------- I-BCQ, discrete
 
 
-class IndependentBcqDiscrete(nn.Module):
+class IndependentBcqDiscrete(Algorithm):
     """I-BCQ: discrete BCQ run by each agent on its own (o_i, a_i, r, o'_i), batched across agents.
 
     Batches: ``obs``/``next_obs`` [N, B, obs_dim], ``action`` [N, B] int64 (0-based), ``reward``, ``terminated`` [B].
@@ -353,27 +341,15 @@ class IndependentBcqDiscrete(nn.Module):
         """The critic step's loss: :meth:`critic_loss` on discrete BCQ's target (MABCQ weighs it)."""
         return self.critic_loss(obs, action, self.target(reward, next_obs, terminated))
 
-    def update(
-        self,
-        obs,
-        action,
-        reward,
-        next_obs,
-        terminated,
-        state=None,
-        next_state=None,
-        generator: torch.Generator | None = None,
-    ) -> dict[str, float]:
-        """Discrete BCQ's iteration: the classifiers, then the critics; Polyak-average the target critics."""
-        stats = minimize(
-            self.optimizers,
-            (
-                ("classifier", lambda: self.classifier_loss(obs, action)),
-                ("critic", lambda: self.critic_objective(obs, action, reward, next_obs, terminated, generator)),
-            ),
-        )
+    def steps(self, obs, action, reward, next_obs, terminated, state=None, next_state=None, generator=None):
+        """Discrete BCQ's iteration: the classifiers, then the critics."""
+        return [
+            ("classifier", lambda: self.classifier_loss(obs, action)),
+            ("critic", lambda: self.critic_objective(obs, action, reward, next_obs, terminated, generator)),
+        ]
+
+    def after_steps(self) -> None:
         soft_update(self.critic_target, self.critic, self.cfg.tau)
-        return stats
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

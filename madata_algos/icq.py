@@ -61,7 +61,7 @@ from torch import nn
 from madata.errors import SchemaError
 from madata_algos.configs import IcqConfig, IcqDiscreteConfig
 from madata_algos.ibcq import td_target
-from madata_algos.networks import MLP, AgentMLP, minimize, soft_update
+from madata_algos.networks import MLP, AgentMLP, Algorithm, soft_update
 
 
 def implicit_constraint_value(q_tot: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -113,7 +113,7 @@ class LinearMixer(nn.Module):
         return (w * q).sum(0) + b
 
 
-class _IcqBase(nn.Module):
+class _IcqBase(Algorithm):
     """What both kinds of ICQ-MA share: the mixer, V(s), the target copies, the three losses and the update.
 
     Subclasses build ``critic`` (Q_i) and ``actor`` (pi_i) and define :meth:`agent_q`, :meth:`log_prob`,
@@ -169,23 +169,18 @@ class _IcqBase(nn.Module):
 
     # ------------------------------------------------------------ one iteration
 
-    def update(
-        self, obs, action, reward, next_obs, terminated, state, next_state, generator: torch.Generator | None = None
-    ) -> dict[str, float]:
-        """One iteration on a minibatch (shapes in the class docstring); returns the three losses.
-
+    def steps(self, obs, action, reward, next_obs, terminated, state, next_state, generator=None):
+        """One iteration on a minibatch (shapes in the class docstring): value, critic, then policy.
         ``next_obs`` is not needed: the next-state value is V(s') on the global state."""
-        stats = minimize(
-            self.optimizers,
-            (
-                ("value", lambda: self.value_loss(obs, action, state)),
-                ("critic", lambda: self.critic_loss(obs, action, reward, terminated, state, next_state)),
-                ("actor", lambda: self.actor_loss(obs, action, state, generator)),
-            ),
-        )
+        return [
+            ("value", lambda: self.value_loss(obs, action, state)),
+            ("critic", lambda: self.critic_loss(obs, action, reward, terminated, state, next_state)),
+            ("actor", lambda: self.actor_loss(obs, action, state, generator)),
+        ]
+
+    def after_steps(self) -> None:
         soft_update(self.critic_target, self.critic, self.cfg.tau)
         soft_update(self.mixer_target, self.mixer, self.cfg.tau)
-        return stats
 
 
 class IcqMa(_IcqBase):

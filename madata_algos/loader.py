@@ -1,11 +1,17 @@
 """Minibatches of joint transitions for offline MARL, kept on the training device.
 
-:class:`TransitionLoader` reads a dataset once, packs every field of every transition
-into one contiguous float32 tensor ``[N, F]`` on the device (the GPU when there is one),
-and samples minibatches with a single ``index_select`` from indices drawn on that
-device; splitting the gathered rows into fields is a view, not a copy.
-:class:`StreamingLoader` serves datasets larger than memory: it reads chunk-aligned
-row ranges in order (shuffled between passes) into a shuffle buffer and samples there.
+For anyone bringing their own algorithm:
+
+* :class:`TransitionLoader` reads a dataset once, packs every field of every transition
+  into one contiguous float32 tensor ``[N, F]`` on the device (the GPU when there is one),
+  and samples minibatches with a single ``index_select`` from indices drawn on that
+  device; splitting the gathered rows into fields is a view, not a copy.
+* :class:`SequenceLoader` samples windows of ``seq_len`` consecutive transitions inside
+  episodes (``[B, T, ...]`` fields and a ``[B, T]`` mask), for recurrent and transformer policies.
+* :class:`StreamingLoader` serves datasets larger than memory: it reads chunk-aligned
+  row ranges in order (shuffled between passes) into a shuffle buffer and samples there.
+
+Every loader takes a seed, and ``state_dict``/``load_state_dict`` resume its sampling exactly.
 
 A batch holds, per agent, ``obs``/``action``/``next_obs``; the global ``state`` and
 ``next_state`` when stored; ``reward`` [B]; ``terminated`` [B] as float (1: no bootstrap).
@@ -160,6 +166,51 @@ class TransitionLoader:
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"].cpu())
+
+
+class SequenceLoader:
+    """Windows of ``seq_len`` consecutive transitions inside one episode each, packed on ``device``.
+
+    ``sample(B)`` returns ``(batch, mask)``: every field of the batch has leading dims ``[B, T]``
+    (T = ``seq_len``) and ``mask`` is bool ``[B, T]``, False on the padding of windows taken from
+    episodes shorter than T (their padded steps repeat the episode's last transition). Windows are
+    uniform over all windows the dataset holds (an episode of L >= T steps holds L - T + 1, a
+    shorter one 1), and never cross an episode boundary.
+    """
+
+    def __init__(self, ds: Dataset, seq_len: int, device: str | torch.device | None = None, seed: int = 0):
+        if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
+            raise SchemaError(f"seq_len: expected an integer >= 1, got {seq_len!r}")
+        self.inner = TransitionLoader(ds, device=device, seed=seed)  # rows in episode order, episodes back to back
+        self.layout, self.device, self.generator, self.seq_len = (
+            self.inner.layout,
+            self.inner.device,
+            self.inner.generator,
+            seq_len,
+        )
+        lengths = torch.as_tensor(ds.episode_lengths(), dtype=torch.int64)
+        first = torch.cumsum(lengths, 0) - lengths  # each episode's first row in the packed data
+        windows = (lengths - seq_len + 1).clamp_min(1)
+        self.starts = torch.repeat_interleave(first, windows) + torch.cat(
+            [torch.arange(int(w)) for w in windows.tolist()]
+        )  # every window's first row
+        self.ends = torch.repeat_interleave(first + lengths - 1, windows)  # the last row of its episode
+        self.starts, self.ends = self.starts.to(self.device), self.ends.to(self.device)
+
+    def sample(self, batch_size: int) -> tuple[Batch, torch.Tensor]:
+        k = torch.randint(len(self.starts), (batch_size,), device=self.device, generator=self.generator)
+        offsets = torch.arange(self.seq_len, device=self.device)
+        rows = self.starts[k, None] + offsets[None]  # [B, T]
+        mask = rows <= self.ends[k, None]
+        rows = torch.minimum(rows, self.ends[k, None])
+        data = self.inner.data.index_select(0, rows.reshape(-1)).view(batch_size, self.seq_len, -1)
+        return self.layout.unpack(data), mask
+
+    def state_dict(self) -> dict:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.inner.load_state_dict(state)
 
 
 class StreamingLoader:

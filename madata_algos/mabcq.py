@@ -50,7 +50,7 @@ from torch import nn
 
 from madata_algos.configs import MabcqConfig, MabcqDiscreteConfig, TransitionWeightOptions
 from madata_algos.ibcq import IndependentBcq, IndependentBcqDiscrete, td_target
-from madata_algos.networks import AgentMLP, minimize
+from madata_algos.networks import AgentMLP
 
 
 def value_deviation_weight(
@@ -204,24 +204,11 @@ class Mabcq(IndependentBcq):
         )
         return self.critic_loss(obs, action, y, w)
 
-    def update(
-        self,
-        obs,
-        action,
-        reward,
-        next_obs,
-        terminated,
-        state=None,
-        next_state=None,
-        generator: torch.Generator | None = None,
-    ) -> dict[str, float]:
+    def steps(self, obs, action, reward, next_obs, terminated, state=None, next_state=None, generator=None):
         """Fit T_i on the minibatch, then BCQ's iteration with the weighted critic loss."""
         cond = torch.cat([action, obs], -1)
-        stats = minimize(
-            self.optimizers,
-            (("transition", lambda: self.weighting.loss(cond, reward, terminated, next_obs, generator)),),
-        )
-        return stats | super().update(obs, action, reward, next_obs, terminated, generator=generator)
+        fit = ("transition", lambda: self.weighting.loss(cond, reward, terminated, next_obs, generator))
+        return [fit, *super().steps(obs, action, reward, next_obs, terminated, generator=generator)]
 
 
 class MabcqDiscrete(IndependentBcqDiscrete):
@@ -253,21 +240,8 @@ class MabcqDiscrete(IndependentBcqDiscrete):
         )
         return self.critic_loss(obs, action, y, w)
 
-    def update(
-        self,
-        obs,
-        action,
-        reward,
-        next_obs,
-        terminated,
-        state=None,
-        next_state=None,
-        generator: torch.Generator | None = None,
-    ) -> dict[str, float]:
+    def steps(self, obs, action, reward, next_obs, terminated, state=None, next_state=None, generator=None):
         """Fit T_i on the minibatch, then discrete BCQ's iteration with the weighted critic loss."""
         cond = self.condition(obs, action)
-        stats = minimize(
-            self.optimizers,
-            (("transition", lambda: self.weighting.loss(cond, reward, terminated, next_obs, generator)),),
-        )
-        return stats | super().update(obs, action, reward, next_obs, terminated, generator=generator)
+        fit = ("transition", lambda: self.weighting.loss(cond, reward, terminated, next_obs, generator))
+        return [fit, *super().steps(obs, action, reward, next_obs, terminated, generator=generator)]

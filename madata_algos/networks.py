@@ -122,6 +122,37 @@ def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
         t.lerp_(s, tau)
 
 
+class Algorithm(nn.Module):
+    """What every algorithm shares. A subclass lists its iteration's loss steps in order (:meth:`steps`:
+    ``(name, loss_fn)`` pairs, each stepped by ``optimizers[name]``) and its target updates
+    (:meth:`after_steps`); :meth:`update` runs them, :meth:`losses` evaluates the same losses at the
+    current parameters without a step (validation batches). Batches: the registry's agent-major layout."""
+
+    optimizers: dict[str, torch.optim.Optimizer]
+
+    def steps(self, obs, action, reward, next_obs, terminated, state=None, next_state=None, generator=None):
+        """The iteration's ``(name, loss_fn)`` steps, in the paper's order."""
+        raise NotImplementedError(f"{type(self).__name__} must list its loss steps")
+
+    def after_steps(self) -> None:
+        """Polyak updates of the target networks, after every step."""
+
+    def update(self, obs, action, reward, next_obs, terminated, state=None, next_state=None, generator=None):
+        """One training iteration on a minibatch: every step with its optimizer, then the target updates.
+        Returns each step's loss (before its update) by name."""
+        stats = minimize(
+            self.optimizers, self.steps(obs, action, reward, next_obs, terminated, state, next_state, generator)
+        )
+        self.after_steps()
+        return stats
+
+    @torch.no_grad()
+    def losses(self, obs, action, reward, next_obs, terminated, state=None, next_state=None, generator=None):
+        """The iteration's losses at the current parameters, nothing updated: {name: value}."""
+        batch = (obs, action, reward, next_obs, terminated, state, next_state, generator)
+        return {name: float(fn()) for name, fn in self.steps(*batch)}
+
+
 def minimize(optimizers: dict[str, torch.optim.Optimizer], steps) -> dict[str, float]:
     """Run ``(name, loss_fn)`` steps in order, each with ``optimizers[name]``: each loss is computed after
     the previous step's update (as the algorithms' pseudocode orders them). Returns the losses by name."""

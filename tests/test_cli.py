@@ -49,7 +49,17 @@ def test_export_parquet(small_dataset, tmp_path):
     np.testing.assert_array_equal(np.stack(first.next_obs_agent_1.to_numpy()), eps[2]["obs"]["agent_1"][1:])
     np.testing.assert_array_equal(first.timestep.to_numpy(), np.arange(len(eps[2]["rewards"])))
     assert set(df.behaviour_agent_0) == {"medium", "expert"}
+    returns = np.array([e["rewards"].sum() for e in eps])
+    np.testing.assert_allclose(df.episode_return.to_numpy(), returns[df.episode_id.to_numpy()])
+    assert (first.episode_length == len(eps[2]["rewards"])).all() and (first.episode_seed == 2).all()
+    assert set(df.episode_end) == {"terminated", "truncated"}
     assert json.loads(pq.read_schema(out).metadata[b"madata.shapes"])["obs_agent_1"] == [9]
+    table = tmp_path / "episodes.parquet"
+    res = runner.invoke(app, ["export", str(path), "--table", "episodes", "-o", str(table)])
+    assert res.exit_code == 0 and "12 episodes" in res.output, res.output
+    episodes = pq.read_table(table).to_pandas()
+    assert list(episodes.episode_id) == list(range(12)) and "behaviour_agent_2" in episodes.columns
+    np.testing.assert_allclose(episodes["return"].to_numpy(), returns)
     # never overwrite without asking
     res = runner.invoke(app, ["export", str(path), "-o", str(out)])
     assert res.exit_code == 2 and "--overwrite" in res.output

@@ -76,3 +76,41 @@ def test_streaming_cycles_through_everything(tmp_path):
     for _ in range(200):
         seen.update(loader.sample(20).obs[:, 0, 0].tolist())
     assert len(seen) == 300  # every transition reached the buffer
+
+
+def test_sequence_loader_windows_stay_inside_episodes(tmp_path):
+    """Observations encode (episode, step): every window is consecutive steps of one episode; windows of
+    short episodes are padded (mask False) with their last transition; all windows are reachable."""
+    import torch
+
+    from madata_algos.loader import SequenceLoader
+
+    agents = [AgentSpec("a", Box.make(-np.inf, np.inf, (2,)), Box.make(-1, 1, (1,)))]
+    lengths = [3, 8, 1, 6]
+    with madata.create(tmp_path / "ds", agents, chunk_rows=8) as w:
+        for e, T in enumerate(lengths):
+            obs = np.stack([np.full(T + 1, e), np.arange(T + 1)], axis=1).astype("float32")
+            end = np.zeros(T, bool)
+            end[-1] = True
+            w.add_episode(
+                {"a": obs}, {"a": np.zeros((T, 1), "float32")}, np.arange(T, dtype=float), end, np.zeros(T, bool)
+            )
+    loader = SequenceLoader(madata.open(tmp_path / "ds"), seq_len=4, device="cpu", seed=0)
+    assert len(loader.starts) == 1 + 5 + 1 + 3  # windows per episode: max(1, L - 4 + 1)
+    batch, mask = loader.sample(2000)
+    obs = batch.obs[..., 0, :]  # [B, T, 2] (one agent)
+    ep, t = obs[..., 0], obs[..., 1]
+    assert torch.equal(ep, ep[:, :1].expand_as(ep))  # one episode per window
+    for b in range(200):
+        L = lengths[int(ep[b, 0])]
+        valid = int(mask[b].sum())
+        assert valid == min(4, L)
+        steps = t[b, :valid]
+        assert torch.equal(steps, steps[0] + torch.arange(valid, dtype=steps.dtype))  # consecutive
+        assert torch.all(t[b, valid:] == L - 1)  # padding repeats the last transition
+    starts = {(int(e), int(s)) for e, s in zip(ep[:, 0], t[:, 0], strict=True)}
+    assert len(starts) == len(loader.starts)  # every window was drawn
+    again = SequenceLoader(madata.open(tmp_path / "ds"), seq_len=4, device="cpu", seed=0).sample(2000)[0]
+    assert torch.equal(again.obs, batch.obs)  # seeded
+    with pytest.raises(madata.SchemaError, match="seq_len"):
+        SequenceLoader(madata.open(tmp_path / "ds"), seq_len=0)

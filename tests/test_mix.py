@@ -25,10 +25,10 @@ def test_parse_mix():
 @pytest.mark.parametrize(
     "text, match",
     [
-        ("medium,,expert", "empty entry"),
+        ("medium,,expert", "an empty name"),
         ("medium,expert,medium", "'medium' appears twice"),
         ("med ium", "bad name 'med ium'"),
-        ("", "empty entry"),
+        ("", "an empty name"),
     ],
 )
 def test_parse_mix_errors(text, match):
@@ -49,7 +49,7 @@ def test_parse_combo():
         ("agent_0=medium,agent_0=expert", SchemaError, "'agent_0' appears twice"),
         ("agent_0=medium", SchemaError, "no level for agent.*agent_1"),
         ("agent_0=medium,agent_7=expert", UnknownNameError, "unknown agent 'agent_7'; agents: agent_0, agent_1"),
-        ("agent_0=,agent_1=expert", SchemaError, "empty entry"),
+        ("agent_0=,agent_1=expert", SchemaError, "an empty name"),
     ],
 )
 def test_parse_combo_errors(text, err, match):

@@ -28,7 +28,11 @@ def good(T=4, **kw):
     [
         (
             lambda e: e["obs"].__setitem__("agent_1", e["obs"]["agent_1"][:-1]),
-            r"obs\['agent_1'\] has shape \(4, 9\), expected \(5, 9\)",
+            r"lengths disagree \(rewards 4, .*obs\['agent_1'\] 4, .* rows\); rewards, flags and actions need T rows",
+        ),
+        (  # a wrong reward length is not blamed on the observations
+            lambda e: e.__setitem__("rewards", np.zeros(3)),
+            r"lengths disagree \(rewards 3, terminated 4,",
         ),
         (lambda e: e["obs"].pop("agent_2"), r"obs needs one entry per agent"),
         (

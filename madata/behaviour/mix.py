@@ -26,7 +26,8 @@ _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 def _parse_name(token: str, what: str, text: str) -> str:
     name = token.strip()
     if not name:
-        raise SchemaError(f"{what} {text!r}: empty entry; expected comma-separated names like 'medium,expert'")
+        example = "'agent_0=medium,agent_1=expert'" if what == "combo" else "'medium,expert'"
+        raise SchemaError(f"{what} {text!r}: an empty name; expected {example}")
     if not _NAME.match(name):
         raise SchemaError(f"{what} {text!r}: bad name {name!r}; use letters, digits, '_', '.' or '-'")
     return name

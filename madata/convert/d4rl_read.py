@@ -43,6 +43,8 @@ def resolve_source(robot: str, tier: str, version: str, source: str | os.PathLik
     """The file to read: ``source`` if given, else D4RL's own location (the error says where it looked)."""
     if source is not None:
         path = Path(source)
+        if path.is_dir():
+            raise DatasetNotFoundError(f"{path}: is a directory; --source takes the D4RL HDF5 file itself")
         if not path.is_file():
             raise DatasetNotFoundError(f"{path}: no such file (--source)")
         return path

@@ -223,6 +223,29 @@ class MaMuJoCoTeamEnv:
         self.env.close()
 
 
+# MuJoCo warnings that concern the robots' shipped XML, not the user: gymnasium's half_cheetah.xml uses
+# a deprecated compiler attribute, and MuJoCo prints the warning for every copy of the env it builds
+# (16 lines for one default collect) and appends it to MUJOCO_LOG.TXT in the current directory
+_NOT_THE_USERS = ("compiler attribute 'settotalmass' is deprecated",)
+
+
+def _quiet_mujoco() -> None:
+    """Route MuJoCo's warnings through Python's ``warnings`` (shown once each), dropping the ones about the
+    shipped robot files; installed once, and only when no one else has set a handler."""
+    import warnings
+
+    import mujoco
+
+    if mujoco.get_mju_user_warning() is not None:
+        return
+
+    def handler(msg: str) -> None:
+        if not any(s in msg for s in _NOT_THE_USERS):
+            warnings.warn(f"MuJoCo: {msg}", RuntimeWarning, stacklevel=2)
+
+    mujoco.set_mju_user_warning(handler)
+
+
 def _observes_joints_only(env: Any) -> bool:
     """Whether the robot's observation is ``[qpos[skipped:], qvel]`` only (then local observations are indexed)."""
     struct = env.single_agent_env.unwrapped.observation_structure
@@ -286,6 +309,7 @@ class MaMuJoCoFamily(TaskFamily):
                 from gymnasium_robotics import mamujoco_v1
         except ImportError as e:
             raise SchemaError("MaMuJoCo tasks need gymnasium-robotics and mujoco: pip install 'madata[mujoco]'") from e
+        _quiet_mujoco()
         e = task.env
         return mamujoco_v1.parallel_env(e["scenario"], e["agent_conf"], agent_obsk=e["agent_obsk"])
 
