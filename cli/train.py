@@ -173,6 +173,16 @@ def _run_parameters(spec) -> list[inspect.Parameter]:
             Annotated[bool, typer.Option(help="Sample from the streaming loader: for datasets larger than memory.")],
             False,
         ),
+        (
+            "validation",
+            Annotated[
+                float,
+                typer.Option(
+                    help="Fraction of episodes held out (drawn with the seed); the log adds each loss on them (val_*)."
+                ),
+            ],
+            0.0,
+        ),
         ("resume", Annotated[bool, typer.Option(help="Continue a killed run from its last checkpoint.")], False),
     ]
     kind = inspect.Parameter.KEYWORD_ONLY
@@ -223,6 +233,7 @@ def _command(spec):
             device=kw["device"],
             resume=kw["resume"],
             stream=kw["stream"],
+            validation=kw["validation"],
             progress=True,
             report=report,
         )

@@ -96,6 +96,7 @@ def train(
     device: str | None = None,
     resume: bool = False,
     stream: bool = False,
+    validation: float = 0.0,
     progress: bool = False,
     report: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
@@ -105,7 +106,9 @@ def train(
     ``config``: an instance of that algorithm's config class for the data's kind of actions (None:
     its defaults), e.g. ``CastBcqConfig(csaa=False)`` for an ablation. ``eval_episodes=0`` trains
     without an environment: the log then holds the losses only. ``stream=True`` samples from the
-    streaming loader (data larger than memory). ``report`` receives one line after a warm-up (the
+    streaming loader (data larger than memory). ``validation``: the fraction of episodes held out
+    (drawn with the seed); at every evaluation the log adds each loss on held-out batches
+    (``val_<loss>``), computed without a step. ``report`` receives one line after a warm-up (the
     expected time) and one per evaluation, for logs that are not a terminal. Returns the log rows.
     """
     for name, value, low in (
@@ -118,9 +121,12 @@ def train(
             raise SchemaError(f"{name} (--{name.replace('_', '-')}) must be an integer >= {low}, got {value!r}")
     if eval_max_steps is not None and eval_max_steps < 1:
         raise SchemaError(f"eval_max_steps (--eval-max-steps) must be >= 1, got {eval_max_steps}")
+    if not 0.0 <= validation < 1.0:
+        raise SchemaError(f"validation (--validation) must be a fraction in [0, 1), got {validation}")
     spec = registry.get(algorithm)
     run = Path(run_dir)
     ds = dataset if isinstance(dataset, madata.Dataset) else madata.open(dataset)
+    ds, held_out = split_validation(ds, validation, seed)
     data = registry.describe(ds, need_task=eval_episodes > 0)
     config = registry.check_config(spec, data, config)
     registry.check_data(spec, data)
@@ -143,6 +149,8 @@ def train(
         "eval_max_steps": eval_max_steps,
         "eval_seed": eval_seed(seed),
         "stream": stream,
+        "validation": validation,
+        "validation_episodes": None if held_out is None else held_out.num_episodes,
         "decentralized": spec.decentralized,
         "config": config.to_json(),
         "data": data.to_json(),
@@ -163,6 +171,7 @@ def train(
             "eval_episodes",
             "eval_max_steps",
             "stream",
+            "validation",
             "config",
         )
         diff = differing(stored, json.loads(json.dumps(settings)), same)
@@ -181,6 +190,7 @@ def train(
     np.random.seed(seed)
     keep_large_tensors_on_heap()
     loader = (StreamingLoader if stream else TransitionLoader)(ds, device=dev, seed=seed)
+    val_loader = None if held_out is None else TransitionLoader(held_out, device=dev, seed=seed + 3)
     algo = registry.build(algorithm, data, config, dev)
     make_dir(run)
     write_atomic(run / "config.json", json.dumps(settings, indent=2).encode())
@@ -193,6 +203,8 @@ def train(
         for name, opt in algo.optimizers.items():
             opt.load_state_dict(state["optimizers"][name])
         loader.load_state_dict(state["loader"])
+        if val_loader is not None:
+            val_loader.load_state_dict(state["val_loader"])
         update_gen.set_state(state["update_rng"].cpu())  # generator states are CPU byte tensors
         eval_gen.set_state(state["eval_rng"].cpu())
         start = int(state["step"])
@@ -219,6 +231,8 @@ def train(
                 now = time.perf_counter()
                 clock["train_seconds"] += now - t_mark
                 row = {"step": step, **{k: round(v, 5) for k, v in losses.items()}}
+                if val_loader is not None:
+                    row |= validation_losses(algo, val_loader, batch_size, data.action_starts)
                 eval_rng_before = eval_gen.get_state()
                 if eval_episodes:
                     res = evaluate(
@@ -242,6 +256,7 @@ def train(
                         "model": algo.state_dict(),
                         "step": step,
                         "loader": loader.state_dict(),
+                        **({} if val_loader is None else {"val_loader": val_loader.state_dict()}),
                         "update_rng": update_gen.get_state(),
                         "eval_rng": eval_gen.get_state(),
                         "eval_rng_before_last_eval": eval_rng_before,
@@ -255,6 +270,34 @@ def train(
 
 
 WARMUP = 50  # iterations timed before the expected run time is reported
+
+
+VALIDATION_BATCHES = 4  # batches the validation losses are averaged over
+
+
+def split_validation(ds: madata.Dataset, fraction: float, seed: int) -> tuple[madata.Dataset, madata.Dataset | None]:
+    """(training episodes, held-out episodes): ``fraction`` of the episodes drawn with ``seed``; (ds, None) for 0."""
+    if fraction == 0:
+        return ds, None
+    ids = np.asarray(ds.episode_ids)
+    n_val = int(round(fraction * len(ids)))
+    if not 1 <= n_val < len(ids):
+        raise SchemaError(
+            f"{ds.root}: --validation {fraction} of {len(ids)} episodes holds out {n_val}; "
+            "keep at least one episode on each side"
+        )
+    held = np.sort(np.random.default_rng(seed).permutation(ids)[:n_val])
+    return ds.select(episodes=np.setdiff1d(ids, held)), ds.select(episodes=held)
+
+
+def validation_losses(algo, loader: TransitionLoader, batch_size: int, action_starts) -> dict[str, float]:
+    """Each of the algorithm's losses on held-out batches (mean of VALIDATION_BATCHES), nothing updated: val_<name>."""
+    gen = torch.Generator(device=loader.device).manual_seed(0)  # the same draws at every evaluation
+    total: dict[str, float] = {}
+    for _ in range(VALIDATION_BATCHES):
+        for k, v in algo.losses(**agent_major(loader.sample(batch_size), action_starts), generator=gen).items():
+            total[k] = total.get(k, 0.0) + v / VALIDATION_BATCHES
+    return {f"val_{k}": round(v, 5) for k, v in total.items()}
 
 
 def progress_line(desc: str, row: dict, steps: int, clock: dict[str, float]) -> str:

@@ -330,6 +330,34 @@ def test_train_without_an_environment_logs_losses(tmp_path):
     assert (tmp_path / "r1" / "learning_curve.png").exists()
 
 
+def test_validation_losses_on_held_out_episodes(tmp_path):
+    """--validation holds out a seeded fraction of episodes; the log gains every loss on them, computed without
+    a step (so training itself is what it would be on the remaining episodes), and a resumed run repeats them."""
+    from conftest import random_episode, write
+
+    from madata.schema import AgentSpec
+    from madata.spaces import Box
+    from madata_algos.configs import BcqConfig
+
+    rng = np.random.default_rng(0)
+    agents = [AgentSpec(f"a{i}", Box.make(-1, 1, (3,)), Box.make(-1, 1, (2,))) for i in range(2)]
+    path = write(tmp_path / "own", agents, [random_episode(agents, 20, rng) for _ in range(8)])
+    cfg = BcqConfig(vae_hidden=(8,), actor_hidden=(8,), critic_hidden=(8,))
+    kw = dict(algorithm="ibcq", batch_size=16, eval_every=2, eval_episodes=0, device="cpu", config=cfg, validation=0.25)
+    rows = train(path, tmp_path / "v", steps=4, **kw)
+    assert {"val_vae", "val_critic", "val_actor"} <= set(rows[-1]) and rows[-1]["val_critic"] != rows[-1]["critic"]
+    settings = __import__("json").loads((tmp_path / "v" / "config.json").read_text())
+    assert settings["validation_episodes"] == 2 and settings["selection"] != "all"
+    train(path, tmp_path / "cut", steps=2, **kw)
+    resumed = train(path, tmp_path / "cut", steps=4, resume=True, **kw)
+    timing = ("train_seconds", "eval_seconds")
+    assert [{k: v for k, v in r.items() if k not in timing} for r in resumed] == [
+        {k: v for k, v in r.items() if k not in timing} for r in rows
+    ]
+    with pytest.raises(SchemaError, match="validation"):
+        train(path, tmp_path / "bad", steps=2, **{**kw, "validation": 1.0})
+
+
 def test_progress_lines_off_a_terminal(hc_data, tmp_path):
     """Under nohup or a scheduler (stderr not a TTY) train reports the expected time after its warm-up and
     one line per evaluation."""
