@@ -179,6 +179,7 @@ def collect(
         commit_seconds=commit_seconds,
         chunk_rows=chunk_rows,
         progress=True,
+        report=None if sys.stderr.isatty() else (lambda line: typer.echo(line, err=True)),
     )
     typer.echo(f"wrote {ds.num_episodes} episodes, {ds.num_transitions} transitions to {out}")
 

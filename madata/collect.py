@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,7 @@ def collect(
     commit_seconds: float = 1.0,
     chunk_rows: int | None = None,
     progress: bool = False,
+    report: Callable[[str], None] | None = None,
 ) -> Dataset:
     """Run ``episodes`` episodes of ``task`` and write them to ``out``; returns the opened dataset.
 
@@ -177,7 +178,7 @@ def collect(
             start = writer.num_episodes
             team_envs += [info.team_env(max_steps) for _ in range(min(envs, episodes - start) - 1)]
             runner = VectorRunner(team_envs, assign(episodes, combos), policies, seed, noise, epsilon)
-            transitions = 0
+            transitions, every = 0, max(1, (episodes - start) // 10)
             for ep in runner.run(start, episodes):
                 writer.add_episode(**ep)
                 transitions += len(ep["rewards"])
@@ -185,6 +186,12 @@ def collect(
                 elapsed = bar.format_dict["elapsed"]
                 if elapsed > 0:
                     bar.set_postfix_str(f"{transitions / elapsed:,.0f} transitions/s", refresh=False)
+                done = writer.num_episodes
+                if report and ((done - start) % every == 0 or done == episodes):  # a tenth at a time, off a terminal
+                    report(
+                        f"collect {task}: {done:,}/{episodes:,} episodes, {transitions:,} transitions in "
+                        f"{elapsed:.0f} s ({transitions / max(elapsed, 1e-9):,.0f}/s)"
+                    )
     finally:
         for env in team_envs:
             env.close()
