@@ -49,8 +49,8 @@ def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> f
     return statistics.median(time_once(fn) for _ in range(repeats))
 
 
-def compare(fns: dict[str, Callable[[], object]], rounds: int, warmup: int = 1) -> dict[str, float]:
-    """Median seconds per call of each of ``fns``, timed in interleaved rounds."""
+def interleaved(fns: dict[str, Callable[[], object]], rounds: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds of each call of each of ``fns``, timed in interleaved rounds (so load changes hit all alike)."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -58,7 +58,18 @@ def compare(fns: dict[str, Callable[[], object]], rounds: int, warmup: int = 1) 
     for _ in range(rounds):
         for name, fn in fns.items():
             samples[name].append(time_once(fn))
-    return {name: statistics.median(s) for name, s in samples.items()}
+    return samples
+
+
+def compare(fns: dict[str, Callable[[], object]], rounds: int, warmup: int = 1) -> dict[str, float]:
+    """Median seconds per call of each of ``fns``, timed in interleaved rounds."""
+    return {name: statistics.median(s) for name, s in interleaved(fns, rounds, warmup).items()}
+
+
+def paired_ratio(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, float]:
+    """Median and quartiles of a[i] / b[i] over paired rounds: whether a gap exceeds the rounds' noise."""
+    q = statistics.quantiles([x / y for x, y in zip(a, b, strict=True)], n=4)
+    return statistics.median(x / y for x, y in zip(a, b, strict=True)), q[0], q[2]
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]], numeric_from: int = 1) -> str:

@@ -12,7 +12,7 @@ target updates) on halfcheetah-2x3 (2 agents: obs 12, act 3, state 17) and hoppe
 (3 agents: obs 8, 9, 8, act 1, state 11) shapes with the reference network sizes, with
 the 256-256 networks of Table 2's CPU protocol, and with small networks (64-64 everywhere)
 where per-call overhead, not arithmetic, dominates. Three versions are timed in
-interleaved rounds (median): the vectorized update as shipped (its networks choose a
+interleaved rounds (median; the ratio's quartiles over paired rounds show the noise): the vectorized update as shipped (its networks choose a
 kernel per shape and thread count, ``AgentMLP.per_agent_kernel``), the same update forced
 to one ``bmm`` per layer (as before that choice existed), and the loop.
 
@@ -27,10 +27,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import statistics
 
 import torch
 import torch.nn.functional as F
-from harness import command_line, compare, machine_line, markdown_table, median_seconds
+from harness import command_line, interleaved, machine_line, markdown_table, median_seconds, paired_ratio
 from torch.utils.flop_counter import FlopCounterMode
 
 from madata_algos import networks
@@ -53,12 +54,13 @@ class LoopUpdate:
     def decode(self, obs, i, z):
         m = self.m
         x = torch.cat([z, self._obs(obs, i)], -1)
-        return torch.tanh(m.decoder.agent_forward(i, x)) * m.max_action[i]
+        return torch.tanh(m.policy.decoder.agent_forward(i, x)) * m.policy.max_action[i]
 
     def perturb(self, actor, obs, i, a):
         m = self.m
-        xi = m.cfg.phi * m.max_action[i] * torch.tanh(actor.agent_forward(i, torch.cat([a, self._obs(obs, i)], -1)))
-        return torch.maximum(torch.minimum(a + xi, m.max_action[i]), -m.max_action[i])
+        bound = m.policy.max_action[i]
+        xi = m.cfg.phi * bound * torch.tanh(actor.agent_forward(i, torch.cat([a, self._obs(obs, i)], -1)))
+        return torch.maximum(torch.minimum(a + xi, bound), -bound)
 
     def joint_q(self, state, joint, target=False):  # joint [R, N, A]
         net = self.m.joint_critic_target if target else self.m.joint_critic
@@ -66,38 +68,41 @@ class LoopUpdate:
         return soft_clipped_double_q(net.agent_forward(0, x)[:, 0], net.agent_forward(1, x)[:, 0], self.m.cfg.lam)
 
     def ind_q(self, head, i, obs, a):
-        return self.m.critic.agent_forward(head * self.m.n + i, torch.cat([a, self._obs(obs, i)], -1))[:, 0]
+        return self.m.critic.net.agent_forward(head * self.m.n + i, torch.cat([a, self._obs(obs, i)], -1))[:, 0]
 
     def update(self, obs, action, reward, next_obs, terminated, state, next_state, generator):
         m, N, cfg = self.m, self.m.n, self.m.cfg
+        opt = m.optimizers
+        latent, act_mask = m.policy.latent, m.policy.act_mask
         B, stats = state.shape[0], {}
         # Eq. 3
-        eps = torch.randn(N, B, m.latent, generator=generator)
+        eps = torch.randn(N, B, latent, generator=generator)
         vae = 0.0
         for i in range(N):
-            mu, log_std = m.encoder.agent_forward(i, torch.cat([action[i], self._obs(obs, i)], -1)).chunk(2, -1)
+            mu, log_std = m.policy.encoder.agent_forward(i, torch.cat([action[i], self._obs(obs, i)], -1)).chunk(2, -1)
             log_std = log_std.clamp(-4, 15)
             std = log_std.exp()
             recon = self.decode(obs, i, mu + std * eps[i])
-            rec = ((recon - action[i]) ** 2).sum(-1).mean() / m.act_mask[i].sum()
+            rec = ((recon - action[i]) ** 2).sum(-1).mean() / act_mask[i].sum()
             kl = -0.5 * (1 + 2 * log_std - mu.pow(2) - std.pow(2)).mean()
             vae = vae + rec + cfg.kl_weight * kl
-        stats["vae"] = _step(m.opt_vae, vae)
+        stats["vae"] = _step(opt["vae"], vae)
         # Eq. 6
         n = cfg.n_target
         with torch.no_grad():
-            z = torch.randn(N, B * n, m.latent, generator=generator).clamp(-cfg.latent_clip, cfg.latent_clip)
+            z = torch.randn(N, B * n, latent, generator=generator).clamp(-cfg.latent_clip, cfg.latent_clip)
             rep = next_obs.repeat_interleave(n, dim=1)
-            cand = torch.stack([self.perturb(m.actor_target, rep, i, self.decode(rep, i, z[i])) for i in range(N)], 1)
+            actor_target = m.policy.actor_target
+            cand = torch.stack([self.perturb(actor_target, rep, i, self.decode(rep, i, z[i])) for i in range(N)], 1)
             q = self.joint_q(next_state.repeat_interleave(n, dim=0), cand, target=True)
             y = reward + cfg.gamma * (1 - terminated) * q.view(B, n).max(1).values
         x = torch.cat([state, action.transpose(0, 1).flatten(1)], -1)
         jl = sum(F.mse_loss(m.joint_critic.agent_forward(k, x)[:, 0], y) for k in range(2))
-        stats["joint_critic"] = _step(m.opt_joint, jl)
+        stats["joint_critic"] = _step(opt["joint_critic"], jl)
         # Eqs. 8-9
         with torch.no_grad():
-            z = torch.randn(N, B, m.latent, generator=generator).clamp(-cfg.latent_clip, cfg.latent_clip)
-            pi = [self.perturb(m.actor, obs, i, self.decode(obs, i, z[i])) for i in range(N)]
+            z = torch.randn(N, B, latent, generator=generator).clamp(-cfg.latent_clip, cfg.latent_clip)
+            pi = [self.perturb(m.policy.actor, obs, i, self.decode(obs, i, z[i])) for i in range(N)]
             masks = subteam_masks(N, cfg.subteams, generator)
             delta = torch.zeros(N, B)
             for i in range(N):
@@ -108,15 +113,15 @@ class LoopUpdate:
                     delta[i] += self.joint_q(state, with_a) - self.joint_q(state, with_d)
             delta /= masks.shape[0]
         il = sum(((self.ind_q(k, i, obs, action[i]) - delta[i]) ** 2).mean() for k in range(2) for i in range(N))
-        stats["individual_critic"] = _step(m.opt_critic, il)
+        stats["individual_critic"] = _step(opt["individual_critic"], il)
         # actor
         with torch.no_grad():
-            z = torch.randn(N, B, m.latent, generator=generator).clamp(-cfg.latent_clip, cfg.latent_clip)
+            z = torch.randn(N, B, latent, generator=generator).clamp(-cfg.latent_clip, cfg.latent_clip)
             sampled = [self.decode(obs, i, z[i]) for i in range(N)]
-        al = -sum(self.ind_q(0, i, obs, self.perturb(m.actor, obs, i, sampled[i])).mean() for i in range(N))
-        stats["actor"] = _step(m.opt_actor, al)
+        al = -sum(self.ind_q(0, i, obs, self.perturb(m.policy.actor, obs, i, sampled[i])).mean() for i in range(N))
+        stats["actor"] = _step(opt["actor"], al)
         soft_update(m.joint_critic_target, m.joint_critic, cfg.tau)
-        soft_update(m.actor_target, m.actor, cfg.tau)
+        soft_update(m.policy.actor_target, m.policy.actor, cfg.tau)
         return stats
 
 
@@ -144,7 +149,7 @@ def make(task: str, B: int, seed: int = 0, config: CastBcqConfig | None = None):
         obs[i, :, :o], next_obs[i, :, :o] = torch.randn(B, o, generator=g), torch.randn(B, o, generator=g)
     batch = dict(
         obs=obs,
-        action=(torch.rand(N, B, A, generator=g) * 2 - 1) * algo.act_mask,
+        action=(torch.rand(N, B, A, generator=g) * 2 - 1) * algo.policy.act_mask,
         reward=torch.randn(B, generator=g),
         next_obs=next_obs,
         terminated=(torch.rand(B, generator=g) < 0.05).float(),
@@ -158,10 +163,12 @@ def check_same_numbers(task: str) -> float:
     """One iteration of each from the same start: largest relative difference of losses and weights."""
     algo, batch = make(task, 64)
     twin = copy.deepcopy(algo)
-    twin.opt_vae = torch.optim.Adam([*twin.encoder.parameters(), *twin.decoder.parameters()], lr=twin.cfg.lr)
-    twin.opt_actor = torch.optim.Adam(twin.actor.parameters(), lr=twin.cfg.lr)
-    twin.opt_joint = torch.optim.Adam(twin.joint_critic.parameters(), lr=twin.cfg.lr)
-    twin.opt_critic = torch.optim.Adam(twin.critic.parameters(), lr=twin.cfg.lr)
+    twin.optimizers = {
+        "vae": torch.optim.Adam(twin.policy.vae_parameters(), lr=twin.cfg.lr),
+        "actor": torch.optim.Adam(twin.policy.actor.parameters(), lr=twin.cfg.lr),
+        "joint_critic": torch.optim.Adam(twin.joint_critic.parameters(), lr=twin.cfg.lr),
+        "individual_critic": torch.optim.Adam(twin.critic.parameters(), lr=twin.cfg.lr),
+    }
     a = algo.update(**batch, generator=torch.Generator().manual_seed(1))
     b = LoopUpdate(twin).update(**batch, generator=torch.Generator().manual_seed(1))
     worst = max(abs(a[k] - b[k]) / max(abs(a[k]), 1e-6) for k in a)
@@ -229,10 +236,9 @@ def main() -> None:
                     loop = LoopUpdate(make(task, B, config=cfg)[0])
                     per_agent = lambda lo=loop, b=batch, g=g: lo.update(**b, generator=g)  # noqa: E731
                     gflop = flops(vec) / 1e9
-                    ms = {
-                        k: v * 1000
-                        for k, v in compare({"vec": vec, "bmm": bmm, "loop": per_agent}, args.rounds).items()
-                    }
+                    runs = interleaved({"vec": vec, "bmm": bmm, "loop": per_agent}, args.rounds)
+                    ms = {k: statistics.median(v) * 1000 for k, v in runs.items()}
+                    ratio, lo, hi = paired_ratio(runs["vec"], runs["loop"])
                     bound = gflop / peak * 1000
                     rows.append(
                         (
@@ -243,7 +249,7 @@ def main() -> None:
                             f"{ms['vec']:.1f}",
                             f"{ms['bmm']:.1f}",
                             f"{ms['loop']:.1f}",
-                            f"{ms['vec'] / ms['loop']:.2f}",
+                            f"{ratio:.2f} ({lo:.2f}-{hi:.2f})",
                             f"{ms['bmm'] / ms['loop']:.2f}",
                             f"{gflop:.2f}",
                             f"{bound:.1f}",
@@ -261,7 +267,7 @@ def main() -> None:
                 "vectorized ms/iter",
                 "always-bmm ms/iter",
                 "per-agent loop ms/iter",
-                "vectorized / loop",
+                "vectorized / loop (quartiles)",
                 "always-bmm / loop",
                 "GFLOP/iter",
                 "arithmetic bound ms",

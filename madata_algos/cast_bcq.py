@@ -114,7 +114,7 @@ class CastBcq(Algorithm):
     ):
         super().__init__()
         self.cfg = cfg = config or CastBcqConfig()
-        self.n = len(obs_dims)
+        self.n, self.obs_dims = len(obs_dims), list(obs_dims)
         self.policy = BcqPolicy(obs_dims, act_dims, max_action, cfg)
         self.A = self.policy.A
         self.critic = TwinCritics(obs_dims, self.A, cfg.critic_hidden)  # Q_i, regressed on Delta_i (Eq. 9)
@@ -137,7 +137,7 @@ class CastBcq(Algorithm):
         """Each joint critic on its own: state [R, S], joint action [R, N, A] -> [twins, R]."""
         net = self.joint_critic_target if target else self.joint_critic
         x = torch.cat([state, joint_action.flatten(1)], -1)
-        return net(x[None].expand(self.twins, -1, -1))[..., 0]
+        return net(x[None])[..., 0]  # every critic reads the same input
 
     def joint_q(self, state: torch.Tensor, joint_action: torch.Tensor, target: bool = False) -> torch.Tensor:
         """Eq. 10 over the twin joint critics: state [R, S], joint action [R, N, A] -> [R]."""

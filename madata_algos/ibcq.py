@@ -196,12 +196,12 @@ class TwinCritics(nn.Module):
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """obs [N, R, O], action [N, R, A] -> [2, N, R]."""
-        x = torch.cat([action, obs], -1)
-        return self.net(torch.cat([x, x]))[..., 0].view(2, self.n, -1)
+        return self.net(torch.cat([action, obs], -1))[..., 0].view(2, self.n, -1)  # both heads read the same input
 
     def first(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        """Q_{i,1} alone (acting, the actor's gradient): [N, R]."""
-        return self(obs, action)[0]
+        """Q_{i,1} alone (acting, the actor's gradient): [N, R]. Head 2 is not evaluated, so the actor's
+        backward does not run through it."""
+        return self.net(torch.cat([action, obs], -1), slice(0, self.n))[..., 0]
 
 
 # ---------------------------------------------------------------------------- I-BCQ, continuous

@@ -39,19 +39,21 @@ class AgentLinear(nn.Module):
                 self.weight[i, :fan_in].uniform_(-bound, bound)  # padded rows stay 0
                 self.bias[i].uniform_(-bound, bound)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.baddbmm(self.bias, x, self.weight)
+    def forward(self, x: torch.Tensor, nets: slice = slice(None)) -> torch.Tensor:
+        """x [len(nets), B, max in] -> [len(nets), B, out]: the layers ``nets`` alone."""
+        return torch.baddbmm(self.bias[nets], x, self.weight[nets])
 
     def extra_repr(self) -> str:
         return f"n_agents={self.n_agents}, in_features={self.in_features}, out_features={self.out_features}"
 
 
-# From this many activations per agent and layer (rows x widest layer) on, one multithreaded
-# ``addmm`` per agent beats a CPU ``bmm`` over agents: on this project's CPU, torch's batched
-# product ran at about 150 GFLOP/s where per-agent products reached 200, and 3 agents on 2
-# threads leave one thread idle. Below it (e.g. 64-wide networks at batch 32-100) the calls'
-# overhead dominates and one ``bmm`` wins. Measured in benchmarks/train_step.py
-# (docs/results/benchmarks.md).
+# A CPU ``bmm`` over agents gives each thread whole matrices: when the agents divide evenly among
+# the threads (2 agents on 2 threads) it is the fastest kernel, but 3 agents on 2 threads leave a
+# thread idle a third of the time (hopper-3x1, 256-256 networks, batch 256: 1.20x the per-agent
+# loop), and on one thread a per-agent ``addmm`` is a little faster too. So from this many
+# activations per agent and layer (rows x widest layer) on, those cases run one multithreaded
+# ``addmm`` per agent; below it (64-wide networks at batch 32-100) call overhead dominates and one
+# ``bmm`` wins. Measured in benchmarks/train_step.py (docs/results/benchmarks.md).
 PER_AGENT_MIN_ACTIVATIONS = 1 << 14
 
 
@@ -71,16 +73,28 @@ class AgentMLP(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.widest = max(sizes)
 
-    def per_agent_kernel(self, x: torch.Tensor) -> bool:
-        """True when one multithreaded product per agent beats a ``bmm`` over agents for input ``x``."""
-        return x.device.type == "cpu" and x.shape[-2] * self.widest >= PER_AGENT_MIN_ACTIVATIONS
+    def per_agent_kernel(self, x: torch.Tensor, n: int) -> bool:
+        """True when one multithreaded product per agent beats a ``bmm`` over ``n`` agents for input ``x``."""
+        threads = torch.get_num_threads()
+        uneven = threads == 1 or n % threads != 0
+        return x.device.type == "cpu" and uneven and x.shape[-2] * self.widest >= PER_AGENT_MIN_ACTIVATIONS
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.per_agent_kernel(x):
-            return torch.stack([self.agent_forward(i, x[i]) for i in range(x.shape[0])])
+    def forward(self, x: torch.Tensor, nets: slice = slice(None)) -> torch.Tensor:
+        """x [n_in, B, in] -> [len(nets), B, out], the MLPs ``nets`` (default all) alone. MLP k reads input
+        k % n_in (n_in divides their number), so networks sharing their inputs (twin critics) need no copy
+        of them; evaluating only the MLPs a loss needs keeps backward from running through the others."""
+        ks = range(self.layers[0].n_agents)[nets]
+        if len(ks) % x.shape[0]:
+            raise ValueError(f"AgentMLP of {len(ks)} agents: {x.shape[0]} inputs do not divide among them")
+        if self.per_agent_kernel(x, len(ks)):
+            return torch.stack([self.agent_forward(k, x[j % x.shape[0]]) for j, k in enumerate(ks)])
+        if x.shape[0] == 1:
+            x = x.expand(len(ks), -1, -1)
+        elif x.shape[0] != len(ks):
+            x = x.repeat(len(ks) // x.shape[0], 1, 1)
         for layer in self.layers[:-1]:
-            x = torch.relu(layer(x))
-        return self.layers[-1](x)
+            x = torch.relu(layer(x, nets))
+        return self.layers[-1](x, nets)
 
     def agent_forward(self, i: int, x: torch.Tensor) -> torch.Tensor:
         """Agent ``i``'s MLP alone: x [B, >= its input size] (padding beyond it is dropped) -> [B, out]."""

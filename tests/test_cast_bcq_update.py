@@ -33,8 +33,11 @@ class Linear(nn.Module):
         self.W = nn.Parameter(torch.randn(n, d_in, d_out, generator=g) * 0.5)
         self.c = nn.Parameter(torch.randn(n, 1, d_out, generator=g) * 0.5)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x @ self.W + self.c
+    def forward(
+        self, x: torch.Tensor, nets: slice = slice(None)
+    ) -> torch.Tensor:  # as AgentMLP: net k reads input k % n_in
+        W, c = self.W[nets], self.c[nets]
+        return x.repeat(W.shape[0] // x.shape[0], 1, 1) @ W + c
 
     def at(self, k: int, x: torch.Tensor) -> torch.Tensor:
         """Network k on one input vector (the hand computation's view)."""
