@@ -27,6 +27,17 @@ def test_exact_enumeration_includes_the_empty_subteam(n):
         assert tuple([False] * n) in subteams  # the empty subteam: everyone follows the joint policy
 
 
+def test_subteam_masks_of_one_agent_and_of_one_sample():
+    """A lone agent has one (empty) subteam; M = 1 of 2 agents draws it; N < 1 or M < 1 is refused by name."""
+    assert subteam_masks(1, 1).tolist() == [[[False]]]
+    assert subteam_masks(1, 5).shape == (1, 1, 1)  # M capped at 2^0 = 1
+    one = subteam_masks(2, 1, generator=torch.Generator().manual_seed(0))
+    assert one.shape == (1, 2, 2) and not one.diagonal(dim1=1, dim2=2).any()
+    for n, m in ((0, 1), (2, 0), (-1, -1)):
+        with pytest.raises(ValueError, match=rf"subteam_masks: need n_agents >= 1 and M >= 1, got {n}, {m}"):
+            subteam_masks(n, m)
+
+
 def test_sampled_subteams_are_uniform_and_include_empty():
     g = torch.Generator().manual_seed(0)
     masks = subteam_masks(5, 8, generator=g)  # 8 < 2^4: sampled
