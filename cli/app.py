@@ -81,6 +81,22 @@ def verify(
         raise typer.Exit(2)
 
 
+@app.command()
+@handle_errors
+def upgrade(path: DatasetArg) -> None:
+    """Add checksums of the metadata and episode table to a dataset written by madata 0.1.0.
+
+    Verifies the dataset fully first and refuses a damaged or unfinished one; only its
+    commit record is rewritten (atomically), never its data.
+    """
+    from madata.integrity import upgrade as run_upgrade
+
+    if run_upgrade(path):
+        typer.echo(f"upgraded {path}: its metadata and episode table are now covered by checksums")
+    else:
+        typer.echo(f"{path} is current: nothing to upgrade")
+
+
 class ExportFormat(str, Enum):
     parquet = "parquet"
 

@@ -9,6 +9,8 @@ few chunks whatever the dataset's size.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -16,10 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
+from madata.commit import PartRecord, write_commit
 from madata.errors import CorruptionError, MadataError
 from madata.schema import END_KINDS
 from madata.spaces import Box, Discrete
-from madata.store import Store, partial_files
+from madata.store import Store, partial_files, read_root
 
 
 @dataclass(frozen=True)
@@ -253,3 +256,35 @@ def verify(path: str | Path, full: bool = True) -> Report:
             "(the arrays are); `madata upgrade` adds them"
         )
     return report
+
+
+def upgrade(path: str | Path) -> bool:
+    """Give a store written by madata 0.1.0 the digests of its metadata and episode-table parts.
+
+    Only after a full :func:`verify` finds nothing wrong (a damaged store is not stamped as
+    sound), and only on a store its writer closed. Nothing but ``commit.json`` changes, and
+    that atomically. Returns False when the store has the digests already.
+    """
+    root = Path(path)
+    store = Store.open(root)
+    if not store.record.legacy:
+        return False
+    if not store.record.complete:
+        raise CorruptionError(
+            f"{root}: its writer did not close it (interrupted or still running); "
+            "finish or resume the collection before upgrading"
+        )
+    report = verify(root)
+    if not report.ok:
+        raise CorruptionError(
+            f"{root}: not upgraded, verify found {len(report.problems)} problem(s), the first: {report.problems[0]}"
+        )
+    _, digest = read_root(root)
+    parts = [
+        PartRecord(p.path, hashlib.sha256((root / p.path).read_bytes()).hexdigest()) for p in store.record.episode_parts
+    ]
+    record = dataclasses.replace(
+        store.record, episode_parts=parts, metadata_sha256=digest, sequence=store.record.sequence + 1
+    )
+    write_commit(root, record)
+    return True

@@ -254,3 +254,53 @@ def test_verify_streams_in_bounded_memory(tmp_path):
     chunk_bytes = 256 * 11 * 4  # the widest array's chunk (the state)
     obs_bytes = sum(8 * e["obs"]["agent_1"].size for e in eps) * 3  # every observation array held at once
     assert peak < max(40 * chunk_bytes, 1 << 20) < obs_bytes, (peak, chunk_bytes, obs_bytes)
+
+
+def _as_legacy(path):
+    """Rewrite the commit record as madata 0.1.0 wrote it: parts as bare paths, no metadata digest."""
+    rec = json.loads((path / "commit.json").read_text())
+    del rec["metadata_sha256"]
+    rec["episode_parts"] = [p["path"] for p in rec["episode_parts"]]
+    (path / "commit.json").write_text(json.dumps(rec))
+    return rec
+
+
+def test_a_legacy_store_opens_with_a_note_and_upgrade_adds_its_digests(small_dataset):
+    path, _, eps = small_dataset
+    current = json.loads((path / "commit.json").read_text())
+    legacy = _as_legacy(path)
+    chunks = {p: p.read_bytes() for p in path.rglob("c/*/*")}
+    assert madata.open(path).num_episodes == len(eps)
+    report = madata.verify(path)
+    assert report.ok and any("written by madata 0.1.0" in n and "madata upgrade" in n for n in report.notes)
+
+    res = runner.invoke(app, ["upgrade", str(path)])
+    assert res.exit_code == 0 and "upgraded" in res.output, res.output
+    rec = json.loads((path / "commit.json").read_text())
+    assert rec["metadata_sha256"] == current["metadata_sha256"]
+    assert rec["episode_parts"] == current["episode_parts"]  # the same digests the writer computed
+    assert rec["sequence"] == legacy["sequence"] + 1
+    assert {p: p.read_bytes() for p in path.rglob("c/*/*")} == chunks  # the data are untouched
+    assert not any("0.1.0" in n for n in madata.verify(path).notes)
+    res = runner.invoke(app, ["upgrade", str(path)])
+    assert res.exit_code == 0 and "nothing to upgrade" in res.output
+
+
+def test_upgrade_refuses_a_damaged_or_unfinished_legacy_store(small_dataset):
+    from madata.integrity import upgrade
+
+    path, _, _ = small_dataset
+    _as_legacy(path)
+    before = (path / "commit.json").read_bytes()
+    _flip(path / "obs/agent_1/c/2/0")
+    with pytest.raises(CorruptionError, match=r"not upgraded, verify found 1 problem\(s\), the first: .*obs/agent_1"):
+        upgrade(path)
+    res = runner.invoke(app, ["upgrade", str(path)])
+    assert res.exit_code == 2 and "not upgraded" in res.output and "Traceback" not in res.output
+    _flip(path / "obs/agent_1/c/2/0")  # repaired
+    rec = json.loads(before)
+    rec["complete"] = False
+    (path / "commit.json").write_text(json.dumps(rec))
+    with pytest.raises(CorruptionError, match="its writer did not close it"):
+        upgrade(path)
+    assert json.loads((path / "commit.json").read_text()) == rec  # refused: nothing written
