@@ -1,14 +1,16 @@
 """Store I/O benchmark: how ``chunk_rows`` shapes write, read, verify and size on disk.
 
 Builds HalfCheetah 2x3 transitions (two agents, each with its own MaMuJoCo local
-observation; global state; float32 observations/state/actions, float64 team reward) by
-stepping the real environment with uniformly random actions, then, for each chunk size,
+observation; global state; float32 observations/state/actions, float64 team reward) with
+the collector (``madata.collect``, uniformly random actions), then, for each chunk size,
 writes them through ``madata.create`` / ``add_episode`` / ``close`` and measures
 
 * write throughput (raw MB/s and rows/s) under several commit policies (``--commit``:
   madata.create's default, every N episodes however fast, only at close), the number
   of commits, and the writer's peak memory allocation (tracemalloc, one extra write),
 * size on disk against the raw bytes (``disk/raw``: lower is better),
+* ``madata.verify``'s peak allocation (tracemalloc), against the largest chunk of any
+  array: it streams, so the peak is a few chunks whatever the store's size,
 * ``madata.open`` (quick verify), ``Dataset.transitions()`` of every default field,
   ``Dataset.read_rows`` of every array, and ``madata.verify`` (full),
 * 1,000 random ``Dataset.episode(i)`` calls on one opened dataset (its chunk cache on,
@@ -16,9 +18,9 @@ writes them through ``madata.create`` / ``add_episode`` / ``close`` and measures
   every array, what one random episode costs when its chunks are not cached).
 
 Real MaMuJoCo data matters: simulator state barely compresses, random normals would
-compress differently. ``--sim-steps`` below ``--transitions`` simulates fewer steps and
+compress differently. ``--sim-steps`` below ``--transitions`` collects fewer steps and
 tiles them with a relative perturbation of 1e-3 (it randomizes the low mantissa bits,
-as real data has them); by default every transition is simulated.
+as real data has them); by default every transition is collected.
 
 Stores go into a temporary directory (``--tmp``) that is removed afterwards. Reads
 are from the page cache (the store was just written): they measure decoding and
@@ -34,8 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shlex
 import shutil
 import sys
@@ -50,7 +50,9 @@ import numpy as np
 
 import madata
 from madata.commit import read_commit
-from madata.spaces import from_gymnasium
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import machine_line, markdown_table  # noqa: E402
 
 MB = 1e6
 MiB = 1 << 20
@@ -65,6 +67,7 @@ class Data:
 
     agent_specs: list[madata.AgentSpec]
     state_space: madata.Box
+    env: dict  # the collector's env metadata: a registered task
     episodes: list[dict] = field(default_factory=list)  # add_episode keyword arguments
     sim_steps: int = 0
     sim_seconds: float = 0.0
@@ -79,49 +82,6 @@ class Data:
             total += sum(v.nbytes for v in e["obs"].values()) + sum(v.nbytes for v in e["actions"].values())
             total += e["rewards"].nbytes + e["terminated"].nbytes + e["truncated"].nbytes + e["state"].nbytes
         return total
-
-
-def make_env():
-    try:
-        from gymnasium_robotics import mamujoco_v1
-    except ImportError as e:
-        raise SystemExit(f'store_io.py needs MaMuJoCo: pip install "madata[mujoco]" ({e})') from e
-    return mamujoco_v1.parallel_env("HalfCheetah", "2x3", agent_obsk=1)
-
-
-def simulate_episode(env, agents, T: int, rng: np.random.Generator, seed: int):
-    """One episode of at most T random-action steps: obs [T+1, d] per agent, state [T+1, 17], ..."""
-    obs, _ = env.reset(seed=seed)
-    act_dims = [env.action_space(a).shape for a in agents]
-    acts = {a: rng.uniform(-1.0, 1.0, size=(T, *d)).astype(np.float32) for a, d in zip(agents, act_dims, strict=True)}
-    o = {a: np.empty((T + 1, *env.observation_space(a).shape), np.float32) for a in agents}
-    s0 = env.state()
-    state = np.empty((T + 1, *s0.shape), np.float32)
-    rew = np.empty(T, np.float64)
-    for a in agents:
-        o[a][0] = obs[a]
-    state[0] = s0
-    t, term = 0, False
-    while t < T:
-        obs, r, te, tr, _ = env.step({a: acts[a][t] for a in agents})
-        for a in agents:
-            o[a][t + 1] = obs[a]
-        state[t + 1] = env.state()
-        rew[t] = r[agents[0]]  # the team reward: MaMuJoCo gives every agent the same
-        t += 1
-        if any(te.values()) or any(tr.values()):
-            term = any(te.values())
-            break
-    end = np.zeros(t, bool)
-    end[-1] = True
-    return {
-        "obs": {a: o[a][: t + 1] for a in agents},
-        "actions": {a: acts[a][:t] for a in agents},
-        "rewards": rew[:t],
-        "terminated": end if term else np.zeros(t, bool),
-        "truncated": np.zeros(t, bool) if term else end,
-        "state": state[: t + 1],
-    }
 
 
 def perturbed(ep: dict, rng: np.random.Generator, rel: float = 1e-3) -> dict:
@@ -140,29 +100,46 @@ def perturbed(ep: dict, rng: np.random.Generator, rel: float = 1e-3) -> dict:
     }
 
 
-def build_data(n: int, episode_len: int, sim_steps: int, seed: int) -> Data:
-    env = make_env()
-    agents = list(env.possible_agents)
-    specs = [
-        madata.AgentSpec(a, from_gymnasium(env.observation_space(a), "float32"), from_gymnasium(env.action_space(a)))
-        for a in agents
-    ]
-    env.reset(seed=seed)
-    state_dim = env.state().shape
-    data = Data(specs, madata.Box.make(-np.inf, np.inf, state_dim, "float32"))
-    rng = np.random.default_rng(seed)
+def build_data(n: int, episode_len: int, sim_steps: int, seed: int, tmp: Path) -> Data:
+    """min(n, sim_steps) transitions of halfcheetah-2x3 from the collector (uniformly random
+    actions, episodes of ``episode_len`` steps), read back, then tiled perturbed up to ``n``."""
+    from madata.collect import collect
+
+    simulated = min(n, sim_steps)
     t0 = time.perf_counter()
-    pool: list[dict] = []
+    ds = collect(
+        "halfcheetah-2x3",
+        tmp / "collected",
+        mix=["random"],
+        episodes=-(-simulated // episode_len),
+        seed=seed,
+        max_steps=episode_len,
+    )
+    data = Data(ds.agents, ds.state_space, env=ds.metadata["env"])
+    pool = []
+    for i in range(ds.num_episodes):
+        ep = ds.episode(i)
+        pool.append(
+            {
+                "obs": ep.obs,
+                "actions": ep.actions,
+                "rewards": ep.rewards,
+                "terminated": ep.terminated,
+                "truncated": ep.truncated,
+                "state": ep.state,
+            }
+        )
+    data.sim_steps, data.sim_seconds = ds.num_transitions, time.perf_counter() - t0
+    shutil.rmtree(tmp / "collected")
+    rng = np.random.default_rng(seed)
     total = 0
-    while total < min(sim_steps, n):
-        ep = simulate_episode(env, agents, min(episode_len, n - total), rng, seed + len(pool))
-        pool.append(ep)
-        total += len(ep["rewards"])
-    data.sim_steps, data.sim_seconds = total, time.perf_counter() - t0
-    env.close()
-    data.episodes = list(pool)
+    for ep in pool:  # the collected episodes, the last one cut to n
+        keep = min(len(ep["rewards"]), n - total)
+        if keep > 0:
+            data.episodes.append(ep if keep == len(ep["rewards"]) else _cut(ep, keep))
+            total += keep
     k = 0
-    while total < n:  # tile the simulated episodes, perturbed
+    while total < n:  # tile the collected episodes, perturbed
         ep = perturbed(pool[k % len(pool)], rng)
         keep = min(len(ep["rewards"]), n - total)
         if keep < len(ep["rewards"]):
@@ -230,7 +207,7 @@ def write_store(data: Data, path: Path, chunk_rows: int, policy: str, trace: boo
         path,
         data.agent_specs,
         state_space=data.state_space,
-        env={"id": "HalfCheetah", "family": "mamujoco", "agent_conf": "2x3", "agent_obsk": 1},
+        env=data.env,
         description="benchmarks/store_io.py",
         chunk_rows=chunk_rows,
         **parse_policy(policy),
@@ -284,12 +261,21 @@ def measure(
     r["read_rows_s"] = time.perf_counter() - t
     r["read_rows_bytes"] = nbytes
 
-    # madata.verify, full
+    # madata.verify, full: its time, then (traced, which slows it) its peak allocation
     t = time.perf_counter()
     report = madata.verify(path)
     r["verify_s"] = time.perf_counter() - t
     if not report.ok:
         raise SystemExit(f"verify failed on a freshly written store: {[str(p) for p in report.problems]}")
+    if trace:
+        tracemalloc.start()
+        madata.verify(path)
+        r["verify_peak_bytes"] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        r["largest_chunk_bytes"] = max(
+            min(chunk_rows, ds.store.rows(a.name)) * int(np.prod(a.feature_shape)) * np.dtype(a.dtype).itemsize
+            for a in ds.spec.arrays()
+        )
 
     # 1k random Dataset.episode(i) on one opened dataset (chunk cache as the API uses it)
     rng = np.random.default_rng(seed)
@@ -341,38 +327,14 @@ def best_result(runs: list[dict]) -> dict:
 # ---------------------------------------------------------------- reporting
 
 
-def machine() -> dict:
-    model, mhz = "?", "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model == "?":
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("cpu MHz") and mhz == "?":
-                mhz = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    try:
-        nproc = len(os.sched_getaffinity(0))
-    except AttributeError:
-        nproc = os.cpu_count()
-    versions = {}
+def versions() -> str:
+    out = []
     for name in ("madata", "zarr", "numcodecs", "numpy", "pyarrow", "mujoco", "gymnasium-robotics"):
         try:
-            versions[name] = importlib_metadata.version(name)
+            out.append(f"{name} {importlib_metadata.version(name)}")
         except importlib_metadata.PackageNotFoundError:
             pass
-    return {
-        "nproc": nproc,
-        "cpu": model,
-        "cpu_mhz": mhz,
-        "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-        "python": platform.python_version(),
-        "versions": versions,
-    }
-
-
-def _md(head: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
+    return ", ".join(out)
 
 
 def tables(results: list[dict], data: Data, policies: list[str], n_episode: int) -> str:
@@ -382,6 +344,7 @@ def tables(results: list[dict], data: Data, policies: list[str], n_episode: int)
     for pol in policies:
         head.append(f"write MB/s (Mrows/s; commits), {policy_label(pol)}")
     head += ["write peak alloc MiB", "disk MB", "disk/raw"]
+    head = ["chunk_rows", *head[1:]]
     rows = []
     for r in results:
         row = [f"{r['chunk_rows']:,}", f"{writer_buffer_bytes(data, r['chunk_rows']) / MiB:.1f}"]
@@ -390,7 +353,7 @@ def tables(results: list[dict], data: Data, policies: list[str], n_episode: int)
             row.append(f"{raw / MB / sec:.0f} ({n / 1e6 / sec:.2f}; {r[f'commits[{pol}]']})")
         row += [f"{r['write_peak_bytes'] / MiB:.0f}", f"{r['disk_bytes'] / MB:.1f}", f"{r['disk_bytes'] / raw:.3f}"]
         rows.append(row)
-    out = _md(head, rows)
+    out = markdown_table(head, rows)
     head = [
         "chunk_rows",
         "open (quick) s",
@@ -398,6 +361,7 @@ def tables(results: list[dict], data: Data, policies: list[str], n_episode: int)
         "transitions() Mrows/s, 2nd call",
         "read_rows all MB/s",
         "verify (full) s",
+        "verify peak alloc MiB (largest chunks)",
         f"{n_episode:,} episode() s",
         "cold episode ms",
     ]
@@ -411,11 +375,12 @@ def tables(results: list[dict], data: Data, policies: list[str], n_episode: int)
                 f"{n / 1e6 / r['transitions2_s']:.2f}",
                 f"{r['read_rows_bytes'] / MB / r['read_rows_s']:.0f}",
                 f"{r['verify_s']:.2f}",
+                f"{r['verify_peak_bytes'] / MiB:.1f} ({r['verify_peak_bytes'] / r['largest_chunk_bytes']:.1f})",
                 f"{r['episode_s']:.2f}",
                 f"{r['cold_episode_s'] * 1e3:.1f}",
             ]
         )
-    return "\n".join(out + [""] + _md(head, rows))
+    return "\n".join([out, "", markdown_table(head, rows)])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -471,21 +436,22 @@ def main(argv: list[str] | None = None) -> None:
             str(args.seed),
         ]
     )
-    mach = machine()
+    mach = machine_line() + "; " + versions()
     print(f"# {command}", file=sys.stderr)
-    data = build_data(args.transitions, args.episode_len, sim_steps, args.seed)
-    raw = data.raw_bytes()
-    print(
-        f"# data: {data.transitions:,} transitions in {len(data.episodes)} episodes, {raw / MB:.1f} MB raw; "
-        f"simulated {data.sim_steps:,} steps in {data.sim_seconds:.1f} s ({data.sim_steps / max(data.sim_seconds, 1e-9):,.0f} steps/s)",
-        file=sys.stderr,
-    )
     results: list[dict] = []
     all_runs: list[dict] = []
-    t_all = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="madata-store-io-", dir=args.tmp) as tmp:
+        data = build_data(args.transitions, args.episode_len, sim_steps, args.seed, Path(tmp))
+        raw = data.raw_bytes()
+        print(
+            f"# data: {data.transitions:,} transitions in {len(data.episodes)} episodes, {raw / MB:.1f} MB raw; "
+            f"collected {data.sim_steps:,} steps in {data.sim_seconds:.1f} s "
+            f"({data.sim_steps / max(data.sim_seconds, 1e-9):,.0f} steps/s)",
+            file=sys.stderr,
+        )
+        t_all = time.perf_counter()
         # warm-up: lazy imports and one-time allocations stay out of the first measurement
-        small = Data(data.agent_specs, data.state_space, data.episodes[:2])
+        small = Data(data.agent_specs, data.state_space, data.env, data.episodes[:2])
         write_store(small, Path(tmp) / "warm-up", 1024, policies[0])
         shutil.rmtree(Path(tmp) / "warm-up")
         for C in chunk_sizes:
@@ -502,11 +468,10 @@ def main(argv: list[str] | None = None) -> None:
     lines = [
         f"Command: `{command}`",
         "",
-        f"Machine: {mach['nproc']} CPUs available ({mach['cpu']}, {mach['cpu_mhz']} MHz), load average at start "
-        f"{mach['loadavg']}; Python {mach['python']}; " + ", ".join(f"{k} {v}" for k, v in mach["versions"].items()),
+        mach.replace("machine: ", "Machine: ", 1),
         "",
         f"Data: {data.transitions:,} HalfCheetah 2x3 transitions ({len(data.episodes)} episodes of up to "
-        f"{args.episode_len} steps; {data.sim_steps:,} steps simulated with uniform random actions in "
+        f"{args.episode_len} steps; {data.sim_steps:,} steps collected (`madata.collect`, uniformly random actions) in "
         f"{data.sim_seconds:.0f} s"
         + (", the rest tiled with 1e-3 relative noise" if data.sim_steps < data.transitions else "")
         + f"). Per agent: obs float32 {list(a0.observation_space.shape)}, action float32 "

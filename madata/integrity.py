@@ -81,7 +81,7 @@ def quick_problems(store: Store) -> Iterator[Problem]:
         for k in range(store.num_chunks(name)):
             try:
                 if committed.stored_crc[k] is None:  # partial last chunk: check its decoded committed rows
-                    store.read_chunk(name, k)
+                    store.read_chunk(name, k, owned=False)
                 elif zlib.crc32(store.chunk_bytes(name, k)) != committed.stored_crc[k]:
                     yield Problem(
                         f"{store.root}: {store.chunk_location(name, k)} does not match its stored checksum "
@@ -144,7 +144,8 @@ def _value_problems(store: Store, name: str, lo: int, block: np.ndarray) -> Iter
             eps = _episodes_of(store, spec.rows, lo, np.flatnonzero(bad))[:10].tolist()
             yield Problem(f"{where} holds NaN or inf in episodes {eps}")
             return
-    if isinstance(space, Box):  # the bounds as the writer compared them: cast to the stored dtype
+    if isinstance(space, Box) and np.isfinite(np.r_[np.ravel(space.low), np.ravel(space.high)]).any():
+        # the bounds as the writer compared them: cast to the stored dtype (unbounded spaces need no pass)
         low = np.asarray(space.low, dtype=np.float64).astype(block.dtype).reshape(space.shape)
         high = np.asarray(space.high, dtype=np.float64).astype(block.dtype).reshape(space.shape)
         flat = block.reshape(len(block), *space.shape)
@@ -171,56 +172,78 @@ def _value_problems(store: Store, name: str, lo: int, block: np.ndarray) -> Iter
 
 def full_problems(store: Store) -> Iterator[Problem]:
     """Decode every chunk against its content checksum and check its values, one chunk at a time;
-    then check the episodes' meaning (ends, returns) from the per-step flags and rewards."""
-    keep = {"terminated", "truncated", "reward"}
-    kept: dict[str, list[np.ndarray]] = {k: [] for k in keep}
+    the episodes' meaning (ends, returns) is accumulated from the flag and reward chunks as they pass
+    (:class:`_EpisodeChecks`: memory per episode, not per step)."""
+    episodes = _EpisodeChecks(store)
     damaged = False
     for spec in store.spec.arrays():
         for k in range(store.num_chunks(spec.name)):
             try:
-                block = store.read_chunk(spec.name, k)
+                block = store.read_chunk(spec.name, k, owned=False)
             except CorruptionError as e:
                 damaged = True
                 yield Problem(str(e))
                 continue
             lo = k * store.meta.chunk_rows
             yield from _value_problems(store, spec.name, lo, block)
-            if spec.name in keep:
-                kept[spec.name].append(block)
+            episodes.add(spec.name, lo, block)
+            del block  # before the next chunk is read: one chunk less at the peak
     if damaged or store.record.num_episodes == 0:
         return
-    yield from _episode_problems(store, {k: np.concatenate(v) for k, v in kept.items()})
+    yield from episodes.problems()
 
 
-def _episode_problems(store: Store, data: dict[str, np.ndarray]) -> Iterator[Problem]:
-    lengths, starts = store.column("length"), store.column("step_offset")
-    last = starts + lengths - 1
-    term, trunc = data["terminated"], data["truncated"]
-    flagged = np.flatnonzero(term | trunc)
-    early = np.setdiff1d(flagged, last)
-    if early.size:
-        ep = np.searchsorted(starts, early, side="right") - 1
-        yield Problem(
-            f"{store.root}: terminated/truncated set before the last step in episodes {np.unique(ep)[:10].tolist()}"
-        )
-    both = term[last] == trunc[last]
-    if both.any():
-        yield Problem(
-            f"{store.root}: episodes {np.flatnonzero(both)[:10].tolist()} end neither or both terminated and truncated"
-        )
-    end = np.where(term[last], "terminated", "truncated")
-    stored_end = np.asarray(store.table.column("end").to_pylist())
-    if (end != stored_end).any():
-        bad = np.flatnonzero(end != stored_end)[:10].tolist()
-        yield Problem(
-            f"{store.root}: episode table column 'end' disagrees with the terminated/truncated arrays in episodes {bad}"
-        )
-    returns = np.add.reduceat(data["reward"], starts) if len(starts) else np.zeros(0)
-    stored_ret = store.column("return")
-    off = ~np.isclose(returns, stored_ret, rtol=1e-9, atol=1e-9)
-    if off.any():
-        bad = np.flatnonzero(off)[:10].tolist()
-        yield Problem(f"{store.root}: episode table column 'return' differs from the sum of rewards in episodes {bad}")
+class _EpisodeChecks:
+    """Each episode's end flags and return, summed chunk by chunk from the step arrays: O(episodes) memory."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.starts, lengths = store.column("step_offset"), store.column("length")
+        self.last = self.starts + lengths - 1
+        n = len(self.starts)
+        self.end_flag = {"terminated": np.zeros(n, bool), "truncated": np.zeros(n, bool)}
+        self.early: set[int] = set()  # episodes with a flag before their last step
+        self.returns = np.zeros(n)
+
+    def add(self, name: str, lo: int, block: np.ndarray) -> None:
+        """Take chunk rows ``lo ..`` of ``name`` (other arrays are ignored)."""
+        if name not in ("terminated", "truncated", "reward") or not len(block):
+            return
+        first = int(np.searchsorted(self.starts, lo, side="right")) - 1  # the episode of the chunk's first row
+        if name == "reward":
+            ep = np.searchsorted(self.starts, lo + np.arange(len(block)), side="right") - 1
+            sums = np.bincount(ep - first, weights=block.astype(np.float64))
+            self.returns[first : first + len(sums)] += sums
+            return
+        rows = lo + np.flatnonzero(block)
+        ep = np.searchsorted(self.starts, rows, side="right") - 1
+        at_last = rows == self.last[ep]
+        self.end_flag[name][ep[at_last]] = True
+        self.early.update(ep[~at_last].tolist())
+
+    def problems(self) -> Iterator[Problem]:
+        root = self.store.root
+        if self.early:
+            yield Problem(
+                f"{root}: terminated/truncated set before the last step in episodes {sorted(self.early)[:10]}"
+            )
+        term, trunc = self.end_flag["terminated"], self.end_flag["truncated"]
+        both = term == trunc
+        if both.any():
+            yield Problem(
+                f"{root}: episodes {np.flatnonzero(both)[:10].tolist()} end neither or both terminated and truncated"
+            )
+        end = np.where(term, "terminated", "truncated")
+        stored_end = np.asarray(self.store.table.column("end").to_pylist())
+        if (end != stored_end).any():
+            bad = np.flatnonzero(end != stored_end)[:10].tolist()
+            yield Problem(
+                f"{root}: episode table column 'end' disagrees with the terminated/truncated arrays in episodes {bad}"
+            )
+        off = ~np.isclose(self.returns, self.store.column("return"), rtol=1e-9, atol=1e-9)
+        if off.any():
+            bad = np.flatnonzero(off)[:10].tolist()
+            yield Problem(f"{root}: episode table column 'return' differs from the sum of rewards in episodes {bad}")
 
 
 def verify(path: str | Path, full: bool = True) -> Report:

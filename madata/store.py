@@ -238,8 +238,10 @@ class Store:
         except OSError as e:
             raise self.damaged(name, k, f"cannot be read ({e.strerror or e})") from None
 
-    def read_chunk(self, name: str, k: int) -> np.ndarray:
-        """Chunk ``k``'s committed rows, decoded and checked against the committed content checksum."""
+    def read_chunk(self, name: str, k: int, owned: bool = True) -> np.ndarray:
+        """Chunk ``k``'s committed rows, decoded and checked against the committed content checksum: a
+        writable array the caller owns, or with ``owned=False`` a read-only view of the decoded bytes (one
+        chunk less memory, for readers that only look)."""
         spec = self.spec.array(name)
         C, committed = self.meta.chunk_rows, self.record.arrays[name]
         n = min(C, committed.rows - k * C)
@@ -248,6 +250,7 @@ class Store:
             data = self._codec.decode(raw)
         except (RuntimeError, ValueError, TypeError, MemoryError) as e:  # zstd: corrupt frame, bad checksum
             raise self.damaged(name, k, f"cannot be decoded ({type(e).__name__}: {e})") from None
+        del raw  # the encoded bytes are not needed past here: a chunk less at the peak
         dtype = np.dtype(spec.dtype).newbyteorder("<")
         row_bytes = dtype.itemsize * int(np.prod(spec.feature_shape, dtype=np.int64))
         if len(data) != C * row_bytes:
@@ -255,7 +258,9 @@ class Store:
         block = np.frombuffer(data, dtype=dtype).reshape(C, *spec.feature_shape)[:n]
         if content_crc(block) != committed.content_crc[k]:
             raise self.damaged(name, k, "does not match its committed checksum")
-        return block.astype(spec.dtype, copy=True)  # a writable array the caller owns
+        if not owned and block.dtype == np.dtype(spec.dtype):
+            return block
+        return block.astype(spec.dtype, copy=True)
 
     def iter_chunks(self, name: str) -> Iterator[tuple[int, np.ndarray]]:
         """(first row, rows) of every committed chunk in order, checked: bounded memory whatever the size."""
