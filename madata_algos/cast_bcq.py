@@ -119,7 +119,7 @@ class CastBcq(Algorithm):
         self.A = self.policy.A
         self.critic = TwinCritics(obs_dims, self.A, cfg.critic_hidden)  # Q_i, regressed on Delta_i (Eq. 9)
         self.twins = 2 if cfg.clipped_double_q else 1
-        self.lam = cfg.lam if cfg.clipped_double_q else 1.0  # one critic: Eq. 10 with lambda = 1 gives it back exactly
+        self.lam = cfg.lam  # one critic: q[0] is q[-1], and Eq. 10 gives it back whatever lambda
         joint_in = state_dim + self.n * self.A
         self.joint_critic = AgentMLP(self.twins, joint_in, cfg.critic_hidden, 1)  # Q(o, a; phi^1), Q(o, a; phi^2)
         self.joint_critic_target = copy.deepcopy(self.joint_critic)
@@ -137,7 +137,7 @@ class CastBcq(Algorithm):
         """Each joint critic on its own: state [R, S], joint action [R, N, A] -> [twins, R]."""
         net = self.joint_critic_target if target else self.joint_critic
         x = torch.cat([state, joint_action.flatten(1)], -1)
-        return net(x[None])[..., 0]  # every critic reads the same input
+        return net(x[None]).squeeze(-1)  # every critic reads the same input
 
     def joint_q(self, state: torch.Tensor, joint_action: torch.Tensor, target: bool = False) -> torch.Tensor:
         """Eq. 10 over the twin joint critics: state [R, S], joint action [R, N, A] -> [R]."""
@@ -187,7 +187,7 @@ class CastBcq(Algorithm):
         """Eq. 9: (Q_i(o_i, a_i) - Delta_i)^2 for both heads of every agent's Q_i (mean over the batch, summed)."""
         err = (self.critic(obs, action) - delta.transpose(0, 1)[None]) ** 2  # [2, N, B]
         if self.cfg.delta_weight:
-            err = err * delta.transpose(0, 1).exp().clamp(0, 10)[None]
+            err = err * delta.transpose(0, 1).exp().clamp(max=10)[None]
         return err.mean(-1).sum()
 
     # ------------------------------------------------------------ Algorithm 1, one iteration

@@ -46,7 +46,7 @@ class CastBcqDiscrete(Algorithm):
         self.n, self.k, self.default = n_agents, n_actions, default_action
         self.classifier = AgentMLP(n_agents, obs_dim, cfg.hidden, n_actions)  # G_i(a_i | o_i)
         self.twins = 2 if cfg.clipped_double_q else 1
-        self.lam = cfg.lam if cfg.clipped_double_q else 1.0  # one critic: Eq. 10 with lambda = 1 gives it back exactly
+        self.lam = cfg.lam  # one critic: q[0] is q[-1], and Eq. 10 gives it back whatever lambda
         self.joint_critic = AgentMLP(self.twins, state_dim + n_agents * n_actions, cfg.hidden, 1)  # twin Q(s, a)
         self.ind_critic = AgentMLP(n_agents, obs_dim, cfg.hidden, n_actions)  # Q_i(o_i, .)
         self.joint_critic_target = copy.deepcopy(self.joint_critic)
@@ -63,7 +63,7 @@ class CastBcqDiscrete(Algorithm):
         """Eq. 10 over the twin joint critics: state [R, S], joint action [R, N] int (or [R, N, 1]) -> [R]."""
         a = joint_action.reshape(joint_action.shape[0], self.n).long()
         x = torch.cat([state, F.one_hot(a, self.k).float().flatten(1)], -1)
-        q = (self.joint_critic_target if target else self.joint_critic)(x[None])[..., 0]
+        q = (self.joint_critic_target if target else self.joint_critic)(x[None]).squeeze(-1)
         return soft_clipped_double_q(q[0], q[-1], self.lam)  # one critic: q[0] is q[-1]
 
     def greedy_joint(
@@ -89,7 +89,7 @@ class CastBcqDiscrete(Algorithm):
             _, q_next = self.greedy_joint(next_state, next_obs, target=True)
             y = td_target(reward, terminated, q_next, self.cfg.gamma)
         a = F.one_hot(action.transpose(0, 1), self.k).float().flatten(1)
-        q = self.joint_critic(torch.cat([state, a], -1)[None])[..., 0]  # [twins, B]
+        q = self.joint_critic(torch.cat([state, a], -1)[None]).squeeze(-1)  # [twins, B]
         return ((q - y[None]) ** 2).mean(-1).sum()
 
     def counterfactual_target(self, state, obs, action, generator=None) -> torch.Tensor:

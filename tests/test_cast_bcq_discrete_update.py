@@ -24,7 +24,7 @@ NOOP = 1  # the default action, not 0, so a default of zeros shows
 
 
 def make(**kw) -> CastBcqDiscrete:
-    cfg = dict(hidden=(8,), lam=0.7, gamma=0.9, tau=0.1, threshold=0.3, lr=1e-3)
+    cfg = dict(hidden=(8,), lam=0.7, gamma=0.9, tau=0.1, threshold=0.3, lr=2e-3)  # lr: not Adam's default
     cfg.update(kw)
     torch.manual_seed(0)
     return CastBcqDiscrete(N, OBS, K, S, NOOP, CastBcqDiscreteConfig(**cfg))
@@ -209,7 +209,7 @@ def test_cast_bcq_discrete_update_is_algorithm1_in_order():
 
 
 def make_ibcq(**kw) -> IndependentBcqDiscrete:
-    cfg = dict(hidden=(8,), gamma=0.9, tau=0.1, threshold=0.3, lr=1e-3)
+    cfg = dict(hidden=(8,), gamma=0.9, tau=0.1, threshold=0.3, lr=2e-3)  # lr: not Adam's default
     cfg.update(kw)
     torch.manual_seed(0)
     algo = IndependentBcqDiscrete(N, OBS, K, BcqDiscreteConfig(**cfg))

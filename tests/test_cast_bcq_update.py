@@ -56,7 +56,7 @@ def make(seed: int = 0, n: int = N, **kw) -> CastBcq:
         lam=0.8,
         gamma=0.9,
         tau=0.1,
-        lr=1e-3,
+        lr=2e-3,  # not Adam's default, so an optimizer built without lr= shows
         kl_weight=0.4,
     )
     cfg.update(kw)
@@ -236,6 +236,20 @@ def test_ablations_change_only_their_own_branch(flag, mode):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     full = hand_delta(hand_made(make()), d, torch.Generator().manual_seed(5))
     assert not torch.allclose(got, full, atol=1e-3)  # and it is not the full method
+
+
+@pytest.mark.parametrize("kw", [{}, dict(n=4, subteams=3), dict(csaa=False), dict(subteam_sampling=False)])
+def test_every_tensor_of_eq8_is_made_on_the_algorithms_device(kw):
+    """On "meta" (torch's shape-only device) a mask, default action or network left on the CPU raises,
+    the way it would on a GPU; this machine has none."""
+    n = kw.pop("n", N)
+    torch.manual_seed(0)
+    cfg = CastBcqConfig(vae_hidden=(8,), actor_hidden=(8,), critic_hidden=(8,), **kw)
+    algo = CastBcq([OBS] * n, [A] * n, S, MAX_ACTION[:n], cfg, device="meta")
+    d = {k: v.to("meta") for k, v in batch(n=n).items()}
+    delta = algo.counterfactual_target(d["state"], d["obs"], d["action"])
+    assert delta.device.type == "meta" and delta.shape == (B, n)
+    assert subteam_masks(n, 3, None, "meta").device.type == "meta"
 
 
 # ---------------------------------------------------------------------------- Eq. 9: the individual critics
