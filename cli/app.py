@@ -145,6 +145,13 @@ def collect(
     combo: Annotated[
         str | None, typer.Option(help="One explicit combination, e.g. agent_0=medium,agent_1=expert.")
     ] = None,
+    mix_by: Annotated[
+        str | None,
+        typer.Option(
+            help="With --mix: 'agent' draws each agent's level (default; uncoordinated), "
+            "'team' one level for the whole team per episode (coordinated, like D4RL's medium-expert)."
+        ),
+    ] = None,
     episodes: Annotated[int, typer.Option(help="Number of episodes.")] = 1000,
     seed: Annotated[int, typer.Option(help="Seed; the same seed reproduces the dataset bit for bit.")] = 0,
     envs: Annotated[
@@ -183,6 +190,7 @@ def collect(
         out,
         mix=parse_mix(mix) if mix is not None else None,
         combo=parse_combo(combo, info_.agent_ids) if combo is not None else None,
+        mix_by=mix_by,
         episodes=episodes,
         seed=seed,
         envs=envs,

@@ -52,7 +52,19 @@ from madata.writer import DatasetWriter
 PRODUCER = "madata.collect"
 DEFAULT_ENVS = 16
 # what a resumed run must share with the stored one
-_MATCH_KEYS = ("producer", "task", "mix", "combo", "episodes", "seed", "noise", "epsilon", "max_steps", "policies")
+_MATCH_KEYS = (
+    "producer",
+    "task",
+    "mix",
+    "mix_by",
+    "combo",
+    "episodes",
+    "seed",
+    "noise",
+    "epsilon",
+    "max_steps",
+    "policies",
+)
 _BEFORE_OPTIONS = {"noise": 0.0, "epsilon": 0.0, "max_steps": None}  # stored by collectors that lacked these options
 
 
@@ -62,6 +74,7 @@ def collect(
     *,
     mix: list[str] | None = None,
     combo: dict[str, str] | None = None,
+    mix_by: str | None = None,
     episodes: int,
     seed: int = 0,
     envs: int = DEFAULT_ENVS,
@@ -79,7 +92,9 @@ def collect(
     """Run ``episodes`` episodes of ``task`` and write them to ``out``; returns the opened dataset.
 
     Give exactly one of ``mix`` (levels; every per-agent combination gets an equal share)
-    and ``combo`` (one level per agent for every episode). ``envs``: environment copies
+    and ``combo`` (one level per agent for every episode). ``mix_by="team"`` (with ``mix``
+    only) draws one level per episode for the whole team instead (default ``"agent"``);
+    each episode's provenance records it. ``envs``: environment copies
     stepped side by side (the data does not depend on it). ``noise``: standard deviation
     of Gaussian action noise; ``epsilon``: probability that an agent acts uniformly at
     random in a step; ``max_steps``: a time limit below the task's own (ends there are
@@ -113,9 +128,12 @@ def collect(
         if isinstance(mix, str):
             raise SchemaError(f"mix: expected a list of levels, got the string {mix!r}; use parse_mix() to split it")
         mix = list(mix)
-        combos = combinations(mix, info.agent_ids)
+        mix_by = "agent" if mix_by is None else mix_by
+        combos = combinations(mix, info.agent_ids, mix_by)
         check_levels(info, mix, checkpoint_dir)
     else:
+        if mix_by is not None:
+            raise SchemaError(f"mix_by ({mix_by!r}) applies to a mix only; a combo fixes every agent's level already")
         combo = check_combo(combo, info.agent_ids)
         check_levels(info, combo.values(), checkpoint_dir)
         combos = [combo]
@@ -136,6 +154,7 @@ def collect(
             "producer": PRODUCER,
             "task": task,
             "mix": mix,
+            "mix_by": mix_by,
             "combo": combo,
             "episodes": episodes,
             "seed": seed,
@@ -156,7 +175,7 @@ def collect(
                 f.agents,
                 state_space=f.state_space,
                 env={**info.env, "max_steps": first_env.max_steps},
-                description=_describe(info, mix, combo, episodes, seed, noise, epsilon),
+                description=_describe(info, mix, mix_by, combo, episodes, seed, noise, epsilon),
                 reference_scores=info.reference_scores,
                 provenance=provenance,
                 commit_every=commit_every,
@@ -177,7 +196,7 @@ def collect(
         ):
             start = writer.num_episodes
             team_envs += [info.team_env(max_steps) for _ in range(min(envs, episodes - start) - 1)]
-            runner = VectorRunner(team_envs, assign(episodes, combos), policies, seed, noise, epsilon)
+            runner = VectorRunner(team_envs, assign(episodes, combos), policies, seed, noise, epsilon, mix_by)
             transitions, every = 0, max(1, (episodes - start) // 10)
             for ep in runner.run(start, episodes):
                 writer.add_episode(**ep)
@@ -214,8 +233,9 @@ class VectorRunner:
         seed: int,
         noise: float = 0.0,
         epsilon: float = 0.0,
+        mix_by: str | None = None,
     ):
-        self.envs, self.plan, self.seed = list(team_envs), plan, seed
+        self.envs, self.plan, self.seed, self.mix_by = list(team_envs), plan, seed, mix_by
         self.policies = list(policies.values())
         self.level_id = {lv: i for i, lv in enumerate(policies)}
         self.f = f = self.envs[0].factorization
@@ -322,7 +342,7 @@ class VectorRunner:
             "state": self.state[s, : T + 1].astype(np.float32),
             "behaviour": dict(combo),
             "seed": int(self.reset_seed[s]),
-            "provenance": {"combo": dict(combo)},
+            "provenance": {"combo": dict(combo)} | ({"mix_by": self.mix_by} if self.mix_by else {}),
         }
 
 
@@ -368,7 +388,8 @@ def episode_noise(
 
 def _check_same_collection(root: Path, requested: dict[str, Any]) -> None:
     """Refuse to resume into a dataset made by another collection (before touching it)."""
-    stored = {**_BEFORE_OPTIONS, **read_root(root)[0].provenance}
+    stored = read_root(root)[0].provenance
+    stored = {**_BEFORE_OPTIONS, "mix_by": "agent" if stored.get("mix") else None, **stored}
     diffs = []
     for k in _MATCH_KEYS:
         if k not in stored:
@@ -411,13 +432,21 @@ def _parse_float(value: Any, name: str, lo: float, hi: float) -> float:
 
 
 def _describe(
-    info: Task, mix: list[str] | None, combo: Combo | None, episodes: int, seed: int, noise: float, epsilon: float
+    info: Task,
+    mix: list[str] | None,
+    mix_by: str | None,
+    combo: Combo | None,
+    episodes: int,
+    seed: int,
+    noise: float,
+    epsilon: float,
 ) -> str:
-    how = (
-        f"behaviour mix {','.join(mix)} (every per-agent combination, equal shares)"
-        if mix
-        else f"behaviour combo {combo}"
-    )
+    if not mix:
+        how = f"behaviour combo {combo}"
+    elif mix_by == "team":
+        how = f"behaviour mix {','.join(mix)} drawn per team (one level for every agent of an episode, equal shares)"
+    else:
+        how = f"behaviour mix {','.join(mix)} (every per-agent combination, equal shares)"
     explore = f", action noise {noise}" if noise else ""
     explore += f", epsilon-random {epsilon}" if epsilon else ""
     return f"{info.name}: {episodes} episodes, {how}{explore}, collected by {PRODUCER} with seed {seed}"

@@ -132,7 +132,13 @@ def test_resume_without_existing_starts_fresh(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "change", [{"seed": 1}, {"episodes": 9}, {"mix": None, "combo": {"agent_0": "random", "agent_1": "random"}}]
+    "change",
+    [
+        {"seed": 1},
+        {"episodes": 9},
+        {"mix_by": "team"},
+        {"mix": None, "combo": {"agent_0": "random", "agent_1": "random"}},
+    ],
 )
 def test_resume_into_different_dataset_refused(tmp_path, change):
     args = dict(mix=["random"], episodes=5, seed=0)
@@ -162,6 +168,12 @@ def test_existing_path_without_resume_refused(tmp_path):
         ({"combo": {"agent_0": "random", "agent_1": "random"}}, SchemaError, r"exactly one of mix"),
         ({"mix": None, "combo": {"agent_0": "random"}}, SchemaError, r"no level for agent.*agent_1"),
         ({"mix": "random"}, SchemaError, r"parse_mix"),
+        ({"mix_by": "both"}, SchemaError, r"mix_by: expected one of agent, team, got 'both'"),
+        (
+            {"mix": None, "combo": {"agent_0": "random", "agent_1": "random"}, "mix_by": "team"},
+            SchemaError,
+            r"mix_by \('team'\) applies to a mix only",
+        ),
     ],
 )
 def test_bad_arguments_write_nothing(tmp_path, kw, err, match):
@@ -413,5 +425,14 @@ def test_cli_collect_mix_and_combo(tmp_path):
     )
     assert res.exit_code == 0, res.output
     assert madata.open(tmp_path / "combo").meta.provenance["epsilon"] == 0.1
+    res = runner.invoke(
+        app, [*base, "--mix", "medium,expert", "--mix-by", "team", "--episodes", "4", "-o", str(tmp_path / "team")]
+    )
+    assert res.exit_code == 0, res.output
+    ds = madata.open(tmp_path / "team")
+    pairs = [r["behaviour.agent_0"] + "/" + r["behaviour.agent_1"] for r in ds.episodes.to_pylist()]
+    assert pairs == ["medium/medium", "expert/expert"] * 2
+    assert ds.meta.provenance["mix_by"] == "team" and '"mix_by":"team"' in ds.episode(3).info["provenance"]
+    assert "drawn per team" in ds.meta.description
     res = runner.invoke(app, [*base, "--mix", "expert,best", "--episodes", "2", "-o", str(tmp_path / "bad")])
     assert res.exit_code == 2 and "madata behavior train" in res.output and not (tmp_path / "bad").exists()

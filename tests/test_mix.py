@@ -80,6 +80,14 @@ def test_combinations_hopper_and_uneven_shares():
     assert combinations(["random"], HOPPER) == [dict.fromkeys(HOPPER, "random")]
 
 
+def test_team_level_mix_gives_every_agent_the_same_level():
+    combos = combinations(["medium", "expert"], HOPPER, mix_by="team")
+    assert combos == [dict.fromkeys(HOPPER, "medium"), dict.fromkeys(HOPPER, "expert")]
+    assert combinations(["medium", "expert"], TWO, "agent") == combinations(["medium", "expert"], TWO)
+    with pytest.raises(SchemaError, match=r"mix_by: expected one of agent, team, got 'episode'"):
+        combinations(["medium"], TWO, "episode")
+
+
 def test_combination_errors():
     with pytest.raises(SchemaError, match="at least one behaviour level"):
         combinations([], TWO)

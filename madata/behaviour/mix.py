@@ -5,6 +5,11 @@ share of the episodes: with 2 agents that is 4 combinations (medium/medium,
 medium/expert, expert/medium, expert/expert), with Hopper's 3 agents 8. ``--combo
 agent_0=medium,agent_1=expert`` fixes one combination for every episode.
 
+``--mix-by team`` instead draws one level per episode for the whole team, as D4RL's
+medium-expert files do: with ``--mix medium,expert`` the combinations are medium/medium
+and expert/expert only (a coordinated mixture; the default ``--mix-by agent`` is the
+paper's uncoordinated one).
+
 Episode ``e`` plays ``combos[e % len(combos)]``, so the shares are equal when the number
 of episodes is a multiple of the number of combinations and differ by at most one
 episode otherwise (the first ``episodes % len(combos)`` combinations get one more).
@@ -19,6 +24,7 @@ from collections.abc import Sequence
 from madata.errors import SchemaError, UnknownNameError
 
 Combo = dict[str, str]  # agent id -> behaviour level
+MIX_BY = ("agent", "team")  # who a level is drawn for: each agent, or the whole team
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -75,16 +81,22 @@ def check_combo(combo: dict, agent_ids: Sequence[str]) -> Combo:
     return {a: combo[a] for a in agent_ids}
 
 
-def combinations(levels: Sequence[str], agent_ids: Sequence[str]) -> list[Combo]:
-    """Every per-agent combination of ``levels`` (``len(levels) ** len(agent_ids)`` of them).
+def combinations(levels: Sequence[str], agent_ids: Sequence[str], mix_by: str = "agent") -> list[Combo]:
+    """The combinations a mix plays, in a fixed order.
 
-    Fixed order: ``itertools.product``, the first agent varying slowest.
+    ``mix_by="agent"``: every per-agent combination (``len(levels) ** len(agent_ids)``;
+    ``itertools.product`` order, the first agent varying slowest). ``mix_by="team"``: one
+    combination per level, every agent at it (``len(levels)``).
     """
+    if mix_by not in MIX_BY:
+        raise SchemaError(f"mix_by: expected one of {', '.join(MIX_BY)}, got {mix_by!r}")
     if not levels:
         raise SchemaError("mix: needs at least one behaviour level")
     if not agent_ids:
         raise SchemaError("mix: needs at least one agent")
     _no_repeats(list(levels), "mix")
+    if mix_by == "team":
+        return [dict.fromkeys(agent_ids, lv) for lv in levels]
     return [dict(zip(agent_ids, combo, strict=True)) for combo in itertools.product(levels, repeat=len(agent_ids))]
 
 
