@@ -97,6 +97,79 @@ def upgrade(path: DatasetArg) -> None:
         typer.echo(f"{path} is current: nothing to upgrade")
 
 
+@app.command()
+@handle_errors
+def combine(
+    paths: Annotated[list[Path], typer.Argument(help="Two or more datasets of the same task.", show_default=False)],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output dataset directory (must not exist).")],
+) -> None:
+    """Write the episodes of several datasets of one task, in order, into a new verified dataset.
+
+    Each episode's provenance names its source and its id there.
+    """
+    from madata.ops import combine as run_combine
+
+    ds = run_combine(paths, out, progress=True)
+    typer.echo(f"wrote {ds.num_episodes} episodes, {ds.num_transitions} transitions to {out}")
+
+
+class Teams(str, Enum):
+    matched = "matched"
+    mismatched = "mismatched"
+
+
+@app.command()
+@handle_errors
+def subsample(
+    path: DatasetArg,
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output dataset directory (must not exist).")],
+    episodes: Annotated[
+        int | None, typer.Option(help="Keep this many episodes, drawn without replacement with --seed.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the --episodes draw.")] = 0,
+    return_quantiles: Annotated[
+        str | None, typer.Option(help="LO,HI: returns between these quantiles, e.g. 0.75,1 for the top quarter.")
+    ] = None,
+    behaviour: Annotated[
+        str | None, typer.Option(help="Behaviour labels to keep, e.g. agent_0=medium,agent_1=expert.")
+    ] = None,
+    teams: Annotated[Teams | None, typer.Option(help="matched: every agent at one level; mismatched: not.")] = None,
+    from_source: Annotated[
+        int | None, typer.Option(help="The episodes a combine took from its K-th source (0-based).")
+    ] = None,
+) -> None:
+    """Write the episodes that pass every given condition into a new verified dataset (source order kept)."""
+    import madata
+    from madata.behaviour.mix import parse_combo
+    from madata.ops import subsample as run_subsample
+
+    labels = None
+    if behaviour is not None:
+        labels = parse_combo(behaviour, madata.open(path).agent_ids, partial=True)
+    quantiles = None
+    if return_quantiles is not None:
+        from madata.errors import SchemaError
+
+        try:
+            quantiles = tuple(float(x) for x in return_quantiles.split(","))
+        except ValueError:
+            raise SchemaError(f"--return-quantiles: expected LO,HI like 0.75,1, got {return_quantiles!r}") from None
+        if len(quantiles) != 2:
+            raise SchemaError(f"--return-quantiles: expected two numbers LO,HI, got {return_quantiles!r}")
+    ds = run_subsample(
+        path,
+        out,
+        count=episodes,
+        seed=seed,
+        return_quantiles=quantiles,
+        behaviour=labels,
+        teams=None if teams is None else teams.value,
+        from_source=from_source,
+        progress=True,
+    )
+    typer.echo(f"wrote {ds.num_episodes} episodes, {ds.num_transitions} transitions to {out}")
+
+
 class ExportFormat(str, Enum):
     parquet = "parquet"
 

@@ -48,10 +48,11 @@ def parse_mix(text: str) -> list[str]:
     return levels
 
 
-def parse_combo(text: str, agent_ids: Sequence[str]) -> Combo:
+def parse_combo(text: str, agent_ids: Sequence[str], partial: bool = False) -> Combo:
     """``"agent_0=medium,agent_1=expert"`` -> ``{"agent_0": "medium", "agent_1": "expert"}``.
 
-    Every agent of ``agent_ids`` must appear exactly once; the result follows their order.
+    Every agent of ``agent_ids`` must appear exactly once (at most once with ``partial``);
+    the result follows their order.
     """
     if not isinstance(text, str):
         raise SchemaError(f"combo: expected a string like 'agent_0=medium,agent_1=expert', got {text!r}")
@@ -63,11 +64,12 @@ def parse_combo(text: str, agent_ids: Sequence[str]) -> Combo:
         if agent in combo:
             raise SchemaError(f"combo {text!r}: agent {agent!r} appears twice")
         combo[agent] = level
-    return check_combo(combo, agent_ids)
+    return check_combo(combo, agent_ids, partial)
 
 
-def check_combo(combo: dict, agent_ids: Sequence[str]) -> Combo:
-    """Check that ``combo`` names each agent of ``agent_ids`` once; returns it in their order."""
+def check_combo(combo: dict, agent_ids: Sequence[str], partial: bool = False) -> Combo:
+    """Check that ``combo`` names each agent of ``agent_ids`` once (or some of them, with
+    ``partial``); returns it in their order."""
     if not isinstance(combo, dict):
         raise SchemaError(f"combo: expected a dict agent -> level, got {combo!r}")
     for agent, level in combo.items():
@@ -76,9 +78,9 @@ def check_combo(combo: dict, agent_ids: Sequence[str]) -> Combo:
         if not isinstance(level, str) or not _NAME.match(level):
             raise SchemaError(f"combo: level of {agent} must be a name like 'medium', got {level!r}")
     missing = [a for a in agent_ids if a not in combo]
-    if missing:
+    if missing and not partial:
         raise SchemaError(f"combo: no level for agent(s) {', '.join(missing)}; give one level per agent")
-    return {a: combo[a] for a in agent_ids}
+    return {a: combo[a] for a in agent_ids if a in combo}
 
 
 def combinations(levels: Sequence[str], agent_ids: Sequence[str], mix_by: str = "agent") -> list[Combo]:
