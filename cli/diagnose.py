@@ -108,6 +108,19 @@ def format_diagnosis(d: dict) -> str:
         f"coverage  ({cov['bins']} bins per component) {agents}  joint {cov['joint']['occupied']}/"
         f"{cov['joint']['cells']}  independent {_num(cov['independent'], '.1f')}  ratio {_num(cov['ratio'], '.3f')}"
     )
+    sa = d.get("state_action_coverage")
+    if sa and "skipped" not in sa:
+        parts = [
+            f"{name} {v['mean']:.3f} (independent {v['independent_mean']:.3f}, ratio {_num(v['ratio'], '.3f')})"
+            for name, v in (("all states", sa["all_states"]), ("top-return states", sa["top_return_states"]))
+            if v
+        ]
+        lines.append(
+            f"state-action coverage (share of the agents' action combinations seen together among "
+            f"{sa['group_size']} similar states, {sa['bins']} bins per component): " + "; ".join(parts)
+        )
+    elif sa:
+        lines.append(f"state-action coverage: not computed ({sa['skipped']})")
     return "\n".join(lines)
 
 

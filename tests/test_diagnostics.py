@@ -390,3 +390,50 @@ def test_report_opens_in_headless_chromium(synthetic, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert 'data-images="3:3"' in proc.stdout
+
+
+# ---------------------------------------------------------------- state-action coverage
+
+
+def _state_action_data(coordinated_where, n_episodes: int = 200, T: int = 50, seed: int = 0):
+    """Two agents, 1-d actions of either sign; agent_1 copies agent_0's sign where ``coordinated_where(state)``
+    holds, else acts independently. Returns the arrays state_action_coverage reads (return = first state value)."""
+    rng = np.random.default_rng(seed)
+    s = rng.uniform(-1, 1, (n_episodes * T, 2))
+    a0 = rng.uniform(-1, 1, (len(s), 1))
+    a1 = np.where(
+        coordinated_where(s)[:, None], np.abs(rng.uniform(-1, 1, a0.shape)) * np.sign(a0), rng.uniform(-1, 1, a0.shape)
+    )
+    space = Box.make(-1, 1, (1,))
+    episode = np.repeat(np.arange(n_episodes), T)
+    return s, {"agent_0": a0, "agent_1": a1}, {"agent_0": space, "agent_1": space}, episode, s[:, 0]
+
+
+@pytest.mark.parametrize(
+    "where, ratio_all, ratio_top",
+    [
+        (lambda s: np.zeros(len(s), bool), 1.0, 1.0),  # independent agents: every combination of signs occurs
+        (lambda s: np.ones(len(s), bool), 0.5, 0.5),  # one joint policy: 2 of the 4 sign combinations
+        (lambda s: s[:, 0] > 0.5, None, 0.5),  # coordinated only where returns are high
+    ],
+)
+def test_state_action_coverage_counts_combinations_seen_at_similar_states(where, ratio_all, ratio_top):
+    from madata.diagnostics.coverage import state_action_coverage
+
+    out = state_action_coverage(*_state_action_data(where), groups=64, group_size=16, bins=2, shuffles=5)
+    assert out["group_size"] == 16 and out["all_states"]["groups"] == out["top_return_states"]["groups"] == 64
+    if ratio_all is not None:
+        assert out["all_states"]["ratio"] == pytest.approx(ratio_all, abs=0.05)
+    else:  # seeded anywhere: mostly independent states
+        assert out["all_states"]["ratio"] > 0.75
+    assert out["top_return_states"]["ratio"] == pytest.approx(ratio_top, abs=0.05)
+    assert out["top_return_states"]["independent_mean"] == pytest.approx(1.0, abs=0.05)
+
+
+def test_state_action_coverage_needs_four_episodes():
+    from madata.diagnostics.coverage import state_action_coverage
+
+    out = state_action_coverage(*_state_action_data(lambda s: s[:, 0] > 0, n_episodes=3), groups=8)
+    assert "one transition per episode" in out["skipped"]
+    with pytest.raises(SchemaError, match="group_size >= 4"):
+        state_action_coverage(*_state_action_data(lambda s: s[:, 0] > 0), group_size=2)

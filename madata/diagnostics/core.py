@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 import madata
 from madata.dataset import Dataset
-from madata.diagnostics.coverage import action_coverage
+from madata.diagnostics.coverage import action_coverage, state_action_coverage
 from madata.diagnostics.defaults import DEFAULTS
 from madata.diagnostics.dependence import action_dependence
 from madata.diagnostics.quality import behaviour_mix, quality
@@ -89,7 +89,9 @@ def diagnose(
     groups of ``group_size`` similar states from a pool of ``pool`` transitions,
     ``permutations`` shuffles), ``coverage``
     (:func:`~madata.diagnostics.coverage.action_coverage`: ``bins`` per action component,
-    ``shuffles`` independent copies), ``timing_s`` (seconds per stage). The same ``seed``
+    ``shuffles`` independent copies), ``state_action_coverage``
+    (:func:`~madata.diagnostics.coverage.state_action_coverage`: its own defaults, the same
+    ``seed``), ``timing_s`` (seconds per stage). The same ``seed``
     gives the same numbers. Raises :class:`~madata.errors.SchemaError` for a dataset with
     no episodes, fewer than two agents, or non-finite observations, states or actions.
     """
@@ -146,6 +148,11 @@ def diagnose(
         t0 = time.perf_counter()
         spaces = {a.id: a.action_space for a in ds.agents}
         cov = action_coverage(inputs["actions"], spaces, bins=bins, shuffles=shuffles, seed=seed)
+        ids, ret = ds.episode_ids, ds.episodes.column("return").to_numpy()
+        row_return = ret[np.searchsorted(ids, inputs["episode"])]
+        sa_cov = state_action_coverage(
+            inputs["cond"], inputs["actions"], spaces, inputs["episode"], row_return, seed=seed
+        )
         timing["coverage"] = time.perf_counter() - t0
         bar.update(1)
     dep["conditioning"] = inputs["cond_name"]
@@ -169,6 +176,7 @@ def diagnose(
         "behaviour_mix": mix,
         "dependence": dep,
         "coverage": cov,
+        "state_action_coverage": sa_cov,
         "timing_s": timing,
         "versions": {"madata": madata.__version__, "numpy": np.__version__},
     }

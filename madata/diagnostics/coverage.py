@@ -23,6 +23,7 @@ one joint, one per shuffle); memory ``O(N)``. No subsampling: the counts are exa
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -140,3 +141,119 @@ def action_coverage(
         "saturation": None if mean_indep is None or N == 0 else mean_indep / N,
         "curve": curve,
     }
+
+
+def state_action_coverage(
+    cond: np.ndarray,
+    actions: dict[str, np.ndarray],
+    spaces: dict[str, Space],
+    episode: np.ndarray,
+    row_return: np.ndarray,
+    *,
+    groups: int = 256,
+    group_size: int = 32,
+    bins: int = 2,
+    pool: int = 200_000,
+    shuffles: int = 20,
+    top: float = 0.25,
+    seed: int = 0,
+) -> dict:
+    """Joint action coverage among similar states: are the combinations of the agents' actions
+    seen at a state actually seen together there?
+
+    Groups of ``group_size`` transitions with similar states (one per episode; as the
+    dependence statistic forms them, from a seeded pool of at most ``pool`` rows) are
+    formed twice: seeded anywhere, and seeded only at states of the episodes in the top
+    ``top`` fraction by return ("the states that matter": where the best behaviour in the
+    data goes). In each group every action is put in its cell (``bins`` per component, as
+    :func:`action_coverage`); with ``c_i`` cells occupied by agent ``i`` and ``c`` joint
+    cells occupied, the group's *combination coverage* is ``c / min(group_size, prod c_i)``:
+    the share of the per-agent combinations that could appear in the group that do. The
+    yardstick: the same on copies where each agent's actions are shuffled within every
+    group (``shuffles`` times), what agents acting independently at those states would
+    cover. Returns a JSON-ready dict per group kind: the mean and 10th percentile of the
+    coverage over groups, the yardstick's mean, and ``ratio = mean / yardstick mean``.
+
+    How to read it: a ratio near 1, joint actions at similar states are as varied as
+    independent agents would make them (per-agent mixing covers mismatched combinations);
+    well below 1, the agents' actions come in fixed combinations at the same states (one
+    joint policy at a time), so a learner sees few of the joint actions it might take there.
+
+    Cost: grouping ``O(groups * pool * state dim)``; the counts ``O(groups * group_size *
+    (agents + shuffles))``; memory ``O(pool * state dim)``.
+    """
+    if groups < 1 or group_size < 4 or bins < 1 or shuffles < 1 or pool < 1 or not 0 < top <= 1:
+        raise SchemaError(
+            f"state_action_coverage: groups, shuffles, pool, bins >= 1, group_size >= 4 and 0 < top <= 1 "
+            f"expected, got {groups}, {shuffles}, {pool}, {bins}, {group_size}, {top}"
+        )
+    from madata.diagnostics.neighbours import similar_state_groups, standardize
+
+    agents = list(actions)
+    N = len(cond)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5AC0]))
+    pool_idx = np.sort(rng.choice(N, min(pool, N), replace=False))
+    ep = episode[pool_idx]
+    k = int(min(group_size, len(np.unique(ep))))
+    if k < 4:
+        return {"skipped": f"a group takes one transition per episode and needs at least 4; the data has {k}"}
+    pooled = cond[pool_idx].reshape(len(pool_idx), -1).astype(np.float64)
+    z = standardize(pooled, pooled)
+    codes = np.stack([action_cells(actions[a][pool_idx], spaces[a], bins)[0] for a in agents], 1)  # [P, n]
+    ret = row_return[pool_idx]
+    top_rows = ret >= np.quantile(ret, 1 - top)
+    n_groups = int(min(groups, max(1, len(pool_idx) // (2 * k))))
+    out: dict[str, Any] = {"bins": bins, "group_size": k, "pool": int(len(pool_idx)), "top": top, "seed": seed}
+    out["shuffles"] = shuffles
+    for kind, seeds in (("all_states", None), ("top_return_states", top_rows)):
+        members = similar_state_groups(z, ep, k, n_groups, rng, seed_rows=seeds)
+        if len(members) == 0:
+            out[kind] = None
+            continue
+        local = codes[members]  # [G, k, n]
+        seen = _combination_coverage(local, k)
+        ranks = np.tile(np.arange(k), (len(local), 1))
+        null = np.stack([_combination_coverage(_shuffle_within_groups(local, ranks, rng), k) for _ in range(shuffles)])
+        mean, ind = float(seen.mean()), float(null.mean())
+        out[kind] = {
+            "groups": int(len(members)),
+            "mean": mean,
+            "p10": float(np.quantile(seen, 0.1)),
+            "independent_mean": ind,
+            "ratio": mean / ind if ind > 0 else None,
+        }
+    return out
+
+
+def _combination_coverage(local: np.ndarray, k: int) -> np.ndarray:
+    """Per group of ``local`` [G, k, n] per-agent cell codes: occupied joint cells / min(k, prod of per-agent ones)."""
+    G, _, n = local.shape
+    per_agent = np.ones(G)
+    for i in range(n):
+        per_agent *= _distinct_per_row(local[:, :, i])
+    joint = np.zeros((G, k), dtype=np.int64)
+    for i in range(n):  # the rows' tuples numbered densely within each group, one agent at a time (no overflow)
+        joint = _dense_per_row(joint * k + _dense_per_row(local[:, :, i]))
+    return _distinct_per_row(joint) / np.minimum(k, per_agent)
+
+
+def _shuffle_within_groups(local: np.ndarray, ranks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``local`` [G, k, n] with each agent's column shuffled within every group, independently."""
+    return np.stack(
+        [np.take_along_axis(local[:, :, i], rng.permuted(ranks, axis=1), 1) for i in range(local.shape[2])], 2
+    )
+
+
+def _distinct_per_row(x: np.ndarray) -> np.ndarray:
+    s = np.sort(x, axis=1)
+    return 1 + (np.diff(s, axis=1) != 0).sum(1)
+
+
+def _dense_per_row(x: np.ndarray) -> np.ndarray:
+    """Each row's values renumbered 0..(distinct - 1) (at most k values per row, so codes stay small)."""
+    order = np.argsort(x, axis=1, kind="stable")
+    s = np.take_along_axis(x, order, 1)
+    rank = np.concatenate([np.zeros((len(x), 1), np.int64), np.cumsum(np.diff(s, axis=1) != 0, axis=1)], 1)
+    out = np.empty_like(rank)
+    np.put_along_axis(out, order, rank, 1)
+    return out

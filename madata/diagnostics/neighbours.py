@@ -21,7 +21,12 @@ def standardize(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
 
 
 def similar_state_groups(
-    z: np.ndarray, episode: np.ndarray, k: int, groups: int, rng: np.random.Generator
+    z: np.ndarray,
+    episode: np.ndarray,
+    k: int,
+    groups: int,
+    rng: np.random.Generator,
+    seed_rows: np.ndarray | None = None,
 ) -> np.ndarray:
     """Up to ``groups`` disjoint groups of ``k`` rows of ``z`` [P, D] (standardized), each a seed row
     and the ``k - 1`` rows nearest to it (Euclidean) that are still free, at most one row per
@@ -33,7 +38,8 @@ def similar_state_groups(
     of each member's own state: two rows of one episode would tie a member's state to
     another member's actions through the dynamics. Seeds come in a random order, and rows
     are searched in a random order, so ties between equal distances (states repeat in
-    discrete worlds) go to random rows.
+    discrete worlds) go to random rows. ``seed_rows`` [P] bool: only these rows may seed a
+    group (members still come from every row).
     """
     P = len(z)
     shuffle = rng.permutation(P)
@@ -43,10 +49,11 @@ def similar_state_groups(
     z_sq = np.einsum("pd,pd->p", z, z)
     block = max(1, _BLOCK_BYTES // (4 * max(1, P)))
     M = min(P, 8 * k)  # candidates kept per seed; most seeds find k free rows from distinct episodes among them
-    seed = 0
-    while len(out) < groups and seed < P and free.sum() >= k:
-        seeds = np.arange(seed, min(seed + block, P))
-        seed = seeds[-1] + 1
+    order = np.arange(P) if seed_rows is None else np.flatnonzero(np.asarray(seed_rows)[shuffle])
+    at = 0
+    while len(out) < groups and at < len(order) and free.sum() >= k:
+        seeds = order[at : at + block]
+        at += len(seeds)
         d = z_sq[None, :] - 2.0 * (z[seeds] @ z.T)  # (b, P): squared distance minus |seed|^2, same ranking
         cand = np.argpartition(d, M - 1, axis=1)[:, :M] if M < P else np.broadcast_to(np.arange(P), (len(seeds), P))
         for row, s in enumerate(seeds):

@@ -237,6 +237,27 @@ def render_html(d: dict[str, Any]) -> str:
     )
     parts.append(f'<img alt="coverage" src="{plots["coverage"]}">')
 
+    sa = d.get("state_action_coverage")
+    parts.append("<h2>Joint actions at similar states</h2>")
+    if sa and "skipped" not in sa:
+        rows = [
+            [name, v["groups"], v["mean"], v["p10"], v["independent_mean"], v["ratio"]]
+            for name, v in (("anywhere", sa["all_states"]), ("top-return states", sa["top_return_states"]))
+            if v
+        ]
+        parts.append(_table(["groups seeded", "groups", "coverage", "10th percentile", "independent", "ratio"], rows))
+        parts.append(
+            f"<p class='note'>Groups of {sa['group_size']} transitions with similar states (one per episode, from a "
+            f"pool of {sa['pool']}, seed {sa['seed']}), seeded anywhere or only at states of the top "
+            f"{sa['top']:.0%} of episodes by return. Coverage: the share of the combinations of the agents' action "
+            f"cells ({sa['bins']} bins per component) that could appear in a group and do; independent: the same "
+            f"with each agent's actions shuffled within every group ({sa['shuffles']} times). A ratio near 1: joint "
+            "actions at those states are as varied as independently acting agents make them; well below 1: the "
+            "agents act in fixed combinations there, so few joint actions are covered.</p>"
+        )
+    else:
+        parts.append(f"<p>Not computed: {html.escape((sa or {}).get('skipped', 'not in this diagnosis'))}.</p>")
+
     parts.append("<h2>Settings</h2>")
     parts.append(
         _table(
