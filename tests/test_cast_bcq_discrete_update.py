@@ -127,6 +127,30 @@ def test_counterfactual_target_is_eq8_with_the_noop_default(kw, mode):
     torch.testing.assert_close(got, hand_delta(algo, d, masks, mode), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("clipped, twins", [(True, 2), (False, 1)])
+def test_joint_critic_has_one_head_per_twin_and_reads_any_joint_action(clipped, twins):
+    """Eq. 10 needs two joint critics (one without clipped double Q); a batch whose agents all take
+    action 0 still one-hot encodes K actions per agent."""
+    algo = make(clipped_double_q=clipped)
+    assert algo.twins == twins and algo.joint_critic(torch.zeros(1, 2, S + N * K)).shape == (twins, 2, 1)
+    d = batch()
+    zero = torch.zeros(B, N, dtype=torch.long)
+    assert algo.joint_q(d["state"], zero).shape == (B,)
+    assert algo.joint_critic_loss(
+        **{k: d[k] for k in ("state", "reward", "next_state", "next_obs", "terminated")}, action=zero.T
+    ).isfinite()
+
+
+@pytest.mark.parametrize("kw", [{}, dict(csaa=False), dict(subteam_sampling=False)])
+def test_every_tensor_of_eq8_is_made_on_the_algorithms_device(kw):
+    """On "meta" (torch's shape-only device) a mask or default action left on the CPU raises, as on a GPU."""
+    torch.manual_seed(0)
+    algo = CastBcqDiscrete(N, OBS, K, S, NOOP, CastBcqDiscreteConfig(hidden=(8,), **kw), device="meta")
+    d = {k: v.to("meta") for k, v in batch().items()}
+    delta = algo.counterfactual_target(d["state"], d["obs"], d["action"])
+    assert delta.device.type == "meta" and delta.shape == (B, N)
+
+
 def test_individual_critic_loss_is_eq9_on_the_data_actions():
     algo = hand_made(make())
     d = batch()
