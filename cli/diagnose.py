@@ -108,6 +108,7 @@ def format_diagnosis(d: dict) -> str:
         f"coverage  ({cov['bins']} bins per component) {agents}  joint {cov['joint']['occupied']}/"
         f"{cov['joint']['cells']}  independent {_num(cov['independent'], '.1f')}  ratio {_num(cov['ratio'], '.3f')}"
     )
+    lines += _format_types(d.get("types"))
     sa = d.get("state_action_coverage")
     if sa and "skipped" not in sa:
         parts = [
@@ -122,6 +123,36 @@ def format_diagnosis(d: dict) -> str:
     elif sa:
         lines.append(f"state-action coverage: not computed ({sa['skipped']})")
     return "\n".join(lines)
+
+
+def _format_types(t: dict | None) -> list[str]:
+    """Recovered behaviour types and the team-versus-agent test, one line per agent."""
+    if not t:
+        return []
+    if "skipped" in t:
+        return [f"behaviour types: not computed ({t['skipped']})"]
+    lines = ["behaviour types, label-free (each agent's actions given the state, per episode)"]
+    for a, v in t["agents"].items():
+        gains = "  ".join(
+            f"{g['types']} types: {g['heldout_gain_per_episode']:+.3f} (z {g['z']:.1f})" for g in v["tried"]
+        )
+        ari = f"  ARI vs labels {v['ari_vs_labels']:.3f}" if "ari_vs_labels" in v else ""
+        sizes = "/".join(map(str, v["sizes"]))
+        seeded = " (searched from the other agents' types)" if v.get("seeded_from_other_agents") else ""
+        lines.append(
+            f"  {a:<10} {v['types']} type(s) ({sizes} episodes){ari}  held-out nats/episode: {gains or '-'}{seeded}"
+        )
+    test = t["test"]
+    if test:
+        lines.append(
+            f"  team test over {', '.join(test['agents'])}: multi-information {test['statistic']:.3f} nats "
+            f"(null {test['null_mean']:.3f} +- {test['null_std']:.3f}), p {test['p']:.3f} ({test['permutations']} shuffles)"
+        )
+    if t.get("team") and t["team"].get("ari_vs_labels"):
+        aris = ", ".join(f"{a} {x:.3f}" for a, x in t["team"]["ari_vs_labels"].items())
+        lines.append(f"  team types ({t['team']['types']}) against each agent's labels: ARI {aris}")
+    lines.append(f"  verdict: {t['verdict']}")
+    return lines
 
 
 def register(root: typer.Typer) -> None:

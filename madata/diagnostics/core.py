@@ -16,7 +16,9 @@ from madata.diagnostics.coverage import action_coverage, state_action_coverage
 from madata.diagnostics.defaults import DEFAULTS
 from madata.diagnostics.dependence import action_dependence
 from madata.diagnostics.quality import behaviour_mix, quality
+from madata.diagnostics.types import behaviour_types
 from madata.errors import SchemaError
+from madata.schema import behaviour_column
 from madata.spaces import Discrete
 
 
@@ -91,7 +93,9 @@ def diagnose(
     (:func:`~madata.diagnostics.coverage.action_coverage`: ``bins`` per action component,
     ``shuffles`` independent copies), ``state_action_coverage``
     (:func:`~madata.diagnostics.coverage.state_action_coverage`: its own defaults, the same
-    ``seed``), ``timing_s`` (seconds per stage). The same ``seed``
+    ``seed``), ``types`` (:func:`~madata.diagnostics.types.behaviour_types`: each agent's
+    behaviour types recovered without labels and the team-versus-agent test; its own
+    defaults, the same ``seed``), ``timing_s`` (seconds per stage). The same ``seed``
     gives the same numbers. Raises :class:`~madata.errors.SchemaError` for a dataset with
     no episodes, fewer than two agents, or non-finite observations, states or actions.
     """
@@ -112,7 +116,7 @@ def diagnose(
     timing: dict[str, float] = {}
     n_pairs = len(ds.agent_ids) * (len(ds.agent_ids) - 1) // 2
     with tqdm(
-        total=4 + n_pairs,
+        total=4 + n_pairs + len(ds.agent_ids),
         desc="diagnose",
         unit="step",
         disable=None if progress else True,
@@ -155,6 +159,13 @@ def diagnose(
         )
         timing["coverage"] = time.perf_counter() - t0
         bar.update(1)
+
+        t0 = time.perf_counter()
+        labels = {a: ds.episodes.column(behaviour_column(a)).to_pylist() for a in ds.agent_ids}
+        types = behaviour_types(
+            inputs["cond"], inputs["features"], inputs["episode"], labels=labels, seed=seed, progress=bar.update
+        )
+        timing["types"] = time.perf_counter() - t0
     dep["conditioning"] = inputs["cond_name"]
     return {
         "dataset": str(ds.root),
@@ -177,6 +188,7 @@ def diagnose(
         "dependence": dep,
         "coverage": cov,
         "state_action_coverage": sa_cov,
+        "types": types,
         "timing_s": timing,
         "versions": {"madata": madata.__version__, "numpy": np.__version__},
     }

@@ -237,6 +237,8 @@ def render_html(d: dict[str, Any]) -> str:
     )
     parts.append(f'<img alt="coverage" src="{plots["coverage"]}">')
 
+    parts += _types_section(d.get("types"))
+
     sa = d.get("state_action_coverage")
     parts.append("<h2>Joint actions at similar states</h2>")
     if sa and "skipped" not in sa:
@@ -276,6 +278,57 @@ def render_html(d: dict[str, Any]) -> str:
         f"{html.escape(Path(d['dataset']).name)}</title><style>{_CSS}</style></head><body>\n{body}\n"
         f"<script type='application/json' id='diagnosis'>{data}</script></body></html>\n"
     )
+
+
+def _types_section(t: dict[str, Any] | None) -> list[str]:
+    """Recovered behaviour types per agent, the team-versus-agent test and the verdict."""
+    out = ["<h2>Behaviour types recovered without labels</h2>"]
+    if not t or "skipped" in t:
+        return out + [f"<p>Not computed: {html.escape((t or {}).get('skipped', 'not in this diagnosis'))}.</p>"]
+    rows = []
+    for a, v in t["agents"].items():
+        gains = "; ".join(f"{g['types']}: {g['heldout_gain_per_episode']:+.3f} (z {g['z']:.1f})" for g in v["tried"])
+        by_type = "; ".join(
+            f"type {k}: " + ", ".join(f"{lab} {n}" for lab, n in c.items())
+            for k, c in enumerate(v.get("labels_by_type", []))
+        )
+        rows.append([a, v["types"], "/".join(map(str, v["sizes"])), gains or "-", v.get("ari_vs_labels"), by_type])
+    out.append(
+        _table(
+            [
+                "agent",
+                "types",
+                "episodes per type",
+                "held-out gain per episode (nats), K: gain (z)",
+                "ARI vs labels",
+                "stored labels per type",
+            ],
+            rows,
+        )
+    )
+    test = t["test"]
+    if test:
+        out.append(
+            f"<p>Team test over {html.escape(', '.join(test['agents']))}: multi-information of their types "
+            f"<b>{_fmt(test['statistic'])}</b> nats, null {_fmt(test['null_mean'])} +- {_fmt(test['null_std'])} "
+            f"(each agent's types shuffled across episodes, {test['permutations']} times), p = <b>{_fmt(test['p'])}</b>.</p>"
+        )
+    if t.get("team") and t["team"].get("ari_vs_labels"):
+        aris = ", ".join(f"{html.escape(a)} {_fmt(x)}" for a, x in t["team"]["ari_vs_labels"].items())
+        out.append(f"<p>Team types ({t['team']['types']}) against each agent's stored labels, ARI: {aris}.</p>")
+    out.append(f"<p>Verdict: <b>{html.escape(t['verdict'])}</b>.</p>")
+    st = t["settings"]
+    out.append(
+        f"<p class='note'>Each agent's episodes are fit to a mixture of behaviour types, each a nearest-neighbour "
+        f"model of the agent's action given the state ({st['steps']} steps per episode, the first {st['early']} "
+        f"among them, {st['neighbours']} neighbours from other episodes; seed {st['seed']}). A type is kept when it "
+        "raises the log-likelihood of held-out steps by more than 3 standard errors. p at most 0.01: the agents' "
+        "types switch together between episodes (a coordinated, team-level mixture). Several agents with types and "
+        "a large p: they vary independently (the uncoordinated data CAST-BCQ is for). ARI: adjusted Rand index of "
+        "the recovered types against the stored labels (1 = the same grouping of episodes, 0 = chance). An agent "
+        "whose behaviours act alike where the teams' states overlap shows one type.</p>"
+    )
+    return out
 
 
 def write_report(d: dict[str, Any], path: str | os.PathLike, overwrite: bool = False) -> Path:
