@@ -1,8 +1,8 @@
 """Disjoint groups of transitions with similar states, by brute-force nearest neighbours.
 
 Distances come from one matrix product per block of seeds (exact, and a group needs the
-free rows nearest to its seed, which a static k-d tree does not track). ``G`` groups of ``k`` from a pool of ``P`` rows in ``D`` dimensions
-cost ``O(G * P * D)`` time for the distances plus ``O(G * P)`` for the selection, and
+free rows nearest to its seed, which a static k-d tree does not track). ``G`` groups of
+``k`` from a pool of ``P`` rows in ``D`` dimensions cost ``O(G * P * D)`` time for the distances plus ``O(G * P)`` for the selection, and
 ``O(block * P)`` memory.
 """
 
