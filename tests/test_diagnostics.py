@@ -355,6 +355,12 @@ def test_report_and_json(synthetic, tmp_path):
         assert pixels.shape[0] > 200 and pixels.shape[1] > 300 and pixels[..., :3].std() > 0.05
     text = runner.invoke(app, ["diagnose", str(path), "--groups", "256"])
     assert text.exit_code == 0 and "excess" in text.stdout and "miscoordination gap: not defined" in text.stdout
+    # one policy per agent: one behaviour type each, in every form of the output
+    assert [v["types"] for v in d["types"]["agents"].values()] == [1, 1] and d["types"]["settings"]["seed"] == 0
+    assert "Behaviour types recovered without labels" in page and "one behaviour type per agent" in page
+    assert "verdict: one behaviour type per agent" in text.stdout
+    assert d["state_action_coverage"]["all_states"]["ratio"] > 0.8 and "Joint actions at similar states" in page
+    assert "state-action coverage (share of the agents' action combinations" in text.stdout
 
 
 def test_report_opens_in_headless_chromium(synthetic, tmp_path):

@@ -31,8 +31,8 @@ Estimator (*a nearest-neighbour mixture, fit by EM at the episode level*), per a
 5. How many types: every episode's sampled steps are split in two halves (alternating).
    Types are fit on the first; the second half's log-likelihood under the fitted mixture
    is the held-out score of the episode. ``K + 1`` types are kept over ``K`` when the mean
-   gain per episode is positive with ``z = mean / standard error > 3`` (one-sided p about
-   0.001); otherwise the search stops. The reported types are refit on all sampled steps.
+   gain per episode exceeds 0.05 nats with ``z = mean / standard error > 3`` (one-sided p
+   about 0.001); otherwise the search stops. The reported types are refit on all sampled steps.
 
 The test: over the agents with at least two types, the multi-information of their types
 across episodes, ``I = sum_i H(T_i) - H(T_1, ..., T_n)`` (nats; 0 when the types are
@@ -65,6 +65,7 @@ import numpy as np
 from madata.diagnostics.neighbours import standardize
 
 Z_KEEP = 3.0  # the held-out gain of one more type must exceed 3 standard errors
+MIN_GAIN = 0.05  # and 0.05 nats per episode (a likelihood ratio of 5 %): smaller types do not matter
 MIN_EPISODES = 10
 
 
@@ -179,7 +180,7 @@ def agent_types(
             gain = held - held_prev
             z = gain.mean() / (gain.std(ddof=1) / np.sqrt(E) + 1e-12)
             tried.append({"types": K, "heldout_gain_per_episode": float(gain.mean()), "z": float(z)})
-            if not z > Z_KEEP:
+            if not (z > Z_KEEP and gain.mean() > MIN_GAIN):
                 break
         r_prev, held_prev = r, held
     K = r_prev.shape[1]
