@@ -69,6 +69,7 @@ def format_diagnosis(d: dict) -> str:
     r = q["returns"]
     lines = [
         f"dataset   {d['dataset']}  ({d['num_episodes']} episodes, {d['num_transitions']} transitions)",
+        *[f"warning   {w}" for w in d.get("warnings", [])],
         f"returns   mean {r['mean']:.2f}  std {r['std']:.2f}  min {r['min']:.2f}  max {r['max']:.2f}",
     ]
     if q["normalized_scores"]:
@@ -83,11 +84,11 @@ def format_diagnosis(d: dict) -> str:
         for c in mix["combinations"]:
             tag = "matched   " if c["matched"] else "mismatched"
             lines.append(
-                f"  {c['label']:<44} {tag} {c['share']:6.1%}  return {c['return_mean']:10.2f} +- {c['return_std']:.2f}"
+                f"  {c['label']:<44} {tag} {c['share']:6.1%}  return {c['return_mean']:10.2f} (std {c['return_std']:.2f})"
             )
     if mix["gap"] is not None:
         lines.append(
-            f"miscoordination gap {mix['gap']:.2f} +- {mix['gap_se']:.2f} (matched minus mismatched combinations)"
+            f"miscoordination gap {mix['gap']:.2f} (standard error {mix['gap_se']:.2f}; matched minus mismatched combinations)"
         )
     else:
         lines.append(f"miscoordination gap: not defined ({mix['gap_note']})")
@@ -99,7 +100,7 @@ def format_diagnosis(d: dict) -> str:
         for p in dep["pairs"]:
             lines.append(
                 f"  {' / '.join(p['agents']):<24} {_num(p['statistic'])}  null {_num(p['null_mean'])} "
-                f"+- {_num(p['null_std'], '.2g')}  excess {_num(p['excess'], '.4f')}  p {_num(p['p_value'], '.3f')}"
+                f"(std {_num(p['null_std'], '.2g')})  excess {_num(p['excess'], '.4f')}  p {_num(p['p_value'], '.3f')}"
             )
     else:
         lines.append(f"dependence: not computed ({dep['skipped']})")
@@ -146,7 +147,7 @@ def _format_types(t: dict | None) -> list[str]:
     if test:
         lines.append(
             f"  team test over {', '.join(test['agents'])}: multi-information {test['statistic']:.3f} nats "
-            f"(null {test['null_mean']:.3f} +- {test['null_std']:.3f}), p {test['p']:.3f} ({test['permutations']} shuffles)"
+            f"(null mean {test['null_mean']:.3f}, std {test['null_std']:.3f}), p {test['p']:.3f} ({test['permutations']} shuffles)"
         )
     if t.get("team") and t["team"].get("ari_vs_labels"):
         aris = ", ".join(f"{a} {x:.3f}" for a, x in t["team"]["ari_vs_labels"].items())

@@ -361,6 +361,14 @@ def test_report_and_json(synthetic, tmp_path):
     assert "verdict: one behaviour type per agent" in text.stdout
     assert d["state_action_coverage"]["all_states"]["ratio"] > 0.8 and "Joint actions at similar states" in page
     assert "state-action coverage (share of the agents' action combinations" in text.stdout
+    # 40 episodes, and fewer groups than requested: said first, in text and page; the settings show both
+    assert d["warnings"][0].startswith("only 40 episodes") and "warning   only 40 episodes" in text.stdout
+    used = d["dependence"]["groups"]
+    assert used < 256 and f"used {used} groups of {d['dependence']['group_size']}" in d["warnings"][1]
+    assert "requested 256 of 64" in d["warnings"][1] and "<p class='warning'>" in page
+    assert f"<tr><td>groups</td><td>256</td><td>{used}</td></tr>" in page
+    assert "(standard error" in text.stdout or "miscoordination gap: not defined" in text.stdout
+    assert "+-" not in text.stdout and "+-" not in page  # std and standard error are named, never "+-"
 
 
 def test_report_opens_in_headless_chromium(synthetic, tmp_path):

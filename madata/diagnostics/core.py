@@ -70,6 +70,29 @@ def load_inputs(ds: Dataset) -> dict[str, Any]:
     }
 
 
+FEW_EPISODES = 50  # below this, tests across episodes rest on too little to read p-values at face value
+
+
+def _warnings(episodes: int, groups: int, group_size: int, pool: int, dep: dict, types: dict) -> list[str]:
+    """What a reader should know before trusting the numbers: little data, or settings the data could not meet."""
+    out = []
+    if episodes < FEW_EPISODES:
+        out.append(
+            f"only {episodes} episodes: the dependence test, the behaviour types and their p-values rest on "
+            "few independent samples; read them as rough"
+        )
+    if "skipped" in dep:
+        out.append(f"the dependence statistic was not computed: {dep['skipped']}")
+    elif dep["groups"] < groups or dep["group_size"] < group_size or dep["pool"] < pool:
+        out.append(
+            f"the dependence statistic used {dep['groups']} groups of {dep['group_size']} from a pool of "
+            f"{dep['pool']:,} (requested {groups} of {group_size} from {pool:,}): the data is smaller than the settings"
+        )
+    if "skipped" in types:
+        out.append(f"behaviour types were not computed: {types['skipped']}")
+    return out
+
+
 def diagnose(
     dataset: Dataset | str | os.PathLike,
     *,
@@ -167,6 +190,7 @@ def diagnose(
         )
         timing["types"] = time.perf_counter() - t0
     dep["conditioning"] = inputs["cond_name"]
+    warnings = _warnings(ds.num_episodes, groups, group_size, pool, dep, types)
     return {
         "dataset": str(ds.root),
         "env": ds.meta.env,
@@ -174,6 +198,7 @@ def diagnose(
         "agents": ds.agent_ids,
         "num_episodes": ds.num_episodes,
         "num_transitions": ds.num_transitions,
+        "warnings": warnings,
         "settings": {
             "groups": groups,
             "group_size": group_size,

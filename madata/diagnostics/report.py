@@ -22,7 +22,7 @@ h1{font-size:1.5em} h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-t
 table{border-collapse:collapse;margin:.8em 0} td,th{border:1px solid #ddd;padding:.25em .6em;text-align:right}
 th{background:#f4f4f4} td:first-child,th:first-child{text-align:left}
 .note{color:#555;font-size:.92em;max-width:60em} img{max-width:100%;border:1px solid #eee}
-code{background:#f4f4f4;padding:0 .2em}
+code{background:#f4f4f4;padding:0 .2em} .warning{background:#fff4e5;border-left:4px solid #e69500;padding:.4em .8em}
 """
 
 
@@ -75,7 +75,7 @@ def _plots(d: dict[str, Any]) -> dict[str, str]:
         colors = ["#55a868" if c["matched"] else "#c44e52" for c in combos]
         ax.barh(list(y), means, xerr=stds, color=colors, capsize=3)
         ax.set_yticks(list(y), [c["label"] for c in combos], fontsize=8)
-        ax.set_xlabel("mean return +- std (green: matched labels, red: mismatched)")
+        ax.set_xlabel("mean return, bars: one standard deviation (green: matched labels, red: mismatched)")
         ax.set_title("returns per behaviour combination")
     fig.tight_layout()
     out["returns"] = _png(fig)
@@ -127,6 +127,16 @@ def _plots(d: dict[str, Any]) -> dict[str, str]:
     return out
 
 
+def _used(d: dict[str, Any], name: str, requested: Any) -> Any:
+    """What a statistic actually used for a setting (fewer groups or a smaller pool on small data)."""
+    dep = d["dependence"]
+    if name in ("groups", "group_size", "pool", "permutations") and name in dep:
+        return dep[name]
+    if name in ("groups", "group_size", "pool", "permutations"):
+        return "not computed"
+    return requested
+
+
 def render_html(d: dict[str, Any]) -> str:
     """The report page for a :func:`~madata.diagnostics.diagnose` result ``d`` (nothing else is read)."""
     plots = _plots(d)
@@ -134,6 +144,7 @@ def render_html(d: dict[str, Any]) -> str:
     parts = [
         f"<h1>madata diagnose: {html.escape(d['dataset'])}</h1>",
         f"<p>{html.escape(d.get('description') or '')}</p>",
+        *[f"<p class='warning'><b>Warning:</b> {html.escape(w)}</p>" for w in d.get("warnings", [])],
         _table(
             ["dataset", "value"],
             [
@@ -180,7 +191,7 @@ def render_html(d: dict[str, Any]) -> str:
             )
         )
     gap = (
-        f"<b>{_fmt(mix['gap'])}</b> +- {_fmt(mix['gap_se'])} (standard error)"
+        f"<b>{_fmt(mix['gap'])}</b> (standard error {_fmt(mix['gap_se'])})"
         + (f", {_fmt(mix['gap_normalized'])} normalized points" if mix["gap_normalized"] is not None else "")
         if mix["gap"] is not None
         else f"not defined: {html.escape(mix['gap_note'] or '')}"
@@ -263,13 +274,15 @@ def render_html(d: dict[str, Any]) -> str:
     parts.append("<h2>Settings</h2>")
     parts.append(
         _table(
-            ["setting", "value"],
-            [[k, v] for k, v in d["settings"].items()] + [[f"seconds: {k}", v] for k, v in d["timing_s"].items()],
+            ["setting", "requested", "used"],
+            [[k, v, _used(d, k, v)] for k, v in d["settings"].items()]
+            + [[f"seconds: {k}", None, v] for k, v in d["timing_s"].items()],
         )
     )
     parts.append(
         "<p class='note'>The same numbers: <code>madata diagnose DATASET --json</code>; they are also "
-        "embedded in this page (script element <code>#diagnosis</code>). Definitions: docs/diagnostics.md.</p>"
+        "embedded in this page (script element <code>#diagnosis</code>). Each section explains its numbers; "
+        f"the full definitions are in docs/diagnostics.md of madata {html.escape(d['versions']['madata'])}.</p>"
     )
     data = json.dumps(d, default=str).replace("</", "<\\/")
     body = "\n".join(parts)
@@ -310,7 +323,7 @@ def _types_section(t: dict[str, Any] | None) -> list[str]:
     if test:
         out.append(
             f"<p>Team test over {html.escape(', '.join(test['agents']))}: multi-information of their types "
-            f"<b>{_fmt(test['statistic'])}</b> nats, null {_fmt(test['null_mean'])} +- {_fmt(test['null_std'])} "
+            f"<b>{_fmt(test['statistic'])}</b> nats, null mean {_fmt(test['null_mean'])}, std {_fmt(test['null_std'])} "
             f"(each agent's types shuffled across episodes, {test['permutations']} times), p = <b>{_fmt(test['p'])}</b>.</p>"
         )
     if t.get("team") and t["team"].get("ari_vs_labels"):
