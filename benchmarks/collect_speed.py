@@ -23,17 +23,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import shlex
 import shutil
-import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
+from harness import command_line, machine_line, timed
 
 from madata.behaviour import load_policy
 from madata.behaviour.checkpoint import CheckpointInfo, save_checkpoint
@@ -117,7 +114,7 @@ def main() -> None:
     p.add_argument("--json", action="store_true", help="also print one JSON line with every number")
     args = p.parse_args()
     warnings.filterwarnings("ignore")
-    command = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
+    command = command_line()
     levels = args.mix.split(",")
     env_id = make_team_env(args.task).env.single_agent_env.spec.id
     episodes = -(-args.transitions // 1000)
@@ -126,9 +123,7 @@ def main() -> None:
         "command": command,
         "task": args.task,
         "mix": levels,
-        "cpus": os.cpu_count(),
-        "machine": platform.processor() or platform.machine(),
-        "load_before": os.getloadavg(),
+        "machine_before": machine_line(),
         "runs": [],
     }
     try:
@@ -142,9 +137,11 @@ def main() -> None:
         raw_before = raw_rate(env_id, args.transitions, args.seed)
         for k in [int(x) for x in args.envs.split(",")]:
             out = tmp / f"ds-{k}"
-            t0 = time.perf_counter()
-            ds = collect(args.task, out, mix=levels, episodes=episodes, seed=args.seed, envs=k, checkpoint_dir=ck)
-            seconds = time.perf_counter() - t0
+            ds, seconds = timed(
+                lambda out=out, k=k: collect(
+                    args.task, out, mix=levels, episodes=episodes, seed=args.seed, envs=k, checkpoint_dir=ck
+                )
+            )
             run = {
                 "envs": k,
                 "episodes": ds.num_episodes,
@@ -160,14 +157,12 @@ def main() -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     raw = (raw_before + raw_after) / 2
-    result.update(raw_before=raw_before, raw_after=raw_after, load_after=os.getloadavg())
+    result.update(raw_before=raw_before, raw_after=raw_after, machine_after=machine_line())
     print(f"command: {command}")
     print(
         f"task {args.task}, mix {args.mix}, policies hidden {args.hidden if args.checkpoint_dir is None else 'from ' + str(ck)}"
     )
-    print(
-        f"cpus {os.cpu_count()}, load average before {result['load_before'][0]:.2f}, after {result['load_after'][0]:.2f}"
-    )
+    print(f"{result['machine_after']} (before the run: {result['machine_before'].rsplit('load average ', 1)[1]})")
     print(f"raw {env_id} random-action steps/s: {raw_before:,.0f} before, {raw_after:,.0f} after")
     for run in result["runs"]:
         run["ratio"] = run["collect_rate"] / raw

@@ -20,9 +20,6 @@ rows/s, the load average (a busy machine only ever adds time) and the command.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import shlex
 import shutil
 import subprocess
 import sys
@@ -31,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from harness import command_line, machine_line, time_once, timed
 
 
 def simulate(episodes: int, steps: int, seed: int) -> dict[str, np.ndarray]:
@@ -113,9 +111,7 @@ def main() -> None:
             f"(made in {time.perf_counter() - t0:.1f} s)"
         )
         mamujoco_split("halfcheetah", "2x3")  # env start-up, once per process
-        t0 = time.perf_counter()
-        ds = split_d4rl("halfcheetah", "2x3", work / "lib", source=src)
-        lib = time.perf_counter() - t0
+        ds, lib = timed(lambda: split_d4rl("halfcheetah", "2x3", work / "lib", source=src))
         assert ds.num_transitions == args.transitions, ds
         rep = ds.meta.provenance["report"]
         size = sum(f.stat().st_size for f in (work / "lib").rglob("*") if f.is_file())
@@ -136,15 +132,12 @@ def main() -> None:
             str(work / "cli"),
         ]
         if not args.no_cli:
-            t0 = time.perf_counter()
-            subprocess.run(cmd, check=True, capture_output=True, cwd=Path(__file__).resolve().parents[1])
-            wall = time.perf_counter() - t0
+            wall = time_once(
+                lambda: subprocess.run(cmd, check=True, capture_output=True, cwd=Path(__file__).resolve().parents[1])
+            )
             print(f"madata split-d4rl (command, end to end): {wall:.1f} s, {args.transitions / wall:,.0f} rows/s")
-        print(
-            f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; python {platform.python_version()}, "
-            f"madata {madata.__version__}"
-        )
-        print("command: python " + " ".join(shlex.quote(a) for a in sys.argv))
+        print(machine_line(madata=madata.__version__))
+        print(f"command: {command_line()}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

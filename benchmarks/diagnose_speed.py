@@ -18,17 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+from harness import command_line, machine_line, time_once, timed
 
 import madata
 from madata.collect import collect
@@ -49,19 +46,23 @@ def main() -> None:
     try:
         if args.dataset is None:
             path = tmp / "hc.zarr"
-            t0 = time.perf_counter()
-            collect(
-                "halfcheetah-2x3", path, mix=["medium", "expert"], episodes=args.episodes, seed=args.seed, progress=True
+            collect_s = time_once(
+                lambda: collect(
+                    "halfcheetah-2x3",
+                    path,
+                    mix=["medium", "expert"],
+                    episodes=args.episodes,
+                    seed=args.seed,
+                    progress=True,
+                )
             )
-            collect_s = time.perf_counter() - t0
         else:
             path, collect_s = args.dataset, None
         ds = madata.open(path)
         runs = []
         for _ in range(args.repeat):
-            t0 = time.perf_counter()
-            d = diagnose(ds, seed=args.seed)
-            runs.append({"seconds": time.perf_counter() - t0, "stages": d["timing_s"]})
+            d, seconds = timed(lambda ds=ds: diagnose(ds, seed=args.seed))
+            runs.append({"seconds": seconds, "stages": d["timing_s"]})
             ds = madata.open(path)  # a fresh reader: no chunk cache carried over
         report = tmp / "report.html"
         cmd = [
@@ -76,9 +77,9 @@ def main() -> None:
             "--seed",
             str(args.seed),
         ]
-        t0 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
-        cli_s = time.perf_counter() - t0
+        proc, cli_s = timed(
+            lambda: subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+        )
         if proc.returncode != 0:
             sys.exit(f"madata diagnose failed: {proc.stderr.strip()}")
         best = min(r["seconds"] for r in runs)
@@ -97,14 +98,8 @@ def main() -> None:
             "dependence_excess": d["dependence"].get("excess"),
             "coverage_ratio": d["coverage"]["ratio"],
             "gap": d["behaviour_mix"]["gap"],
-            "machine": {
-                "cpus": os.cpu_count(),
-                "platform": platform.platform(),
-                "python": platform.python_version(),
-                "numpy": np.__version__,
-                "load_average": os.getloadavg(),
-            },
-            "command": " ".join(shlex.quote(a) for a in ["python", *sys.argv]),
+            "machine": machine_line(numpy=np.__version__),
+            "command": command_line(),
         }
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -115,6 +110,7 @@ def main() -> None:
         + ")"
     )
     print(f"madata diagnose --report --json, fresh process: {cli_s:.1f} s")
+    print(result["machine"])
     print(f"reproduce: {result['command']}")
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")

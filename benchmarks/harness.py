@@ -14,6 +14,9 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def cpu_name() -> str:
@@ -35,11 +38,16 @@ def machine_line(**extra: object) -> str:
     return "machine: " + ", ".join(parts)
 
 
+def timed(fn: Callable[[], T]) -> tuple[T, float]:
+    """``fn()``'s result and the seconds the call took."""
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
 def time_once(fn: Callable[[], object]) -> float:
     """Seconds one call of ``fn`` takes."""
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+    return timed(fn)[1]
 
 
 def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:

@@ -13,8 +13,6 @@ its StreamingLoader, and random row access straight into Zarr (what never to do)
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import zarr
+from harness import command_line, machine_line, timed
 
 import madata
 from madata.schema import AgentSpec
@@ -67,9 +66,8 @@ def main() -> None:
     B = args.batch
     rows: list[tuple[str, float]] = []
     with tempfile.TemporaryDirectory() as d:
-        t0 = time.perf_counter()
-        ds = build(Path(d) / "ds", args.transitions)
-        print(f"built {ds.num_transitions} transitions in {time.perf_counter() - t0:.1f} s")
+        ds, seconds = timed(lambda: build(Path(d) / "ds", args.transitions))
+        print(f"built {ds.num_transitions} transitions in {seconds:.1f} s")
         tr = ds.transitions()
         rng = np.random.default_rng(0)
         N = ds.num_transitions
@@ -102,9 +100,8 @@ def main() -> None:
             return packed[rng.integers(0, N, B)]
 
         rows.append((f"numpy, one gather from packed [N, {packed.shape[1]}]", rate(packed_np, B, args.seconds)))
-        t0 = time.perf_counter()
-        cpu = TransitionLoader(ds, device="cpu", seed=0)
-        print(f"TransitionLoader(cpu) packed {N} rows in {time.perf_counter() - t0:.1f} s")
+        cpu, seconds = timed(lambda: TransitionLoader(ds, device="cpu", seed=0))
+        print(f"TransitionLoader(cpu) packed {N} rows in {seconds:.1f} s")
         rows.append(
             (
                 f"madata TransitionLoader cpu, 1 batch/call (torch threads {torch.get_num_threads()})",
@@ -136,18 +133,12 @@ def main() -> None:
         arr = zarr.open_array(str(ds.root / "obs" / "agent_0"), mode="r")  # the store read as plain Zarr
         rows.append(("random row access into Zarr (1 field only)", rate(lambda: arr[int(rng.integers(0, N))], 1, 1.0)))
 
-    cpu_name = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
-    print(
-        f"\nmachine: {os.cpu_count()} cores, {cpu_name}, {platform.python_version()}, torch {torch.__version__}"
-        + (f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU")
-    )
+    print("\n" + machine_line(GPU=torch.cuda.get_device_name() if torch.cuda.is_available() else "none"))
     print(f"joint samples/s, batch {B}, {N} transitions of halfcheetah-2x3 shape\n")
     print("| method | samples/s |\n|---|---:|")
     for name, r in rows:
         print(f"| {name} | {r / 1e6:.2f} M |" if r >= 1e5 else f"| {name} | {r:,.0f} |")
-    print(
-        f"\ncommand: python benchmarks/loader.py --transitions {args.transitions} --batch {B} --seconds {args.seconds}"
-    )
+    print(f"\ncommand: {command_line()}")
 
 
 if __name__ == "__main__":
