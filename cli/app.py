@@ -97,6 +97,41 @@ def upgrade(path: DatasetArg) -> None:
         typer.echo(f"{path} is current: nothing to upgrade")
 
 
+def _collect_pettingzoo(
+    task, out, policy, env_arg, episodes, seed, max_steps, resume, commit_every, commit_seconds, given
+):
+    from madata.errors import SchemaError
+    from madata.pettingzoo import collect_pettingzoo, env_from_spec, parse_env_args, policy_from_spec
+
+    refused = [k for k, v in given.items() if v is not None]
+    if refused:
+        raise SchemaError(f"{', '.join(refused)}: built-in tasks only; a pettingzoo: task takes --policy AGENT=POLICY")
+    if not policy:
+        raise SchemaError("a pettingzoo: task needs --policy AGENT=random (or AGENT=MODULE:CALLABLE) for every agent")
+    policies: dict[str, dict] = {}
+    for item in policy:
+        agent, sep, spec = item.partition("=")
+        if not sep or not agent or not spec:
+            raise SchemaError(f"--policy {item!r}: expected AGENT=random or AGENT=MODULE:CALLABLE")
+        policies.setdefault(agent, {})[spec] = policy_from_spec(spec)
+    kwargs = parse_env_args(env_arg or [])
+    ds = collect_pettingzoo(
+        env_from_spec(task, kwargs),
+        out,
+        policies=policies,
+        episodes=episodes,
+        seed=seed,
+        max_steps=max_steps,
+        env_name=task,
+        env_kwargs=kwargs,
+        resume=resume,
+        commit_every=commit_every,
+        commit_seconds=commit_seconds,
+        progress=True,
+    )
+    typer.echo(f"wrote {ds.num_episodes} episodes, {ds.num_transitions} transitions to {out}")
+
+
 @app.command()
 @handle_errors
 def combine(
@@ -249,12 +284,52 @@ def collect(
         float, typer.Option(help="Seconds at least between commits (a crash loses at most this much work).")
     ] = 5.0,
     chunk_rows: Annotated[int | None, typer.Option(help="Rows per Zarr chunk (default: madata's).")] = None,
+    policy: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="pettingzoo: tasks only: AGENT=random or AGENT=MODULE:CALLABLE, repeated; several per agent "
+            "are its levels (every per-agent combination gets an equal share)."
+        ),
+    ] = None,
+    env_arg: Annotated[
+        list[str] | None, typer.Option(help="pettingzoo: tasks only: KEY=VALUE passed to the env function, repeated.")
+    ] = None,
 ) -> None:
-    """Run behaviour policies in TASK and write a dataset; each episode records each agent's level."""
+    """Run behaviour policies in TASK and write a dataset; each episode records each agent's level.
+
+    TASK is a built-in task (grid, halfcheetah-2x3, ...) or pettingzoo:MODULE[:FUNCTION], any
+    PettingZoo ParallelEnv (with --policy)."""
     from madata.behaviour.mix import parse_combo, parse_mix
     from madata.collect import collect as run_collect
     from madata.envs.registry import get_task
 
+    if task.startswith("pettingzoo:"):
+        _collect_pettingzoo(
+            task,
+            out,
+            policy,
+            env_arg,
+            episodes,
+            seed,
+            max_steps,
+            resume,
+            commit_every,
+            commit_seconds,
+            given={
+                "--mix": mix,
+                "--combo": combo,
+                "--mix-by": mix_by,
+                "--checkpoint-dir": checkpoint_dir,
+                "--noise": noise or None,
+                "--epsilon": epsilon or None,
+                "--chunk-rows": chunk_rows,
+            },
+        )
+        return
+    if policy or env_arg:
+        raise typer.BadParameter(
+            "--policy and --env-arg apply to pettingzoo:MODULE tasks only; built-in tasks take --mix or --combo"
+        )
     info_ = get_task(task)
     if (mix is None) == (combo is None):
         raise typer.BadParameter("give exactly one of --mix and --combo")

@@ -146,3 +146,9 @@ def test_help_and_info_do_not_import_torch(tmp_path):
     for args in (["--help"], ["info", str(path)], ["train", "--help"], ["train", "cast-bcq", "--help"]):
         code = f"import sys\nfrom cli.errors import run\nfrom cli.app import app\nrun(app, {args!r})"
         assert "torch" not in _imported_by(code), args
+
+
+def test_the_base_library_imports_no_optional_environment_stack():
+    """madata, its collector and diagnostics load without pettingzoo, tensorstore or jax."""
+    loaded = _imported_by("import madata, madata.collect, madata.ops, madata.diagnostics.core, madata.pettingzoo")
+    assert not {"pettingzoo", "mpe2", "tensorstore", "jax"} & loaded
