@@ -223,7 +223,7 @@ def behaviour_types(
     features: dict[str, np.ndarray],
     episode: np.ndarray,
     *,
-    steps: int = 48,
+    steps: int = 64,
     early: int = 32,
     neighbours: int = 32,
     max_types: int = 4,
