@@ -97,6 +97,33 @@ def upgrade(path: DatasetArg) -> None:
         typer.echo(f"{path} is current: nothing to upgrade")
 
 
+import_app = typer.Typer(help="Bring datasets in from other formats.", no_args_is_help=True)
+app.add_typer(import_app, name="import")
+
+
+@import_app.command("og-marl")
+@handle_errors
+def import_og_marl_command(
+    vault: Annotated[Path, typer.Argument(help="A vault directory (holding uid directories), or one uid directory.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output dataset directory (must not exist).")],
+    uid: Annotated[str | None, typer.Option(help="Which uid of the vault (needed when it holds several).")] = None,
+    strict: Annotated[
+        bool, typer.Option(help="Refuse a vault that ends inside an episode instead of dropping it.")
+    ] = False,
+) -> None:
+    """Import an OG-MARL (flashbax) vault: episodes split where every agent is done, state and legal actions kept."""
+    from madata.convert.og_marl import import_og_marl
+
+    ds = import_og_marl(vault, out, uid=uid, strict=strict)
+    report = ds.meta.provenance["report"]
+    typer.echo(f"wrote {ds.num_episodes} episodes, {ds.num_transitions} transitions to {out}")
+    if report["dropped_unfinished_steps"]:
+        typer.echo(f"note: dropped {report['dropped_unfinished_steps']} steps of an unfinished last episode", err=True)
+    if report["padded_agents"]:
+        typer.echo(f"note: agents {', '.join(report['padded_agents'])} are all zeros (padding?)", err=True)
+    typer.echo(f"note: final observation of each episode {report['final_observation']}", err=True)
+
+
 def _collect_pettingzoo(
     task, out, policy, env_arg, episodes, seed, max_steps, resume, commit_every, commit_seconds, given
 ):
@@ -207,6 +234,7 @@ def subsample(
 
 class ExportFormat(str, Enum):
     parquet = "parquet"
+    og_marl = "og-marl"
 
 
 class ExportTable(str, Enum):
@@ -226,13 +254,25 @@ def export(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
 ) -> None:
     """Write the flat transition table (one row per transition, with each episode's return, end, seed and
-    behaviour labels), or the episode table alone, for DuckDB, polars or pandas."""
+    behaviour labels), or the episode table alone, for DuckDB, polars or pandas; or (--format og-marl) an
+    OG-MARL vault at OUT/madata that flashbax reads (docs/sources.md)."""
     from tqdm import tqdm
 
     import madata
     from madata.export import export_episodes, export_parquet
 
     ds = madata.open(path)
+    if fmt is ExportFormat.og_marl:
+        from madata.convert.og_marl import export_og_marl
+        from madata.errors import SchemaError
+
+        if table is not ExportTable.transitions or overwrite:
+            raise SchemaError(
+                "--table and --overwrite apply to --format parquet; an OG-MARL vault is always written new"
+            )
+        vault = export_og_marl(ds, out)
+        typer.echo(f"wrote {ds.num_episodes} episodes, {ds.num_transitions} transitions to the vault {vault}")
+        return
     if table is ExportTable.episodes:
         typer.echo(f"wrote {export_episodes(ds, out, overwrite=overwrite)} episodes to {out}")
         return

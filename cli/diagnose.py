@@ -108,6 +108,7 @@ def format_diagnosis(d: dict) -> str:
     lines.append(
         f"coverage  ({cov['bins']} bins per component) {agents}  joint {cov['joint']['occupied']}/"
         f"{cov['joint']['cells']}  independent {_num(cov['independent'], '.1f')}  ratio {_num(cov['ratio'], '.3f')}"
+        f"  SACo (OG-MARL) {_num(cov.get('saco'), '.4f')}"
     )
     lines += _format_types(d.get("types"))
     sa = d.get("state_action_coverage")

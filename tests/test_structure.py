@@ -150,5 +150,7 @@ def test_help_and_info_do_not_import_torch(tmp_path):
 
 def test_the_base_library_imports_no_optional_environment_stack():
     """madata, its collector and diagnostics load without pettingzoo, tensorstore or jax."""
-    loaded = _imported_by("import madata, madata.collect, madata.ops, madata.diagnostics.core, madata.pettingzoo")
+    loaded = _imported_by(
+        "import madata, madata.collect, madata.ops, madata.diagnostics.core, madata.pettingzoo, madata.convert.og_marl"
+    )
     assert not {"pettingzoo", "mpe2", "tensorstore", "jax"} & loaded

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 import madata
 from madata.dataset import Dataset
-from madata.diagnostics.coverage import action_coverage, state_action_coverage
+from madata.diagnostics.coverage import action_coverage, saco, state_action_coverage
 from madata.diagnostics.defaults import DEFAULTS
 from madata.diagnostics.dependence import action_dependence
 from madata.diagnostics.quality import behaviour_mix, quality
@@ -175,6 +175,7 @@ def diagnose(
         t0 = time.perf_counter()
         spaces = {a.id: a.action_space for a in ds.agents}
         cov = action_coverage(inputs["actions"], spaces, bins=bins, shuffles=shuffles, seed=seed)
+        cov["saco"] = saco(inputs["cond"], inputs["actions"]) if ds.state_space is not None else None
         ids, ret = ds.episode_ids, ds.episodes.column("return").to_numpy()
         row_return = ret[np.searchsorted(ids, inputs["episode"])]
         sa_cov = state_action_coverage(

@@ -257,3 +257,23 @@ def _dense_per_row(x: np.ndarray) -> np.ndarray:
     out = np.empty_like(rank)
     np.put_along_axis(out, order, rank, 1)
     return out
+
+
+def saco(state: np.ndarray, actions: dict[str, np.ndarray], decimals: int | None = None) -> float:
+    """OG-MARL's SACo: distinct (state, joint action) pairs over transitions, in (0, 1].
+
+    ``state`` [N, ...] and ``actions[agent]`` [N, ...], concatenated per transition and
+    compared exactly (``decimals``: rounded first, as OG-MARL's later ``get_saco`` does; its
+    published values used no rounding). 1 means no pair repeats; it counts exact repeats, so
+    on continuous data it is 1 unless transitions are duplicated. Cost ``O(N log N)``.
+    """
+    rows = np.concatenate(
+        [np.asarray(state, dtype=np.float64).reshape(len(state), -1)]
+        + [np.asarray(a, dtype=np.float64).reshape(len(a), -1) for a in actions.values()],
+        axis=1,
+    )
+    if decimals is not None:
+        rows = rows.round(decimals)
+    rows = np.ascontiguousarray(rows + 0.0)  # -0.0 and 0.0 are one value
+    keys = rows.view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1]))).reshape(-1)
+    return len(np.unique(keys)) / max(len(rows), 1)

@@ -244,7 +244,8 @@ def render_html(d: dict[str, Any]) -> str:
     parts.append(
         f"<p>Joint / independent ratio <b>{_fmt(cov['ratio'])}</b> (below 1: joint actions more concentrated "
         f"than independent agents with the same per-agent actions would give); saturation "
-        f"{_fmt(cov['saturation'])} (near 1: too many cells for the data, use fewer bins).</p>"
+        f"{_fmt(cov['saturation'])} (near 1: too many cells for the data, use fewer bins). OG-MARL's SACo (distinct "
+        f"(state, joint action) pairs per transition): {_fmt(cov.get('saco'))}.</p>"
     )
     parts.append(f'<img alt="coverage" src="{plots["coverage"]}">')
 
