@@ -37,6 +37,13 @@ def mix(**extra):
     }
 
 
+def test_two_levels_per_agent_give_equal_shares_per_combination(tmp_path):
+    both = {a: {"random": "random", "right": push_right} for a in AGENTS}
+    ds = collect_pettingzoo(SPREAD, tmp_path / "both", policies=both, episodes=16, seed=0)
+    combos = Counter(zip(*(ds.episodes.column(f"behaviour.{a}").to_pylist() for a in AGENTS), strict=True))
+    assert len(combos) == 8 and set(combos.values()) == {2} and verify(ds.root).ok
+
+
 def test_spread_with_two_levels_for_one_agent(tmp_path):
     ds = collect_pettingzoo(SPREAD, tmp_path / "ds", policies=mix(), episodes=6, seed=0)
     assert verify(ds.root).ok and ds.num_episodes == 6 and ds.num_transitions == 72
