@@ -21,12 +21,12 @@ fbx = pytest.importorskip("flashbax", reason="the tests write vaults with flashb
 from madata.convert.og_marl import export_og_marl, import_og_marl  # noqa: E402
 from madata.diagnostics.coverage import saco  # noqa: E402
 
-N, OBS, K, S, T = 3, 4, 5, 6, 30
+N, OBS, K, S, T = 2, 4, 5, 6, 30
 
 
 def flashbax_vault(root, pad_agent=False, seed=0):
-    """A vault written by flashbax's own Vault: 3 agents, 30 steps; a terminal at step 9, a truncation at
-    step 19, and 10 steps of an unfinished episode; legal actions vary; agent 2 all zeros with ``pad_agent``."""
+    """A vault written by flashbax's own Vault: 2 agents, 30 steps; a terminal at step 9, a truncation at
+    step 19, and 10 steps of an unfinished episode; legal actions vary; agent 1 all zeros with ``pad_agent``."""
     import jax
     import jax.numpy as jnp
     from flashbax.vault import Vault
@@ -47,7 +47,7 @@ def flashbax_vault(root, pad_agent=False, seed=0):
     }
     if pad_agent:
         for key in ("observations", "actions", "rewards"):
-            data[key][0, :, 2] = 0
+            data[key][0, :, N - 1] = 0
     one = jax.tree.map(lambda x: jnp.zeros(x.shape[2:], x.dtype), data)
     buf = fbx.make_trajectory_buffer(
         add_batch_size=1,
@@ -76,7 +76,7 @@ def test_a_flashbax_vault_imports_with_its_episode_boundaries(tmp_path):
     ep = ds.episode(1)
     np.testing.assert_array_equal(ep.obs["agent_1"][:10], data["observations"][0, 10:20, 1])
     np.testing.assert_array_equal(ep.obs["agent_1"][10], data["observations"][0, 19, 1])  # repeated, as reported
-    np.testing.assert_array_equal(ep.actions["agent_2"], data["actions"][0, 10:20, 2])
+    np.testing.assert_array_equal(ep.actions["agent_1"], data["actions"][0, 10:20, 1])
     np.testing.assert_array_equal(ep.state[:10], data["infos"]["state"][0, 10:20])
     np.testing.assert_array_equal(ep.action_masks["agent_0"][:10], data["infos"]["legals"][0, 10:20, 0] == 1)
     np.testing.assert_allclose(ep.rewards, data["rewards"][0, 10:20, 0])
@@ -121,10 +121,10 @@ def test_a_collected_madata_dataset_round_trips_through_a_vault(tmp_path):
 
 def test_padding_and_bad_vaults_are_reported(tmp_path):
     vault, _ = flashbax_vault(tmp_path / "p", pad_agent=True)
-    assert import_og_marl(vault, tmp_path / "padded").meta.provenance["report"]["padded_agents"] == ["agent_2"]
+    assert import_og_marl(vault, tmp_path / "padded").meta.provenance["report"]["padded_agents"] == ["agent_1"]
     meta = vault / "Good" / "metadata.json"
     m = json.loads(meta.read_text())
-    m["structure_shape"]["infos"]["extra"] = "(1, 60, 3)"
+    m["structure_shape"]["infos"]["extra"] = "(1, 60, 2)"
     m["structure_dtype"]["infos"]["extra"] = "float32"
     meta.write_text(json.dumps(m))
     with pytest.raises(CorruptionError, match=r"leaf 'infos.extra' cannot be opened"):
