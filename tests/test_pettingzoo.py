@@ -72,28 +72,38 @@ def test_same_seed_same_data_and_resume_continues_bit_for_bit(tmp_path):
         collect_pettingzoo(SPREAD, tmp_path / "a", policies=mix(), episodes=5, seed=9, resume=True)
 
 
-def test_an_interrupted_collection_resumes_to_the_uninterrupted_one(tmp_path, monkeypatch):
-    policies = mix()
-    whole = collect_pettingzoo(SPREAD, tmp_path / "whole", policies=policies, episodes=6, seed=1)
-    calls = {"n": 0}
-    real = madata.writer.DatasetWriter.add_episode
+def test_a_killed_collection_resumes_to_the_uninterrupted_one(tmp_path):
+    """A process killed mid-collection (os._exit: no cleanup) resumes to the uninterrupted result."""
+    import subprocess
+    import sys
+    import textwrap
 
-    def add_then_die(self, *args, **kw):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
-        return real(self, *args, **kw)
-
-    monkeypatch.setattr(madata.writer.DatasetWriter, "add_episode", add_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        collect_pettingzoo(
-            SPREAD, tmp_path / "cut", policies=policies, episodes=6, seed=1, commit_every=1, commit_seconds=0
-        )
-    monkeypatch.setattr(madata.writer.DatasetWriter, "add_episode", real)
-    assert madata.open(tmp_path / "cut").num_episodes == 3
-    resumed = collect_pettingzoo(SPREAD, tmp_path / "cut", policies=policies, episodes=6, seed=1, resume=True)
+    out = tmp_path / "killed"
+    code = textwrap.dedent(f"""
+        import functools, os
+        from mpe2 import simple_spread_v3
+        from madata.pettingzoo import collect_pettingzoo
+        from madata.writer import DatasetWriter
+        real, n = DatasetWriter.add_episode, [0]
+        def dying(self, *a, **k):
+            n[0] += 1
+            if n[0] == 7:
+                os._exit(9)  # episode 5 was added but never committed
+            return real(self, *a, **k)
+        DatasetWriter.add_episode = dying
+        env = functools.partial(simple_spread_v3.parallel_env, continuous_actions=True, max_cycles=12)
+        policies = {{a: {{"random": "random"}} for a in ("agent_0", "agent_1", "agent_2")}}
+        collect_pettingzoo(env, {str(out)!r}, policies=policies, episodes=9, seed=1, commit_every=5, commit_seconds=0)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 9, proc.stderr
+    assert madata.open(out).num_episodes == 5
+    policies = {a: {"random": "random"} for a in AGENTS}
+    resumed = collect_pettingzoo(SPREAD, out, policies=policies, episodes=9, seed=1, resume=True)
+    whole = collect_pettingzoo(SPREAD, tmp_path / "whole", policies=policies, episodes=9, seed=1)
     tw, tr = whole.transitions(), resumed.transitions()
-    assert all(np.array_equal(tw[k], tr[k]) for k in tw) and resumed.num_episodes == 6
+    assert resumed.num_episodes == 9 and all(np.array_equal(tw[k], tr[k]) for k in tw)
+    assert verify(out).ok
 
 
 def test_discrete_actions_and_heterogeneous_agents(tmp_path):
