@@ -24,7 +24,7 @@ from madata.diagnostics.coverage import saco  # noqa: E402
 N, OBS, K, S, T = 2, 4, 5, 6, 30
 
 
-def flashbax_vault(root, pad_agent=False, seed=0):
+def flashbax_vault(root, pad_agent=False, seed=0, forbid_step=None):
     """A vault written by flashbax's own Vault: 2 agents, 30 steps; a terminal at step 9, a truncation at
     step 19, and 10 steps of an unfinished episode; legal actions vary; agent 1 all zeros with ``pad_agent``."""
     import jax
@@ -48,6 +48,9 @@ def flashbax_vault(root, pad_agent=False, seed=0):
     if pad_agent:
         for key in ("observations", "actions", "rewards"):
             data[key][0, :, N - 1] = 0
+        legals[0, :, N - 1] = np.eye(K)[0]  # a padded agent may only take action 0
+    if forbid_step is not None:
+        legals[0, forbid_step, 0, actions[0, forbid_step, 0]] = 0
     one = jax.tree.map(lambda x: jnp.zeros(x.shape[2:], x.dtype), data)
     buf = fbx.make_trajectory_buffer(
         add_batch_size=1,
@@ -132,6 +135,8 @@ def test_padding_and_bad_vaults_are_reported(tmp_path):
     meta.write_bytes(b"\xff not json")
     with pytest.raises(CorruptionError, match="metadata.json: not readable as JSON"):
         import_og_marl(vault, tmp_path / "x")
+    with pytest.raises(SchemaError, match="step 4: agent_0 takes action .*, which its legals forbid"):
+        import_og_marl(flashbax_vault(tmp_path / "f", forbid_step=4)[0], tmp_path / "x")
     with pytest.raises(DatasetNotFoundError, match="no vault with uid 'Bad'; it has Good"):
         import_og_marl(vault, tmp_path / "x", uid="Bad")
     assert not (tmp_path / "x").exists()

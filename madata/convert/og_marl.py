@@ -22,7 +22,9 @@ final observation (the step after the last action): it is taken from ``infos.nex
 leaves where a vault has them (madata's export writes them), else the last observation
 is repeated, and the provenance says so. A trailing episode without an end is dropped and
 reported (``strict=True`` refuses the vault instead). Agents whose observations, actions
-and rewards are all zero are reported as padding (kept).
+and rewards are all zero are reported as padding (kept); a vault whose actions break its
+own legals is refused, naming the first such step. Each batch row is read whole into
+memory (OG-MARL's SMAC vaults: about 0.5 GB for a million steps of 3m).
 
 Export writes B = 1, T = every step, the leaves above plus ``infos.next_observations``
 (and ``infos.next_state``, ``infos.next_legals``) so nothing is lost, and madata's own
@@ -184,6 +186,16 @@ def import_og_marl(
     if rows[0]["next_obs"] is None:
         report["final_observation"] = "repeated: the vault does not store it"
     report["padded_agents"] = [a.id for i, a in enumerate(agents) if all(_zero_agent(r, i) for r in rows)]
+    if masks and np.issubdtype(rows[0]["act"].dtype, np.integer):
+        for b, r in enumerate(rows):
+            taken = np.take_along_axis(r["legals"], r["act"][..., None].astype(np.int64), -1)[..., 0]
+            bad = np.argwhere(taken == 0)
+            if len(bad):  # a dataset whose actions break its own masks would fail verify: refuse it now
+                t, i = bad[0]
+                raise SchemaError(
+                    f"{vault.path}: batch row {b}, step {t}: agent_{i} takes action {int(r['act'][t, i])}, which its "
+                    f"legals forbid ({len(bad)} such steps); madata's action masks must allow the actions taken"
+                )
     env = own["env"] if own else {"id": vault.meta.get("env", vault.path.parent.name), "family": "og-marl"}
     facts = own["episodes"] if own else None
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
