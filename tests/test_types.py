@@ -137,8 +137,8 @@ def test_same_seed_same_types():
 @pytest.mark.slow
 @pytest.mark.parametrize("task", ["halfcheetah-2x3", "hopper-3x1", "walker2d-2x3"])
 def test_types_on_collected_mamujoco_data(task, tmp_path):
-    """Known truth at test size (160 episodes of 300 steps; docs/results/types_known_truth.md has full size):
-    both mixes' types match the hidden labels, the team-level mix is flagged, the per-agent one and
+    """Known truth at test size (160 episodes of 300 steps, hopper 240; docs/results/types_known_truth.md has
+    full size): both mixes' types match the hidden labels, the team-level mix is flagged, the per-agent one and
     single-level data are not."""
     import madata
     from madata.collect import collect
@@ -146,20 +146,19 @@ def test_types_on_collected_mamujoco_data(task, tmp_path):
     from madata.schema import behaviour_column
 
     def types(**kw):
-        ds = collect(task, tmp_path / str(len(list(tmp_path.iterdir()))), episodes=160, max_steps=300, seed=0, **kw)
+        episodes = 240 if task == "hopper-3x1" else 160  # at 160, hopper's agent_0 shows no types in the team mix
+        ds = collect(
+            task, tmp_path / str(len(list(tmp_path.iterdir()))), episodes=episodes, max_steps=300, seed=0, **kw
+        )
         inputs = load_inputs(madata.open(ds.root))
         labels = {a: ds.episodes.column(behaviour_column(a)).to_pylist() for a in ds.agent_ids}
         return behaviour_types(inputs["cond"], inputs["features"], inputs["episode"], labels=labels, seed=0)
 
-    floor = 0.85 if task == "hopper-3x1" else 0.9  # hopper's short medium episodes: a third type splits off here
     per_agent = types(mix=["medium", "expert"])
-    assert min(v["ari_vs_labels"] for v in per_agent["agents"].values()) >= floor, per_agent["agents"]
+    assert min(v["ari_vs_labels"] for v in per_agent["agents"].values()) >= 0.9, per_agent["agents"]
     assert per_agent["test"] is not None and per_agent["test"]["p"] > 0.05
     team = types(mix=["medium", "expert"], mix_by="team")
     assert team["test"]["p"] <= 0.01 and min(team["team"]["ari_vs_labels"].values()) >= 0.9
-    shown = {a: v for a, v in team["agents"].items() if v["types"] > 1}
-    assert all(v["ari_vs_labels"] >= 0.9 for v in shown.values()), team["agents"]
-    # hopper's agent_0 acts alike at medium and expert in the states both teams share: it shows no types of its own
-    assert set(shown) == set(team["agents"]) - ({"agent_0"} if task == "hopper-3x1" else set())
+    assert min(v["ari_vs_labels"] for v in team["agents"].values()) >= 0.9, team["agents"]
     expert = types(mix=["expert"])
     assert expert["test"] is None and all(v["types"] == 1 for v in expert["agents"].values())
