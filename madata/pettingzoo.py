@@ -117,8 +117,10 @@ def collect_pettingzoo(
     ``policies[agent]`` maps behaviour labels to policies (``"random"`` or a callable
     ``(obs, rng) -> action``); every agent of the env needs at least one. ``max_steps``
     truncates episodes there. ``env_name`` and ``env_kwargs`` (the arguments ``make_env``
-    used) are recorded (default name: the env's ``metadata["name"]``). ``resume=True`` continues an interrupted collection made with the
-    same env name, labels, episodes and seed. Returns the opened dataset.
+    used) are recorded (default name: the env's ``metadata["name"]``). ``resume=True``
+    continues an interrupted collection made with the same env, labels, episodes and seed
+    (or starts one). An env that breaks a rule in the first episode leaves nothing behind;
+    later, the episodes written whole are kept and can be resumed. Returns the dataset.
     """
     if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
         raise SchemaError(f"episodes: expected an integer >= 1, got {episodes!r}")
@@ -157,7 +159,8 @@ def collect_pettingzoo(
             "madata_version": madata.__version__,
         }
         root = Path(out)
-        if resume and (root / "zarr.json").exists():
+        resuming = resume and (root / "zarr.json").exists()
+        if resuming:
             stored = read_root(root)[0].provenance
             diffs = [
                 k
@@ -185,7 +188,7 @@ def collect_pettingzoo(
                 commit_every=commit_every,
                 commit_seconds=commit_seconds,
             )
-        fresh = writer.num_episodes == 0 and not resume
+        fresh = not resuming
         try:
             _run(
                 writer,
