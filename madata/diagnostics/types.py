@@ -33,6 +33,8 @@ Estimator (*a nearest-neighbour mixture, fit by EM at the episode level*), per a
    is the held-out score of the episode. ``K + 1`` types are kept over ``K`` when the mean
    gain per episode exceeds 0.05 nats with ``z = mean / standard error > 3`` (one-sided p
    about 0.001); otherwise the search stops. The reported types are refit on all sampled steps.
+6. An agent left with one type is searched again with the other agents' types as the
+   starting points (no random ones); the same held-out rule decides whether it keeps them.
 
 The test: over the agents with at least two types, the multi-information of their types
 across episodes, ``I = sum_i H(T_i) - H(T_1, ..., T_n)`` (nats; 0 when the types are
@@ -41,7 +43,8 @@ each agent's types across episodes independently (``permutations`` times):
 ``p = (1 + #{null >= I}) / (1 + permutations)``.
 
 How to read it: ``p <= 0.01`` says the agents' behaviours switch together from episode
-to episode (team-level mixing: a coordinated dataset). Types found for several agents
+to episode (team-level mixing: a coordinated dataset); the team's type per episode (the
+combination of the varying agents' types) is then every agent's type under that model. Types found for several agents
 with a large ``p`` say they vary independently (per-agent mixing: the uncoordinated data
 CAST-BCQ is for). One type per agent (or only one agent that varies) says every agent
 kept one behaviour, as far as the data show. Where behaviour labels are stored, each
@@ -238,8 +241,11 @@ def behaviour_types(
     ``cond`` [N, D] conditioning vectors, ``features`` {agent: [N, d]} actions as floats (one-hot
     for discrete), ``episode`` [N] episode ids in row order; ``labels`` {agent: [E]} the stored
     behaviour labels per episode, if any. Returns a JSON-ready dict: ``agents`` {agent: {types,
-    sizes, tried, ari_vs_labels, labels_by_type}}, ``test`` {statistic, null_mean, null_std, p,
-    permutations, agents} or None, ``verdict`` and the settings.
+    episode_types, sizes, tried, ari_vs_labels, labels_by_type, seeded_from_other_agents}},
+    ``test`` {statistic, null_mean, null_std, p, permutations, agents} or None, ``team``
+    {types, episode_types, sizes, ari_vs_labels} when the test says team-level (else None),
+    ``verdict``, ``sampled_steps`` and the settings; or ``{"skipped": reason}`` for fewer
+    than 10 episodes.
     """
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x7E5]))
     _, ep = np.unique(episode, return_inverse=True)
@@ -292,7 +298,6 @@ def behaviour_types(
             continue
         found = agent_types(mixtures[agent], halves, max_types, 0, rng, seeded=others)
         if found["K"] > 1:
-            found["seeded"] = True
             record(agent, found)
             out[agent]["seeded_from_other_agents"] = True
     varying = [a for a in out if out[a]["types"] > 1]
