@@ -332,7 +332,10 @@ def _zero_agent(r: dict, i: int) -> bool:
 
 
 def export_og_marl(ds: Dataset | str | os.PathLike, out: str | os.PathLike, *, uid: str = "madata") -> Path:
-    """Write ``ds`` as a flashbax vault at ``out/uid`` (B = 1; see the module docstring); returns its path."""
+    """Write ``ds`` as a flashbax vault at ``out/uid`` (B = 1; see the module docstring); returns its path.
+
+    Reads the whole dataset into memory (``Dataset.transitions()``) and writes each leaf once.
+    """
     ds = ds if isinstance(ds, Dataset) else madata.open(ds)
     out = Path(out)
     path = out / uid
@@ -355,7 +358,6 @@ def export_og_marl(ds: Dataset | str | os.PathLike, out: str | os.PathLike, *, u
     tr = ds.transitions()
     ids = ds.agent_ids
     T = len(tr["reward"])
-    ends = tr["terminated"] | tr["truncated"]
 
     def stack(key: str) -> np.ndarray:
         return np.stack([tr[f"{key}/{a}"] for a in ids], 1)[None]  # (1, T, N, ...)
@@ -374,7 +376,6 @@ def export_og_marl(ds: Dataset | str | os.PathLike, out: str | os.PathLike, *, u
     if ds.spec.action_masks:
         leaves["infos.legals."] = stack("action_mask").astype(np.float32)
         leaves["infos.next_legals."] = stack("next_action_mask").astype(np.float32)
-    assert int(ends.sum()) == ds.num_episodes
     table = ds.episodes
     own = {
         "agents": [a.to_json() for a in ds.agents],
