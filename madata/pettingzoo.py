@@ -20,7 +20,10 @@ function ``parallel_env``; keyword arguments with ``--env-arg KEY=VALUE``)::
 A policy is ``"random"`` (uniform over the agent's action space) or a callable
 ``policy(obs, rng) -> action`` for one agent: ``obs`` its observation (as the env gives it,
 without an action mask), ``rng`` a ``numpy.random.Generator`` that is the policy's only
-source of randomness. Each agent's policies are its behaviour levels: every per-agent
+source of randomness. A policy object may also define ``bind(env, agent)``, called once
+before collecting (for policies that need the env), and ``reset(rng)``, called at the start
+of each of its episodes (for policies with memory). On the command line a class is
+instantiated once per agent. Each agent's policies are its behaviour levels: every per-agent
 combination gets an equal share of the episodes (episode ``e`` plays combination
 ``e mod K``), and each episode records its agents' labels, as ``madata collect --mix``
 does for built-in tasks.
@@ -82,7 +85,7 @@ def env_from_spec(spec: str, kwargs: Mapping[str, Any] | None = None) -> Callabl
 
 
 def policy_from_spec(text: str) -> Policy | str:
-    """``"random"``, or ``"MODULE:CALLABLE"`` imported."""
+    """``"random"``, or ``"MODULE:CALLABLE"`` imported; a class is instantiated (one policy per call)."""
     if text == "random":
         return "random"
     module, _, name = text.partition(":")
@@ -92,6 +95,8 @@ def policy_from_spec(text: str) -> Policy | str:
         fn = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as e:
         raise UnknownNameError(f"policy {text!r}: cannot import it ({e})") from e
+    if isinstance(fn, type):  # a policy class: one instance per agent, which may keep state
+        fn = fn()
     if not callable(fn):
         raise SchemaError(f"policy {text!r}: {name} is not callable")
     return fn
@@ -143,6 +148,10 @@ def collect_pettingzoo(
             for label, p in policies[a].items():
                 if not (p == "random" or callable(p)):
                     raise SchemaError(f"policies[{a!r}][{label!r}]: expected 'random' or a callable, got {p!r}")
+        for a in agents:  # policies that need the env (its units, its map) get it once, before any episode
+            for p in policies[a].values():
+                if hasattr(p, "bind"):
+                    p.bind(env, a)
         labels = {a: list(policies[a]) for a in agents}
         combos = [dict(zip(agents, c, strict=True)) for c in itertools.product(*(labels[a] for a in agents))]
         state_space = _box(env.state_space, "state_space") if hasattr(env, "state_space") else None
@@ -241,6 +250,10 @@ def _episode(env, agents, specs, masked, with_state, policies, combo, seed, e, m
     reset_seed = int(np.random.SeedSequence([seed, e]).generate_state(1)[0] >> 1)
     rngs = {a: np.random.default_rng(np.random.SeedSequence([seed, e, 1 + i])) for i, a in enumerate(agents)}
     obs, _ = env.reset(seed=reset_seed)
+    for a in agents:  # a policy with memory starts each episode afresh, from this episode's generator
+        p = policies[a][combo[a]]
+        if hasattr(p, "reset"):
+            p.reset(rngs[a])
     space = {s.id: s.action_space for s in specs}
     o = {a: [] for a in agents}
     m = {a: [] for a in agents}
@@ -361,7 +374,8 @@ def _agent_specs(env: Any, agents: list[str]) -> tuple[list[AgentSpec], bool]:
 def _describe(p: Policy | str) -> str:
     if p == "random":
         return "random"
-    return f"{getattr(p, '__module__', '?')}:{getattr(p, '__qualname__', type(p).__name__)}"
+    named = p if hasattr(p, "__qualname__") else type(p)  # a function, or an instance of a policy class
+    return f"{named.__module__}:{named.__qualname__}"
 
 
 def parse_env_args(items: list[str]) -> dict[str, Any]:

@@ -106,6 +106,34 @@ def test_a_killed_collection_resumes_to_the_uninterrupted_one(tmp_path):
     assert verify(out).ok
 
 
+class Counter3:
+    """A policy with memory: pushes right for its first 3 steps of each episode, then stays still."""
+
+    def bind(self, env, agent):
+        self.agent, self.n_agents = agent, len(env.possible_agents)
+
+    def reset(self, rng):
+        self.t = 0
+
+    def __call__(self, obs, rng):
+        self.t += 1
+        return push_right(obs, rng) if self.t <= 3 else np.zeros(5, np.float32)
+
+
+def test_policies_with_memory_are_bound_once_and_reset_every_episode(tmp_path):
+    policy = Counter3()
+    ds = collect_pettingzoo(SPREAD, tmp_path / "m", policies={**mix(), "agent_0": {"counter": policy}}, episodes=3)
+    assert policy.agent == "agent_0" and policy.n_agents == 3
+    for i in range(3):  # every episode starts afresh: 3 pushes, then zeros
+        acts = ds.episode(i).actions["agent_0"]
+        assert np.all(acts[:3] == push_right(None, None)) and np.all(acts[3:] == 0)
+    from madata.pettingzoo import policy_from_spec
+
+    a, b = policy_from_spec("test_pettingzoo:Counter3"), policy_from_spec("test_pettingzoo:Counter3")
+    assert isinstance(a, Counter3) and a is not b  # a class: one instance per agent
+    assert ds.meta.provenance["policies"]["agent_0"] == {"counter": "test_pettingzoo:Counter3"}
+
+
 def test_discrete_actions_and_heterogeneous_agents(tmp_path):
     spread = functools.partial(simple_spread_v3.parallel_env, max_cycles=10)
     ds = collect_pettingzoo(spread, tmp_path / "d", policies={a: {"random": "random"} for a in AGENTS}, episodes=3)
