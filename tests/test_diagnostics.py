@@ -348,7 +348,7 @@ def test_report_and_json(synthetic, tmp_path):
     embedded = json.loads(re.search(r"<script type='application/json' id='diagnosis'>(.*?)</script>", page, re.S)[1])
     assert embedded == d
     images = _images(page)
-    assert len(images) == 3  # returns, dependence against its null, coverage curves
+    assert len(images) == 4  # returns, dependence against its null, behaviour types, coverage curves
     for png in images:
         assert png[:8] == b"\x89PNG\r\n\x1a\n"
         pixels = matplotlib_image.imread(io.BytesIO(png))
@@ -403,7 +403,7 @@ def test_report_opens_in_headless_chromium(synthetic, tmp_path):
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert 'data-images="3:3"' in proc.stdout
+    assert 'data-images="4:4"' in proc.stdout
 
 
 # ---------------------------------------------------------------- state-action coverage

@@ -162,3 +162,37 @@ def test_types_on_collected_mamujoco_data(task, tmp_path):
     assert min(v["ari_vs_labels"] for v in team["agents"].values()) >= 0.9, team["agents"]
     expert = types(mix=["expert"])
     assert expert["test"] is None and all(v["types"] == 1 for v in expert["agents"].values())
+
+
+def test_diagnose_reports_types_and_the_team_test_in_every_form(tmp_path):
+    pytest.importorskip("matplotlib", reason="the report's plots need matplotlib")
+    import json
+
+    import madata
+    from madata.diagnostics import diagnose, render_html
+    from madata.schema import AgentSpec
+    from madata.spaces import Box
+
+    s, feats, episode, labels = synthetic(True, episodes=60, T=40)
+    agents = [AgentSpec(a, Box.make(-1, 1, (2,)), Box.make(-3, 3, (2,))) for a in feats]
+    with madata.create(tmp_path / "ds", agents, state_space=Box.make(-1, 1, (2,))) as w:
+        for e in range(60):
+            rows = np.flatnonzero(episode == e)
+            st = np.concatenate([s[rows], s[rows[-1:]]]).astype(np.float32)
+            end = np.zeros(len(rows), bool)
+            end[-1] = True
+            w.add_episode(
+                obs={a: st for a in feats},
+                actions={a: feats[a][rows].astype(np.float32) for a in feats},
+                rewards=np.zeros(len(rows)),
+                terminated=end,
+                truncated=np.zeros(len(rows), bool),
+                state=st,
+                behaviour={a: labels[a][e] for a in feats},
+            )
+    d = diagnose(tmp_path / "ds", groups=64, permutations=5)
+    t = d["types"]
+    assert t["verdict"].startswith("team-level") and len(t["test"]["null"]) == 999
+    assert json.loads(json.dumps(d))["types"]["team"]["ari_vs_labels"]["agent_1"] > 0.95
+    page = render_html(d)
+    assert '<img alt="types"' in page and "Team test over agent_0, agent_1" in page

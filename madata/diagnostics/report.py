@@ -107,6 +107,10 @@ def _plots(d: dict[str, Any]) -> dict[str, str]:
         out["dependence"] = _png(fig)
         plt.close(fig)
 
+    types = d.get("types")
+    if types and "agents" in types:
+        out["types"] = _types_plot(plt, types)
+
     cov = d["coverage"]["curve"]
     fig, ax = plt.subplots(figsize=(7, 3.8))
     n = cov["transitions"]
@@ -125,6 +129,40 @@ def _plots(d: dict[str, Any]) -> dict[str, str]:
     out["coverage"] = _png(fig)
     plt.close(fig)
     return out
+
+
+def _types_plot(plt, t: dict[str, Any]) -> str:
+    """Episodes per recovered type of each agent, split by stored label; the team test against its null."""
+    test = t["test"]
+    fig, axes = plt.subplots(1, 2 if test else 1, figsize=(11 if test else 6, 3.6), squeeze=False)
+    ax = axes[0, 0]
+    bars = [(a, k) for a, v in t["agents"].items() for k in range(v["types"])]
+    labels = sorted({lab for v in t["agents"].values() for c in v.get("labels_by_type", []) for lab in c})
+    bottom = [0] * len(bars)
+    for lab in labels or [None]:
+        heights = [
+            t["agents"][a]["labels_by_type"][k].get(lab, 0) if lab is not None else t["agents"][a]["sizes"][k]
+            for a, k in bars
+        ]
+        ax.bar(range(len(bars)), heights, bottom=bottom, label=lab)
+        bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
+    ax.set_xticks(range(len(bars)), [f"{a}\ntype {k}" for a, k in bars], fontsize=7)
+    ax.set_ylabel("episodes")
+    ax.set_title("recovered behaviour types" + (" (colours: stored labels)" if labels else ""))
+    if labels:
+        ax.legend(fontsize=8)
+    if test:
+        ax = axes[0, 1]
+        ax.hist(test["null"], bins=30, color="#8c8c8c", label="agents' types shuffled apart (null)")
+        ax.axvline(test["statistic"], color="#c44e52", lw=2, label=f"data (p = {test['p']:.3g})")
+        ax.set_xlabel("multi-information of the agents' types (nats)")
+        ax.set_ylabel("shuffles")
+        ax.set_title("do the agents' types switch together?")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    png = _png(fig)
+    plt.close(fig)
+    return png
 
 
 def _used(d: dict[str, Any], name: str, requested: Any) -> Any:
@@ -249,7 +287,7 @@ def render_html(d: dict[str, Any]) -> str:
     )
     parts.append(f'<img alt="coverage" src="{plots["coverage"]}">')
 
-    parts += _types_section(d.get("types"))
+    parts += _types_section(d.get("types"), plots.get("types"))
 
     sa = d.get("state_action_coverage")
     parts.append("<h2>Joint actions at similar states</h2>")
@@ -294,7 +332,7 @@ def render_html(d: dict[str, Any]) -> str:
     )
 
 
-def _types_section(t: dict[str, Any] | None) -> list[str]:
+def _types_section(t: dict[str, Any] | None, plot: str | None) -> list[str]:
     """Recovered behaviour types per agent, the team-versus-agent test and the verdict."""
     out = ["<h2>Behaviour types recovered without labels</h2>"]
     if not t or "skipped" in t:
@@ -331,6 +369,8 @@ def _types_section(t: dict[str, Any] | None) -> list[str]:
         aris = ", ".join(f"{html.escape(a)} {_fmt(x)}" for a, x in t["team"]["ari_vs_labels"].items())
         out.append(f"<p>Team types ({t['team']['types']}) against each agent's stored labels, ARI: {aris}.</p>")
     out.append(f"<p>Verdict: <b>{html.escape(t['verdict'])}</b>.</p>")
+    if plot:
+        out.append(f'<img alt="types" src="{plot}">')
     st = t["settings"]
     out.append(
         f"<p class='note'>Each agent's episodes are fit to a mixture of behaviour types, each a nearest-neighbour "

@@ -242,7 +242,7 @@ def behaviour_types(
     for discrete), ``episode`` [N] episode ids in row order; ``labels`` {agent: [E]} the stored
     behaviour labels per episode, if any. Returns a JSON-ready dict: ``agents`` {agent: {types,
     episode_types, sizes, tried, ari_vs_labels, labels_by_type, seeded_from_other_agents}},
-    ``test`` {statistic, null_mean, null_std, p, permutations, agents} or None, ``team``
+    ``test`` {statistic, null, null_mean, null_std, p, permutations, agents} or None, ``team``
     {types, episode_types, sizes, ari_vs_labels} when the test says team-level (else None),
     ``verdict``, ``sampled_steps`` and the settings; or ``{"skipped": reason}`` for fewer
     than 10 episodes.
@@ -318,6 +318,7 @@ def behaviour_types(
             "null_std": float(null.std()),
             "p": float((1 + (null >= stat - 1e-12).sum()) / (1 + permutations)),
             "permutations": permutations,
+            "null": np.round(null, 6).tolist(),
         }
     team = None
     if test is not None and test["p"] <= 0.01:
