@@ -106,7 +106,7 @@ def list_(
     for r in rows:
         typer.echo(
             f"{r['task']:<18} {r['level']:<8} {r['train_steps']:>8} steps  seed {r['seed']}  "
-            f"return {r['average_return']:.1f} +- {r['return_std']:.1f} ({r['eval_episodes']} episodes)"
+            f"return {r['average_return']:.1f} (std {r['return_std']:.1f}, {r['eval_episodes']} episodes)"
         )
     if not rows:
         typer.echo("no behaviour checkpoints")

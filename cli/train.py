@@ -240,7 +240,7 @@ def _command(spec):
         if rows and "eval_return" in rows[-1]:
             r = rows[-1]
             typer.echo(
-                f"step {r['step']}: return {r['eval_return']:.1f} +- {r['eval_std']:.1f}; log in {kw['out'] / 'log.csv'}"
+                f"step {r['step']}: return {r['eval_return']:.1f} (std {r['eval_std']:.1f}); log in {kw['out'] / 'log.csv'}"
             )
         elif rows:
             typer.echo(f"step {rows[-1]['step']}: trained without evaluation; losses in {kw['out'] / 'log.csv'}")
@@ -312,10 +312,12 @@ def eval_command(
     if as_json:
         print_json(res.to_json())
         return
-    norm = "" if res.mean_normalized is None else f", normalized {res.mean_normalized:.1f} +- {res.std_normalized:.1f}"
+    norm = (
+        "" if res.mean_normalized is None else f", normalized {res.mean_normalized:.1f} (std {res.std_normalized:.1f})"
+    )
     lengths = f"episodes of {min(res.lengths)}-{max(res.lengths)} steps"
     typer.echo(
-        f"{res.task}: return {res.mean_return:.1f} +- {res.std_return:.1f} over {res.episodes} episodes{norm} "
+        f"{res.task}: return {res.mean_return:.1f} (std {res.std_return:.1f}) over {res.episodes} episodes{norm} "
         f"(reset seeds {res.seed}..{res.seed + res.episodes - 1}, {lengths})"
     )
 

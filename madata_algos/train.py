@@ -305,7 +305,7 @@ def progress_line(desc: str, row: dict, steps: int, clock: dict[str, float]) -> 
     rate = row["step"] / max(clock["train_seconds"], 1e-9)
     text = f"{desc} step {row['step']:,}/{steps:,}"
     if "eval_return" in row:
-        text += f": return {row['eval_return']:.1f} +- {row['eval_std']:.1f}"
+        text += f": return {row['eval_return']:.1f} (std {row['eval_std']:.1f})"
         if row.get("eval_normalized") is not None:
             text += f", normalized {row['eval_normalized']:.1f}"
     losses = [f"{k} {v:.4g}" for k, v in row.items() if k not in ("step", *EVAL_FIELDS, *TIME_FIELDS)]

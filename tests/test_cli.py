@@ -73,3 +73,16 @@ def test_errors_are_one_line(tmp_path):
     res = runner.invoke(app, ["collect", "nosuchtask", "--mix", "random", "-o", str(tmp_path / "x")])
     assert res.exit_code == 2 and "known tasks" in res.output and "grid" in res.output
     assert not (tmp_path / "x").exists()
+
+
+def test_behavior_list_shows_random_and_every_shipped_checkpoint():
+    import re
+
+    res = runner.invoke(app, ["behavior", "list"])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert lines[0].split()[:3] == ["(every", "task)", "random"]
+    for task in ("halfcheetah-2x3", "hopper-3x1", "walker2d-2x3"):
+        for level in ("medium", "expert"):
+            line = next(ln for ln in lines if ln.split()[:2] == [task, level])
+            assert re.search(r"return [0-9.]+ \(std [0-9.]+, 10 episodes\)", line), line

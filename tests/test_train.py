@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -110,10 +112,15 @@ def test_cli_train_and_eval(hc_data, tmp_path):
         ],
     )
     assert res.exit_code == 0, res.output
+    assert re.search(r"step 4: return -?[0-9.]+ \(std [0-9.]+\); log in", res.output), res.output
     assert "--no-csaa" in runner.invoke(app, ["train", "cast-bcq", "--help"]).output
     res = runner.invoke(app, ["eval", str(tmp_path / "run"), "--episodes", "1", "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["episodes"] == 1
+    res = runner.invoke(app, ["eval", str(tmp_path / "run"), "--episodes", "1"])
+    assert re.search(r"return -?[0-9.]+ \(std [0-9.]+\) over 1 episodes, normalized -?[0-9.]+ \(std", res.output), (
+        res.output
+    )
     res = runner.invoke(app, ["train", "cast-bcq", str(hc_data), "-o", str(tmp_path / "x"), "--vae-hidden", "a,b"])
     assert res.exit_code == 2 and "--vae-hidden" in res.output
     res = runner.invoke(app, ["train", "cast-bcq", str(hc_data), "-o", str(tmp_path / "x"), "--bogus"])
@@ -365,5 +372,6 @@ def test_progress_lines_off_a_terminal(hc_data, tmp_path):
     train(hc_data, tmp_path / "run", steps=80, **dict(KW, eval_every=40), report=lines.append)
     assert len(lines) == 3, lines
     assert lines[0].startswith("cast-bcq halfcheetah-2x3 step 40/80: return") and "it/s" in lines[0]
+    assert re.search(r": return -?[0-9.]+ \(std [0-9.]+\)", lines[0]), lines[0]  # the spread is named
     assert "about" in lines[1] and "per 1,000 iterations after 50" in lines[1]
     assert lines[2].startswith("cast-bcq halfcheetah-2x3 step 80/80: return")
