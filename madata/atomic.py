@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,3 +69,35 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes, overwrite: bool = T
         with open(tmp, "wb") as f:
             f.write(data)
     return Path(path)
+
+
+def check_new_directory(path: str | os.PathLike) -> Path:
+    """Refuse, before anything is written, an output directory that exists or whose parent does not."""
+    path = Path(path)
+    if path.exists():
+        raise DatasetExistsError(f"{path}: exists; choose another output path (nothing was written)")
+    if not path.parent.is_dir():
+        raise OutputError(f"{path}: its directory {path.parent} does not exist; create it first")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary directory path beside ``path`` to build a whole directory in (a store, a vault); on
+    success it is renamed to ``path`` (durably), on any error removed. ``path`` must not exist, and
+    its parent must."""
+    path = check_new_directory(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)  # a leftover of this very process id
+    try:
+        yield tmp
+        if path.exists():  # appeared meanwhile: never replace what a user wrote
+            raise DatasetExistsError(f"{path}: appeared while it was being written; nothing was replaced")
+        os.rename(tmp, path)
+        fsync_dir(path.parent)
+    except MadataError:
+        raise
+    except OSError as e:
+        raise OutputError(f"{path}: cannot be written ({e.strerror or e})") from e
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

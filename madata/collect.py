@@ -184,15 +184,7 @@ def collect(
             )
         with (
             writer,
-            tqdm(
-                total=episodes,
-                initial=writer.num_episodes,
-                unit="ep",
-                desc=f"collect {task}",
-                disable=None if progress else True,
-                mininterval=0.5,
-                file=sys.stderr,
-            ) as bar,
+            episode_bar(episodes, writer.num_episodes, f"collect {task}", progress) as bar,
         ):
             start = writer.num_episodes
             team_envs += [info.team_env(max_steps) for _ in range(min(envs, episodes - start) - 1)]
@@ -215,6 +207,19 @@ def collect(
         for env in team_envs:
             env.close()
     return madata.open(root)
+
+
+def episode_bar(total: int, done: int, desc: str, progress: bool) -> tqdm:
+    """The progress bar of a collection: episodes, starting from those a resume found done (on stderr)."""
+    return tqdm(
+        total=total,
+        initial=done,
+        unit="ep",
+        desc=desc,
+        disable=None if progress else True,
+        mininterval=0.5,
+        file=sys.stderr,
+    )
 
 
 class VectorRunner:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
@@ -30,10 +29,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import madata
-from madata.atomic import fsync_dir
+from madata.atomic import atomic_directory, check_new_directory
 from madata.commit import COMMIT_FILE
 from madata.dataset import Dataset
-from madata.errors import CorruptionError, DatasetExistsError, OutputError, SchemaError, UnknownNameError
+from madata.errors import CorruptionError, SchemaError, UnknownNameError
 from madata.integrity import verify
 from madata.schema import behaviour_column
 from madata.writer import create
@@ -52,7 +51,7 @@ def combine(
     """
     if len(sources) < 2:
         raise SchemaError(f"combine: needs at least two datasets, got {len(sources)}")
-    out = _check_out(out)
+    out = check_new_directory(out)
     datasets = [_opened(p) for p in sources]
     first = datasets[0]
     for ds in datasets[1:]:
@@ -94,7 +93,7 @@ def subsample(
     then keep ``count`` of them drawn uniformly without replacement with ``seed``.
     An empty selection is an error and writes nothing.
     """
-    out = _check_out(out)
+    out = check_new_directory(out)
     ds = _opened(source)
     table = ds.episodes
     keep = np.ones(ds.num_episodes, dtype=bool)
@@ -181,15 +180,6 @@ def _opened(source: str | os.PathLike | Dataset) -> Dataset:
     return source if isinstance(source, Dataset) else madata.open(source)
 
 
-def _check_out(out: str | os.PathLike) -> Path:
-    out = Path(out)
-    if out.exists():
-        raise DatasetExistsError(f"{out}: exists; choose another output path (nothing was written)")
-    if not out.parent.is_dir():
-        raise OutputError(f"{out}: its directory {out.parent} does not exist; create it first")
-    return out
-
-
 def _first_difference(a: Dataset, b: Dataset) -> str | None:
     """The first way two datasets hold different tasks, in words, or None."""
     if a.agent_ids != b.agent_ids:
@@ -223,9 +213,7 @@ def _write(
     progress: bool,
 ) -> Dataset:
     """Copy ``plan`` ((source index, dataset, episode index) in output order) to ``out`` via a verified temporary store."""
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)  # a leftover of this very process id
-    try:
+    with atomic_directory(out) as tmp:
         writer = create(
             tmp,
             like.agents,
@@ -264,10 +252,4 @@ def _write(
         report = verify(tmp)
         if not report.ok:
             raise CorruptionError(f"{out}: the written copy failed verify ({report.problems[0]}); nothing was kept")
-        if out.exists():  # appeared meanwhile: never replace what a user wrote
-            raise DatasetExistsError(f"{out}: appeared while it was being written; nothing was replaced")
-        os.rename(tmp, out)
-        fsync_dir(out.parent)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return madata.open(out)

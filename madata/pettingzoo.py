@@ -48,15 +48,14 @@ import itertools
 import json
 import os
 import shutil
-import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 import madata
+from madata.collect import episode_bar
 from madata.dataset import Dataset
 from madata.errors import DatasetExistsError, SchemaError, UnknownNameError
 from madata.schema import AgentSpec
@@ -81,7 +80,15 @@ def env_from_spec(spec: str, kwargs: Mapping[str, Any] | None = None) -> Callabl
     factory = getattr(mod, fn or "parallel_env", None)
     if not callable(factory):
         raise UnknownNameError(f"env {spec!r}: {module} has no function {fn or 'parallel_env'!r}")
-    return lambda: factory(**dict(kwargs or {}))
+    kwargs = dict(kwargs or {})
+
+    def make() -> Any:
+        try:
+            return factory(**kwargs)
+        except TypeError as e:  # an --env-arg the env function does not take
+            raise SchemaError(f"env {spec!r} with {kwargs}: {e}") from e
+
+    return make
 
 
 def policy_from_spec(text: str) -> Policy | str:
@@ -227,14 +234,7 @@ def _run(writer, env, agents, specs, masked, with_state, policies, combos, seed,
     """Episodes from the writer's count up to ``episodes``, each written whole."""
     with (
         writer,
-        tqdm(
-            total=episodes,
-            initial=writer.num_episodes,
-            unit="ep",
-            desc=f"collect {name}",
-            disable=None if progress else True,
-            file=sys.stderr,
-        ) as bar,
+        episode_bar(episodes, writer.num_episodes, f"collect {name}", progress) as bar,
     ):
         for e in range(writer.num_episodes, episodes):
             combo = combos[e % len(combos)]

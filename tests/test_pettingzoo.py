@@ -243,6 +243,7 @@ def test_cli_collects_a_pettingzoo_env_and_refuses_options_that_do_not_apply(tmp
         ([*base, *pol, "--mix", "random", "-o", str(tmp_path / "b")], "--mix: built-in tasks only"),
         ([*base, "-o", str(tmp_path / "b")], "needs --policy"),
         ([*base, "--policy", "agent_0", "-o", str(tmp_path / "b")], "expected AGENT=random"),
+        ([*base, "--env-arg", "bogus=1", *pol, "-o", str(tmp_path / "b")], "unexpected keyword argument 'bogus'"),
         (
             ["collect", "grid", "--mix", "random", "--policy", "agent_0=random", "-o", str(tmp_path / "b")],
             "apply to pettingzoo:MODULE tasks only",

@@ -38,13 +38,13 @@ from __future__ import annotations
 import ast
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 import madata
+from madata.atomic import atomic_directory, check_new_directory
 from madata.dataset import Dataset
 from madata.errors import CorruptionError, DatasetExistsError, DatasetNotFoundError, OutputError, SchemaError
 from madata.schema import AgentSpec
@@ -119,8 +119,8 @@ class _Vault:
                 f"{path}: not an OG-MARL experience: no {', '.join(missing)} (leaves: {', '.join(n[:-1] for n in self.names)})"
             )
         self.dtypes = dtypes
-        for name in self.names:  # every leaf the metadata lists must be there: a missing one is a damaged vault
-            self._open(name)
+        # every leaf the metadata lists must be there (a missing one is a damaged vault); opened once, read per row
+        self.stores = {name: self._open(name) for name in self.names}
         self.length = int(self._open("vault_index").read().result()[0])
 
     def _open(self, name: str):
@@ -138,7 +138,7 @@ class _Vault:
         if name not in self.dtypes:
             return None
         try:
-            return np.asarray(self._open(name)[b, : self.length].read().result())
+            return np.asarray(self.stores[name][b, : self.length].read().result())
         except (ValueError, RuntimeError) as e:
             raise CorruptionError(
                 f"{self.path}: leaf {name.rstrip('.')!r} cannot be read ({str(e).splitlines()[0]})"
@@ -157,9 +157,7 @@ def import_og_marl(
     vault_dir: str | os.PathLike, out: str | os.PathLike, *, uid: str | None = None, strict: bool = False
 ) -> Dataset:
     """Write the episodes of an OG-MARL vault to a new madata dataset ``out`` (see the module docstring)."""
-    out = Path(out)
-    if out.exists():
-        raise DatasetExistsError(f"{out}: exists; choose another output path (nothing was written)")
+    out = check_new_directory(out)
     vault = _Vault(_vault_path(Path(vault_dir), uid))
     own = vault.meta.get("madata")  # written by madata's export: restores what a vault cannot hold
     rows = [_row(vault, b) for b in range(vault.batch)]
@@ -198,9 +196,7 @@ def import_og_marl(
                 )
     env = own["env"] if own else {"id": vault.meta.get("env", vault.path.parent.name), "family": "og-marl"}
     facts = own["episodes"] if own else None
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_directory(out) as tmp:
         with madata.create(
             tmp,
             agents,
@@ -225,9 +221,6 @@ def import_og_marl(
                     **_episode(rows[b], s, t, agents, own is None or own["agent_rewards"]),
                     **(_facts(facts[e]) if facts else {"provenance": {"batch_row": b, "steps": [s, t]}}),
                 )
-        os.rename(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return madata.open(out)
 
 
@@ -397,10 +390,9 @@ def export_og_marl(ds: Dataset | str | os.PathLike, out: str | os.PathLike, *, u
             node_s, node_d = node_s.setdefault(p, {}), node_d.setdefault(p, {})
         node_s[leaf] = str((1, T, *x.shape[2:]))
         node_d[leaf] = np.dtype(x.dtype).name
-    tmp = out / f".{uid}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    out.mkdir(exist_ok=True)
+    with atomic_directory(path) as tmp:
+        tmp.mkdir()
         ts = _ts()
         for name, x in {**leaves, "vault_index": np.array([T], np.int32)}.items():
             spec = {"driver": "zarr", "kvstore": {"driver": "ocdbt", "base": f"file://{tmp.resolve()}", "path": name}}
@@ -409,7 +401,4 @@ def export_og_marl(ds: Dataset | str | os.PathLike, out: str | os.PathLike, *, u
             store = ts.open(spec, shape=shape, dtype=ts.dtype(np.dtype(x.dtype).name), create=True).result()
             (store if name == "vault_index" else store[:, :T]).write(x).result()
         (tmp / METADATA_FILE).write_text(json.dumps(meta))
-        os.rename(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return path
