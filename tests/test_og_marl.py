@@ -34,6 +34,7 @@ def flashbax_vault(root, pad_agent=False, seed=0, forbid_step=None):
     rng = np.random.default_rng(seed)
     term, trunc = np.zeros((1, T, N), np.float32), np.zeros((1, T, N), np.float32)
     term[0, 9], trunc[0, 19] = 1, 1
+    term[0, 4, 0] = 1  # one agent done alone (dead, say): not the end of the episode
     legals = (rng.random((1, T, N, K)) < 0.7).astype(np.float32)
     actions = rng.integers(0, K, (1, T, N)).astype(np.int32)
     legals[0, np.arange(T)[:, None], np.arange(N), actions[0]] = 1  # the taken action is legal
