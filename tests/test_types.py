@@ -119,6 +119,19 @@ def test_a_split_is_searched_from_given_types():
     assert adjusted_rand_index(shuffled["types"], truth) > 0.95  # EM moves from a wrong start to the split
 
 
+def test_an_agent_that_random_starts_miss_is_searched_from_the_others_types():
+    """A weak split of agent_1 that follows the team's type: with one random start (seed 2) its own search
+    finds one type, and the search started from agent_0's types finds two."""
+    s, feats, episode, labels = synthetic(True, episodes=200)
+    t = np.array([lab == "expert" for lab in labels["agent_0"]])[episode]
+    noise = 0.5 * np.random.default_rng(4).standard_normal(s.shape)
+    feats["agent_1"] = np.tanh(s @ np.ones((2, 2))) + 0.22 * t[:, None] + noise
+    out = behaviour_types(s, feats, episode, labels=labels, seed=2, restarts=1, permutations=99)
+    one = out["agents"]["agent_1"]
+    assert one["seeded_from_other_agents"] and one["types"] == 2 and one["ari_vs_labels"] > 0.6
+    assert out["test"]["p"] <= 0.01
+
+
 def test_too_few_episodes_are_refused_with_a_reason():
     s, feats, episode, _ = synthetic(False, episodes=6)
     assert "at least 10" in behaviour_types(s, feats, episode)["skipped"]
