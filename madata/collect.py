@@ -107,21 +107,21 @@ def collect(
     # ---- validate everything first
     info = get_task(task)  # resolved once, here; the Task object travels from here
     task = info.name
-    episodes = _parse_int(episodes, "episodes", 1)
-    seed = _parse_int(seed, "seed", 0)
-    envs = _parse_int(envs, "envs", 1)
-    commit_every = _parse_int(commit_every, "commit_every", 0)
-    commit_seconds = _parse_float(commit_seconds, "commit_seconds", 0.0, math.inf)
+    episodes = parse_int(episodes, "episodes", 1)
+    seed = parse_int(seed, "seed", 0)
+    envs = parse_int(envs, "envs", 1)
+    commit_every = parse_int(commit_every, "commit_every", 0)
+    commit_seconds = parse_float(commit_seconds, "commit_seconds", 0.0, math.inf)
     if max_steps is not None:
-        max_steps = _parse_int(max_steps, "max_steps", 1)
+        max_steps = parse_int(max_steps, "max_steps", 1)
         limit = info.env.get("max_steps")
         if limit is not None and max_steps > limit:
             raise SchemaError(
                 f"max_steps (--max-steps) {max_steps} is above {task}'s own time limit of {limit} steps; "
                 f"give at most {limit} (it can only shorten episodes)"
             )
-    noise = _parse_float(noise, "noise", 0.0, math.inf)
-    epsilon = _parse_float(epsilon, "epsilon", 0.0, 1.0)
+    noise = parse_float(noise, "noise", 0.0, math.inf)
+    epsilon = parse_float(epsilon, "epsilon", 0.0, 1.0)
     if (mix is None) == (combo is None):
         raise SchemaError("give exactly one of mix (levels, e.g. ['random']) and combo ({agent: level})")
     if mix is not None:
@@ -420,7 +420,8 @@ def _differences(where: str, stored: Any, requested: Any) -> list[str]:
     return [f"{where}: stored {stored!r}, requested {requested!r}"[:200]]
 
 
-def _parse_int(value: Any, name: str, minimum: int) -> int:
+def parse_int(value: Any, name: str, minimum: int) -> int:
+    """``value`` as an int of at least ``minimum`` (bools refused), or a SchemaError naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise SchemaError(f"{name}: expected an integer >= {minimum}, got {value!r}")
     if value < minimum:
@@ -428,7 +429,8 @@ def _parse_int(value: Any, name: str, minimum: int) -> int:
     return int(value)
 
 
-def _parse_float(value: Any, name: str, lo: float, hi: float) -> float:
+def parse_float(value: Any, name: str, lo: float, hi: float) -> float:
+    """``value`` as a float in [lo, hi] (bools and NaN refused), or a SchemaError naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise SchemaError(f"{name}: expected a number in [{lo}, {hi}], got {value!r}")
     if not lo <= float(value) <= hi or math.isnan(value):

@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 
 import madata
-from madata.collect import episode_bar
+from madata.collect import episode_bar, parse_int
 from madata.dataset import Dataset
 from madata.errors import DatasetExistsError, SchemaError, UnknownNameError
 from madata.schema import AgentSpec
@@ -134,12 +134,8 @@ def collect_pettingzoo(
     (or starts one). An env that breaks a rule in the first episode leaves nothing behind;
     later, the episodes written whole are kept and can be resumed. Returns the dataset.
     """
-    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
-        raise SchemaError(f"episodes: expected an integer >= 1, got {episodes!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise SchemaError(f"seed: expected an integer >= 0, got {seed!r}")
-    if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1):
-        raise SchemaError(f"max_steps: expected an integer >= 1, got {max_steps!r}")
+    episodes, seed = parse_int(episodes, "episodes", 1), parse_int(seed, "seed", 0)
+    max_steps = None if max_steps is None else parse_int(max_steps, "max_steps", 1)
     env = make_env()
     try:
         agents = list(env.possible_agents)
