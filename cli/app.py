@@ -28,7 +28,14 @@ app.add_typer(behavior.app, name="behavior")
 
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of text.")]
-DatasetArg = Annotated[Path, typer.Argument(help="A madata dataset directory.", show_default=False)]
+DatasetArg = Annotated[
+    str,
+    typer.Argument(
+        help="A madata dataset: a directory or an fsspec URL (s3://bucket/x.zarr; credentials and endpoint "
+        "from the usual AWS_* environment variables).",
+        show_default=False,
+    ),
+]
 
 
 @app.command()
@@ -285,7 +292,7 @@ def export(
 @handle_errors(interrupted="committed episodes are kept (rerun with --resume to continue)")
 def collect(
     task: Annotated[str, typer.Argument(help="Task name, e.g. grid or halfcheetah-2x3.", show_default=False)],
-    out: Annotated[Path, typer.Option("-o", "--out", help="Output dataset directory.")],
+    out: Annotated[str, typer.Option("-o", "--out", help="Output dataset: a directory or an fsspec URL (s3://...).")],
     mix: Annotated[
         str | None,
         typer.Option(help="Comma-separated behaviour levels; every per-agent combination gets an equal share."),
@@ -334,6 +341,19 @@ def collect(
     env_arg: Annotated[
         list[str] | None, typer.Option(help="pettingzoo: tasks only: KEY=VALUE passed to the env function, repeated.")
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Collect on a local Dask cluster of this many worker processes (on 127.0.0.1)."),
+    ] = None,
+    scheduler: Annotated[
+        str | None, typer.Option(help="Collect on a running Dask cluster: its scheduler address, tcp://HOST:PORT.")
+    ] = None,
+    shard_episodes: Annotated[
+        int | None,
+        typer.Option(
+            help="With --workers/--scheduler: episodes per shard (one Dask task each; default: 4 per worker)."
+        ),
+    ] = None,
 ) -> None:
     """Run behaviour policies in TASK and write a dataset; each episode records each agent's level.
 
@@ -344,9 +364,14 @@ def collect(
     from madata.envs.registry import get_task
 
     if task.startswith("pettingzoo:"):
+        if "://" in out or workers is not None or scheduler is not None or shard_episodes is not None:
+            raise typer.BadParameter(
+                "pettingzoo: tasks are collected by one process into a local directory "
+                "(no URL, --workers, --scheduler or --shard-episodes)"
+            )
         _collect_pettingzoo(
             task,
-            out,
+            Path(out),
             policy,
             env_arg,
             episodes,
@@ -392,6 +417,9 @@ def collect(
         chunk_rows=chunk_rows,
         progress=True,
         report=None if sys.stderr.isatty() else (lambda line: typer.echo(line, err=True)),
+        workers=workers,
+        scheduler=scheduler,
+        shard_episodes=shard_episodes,
     )
     typer.echo(f"wrote {ds.num_episodes} episodes, {ds.num_transitions} transitions to {out}")
 

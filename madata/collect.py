@@ -30,7 +30,7 @@ import math
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -45,9 +45,11 @@ from madata.envs.family import Task
 from madata.envs.registry import get_task
 from madata.envs.team import Factorization, TeamEnv
 from madata.errors import DatasetExistsError, SchemaError
+from madata.location import Location, location
+from madata.sharded import shard_writer
 from madata.spaces import Discrete
 from madata.store import read_root
-from madata.writer import DatasetWriter
+from madata.writer import DatasetWriter, new_metadata
 
 PRODUCER = "madata.collect"
 DEFAULT_ENVS = 16
@@ -88,6 +90,10 @@ def collect(
     chunk_rows: int | None = None,
     progress: bool = False,
     report: Callable[[str], None] | None = None,
+    storage_options: dict[str, Any] | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    shard_episodes: int | None = None,
 ) -> Dataset:
     """Run ``episodes`` episodes of ``task`` and write them to ``out``; returns the opened dataset.
 
@@ -102,7 +108,11 @@ def collect(
     ``$MADATA_CHECKPOINT_DIR``, else the shipped ones). ``resume=True`` continues an
     interrupted collection with the same arguments (or starts one if ``out`` holds none).
     Commits (crash-safe points) come every ``commit_every`` episodes and at most once per
-    ``commit_seconds``. Everything is validated before anything is written.
+    ``commit_seconds``. ``out`` may be an fsspec URL (``s3://bucket/x.zarr``, with
+    ``storage_options``); a dataset there is sharded (:mod:`madata.sharded`). ``workers`` (a
+    Dask LocalCluster on 127.0.0.1) or ``scheduler`` (``tcp://host:port``) collect it on Dask
+    workers, ``shard_episodes`` episodes per shard (:mod:`madata.distributed`); the data is the
+    same as from one process. Everything is validated before anything is written.
     """
     # ---- validate everything first
     info = get_task(task)  # resolved once, here; the Task object travels from here
@@ -137,11 +147,22 @@ def collect(
         combo = check_combo(combo, info.agent_ids)
         check_levels(info, combo.values(), checkpoint_dir)
         combos = [combo]
-    root = Path(out)
-    resuming = resume and (root / "zarr.json").exists()
+    loc = location(out, storage_options)
+    distributed = workers is not None or scheduler is not None
+    if workers is not None and scheduler is not None:
+        raise SchemaError("give at most one of workers (--workers, a local Dask cluster) and scheduler (--scheduler)")
+    if workers is not None:
+        workers = parse_int(workers, "workers", 1)
+    if shard_episodes is not None:
+        if not distributed:
+            raise SchemaError(
+                "shard_episodes (--shard-episodes) applies to a distributed collection (--workers/--scheduler)"
+            )
+        shard_episodes = parse_int(shard_episodes, "shard_episodes", 1)
+    sharded = distributed or not loc.local
+    resuming = resume and loc.exists("zarr.json")
 
     first_env = info.team_env(max_steps)
-    team_envs: list[TeamEnv] = [first_env]
     try:
         f = first_env.factorization
         if noise and any(isinstance(a.action_space, Discrete) for a in f.agents):
@@ -150,63 +171,101 @@ def collect(
             )
         levels = list(dict.fromkeys(lv for c in combos for lv in c.values()))
         policies = {lv: load_policy(info, lv, f, checkpoint_dir) for lv in levels}
-        provenance = {
-            "producer": PRODUCER,
-            "task": task,
-            "mix": mix,
-            "mix_by": mix_by,
-            "combo": combo,
-            "episodes": episodes,
-            "seed": seed,
-            "noise": noise,
-            "epsilon": epsilon,
-            "max_steps": max_steps,
-            "policies": {lv: p.describe() for lv, p in policies.items()},
-            "madata_version": madata.__version__,
-        }
-        if resuming:
-            _check_same_collection(root, provenance)
-        # ---- write
-        if resuming:
-            writer = DatasetWriter.resume(root, commit_every=commit_every, commit_seconds=commit_seconds)
-        else:
-            writer = madata.create(
-                root,
-                f.agents,
-                state_space=f.state_space,
-                env={**info.env, "max_steps": first_env.max_steps},
-                description=_describe(info, mix, mix_by, combo, episodes, seed, noise, epsilon),
-                reference_scores=info.reference_scores,
-                provenance=provenance,
-                commit_every=commit_every,
-                commit_seconds=commit_seconds,
-                **({} if chunk_rows is None else {"chunk_rows": chunk_rows}),
-            )
-        with (
-            writer,
-            episode_bar(episodes, writer.num_episodes, f"collect {task}", progress) as bar,
-        ):
-            start = writer.num_episodes
-            team_envs += [info.team_env(max_steps) for _ in range(min(envs, episodes - start) - 1)]
-            runner = VectorRunner(team_envs, assign(episodes, combos), policies, seed, noise, epsilon, mix_by)
-            transitions, every = 0, max(1, (episodes - start) // 10)
-            for ep in runner.run(start, episodes):
-                writer.add_episode(**ep)
-                transitions += len(ep["rewards"])
-                bar.update(1)
-                elapsed = bar.format_dict["elapsed"]
-                if elapsed > 0:
-                    bar.set_postfix_str(f"{transitions / elapsed:,.0f} transitions/s", refresh=False)
-                done = writer.num_episodes
-                if report and ((done - start) % every == 0 or done == episodes):  # a tenth at a time, off a terminal
-                    report(
-                        f"collect {task}: {done:,}/{episodes:,} episodes, {transitions:,} transitions in "
-                        f"{elapsed:.0f} s ({transitions / max(elapsed, 1e-9):,.0f}/s)"
-                    )
+        env_record = {**info.env, "max_steps": first_env.max_steps}
     finally:
-        for env in team_envs:
-            env.close()
-    return madata.open(root)
+        first_env.close()
+    plan = Plan(info, combos, episodes, seed, envs, noise, epsilon, max_steps, mix_by, checkpoint_dir)
+    provenance = {
+        "producer": PRODUCER,
+        "task": task,
+        "mix": mix,
+        "mix_by": mix_by,
+        "combo": combo,
+        "episodes": episodes,
+        "seed": seed,
+        "noise": noise,
+        "epsilon": epsilon,
+        "max_steps": max_steps,
+        "policies": {lv: p.describe() for lv, p in policies.items()},
+        "madata_version": madata.__version__,
+    }
+    if resuming:
+        _check_same_collection(loc, provenance)
+        meta = None
+    else:
+        meta = new_metadata(
+            f.agents,
+            state_space=f.state_space,
+            env=env_record,
+            description=_describe(info, mix, mix_by, combo, episodes, seed, noise, epsilon),
+            reference_scores=info.reference_scores,
+            provenance=provenance,
+            **({} if chunk_rows is None else {"chunk_rows": chunk_rows}),
+        )
+    if distributed:
+        from madata.distributed import collect_distributed
+
+        collect_distributed(
+            plan, loc, meta, workers=workers, scheduler=scheduler, shard_episodes=shard_episodes,
+            commit_every=commit_every, commit_seconds=commit_seconds, progress=progress, report=report,
+        )  # fmt: skip
+        return madata.open(loc)
+    # ---- write, in this process
+    if sharded:
+        writer = shard_writer(loc, meta, resume=resuming, commit_every=commit_every, commit_seconds=commit_seconds)
+    elif resuming:
+        writer = DatasetWriter.resume(loc, commit_every=commit_every, commit_seconds=commit_seconds)
+    else:
+        writer = DatasetWriter.create(loc, meta, commit_every=commit_every, commit_seconds=commit_seconds)
+    with writer, episode_bar(episodes, writer.num_episodes, f"collect {task}", progress) as bar:
+        start = writer.num_episodes
+        transitions, every = 0, max(1, (episodes - start) // 10)
+        for ep in plan.run(start, episodes):
+            writer.add_episode(**ep)
+            transitions += len(ep["rewards"])
+            bar.update(1)
+            elapsed = bar.format_dict["elapsed"]
+            if elapsed > 0:
+                bar.set_postfix_str(f"{transitions / elapsed:,.0f} transitions/s", refresh=False)
+            done = writer.num_episodes
+            if report and ((done - start) % every == 0 or done == episodes):  # a tenth at a time, off a terminal
+                report(
+                    f"collect {task}: {done:,}/{episodes:,} episodes, {transitions:,} transitions in "
+                    f"{elapsed:.0f} s ({transitions / max(elapsed, 1e-9):,.0f}/s)"
+                )
+    return madata.open(loc)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a collection runs; episode ``e`` is a pure function of the plan and ``e``. It pickles, so
+    Dask workers run parts of it (:mod:`madata.distributed`)."""
+
+    task: Task
+    combos: list[Combo]
+    episodes: int
+    seed: int
+    envs: int
+    noise: float
+    epsilon: float
+    max_steps: int | None
+    mix_by: str | None
+    checkpoint_dir: str | os.PathLike | None
+
+    def run(self, start: int, stop: int) -> Iterator[dict[str, Any]]:
+        """Episodes ``start .. stop-1`` as keyword arguments of ``DatasetWriter.add_episode``, in id order,
+        on up to ``envs`` environment copies made here and closed when the iteration ends."""
+        team_envs = [self.task.team_env(self.max_steps) for _ in range(max(1, min(self.envs, stop - start)))]
+        try:
+            f = team_envs[0].factorization
+            levels = list(dict.fromkeys(lv for c in self.combos for lv in c.values()))
+            policies = {lv: load_policy(self.task, lv, f, self.checkpoint_dir) for lv in levels}
+            plan = assign(self.episodes, self.combos)
+            runner = VectorRunner(team_envs, plan, policies, self.seed, self.noise, self.epsilon, self.mix_by)
+            yield from runner.run(start, stop)
+        finally:
+            for env in team_envs:
+                env.close()
 
 
 def episode_bar(total: int, done: int, desc: str, progress: bool) -> tqdm:
@@ -391,7 +450,7 @@ def episode_noise(
     return reset_seed, out
 
 
-def _check_same_collection(root: Path, requested: dict[str, Any]) -> None:
+def _check_same_collection(root: Location, requested: dict[str, Any]) -> None:
     """Refuse to resume into a dataset made by another collection (before touching it)."""
     stored = read_root(root)[0].provenance
     stored = {**_BEFORE_OPTIONS, "mix_by": "agent" if stored.get("mix") else None, **stored}

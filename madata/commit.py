@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from madata.atomic import write_bytes_atomic
 from madata.errors import CorruptionError, DatasetNotFoundError, SchemaError
+from madata.location import Location, location
 from madata.schema import SCHEMA_VERSION, dumps
 
 COMMIT_FILE = "commit.json"
@@ -106,7 +106,7 @@ def _nonneg_int(value: Any, where: str) -> int:
     return value
 
 
-def parse_commit(obj: Any, path: Path) -> CommitRecord:
+def parse_commit(obj: Any, path: Path | str) -> CommitRecord:
     """Parse and validate a commit record's JSON; every failure names the file and the field."""
     if not isinstance(obj, dict):
         raise CorruptionError(f"{path}: commit record must be a JSON object, got {type(obj).__name__}")
@@ -165,11 +165,12 @@ def parse_commit(obj: Any, path: Path) -> CommitRecord:
     return rec
 
 
-def read_commit(root: Path) -> CommitRecord:
+def read_commit(root: Location | Path | str) -> CommitRecord:
     """Read and parse ``root/commit.json``; every failure names the file and what is wrong."""
+    root = location(root)
     path = root / COMMIT_FILE
     try:
-        raw = path.read_bytes()
+        raw = root.read(COMMIT_FILE)
     except FileNotFoundError:
         raise CorruptionError(f"{path}: commit record missing; the store was never committed or was damaged") from None
     except IsADirectoryError:
@@ -187,5 +188,6 @@ def read_commit(root: Path) -> CommitRecord:
     return parse_commit(obj, path)
 
 
-def write_commit(root: Path, rec: CommitRecord) -> None:
-    write_bytes_atomic(root / COMMIT_FILE, dumps(rec.to_json()).encode())
+def write_commit(root: Location | Path | str, rec: CommitRecord) -> None:
+    """Replace the commit record: readers see the old one or the new one (a rename locally, one PUT elsewhere)."""
+    location(root).write(COMMIT_FILE, dumps(rec.to_json()).encode())

@@ -83,9 +83,13 @@ class Dataset:
         self._selection = selection  # episode ids, sorted; None = all
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> Dataset:
-        """Load metadata, commit record and episode table (checked against each other) without reading chunks."""
-        return cls(Store.open(path))
+    def load(cls, path: str | os.PathLike, storage_options: dict[str, Any] | None = None) -> Dataset:
+        """Load metadata, commit record and episode table (checked against each other) without reading chunks.
+        ``path``: a directory or an fsspec URL (``s3://...``, with ``storage_options``); a single store or a
+        sharded dataset."""
+        from madata.sharded import open_store
+
+        return cls(open_store(path, storage_options))
 
     @property
     def root(self) -> Path:
@@ -327,7 +331,11 @@ class Dataset:
         return starts + np.arange(total, dtype=np.int64), np.repeat(ids, lengths)
 
 
-def open(path: str | os.PathLike, verify: Literal["quick", "none"] = "quick") -> Dataset:  # noqa: A001
+def open(  # noqa: A001
+    path: str | os.PathLike,
+    verify: Literal["quick", "none"] = "quick",
+    storage_options: dict[str, Any] | None = None,
+) -> Dataset:
     """Open a madata dataset for reading.
 
     ``verify="quick"`` (default) checks metadata, commit record, episode table, every
@@ -336,9 +344,10 @@ def open(path: str | os.PathLike, verify: Literal["quick", "none"] = "quick") ->
     each file once without decoding, which is fast. Every later read is checked again
     against the content checksums; ``madata verify`` checks everything.
     """
-    ds = Dataset.load(path)
+    ds = Dataset.load(path, storage_options)
     if verify == "quick":
-        problems = list(quick_problems(ds.store))
+        stores = getattr(ds.store, "shards", [ds.store])  # a sharded dataset: each shard's own checks
+        problems = [p for store in stores for p in quick_problems(store)]
         if problems:
             more = f" (and {len(problems) - 3} more; run `madata verify {ds.root}`)" if len(problems) > 3 else ""
             raise CorruptionError("; ".join(str(p) for p in problems[:3]) + more)

@@ -246,34 +246,52 @@ class _EpisodeChecks:
             yield Problem(f"{root}: episode table column 'return' differs from the sum of rewards in episodes {bad}")
 
 
-def verify(path: str | Path, full: bool = True) -> Report:
-    """Check a store completely; returns a :class:`Report` listing every problem found."""
+def verify(path: str | Path, full: bool = True, storage_options: dict | None = None) -> Report:
+    """Check a store (or every shard of a sharded dataset) completely; returns a :class:`Report`
+    listing every problem found. ``path``: a directory or an fsspec URL."""
+    from madata.sharded import SHARDS_DIR, open_store
+
     report = Report(str(path))
     try:
-        store = Store.open(path)
+        opened = open_store(path, storage_options)
     except MadataError as e:
         report.problems.append(Problem(str(e)))
         return report
-    report.num_episodes, report.num_transitions = store.record.num_episodes, store.record.step_rows
-    report.problems += list(quick_problems(store))
+    report.num_episodes, report.num_transitions = opened.record.num_episodes, opened.record.step_rows
+    stores = getattr(opened, "shards", [opened])
+    for store in stores:
+        report.problems += list(quick_problems(store))
     if full and not report.problems:
-        report.problems += list(full_problems(store))
-    report.chunks_checked = sum(store.num_chunks(s.name) for s in store.spec.arrays())
-    for spec in store.spec.arrays():
-        extra = store.extra_rows(spec.name)
-        if extra > 0:
+        for store in stores:
+            report.problems += list(full_problems(store))
+    report.chunks_checked = sum(store.num_chunks(s.name) for store in stores for s in store.spec.arrays())
+    for store in stores:
+        extra = next((store.extra_rows(s.name) for s in store.spec.arrays() if store.extra_rows(s.name) > 0), 0)
+        if extra:
             report.notes.append(
-                f"{spec.name}: {extra} rows beyond the last commit (an interrupted write); --resume discards them"
+                f"{store.root}: {extra} rows beyond the last commit (an interrupted write); --resume discards them"
             )
-            break
-    leftovers = partial_files(Path(path))
+    leftovers = partial_files(opened.location) if opened.location.local else []
     if leftovers:
         report.notes.append(
             f"{len(leftovers)} temporary files from an interrupted write (e.g. {leftovers[0]}); --resume removes them"
         )
-    if not store.record.complete:
+    if hasattr(opened, "root_record"):
+        listed = {ref.path for ref in opened.root_record.shards}
+        present = {"/".join(k.split("/")[:2]) for k in opened.location.keys(SHARDS_DIR)}
+        if present - listed:
+            report.notes.append(
+                f"{len(present - listed)} shard(s) no commit lists (left by a killed or refused writer; never read), "
+                f"e.g. {sorted(present - listed)[0]}"
+            )
+        waiting = len(opened.root_record.shards) - len(opened.root_record.visible)
+        if waiting:
+            report.notes.append(
+                f"{waiting} committed shard(s) wait for an earlier gap to be filled (--resume fills it)"
+            )
+    if not opened.record.complete:
         report.notes.append("the writer did not close this store (interrupted or still running); it can be resumed")
-    if store.record.legacy:
+    if opened.record.legacy:
         report.notes.append(
             "written by madata 0.1.0: its metadata and episode table are not covered by checksums "
             "(the arrays are); `madata upgrade` adds them"

@@ -43,6 +43,7 @@ from numcodecs import Zstd
 
 from madata.commit import CommitRecord, read_commit
 from madata.errors import CorruptionError, DatasetNotFoundError, MadataError, SchemaError
+from madata.location import Location, location
 from madata.schema import ArraySpec, DatasetSpec, Metadata, dumps, episode_table_schema, parse_metadata
 
 ATTR = "madata"
@@ -78,15 +79,16 @@ def metadata_digest(attribute: Any) -> str:
     return hashlib.sha256(dumps(attribute).encode()).hexdigest()
 
 
-def partial_files(root: Path) -> list[Path]:
-    """Temporary files a killed writer left behind (zarr's ``*.partial`` and madata's ``.*.tmp-*``)."""
-    return [p for p in root.rglob("*") if p.is_file() and (p.name.endswith(".partial") or ".tmp-" in p.name)]
+def partial_files(loc: Location) -> list[str]:
+    """Keys of temporary files a killed writer left behind (zarr's ``*.partial`` and madata's ``.*.tmp-*``)."""
+    return [k for k in loc.keys() if k.endswith(".partial") or ".tmp-" in k.rsplit("/", 1)[-1]]
 
 
-def read_json_file(path: Path, what: str) -> Any:
+def read_json_file(loc: Location, key: str, what: str) -> Any:
     """A JSON file's content; any failure is a CorruptionError naming the file and ``what`` it should be."""
+    path = loc / key
     try:
-        return json.loads(path.read_bytes().decode("utf-8"))
+        return json.loads(loc.read(key).decode("utf-8"))
     except FileNotFoundError:
         raise
     except IsADirectoryError:
@@ -99,13 +101,14 @@ def read_json_file(path: Path, what: str) -> Any:
         ) from None
 
 
-def read_root(root: Path) -> tuple[Metadata, str]:
+def read_root(root: Location | str | Path) -> tuple[Metadata, str]:
     """The store's metadata, parsed and checked, and the digest of its ``madata`` attribute."""
+    root = location(root)
     path = root / "zarr.json"
-    if root.exists() and not root.is_dir():
+    if root.local and root.root.exists() and not root.root.is_dir():
         raise DatasetNotFoundError(f"{root}: is a file, not a dataset directory")
     try:
-        obj = read_json_file(path, "the root group's metadata")
+        obj = read_json_file(root, "zarr.json", "the root group's metadata")
     except FileNotFoundError:
         if not root.exists():
             raise DatasetNotFoundError(f"{root}: no such dataset directory") from None
@@ -145,18 +148,19 @@ class Store:
     checked against the committed content checksums; a small LRU cache serves episode reads.
     """
 
-    def __init__(self, root: Path, meta: Metadata, record: CommitRecord, table: pa.Table):
-        self.root, self.meta, self.record, self.table = root, meta, record, table
+    def __init__(self, loc: Location, meta: Metadata, record: CommitRecord, table: pa.Table):
+        self.location, self.meta, self.record, self.table = loc, meta, record, table
         self._columns: dict[str, np.ndarray] = {}
         self._cache: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
         self._cache_bytes = 0
         self._codec = Zstd()
 
     @classmethod
-    def open(cls, path: str | Path) -> Store:
+    def open(cls, path: str | Path | Location, storage_options: dict[str, Any] | None = None) -> Store:
         """Parse the metadata, the commit record and the episode table and check them against each
-        other (digests, declared arrays, row counts); no chunk is read."""
-        root = Path(path)
+        other (digests, declared arrays, row counts); no chunk is read. ``path``: a directory or an
+        fsspec URL (``storage_options`` for its file system)."""
+        root = location(path, storage_options)
         meta, digest = read_root(root)
         record = read_commit(root)
         if record.metadata_sha256 is not None and record.metadata_sha256 != digest:
@@ -193,6 +197,11 @@ class Store:
     # ------------------------------------------------------------ description
 
     @property
+    def root(self) -> Path | str:
+        """The store's directory (a Path), or its URL on other storage."""
+        return self.location.root if self.location.local else self.location.url
+
+    @property
     def spec(self) -> DatasetSpec:
         return self.meta.spec
 
@@ -209,8 +218,9 @@ class Store:
     def num_chunks(self, name: str) -> int:
         return -(-self.rows(name) // self.meta.chunk_rows)
 
-    def chunk_file(self, name: str, k: int) -> Path:
-        return self.root / chunk_key(name, k, 1 + len(self.spec.array(name).feature_shape))
+    def chunk_file(self, name: str, k: int) -> str:
+        """Key of chunk ``k``'s file in the store."""
+        return chunk_key(name, k, 1 + len(self.spec.array(name).feature_shape))
 
     def chunk_location(self, name: str, k: int) -> str:
         """``"<array> chunk k (rows a..b, episodes e0..e1)"`` for error messages."""
@@ -228,9 +238,10 @@ class Store:
 
     def chunk_bytes(self, name: str, k: int) -> bytes:
         """The encoded bytes of chunk ``k`` as stored; a missing or unreadable file is a CorruptionError."""
-        path = self.chunk_file(name, k)
+        key = self.chunk_file(name, k)
+        path = self.location / key
         try:
-            return path.read_bytes()
+            return self.location.read(key)
         except FileNotFoundError:
             raise self.damaged(name, k, f"is missing ({path} does not exist)") from None
         except IsADirectoryError:
@@ -304,9 +315,9 @@ class Store:
         """What is wrong with an array's zarr.json for madata's encoding and for zarr readers, or None.
         Also reports fewer rows than committed."""
         spec = self.spec.array(name)
-        path = self.root / name / "zarr.json"
+        path = self.location / f"{name}/zarr.json"
         try:
-            obj = read_json_file(path, f"array {name}'s metadata")
+            obj = read_json_file(self.location, f"{name}/zarr.json", f"array {name}'s metadata")
         except FileNotFoundError:
             return f"{path}: array {name}'s metadata is missing"
         except CorruptionError as e:
@@ -337,9 +348,9 @@ class Store:
     def group_meta_problem(self, name: str) -> str | None:
         """What is wrong with an intermediate group's zarr.json (``obs``, ``action``, ...), or None:
         madata does not read it, zarr readers need it."""
-        path = self.root / name / "zarr.json"
+        path = self.location / f"{name}/zarr.json"
         try:
-            obj = read_json_file(path, f"group {name}'s metadata")
+            obj = read_json_file(self.location, f"{name}/zarr.json", f"group {name}'s metadata")
         except FileNotFoundError:
             return f"{path}: group {name}'s Zarr metadata is missing (zarr readers need it)"
         except CorruptionError as e:
@@ -351,20 +362,20 @@ class Store:
     def extra_rows(self, name: str) -> int:
         """Rows beyond the last commit (an interrupted write), 0 when none or unknown."""
         try:
-            shape = read_json_file(self.root / name / "zarr.json", "array metadata")["shape"]
+            shape = read_json_file(self.location, f"{name}/zarr.json", "array metadata")["shape"]
             return max(0, int(shape[0]) - self.rows(name))
         except (MadataError, FileNotFoundError, KeyError, TypeError, ValueError, IndexError):
             return 0
 
 
-def read_episode_table(root: Path, record: CommitRecord, agent_ids: list[str]) -> pa.Table:
+def read_episode_table(root: Location, record: CommitRecord, agent_ids: list[str]) -> pa.Table:
     """The committed episode table, each part checked against its digest, and its rows against the record."""
     schema = episode_table_schema(agent_ids)
     tables = []
     for part in record.episode_parts:
         path = root / part.path
         try:
-            raw = path.read_bytes()
+            raw = root.read(part.path)
         except FileNotFoundError:
             raise CorruptionError(f"{path}: episode table part listed in the commit record is missing") from None
         except OSError as e:

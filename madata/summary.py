@@ -52,7 +52,7 @@ def summarize(ds: Dataset) -> dict[str, Any]:
         for i, r in enumerate(returns):
             key = ",".join(f"{a}={labels[a][i]}" for a in ds.agent_ids)
             combos.setdefault(key, []).append(float(r))
-    size = sum(p.stat().st_size for p in ds.root.rglob("*") if p.is_file())
+    size = ds.store.location.size()
     norm = normalized_score(returns, ref)
     note = None
     horizon = ds.meta.env.get("max_steps")

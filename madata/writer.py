@@ -17,23 +17,20 @@ import json
 import os
 import shutil
 import time
-import zlib
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import zarr
-from zarr.core.buffer import Buffer
-from zarr.storage import LocalStore
 
-from madata.atomic import fsync_dir, write_bytes_atomic
+from madata.atomic import fsync_dir
 from madata.commit import ArrayCommit, CommitRecord, PartRecord, read_commit, write_commit
 from madata.errors import CorruptionError, DatasetExistsError, DatasetNotFoundError, OutputError, SchemaError
+from madata.location import Location, location
 from madata.schema import (
     AgentSpec,
     ArraySpec,
@@ -65,20 +62,11 @@ COMPACT_AFTER_PARTS = 32
 _WRITE_CONFIG = {"write_empty_chunks": True}  # merge episode-table parts once there are this many
 
 
-class TrackingStore(LocalStore):
-    """A LocalStore (atomic writes: temp file + rename) that remembers what it wrote.
-
-    The writer needs the CRC of each encoded chunk for the commit record and the list of
-    files to fsync before the commit record may point at them.
-    """
-
-    def __init__(self, root: Path | str, *, read_only: bool = False) -> None:
-        super().__init__(root, read_only=read_only)
-        self.written: dict[str, int] = {}  # key -> CRC-32 of the bytes written
-
-    async def set(self, key: str, value: Buffer) -> None:
-        self.written[key] = zlib.crc32(value.as_buffer_like())
-        await super().set(key, value)
+def stamp(meta: Metadata) -> Metadata:
+    """Give new metadata its creation time and library versions (kept when it has them)."""
+    meta.created = meta.created or datetime.now(timezone.utc).isoformat(timespec="seconds")
+    meta.versions = meta.versions or library_versions()
+    return meta
 
 
 def library_versions() -> dict[str, str]:
@@ -95,7 +83,7 @@ def library_versions() -> dict[str, str]:
 class _Column:
     """One array being written: full chunks go to Zarr at once, the tail waits in memory."""
 
-    def __init__(self, spec: ArraySpec, arr: zarr.Array, store: TrackingStore, chunk_rows: int, committed: ArrayCommit):
+    def __init__(self, spec: ArraySpec, arr: zarr.Array, store, chunk_rows: int, committed: ArrayCommit):
         self.spec, self.arr, self.store, self.C = spec, arr, store, chunk_rows
         self.full_chunks = committed.rows // chunk_rows
         self.content_crc = list(committed.content_crc[: self.full_chunks])
@@ -170,14 +158,15 @@ class DatasetWriter:
     """
 
     def __init__(
-        self, root: Path, meta: Metadata, record: CommitRecord, commit_every: int, commit_seconds: float = 1.0
+        self, root: Location, meta: Metadata, record: CommitRecord, commit_every: int, commit_seconds: float = 1.0
     ):
-        self.root, self.meta, self.record = root, meta, record
+        self.location, self.meta, self.record = root, meta, record
+        self.root = root.root if root.local else root.url  # for messages and callers: a Path locally
         self.spec = meta.spec
         self.commit_every, self.commit_seconds = commit_every, commit_seconds
         self._last_commit = time.monotonic()
         self._lock = _acquire_lock(root)
-        self.store = TrackingStore(root)
+        self.store = root.zarr_store()
         self.columns: dict[str, _Column] = {}
         for s in self.spec.arrays():
             committed = record.arrays.get(s.name, ArrayCommit())
@@ -192,9 +181,15 @@ class DatasetWriter:
 
     @classmethod
     def create(
-        cls, path: str | os.PathLike, meta: Metadata, commit_every: int = 10, commit_seconds: float = 1.0
+        cls, path: str | os.PathLike | Location, meta: Metadata, commit_every: int = 10, commit_seconds: float = 1.0
     ) -> DatasetWriter:
-        root = Path(path)
+        loc = location(path)
+        stamp(meta)
+        if not loc.local:  # a shard on object storage: its name is new and it has one writer
+            if loc.keys():
+                raise DatasetExistsError(f"{loc}: holds objects already; choose another URL (nothing was overwritten)")
+            return cls(loc, meta, _build(loc, meta), commit_every, commit_seconds)
+        root = loc.root
         if root.exists() and (not root.is_dir() or any(root.iterdir())):
             if not root.is_dir():
                 raise DatasetExistsError(
@@ -202,55 +197,33 @@ class DatasetWriter:
                 )
             hint = "use --resume to continue it" if (root / "zarr.json").exists() else "choose another path"
             raise DatasetExistsError(f"{root}: path exists and is not empty; {hint} (nothing was overwritten)")
-        meta.created = meta.created or datetime.now(timezone.utc).isoformat(timespec="seconds")
-        meta.versions = meta.versions or library_versions()
         try:
-            return cls._create(root, meta, commit_every, commit_seconds)
+            root.parent.mkdir(parents=True, exist_ok=True)
+            # build the empty store beside its final place and rename it there, so that `root`
+            # is either absent (or the user's empty directory) or a whole, committed store
+            staging = root.with_name(f".{root.name}.creating")
+            shutil.rmtree(staging, ignore_errors=True)  # left by a creation that was killed
+            try:
+                staging.mkdir()
+                record = _build(location(staging), meta)
+                if root.exists():
+                    root.rmdir()  # the user's empty directory (checked above)
+                os.rename(staging, root)
+                fsync_dir(root.parent)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
         except OSError as e:  # read-only file system, full disk, a file where a directory should be
             raise OutputError(f"{root}: the dataset cannot be created ({e.strerror or e}); nothing was kept") from e
+        return cls(loc, meta, record, commit_every, commit_seconds)
 
     @classmethod
-    def _create(cls, root: Path, meta: Metadata, commit_every: int, commit_seconds: float) -> DatasetWriter:
-        root.parent.mkdir(parents=True, exist_ok=True)
-        # build the empty store beside its final place and rename it there, so that `root`
-        # is either absent (or the user's empty directory) or a whole, committed store
-        staging = root.with_name(f".{root.name}.creating")
-        shutil.rmtree(staging, ignore_errors=True)  # left by a creation that was killed
-        try:
-            staging.mkdir()
-            store = TrackingStore(staging)
-            attribute = json.loads(json.dumps(meta.to_json()))  # as a reader will parse it back
-            group = zarr.create_group(store=store, attributes={ATTR: attribute})
-            for s in meta.spec.arrays():
-                group.create_array(
-                    s.name,
-                    shape=(0, *s.feature_shape),
-                    chunks=(meta.chunk_rows, *s.feature_shape),
-                    dtype=s.dtype,
-                    compressors=compressor(),
-                    fill_value=False if s.dtype == "bool" else 0,
-                    config=_WRITE_CONFIG,
-                )
-            (staging / EPISODES_DIR).mkdir()
-            _fsync_written(staging, store)
-            record = CommitRecord(
-                arrays={s.name: ArrayCommit() for s in meta.spec.arrays()}, metadata_sha256=metadata_digest(attribute)
-            )
-            write_commit(staging, record)
-            if root.exists():
-                root.rmdir()  # the user's empty directory (checked above)
-            os.rename(staging, root)
-            fsync_dir(root.parent)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        return cls(root, meta, record, commit_every, commit_seconds)
-
-    @classmethod
-    def resume(cls, path: str | os.PathLike, commit_every: int = 10, commit_seconds: float = 1.0) -> DatasetWriter:
+    def resume(
+        cls, path: str | os.PathLike | Location, commit_every: int = 10, commit_seconds: float = 1.0
+    ) -> DatasetWriter:
         """Reopen a store for appending, discarding whatever lies beyond its last commit."""
-        root = Path(path)
-        if not (root / "zarr.json").exists():
+        root = location(path)
+        if not root.exists("zarr.json"):
             raise DatasetNotFoundError(f"{root}: no madata dataset to resume (no zarr.json)")
         meta, digest = read_root(root)
         record = read_commit(root)
@@ -265,13 +238,13 @@ class DatasetWriter:
         read_episode_table(root, record, meta.spec.agent_ids)  # the committed parts are whole
         lock = _acquire_lock(root)  # hold it while discarding, so no live writer is disturbed
         try:
-            for p in partial_files(root):
-                p.unlink(missing_ok=True)
-            keep = {Path(p.path).name for p in record.episode_parts}
-            for p in (root / EPISODES_DIR).glob("*.parquet"):
-                if p.name not in keep:
-                    p.unlink()
-            store = TrackingStore(root)
+            for key in partial_files(root):
+                root.delete(key)
+            keep = {p.path for p in record.episode_parts}
+            for key in root.keys(EPISODES_DIR):
+                if key.endswith(".parquet") and key not in keep:
+                    root.delete(key)
+            store = root.zarr_store()
             for s in meta.spec.arrays():
                 arr = zarr.open_array(store=store, path=s.name, mode="r+")
                 rows = record.arrays[s.name].rows
@@ -454,9 +427,11 @@ class DatasetWriter:
         obsolete: list[PartRecord] = []
         if len(parts) > COMPACT_AFTER_PARTS or (self._closing and len(parts) > 1):
             obsolete = parts
-            table = pa.concat_tables(pq.read_table(self.root / p.path, schema=self._schema) for p in parts)
+            table = pa.concat_tables(
+                pq.read_table(pa.BufferReader(self.location.read(p.path)), schema=self._schema) for p in parts
+            )
             parts = [self._write_part(table, f"table-{seq:06d}.parquet")]
-        _fsync_written(self.root, self.store)
+        _make_durable(self.location, self.store)
         n_new, new_steps = len(self._pending), self._pending_steps
         record = CommitRecord(
             sequence=seq,
@@ -472,21 +447,24 @@ class DatasetWriter:
             want = record.obs_rows if self.spec.array(name).rows == "obs" else record.step_rows
             if a.rows != want:  # a bug here must never reach the disk
                 raise CorruptionError(f"{self.root}: internal error: {name} has {a.rows} rows, expected {want}")
-        write_commit(self.root, record)
+        write_commit(self.location, record)
         self._last_commit = time.monotonic()
         self.record = record
         self._pending, self._pending_steps = [], 0
         for p in obsolete:
-            (self.root / p.path).unlink(missing_ok=True)
+            self.location.delete(p.path)
+        if self.after_commit is not None:
+            self.after_commit(record, self._closing)
 
     _closing = False
+    after_commit = None  # called with each new record and whether the writer is closing (a sharded root's hook)
 
     def _write_part(self, table: pa.Table, name: str) -> PartRecord:
         rel = f"{EPISODES_DIR}/{name}"
         buf = io.BytesIO()
         pq.write_table(table, buf, compression="zstd")
         raw = buf.getvalue()
-        write_bytes_atomic(self.root / rel, raw)
+        self.location.write(rel, raw)
         return PartRecord(rel, hashlib.sha256(raw).hexdigest())
 
     def close(self) -> None:
@@ -562,41 +540,62 @@ def _as(value, dtype: str, field: str) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=dtype)
 
 
-def _fsync_written(root: Path, store: TrackingStore) -> None:
-    """fsync every file the store wrote since the last call, and their directories."""
-    dirs = set()
-    for key in store.written:
-        path = root / key
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        dirs.add(path.parent)
-    for d in dirs:
-        fsync_dir(d)
+def _build(loc: Location, meta: Metadata) -> CommitRecord:
+    """Write an empty store at ``loc`` (root group, one empty array per field and agent, the first
+    commit record) and return that record."""
+    store = loc.zarr_store()
+    attribute = json.loads(json.dumps(meta.to_json()))  # as a reader will parse it back
+    group = zarr.create_group(store=store, attributes={ATTR: attribute})
+    for s in meta.spec.arrays():
+        group.create_array(
+            s.name,
+            shape=(0, *s.feature_shape),
+            chunks=(meta.chunk_rows, *s.feature_shape),
+            dtype=s.dtype,
+            compressors=compressor(),
+            fill_value=False if s.dtype == "bool" else 0,
+            config=_WRITE_CONFIG,
+        )
+    if loc.local:
+        (loc.root / EPISODES_DIR).mkdir()
+    _make_durable(loc, store)
+    record = CommitRecord(
+        arrays={s.name: ArrayCommit() for s in meta.spec.arrays()}, metadata_sha256=metadata_digest(attribute)
+    )
+    write_commit(loc, record)
+    return record
+
+
+def _make_durable(loc: Location, store) -> None:
+    """Make every object the store wrote since the last call durable (fsync locally), and forget them."""
+    loc.durable(list(store.written))
     store.written.clear()
 
 
-def _acquire_lock(root: Path):
-    f = open(root / LOCK_FILE, "a+")
+def _acquire_lock(loc: Location):
+    """Hold the store's lock file (flock) while writing it locally. A shard on object storage needs no
+    lock: its name is new to its one writer, and the sharded root's commit refuses a second writer."""
+    if not loc.local:
+        return None
+    f = open(loc.root / LOCK_FILE, "a+")
     try:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError as e:
         f.close()
-        raise DatasetExistsError(f"{root}: another process is writing this dataset") from e
+        raise DatasetExistsError(f"{loc}: another process is writing this dataset") from e
     return f
 
 
 def _release_lock(f) -> None:
+    if f is None:
+        return
     try:
         fcntl.flock(f.fileno(), fcntl.LOCK_UN)
     finally:
         f.close()
 
 
-def create(
-    path: str | os.PathLike,
+def new_metadata(
     agents: list[AgentSpec] | tuple[AgentSpec, ...],
     *,
     state_space: Box | None = None,
@@ -608,13 +607,9 @@ def create(
     provenance: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
-    commit_every: int = 10,
-    commit_seconds: float = 1.0,
-) -> DatasetWriter:
-    """Create a new dataset at ``path`` (which must not exist or be empty) and return its writer.
-
-    Everything is validated before the first byte is written.
-    """
+) -> Metadata:
+    """A new dataset's metadata, validated (spaces, reference scores, plain JSON) and stamped with
+    its creation time and library versions; the arguments are those of :func:`create`."""
     spec = DatasetSpec(tuple(agents), state_space, agent_rewards, action_masks)
     if reference_scores is not None:
         try:
@@ -636,4 +631,35 @@ def create(
         json.dumps(meta.to_json(), allow_nan=False)
     except (TypeError, ValueError) as e:
         raise SchemaError(f"dataset metadata (env, provenance, extra) must be plain JSON: {e}") from e
-    return DatasetWriter.create(path, meta, commit_every, commit_seconds)
+    return stamp(meta)
+
+
+def create(
+    path: str | os.PathLike,
+    agents: list[AgentSpec] | tuple[AgentSpec, ...],
+    *,
+    commit_every: int = 10,
+    commit_seconds: float = 1.0,
+    storage_options: Mapping[str, Any] | None = None,
+    sharded: bool | None = None,
+    **fields: Any,
+):
+    """Create a new dataset at ``path`` (which must not exist or be empty) and return its writer.
+
+    ``fields`` are those of :func:`new_metadata`: ``state_space``, ``agent_rewards``, ``action_masks``,
+    ``env``, ``description``, ``reference_scores``, ``provenance``, ``extra``, ``chunk_rows``.
+    ``path``: a directory or an fsspec URL (``s3://bucket/x.zarr``, ``storage_options`` for its file
+    system). A dataset on object storage is sharded (:mod:`madata.sharded`: no rename there);
+    ``sharded=True`` makes a local one sharded too. Everything is validated before the first byte is written.
+    """
+    loc = location(path, dict(storage_options) if storage_options else None)
+    if sharded is False and not loc.local:
+        raise SchemaError(
+            f"{loc}: a dataset on object storage is always sharded (it has no rename); drop sharded=False"
+        )
+    meta = new_metadata(agents, **fields)
+    if sharded or not loc.local:
+        from madata.sharded import shard_writer
+
+        return shard_writer(loc, meta, commit_every=commit_every, commit_seconds=commit_seconds)
+    return DatasetWriter.create(loc, meta, commit_every, commit_seconds)

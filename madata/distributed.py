@@ -1,0 +1,138 @@
+"""Collection on Dask workers into one sharded dataset (:mod:`madata.sharded`).
+
+The driver splits the episodes still missing into ranges of ``shard_episodes``; each
+range is one Dask task, which runs it (:meth:`madata.collect.Plan.run`) into a shard of
+its own under a name nobody else uses, and returns what it wrote. The driver alone
+commits: as each task finishes, a new root commit record lists its shard. So
+
+* no two writers ever touch one chunk (a shard has one writer) and no data is copied;
+* a task that dies with its worker is run again by Dask into a new shard, and the
+  half-written one stays unlisted, never read;
+* a killed driver leaves every finished shard listed, and ``resume`` collects only the
+  ranges no listed shard covers;
+* episode ``e`` depends only on the plan and ``e``, so the dataset equals a single-process
+  collection with the same arguments, whatever the split.
+
+``workers=K`` starts a ``LocalCluster`` of K single-threaded worker processes bound to
+127.0.0.1 (its dashboard too, on a free port); ``scheduler="tcp://host:port"`` uses a
+running cluster, whose workers must reach the dataset's URL (object storage, or a shared
+file system).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from madata.errors import SchemaError
+from madata.location import Location
+from madata.schema import Metadata
+from madata.sharded import RootRecord, ShardRef, commit_root, create_root, new_shard_path, read_root_record
+
+SHARDS_PER_WORKER = 4  # ranges per worker: load balance, and how much a killed driver's resume recollects
+
+
+def missing_ranges(record: RootRecord, episodes: int, size: int) -> list[tuple[int, int]]:
+    """The episode ranges ``[start, stop)`` of at most ``size`` episodes that no listed shard covers."""
+    out, pos = [], 0
+    for shard in [*record.shards, ShardRef("", episodes, 0)]:
+        end = min(shard.first_episode, episodes)
+        out += [(a, min(a + size, end)) for a in range(pos, end, size)]
+        pos = max(pos, shard.stop)
+    return out
+
+
+def collect_shard(plan, loc: Location, meta: Metadata, start: int, stop: int, commit_every: int, commit_seconds: float):
+    """A Dask task: episodes ``start .. stop-1`` of ``plan`` into a new shard of ``loc``; returns its ShardRef."""
+    import torch
+
+    from madata.writer import DatasetWriter
+
+    torch.set_num_threads(1)  # one core per worker process: threads would fight the other workers
+    path = new_shard_path(start)
+    with DatasetWriter.create(loc.child(path), meta, commit_every, commit_seconds) as writer:
+        for ep in plan.run(start, stop):
+            writer.add_episode(**ep)
+    return ShardRef(path, start, stop - start)
+
+
+@contextlib.contextmanager
+def dask_client(workers: int | None, scheduler: str | None) -> Iterator[Any]:
+    """A Dask client: of a new LocalCluster on 127.0.0.1 (``workers`` processes), or of ``scheduler``."""
+    try:
+        from dask.distributed import Client, LocalCluster
+    except ImportError:
+        raise SchemaError(
+            "distributed collection needs Dask: pip install 'madata[distributed]' (dask[distributed])"
+        ) from None
+    if scheduler is not None:
+        with Client(scheduler) as client:
+            yield client
+        return
+    with (
+        LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client
+
+
+def collect_distributed(
+    plan,
+    loc: Location,
+    meta: Metadata | None,
+    *,
+    workers: int | None,
+    scheduler: str | None,
+    shard_episodes: int | None,
+    commit_every: int,
+    commit_seconds: float,
+    progress: bool,
+    report: Callable[[str], None] | None,
+) -> RootRecord:
+    """Collect ``plan`` on Dask workers into the sharded dataset at ``loc``: created with ``meta``, or
+    resumed when ``meta`` is None. Returns the last root commit record."""
+    from dask.distributed import as_completed
+
+    from madata.collect import episode_bar
+    from madata.store import read_root
+
+    if meta is None:
+        meta = read_root(loc)[0]
+        record = read_root_record(loc)
+    else:
+        record = create_root(loc, meta)
+    with dask_client(workers, scheduler) as client:
+        n_workers = max(1, len(client.scheduler_info(n_workers=-1)["workers"]))
+        size = shard_episodes or max(1, math.ceil(plan.episodes / (SHARDS_PER_WORKER * n_workers)))
+        todo = missing_ranges(record, plan.episodes, size)
+        if report:
+            report(
+                f"collect {plan.task.name}: {len(todo)} shards of up to {size} episodes on {n_workers} Dask workers "
+                f"(dashboard {client.dashboard_link})"
+            )
+        futures = [
+            client.submit(collect_shard, plan, loc, meta, a, b, commit_every, commit_seconds, pure=False)
+            for a, b in todo
+        ]
+        done = plan.episodes - sum(b - a for a, b in todo)
+        with episode_bar(plan.episodes, done, f"collect {plan.task.name}", progress) as bar:
+            for future in as_completed(futures):
+                shard = future.result()
+                done += shard.episodes
+                record = record.with_shard(shard, complete=done == plan.episodes)
+                commit_root(loc, record)
+                bar.update(shard.episodes)
+                if report:
+                    report(f"collect {plan.task.name}: {done:,}/{plan.episodes:,} episodes committed")
+    if not record.complete:  # nothing was missing: a resume of a finished collection
+        record = RootRecord(record.sequence + 1, record.metadata_sha256, record.shards, True)
+        commit_root(loc, record)
+    return record

@@ -1,0 +1,249 @@
+"""Where a store lives: a local directory, or a prefix on an fsspec file system (``s3://``,
+``gs://``, ``memory://``, ...), and the few operations madata needs of it.
+
+Each kind of storage says here how it provides them:
+
+* ``read(key)``: a whole object, or ``FileNotFoundError``;
+* ``write(key, data)``: readers see the old object or the new one, never a mix (a local
+  directory: temporary file, fsync, rename; object storage: one PUT, which is atomic);
+* ``create(key, data)``: the same, only if ``key`` does not exist yet, else
+  ``FileExistsError`` (local: a hard link of the fsynced temporary file, which fails when the
+  name exists; S3: a conditional PUT, ``If-None-Match: *``). The commit protocol of sharded
+  datasets (:mod:`madata.sharded`) rests on it, since object storage has no rename;
+* ``keys(prefix)``, ``delete(key)``, ``exists(key)``;
+* ``zarr_store()``: a Zarr store here that remembers the CRC-32 of every object it wrote
+  (the writer puts them in the commit record), and ``durable(keys)``: make those writes
+  survive a power cut before a commit record points at them (fsync locally; a PUT is
+  durable when it returns).
+
+A Location pickles as its URL and storage options, so it travels to Dask workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import zlib
+from pathlib import Path
+from typing import Any
+
+from zarr.core.buffer import Buffer
+from zarr.storage import FsspecStore, LocalStore
+
+from madata.atomic import fsync_dir, write_bytes_atomic
+from madata.errors import OutputError, SchemaError
+
+
+class _Tracking:
+    """Mixin for a Zarr store: remember the CRC-32 of every object written, by key."""
+
+    written: dict[str, int]
+
+    async def set(self, key: str, value: Buffer) -> None:
+        self.written[key] = zlib.crc32(value.as_buffer_like())
+        await super().set(key, value)
+
+
+class TrackingLocalStore(_Tracking, LocalStore):
+    """zarr's LocalStore (each write a temp file and a rename) that remembers what it wrote."""
+
+    def __init__(self, root: Path | str, *, read_only: bool = False) -> None:
+        super().__init__(root, read_only=read_only)
+        self.written = {}
+
+
+class TrackingFsspecStore(_Tracking, FsspecStore):
+    """zarr's FsspecStore (each write one PUT) that remembers what it wrote."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.written = {}
+
+
+def location(target: str | os.PathLike | Location, storage_options: dict[str, Any] | None = None) -> Location:
+    """The Location of ``target``: a Location as it is, an fsspec URL (``s3://bucket/x.zarr``, with
+    ``storage_options`` for its file system), or a local path (also as ``file://``)."""
+    if isinstance(target, Location):
+        return target
+    text = os.fspath(target)
+    if "://" in text and not text.startswith("file://"):
+        return FsspecLocation(text, storage_options)
+    if storage_options:
+        raise SchemaError(f"{text}: storage options apply to fsspec URLs (s3://, gs://, ...), not to a local path")
+    return LocalLocation(Path(text.removeprefix("file://")))
+
+
+class Location:
+    """Base of the two kinds of storage; ``url`` names it in messages."""
+
+    url: str
+    local: bool
+
+    def __str__(self) -> str:
+        return self.url
+
+    def __truediv__(self, key: str) -> str:
+        """How ``key`` here is named in messages: ``<url>/<key>``."""
+        return f"{self.url.rstrip('/')}/{key}"
+
+    def child(self, key: str) -> Location:
+        raise NotImplementedError
+
+    def read(self, key: str) -> bytes:
+        raise NotImplementedError
+
+    def write(self, key: str, data: bytes) -> None:
+        raise NotImplementedError
+
+    def create(self, key: str, data: bytes) -> None:
+        raise NotImplementedError
+
+    def keys(self, prefix: str = "") -> list[str]:
+        raise NotImplementedError
+
+    def delete(self, key: str) -> None:
+        raise NotImplementedError
+
+    def exists(self, key: str = "") -> bool:
+        raise NotImplementedError
+
+    def zarr_store(self, read_only: bool = False):
+        raise NotImplementedError
+
+    def size(self) -> int:
+        """Bytes of every object here."""
+        raise NotImplementedError
+
+    def durable(self, keys: list[str]) -> None:
+        raise NotImplementedError
+
+
+class LocalLocation(Location):
+    """A directory on this machine."""
+
+    local = True
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.url = str(self.root)
+
+    def __reduce__(self):
+        return (LocalLocation, (self.root,))
+
+    def child(self, key: str) -> LocalLocation:
+        return LocalLocation(self.root / key)
+
+    def read(self, key: str) -> bytes:
+        return (self.root / key).read_bytes()
+
+    def write(self, key: str, data: bytes) -> None:
+        (self.root / key).parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(self.root / key, data)
+
+    def create(self, key: str, data: bytes) -> None:
+        path = self.root / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.link(tmp, path)  # atomic, and fails with FileExistsError when the name is taken
+            fsync_dir(path.parent)
+        except FileExistsError:
+            raise
+        except OSError as e:
+            raise OutputError(f"{path}: cannot be written ({e.strerror or e})") from e
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+    def keys(self, prefix: str = "") -> list[str]:
+        base = self.root / prefix if prefix else self.root
+        if not base.is_dir():
+            return []
+        return sorted(str(p.relative_to(self.root)) for p in base.rglob("*") if p.is_file())
+
+    def delete(self, key: str) -> None:
+        (self.root / key).unlink(missing_ok=True)
+
+    def exists(self, key: str = "") -> bool:
+        return (self.root / key).exists() if key else self.root.exists()
+
+    def zarr_store(self, read_only: bool = False) -> TrackingLocalStore:
+        return TrackingLocalStore(self.root, read_only=read_only)
+
+    def size(self) -> int:
+        return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
+
+    def durable(self, keys: list[str]) -> None:
+        dirs = set()
+        for key in keys:
+            path = self.root / key
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            dirs.add(path.parent)
+        for d in dirs:
+            fsync_dir(d)
+
+
+class FsspecLocation(Location):
+    """A prefix on an fsspec file system (object storage has no rename and no directories)."""
+
+    local = False
+
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None):
+        import fsspec
+
+        self.url = url.rstrip("/")
+        self.storage_options = dict(storage_options or {})
+        try:
+            self.fs, self.path = fsspec.url_to_fs(self.url, **self.storage_options)
+        except (ImportError, ValueError) as e:  # an unknown protocol, or its package is not installed
+            raise SchemaError(f"{url}: cannot open this URL with fsspec ({e})") from None
+
+    def __reduce__(self):
+        return (FsspecLocation, (self.url, self.storage_options))
+
+    def _p(self, key: str) -> str:
+        return f"{self.path}/{key}" if key else self.path
+
+    def child(self, key: str) -> FsspecLocation:
+        return FsspecLocation(f"{self.url}/{key}", self.storage_options)
+
+    def read(self, key: str) -> bytes:
+        return self.fs.cat_file(self._p(key))
+
+    def write(self, key: str, data: bytes) -> None:
+        self.fs.pipe_file(self._p(key), data)
+
+    def create(self, key: str, data: bytes) -> None:
+        self.fs.pipe_file(self._p(key), data, mode="create")  # FileExistsError when taken
+
+    def keys(self, prefix: str = "") -> list[str]:
+        base = self._p(prefix)
+        self.fs.invalidate_cache(base)  # listings are cached; another writer may have added keys
+        found = self.fs.find(base)
+        return sorted(p[len(self.path) + 1 :] for p in found if p.startswith(self.path + "/"))
+
+    def delete(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm_file(self._p(key))
+
+    def exists(self, key: str = "") -> bool:
+        self.fs.invalidate_cache(self._p(key))
+        return self.fs.exists(self._p(key))
+
+    def zarr_store(self, read_only: bool = False) -> TrackingFsspecStore:
+        return TrackingFsspecStore.from_url(self.url, storage_options=self.storage_options, read_only=read_only)
+
+    def size(self) -> int:
+        self.fs.invalidate_cache(self.path)
+        return int(self.fs.du(self.path))
+
+    def durable(self, keys: list[str]) -> None:
+        """Nothing to do: an object is durable when its PUT returns."""

@@ -1,0 +1,187 @@
+"""Sharded datasets (madata.sharded) on a local directory and on fsspec's memory://: they read exactly
+like a single store of the same episodes, and the root commit protocol refuses a second writer."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import numpy as np
+import pytest
+from conftest import hetero_agents, random_episode, write
+
+import madata
+from madata.distributed import missing_ranges
+from madata.errors import CorruptionError, DatasetExistsError, SchemaError
+from madata.location import location
+from madata.sharded import (
+    ConcurrentWriterError,
+    RootRecord,
+    ShardRef,
+    commit_root,
+    read_root_record,
+    record_key,
+    shard_writer,
+)
+
+LENGTHS = [1, 5, 30, 16, 2, 17, 1, 9, 30, 4, 12, 7, 3, 21]
+
+
+def episodes():
+    rng = np.random.default_rng(0)
+    agents = hetero_agents()
+    return agents, [
+        random_episode(agents, T, rng, ("terminated", "truncated")[i % 2], state_dim=11) for i, T in enumerate(LENGTHS)
+    ]
+
+
+def labels(i, agents):
+    return {a.id: ("medium", "expert")[(i >> k) & 1] for k, a in enumerate(agents)}
+
+
+def write_sharded(url, agents, eps, splits):
+    """Write ``eps`` as one shard per range of ``splits`` (the first creates, the others resume)."""
+    bounds = [0, *splits, len(eps)]
+    for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+        if k == 0:
+            state = madata.Box.make(-np.inf, np.inf, (11,))
+            w = madata.create(url, agents, state_space=state, chunk_rows=16, sharded=True, commit_every=2)
+        else:
+            w = shard_writer(url, resume=True, commit_every=2)
+        with w:
+            assert w.num_episodes == a
+            for i in range(a, b):
+                assert w.add_episode(**eps[i], behaviour=labels(i, agents), seed=i) == i
+
+
+def assert_same(a, b):
+    """Two datasets hold the same episodes: the episode table and every array, byte for byte."""
+    assert a.episodes.equals(b.episodes)
+    assert a.num_transitions == b.num_transitions
+    for spec in a.spec.arrays():
+        x, y = a.store.read_rows(spec.name), b.store.read_rows(spec.name)
+        assert x.dtype == y.dtype and np.array_equal(x, y), spec.name
+    ta = a.transitions(fields=["obs", "next_obs", "action", "reward", "terminated", "episode_id", "timestep"])
+    tb = b.transitions(fields=["obs", "next_obs", "action", "reward", "terminated", "episode_id", "timestep"])
+    for key in ta:
+        va, vb = ta[key], tb[key]
+        if isinstance(va, dict):
+            for agent in va:
+                assert np.array_equal(va[agent], vb[agent]), (key, agent)
+        else:
+            assert np.array_equal(va, vb), key
+
+
+@pytest.mark.parametrize("kind", ["local", "memory"])
+def test_a_sharded_dataset_reads_like_one_store(tmp_path, kind):
+    agents, eps = episodes()
+    single = madata.open(write(tmp_path / "single", agents, eps, state_dim=11))
+    url = str(tmp_path / "sharded") if kind == "local" else f"memory://{uuid.uuid4().hex}/x.zarr"
+    write_sharded(url, agents, eps, [4, 5, 11])  # shards of 4, 1, 6 and 3 episodes; chunk edges fall inside them
+    ds = madata.open(url)
+    assert ds.num_episodes == len(eps)
+    assert [r.episodes for r in ds.store.root_record.shards] == [4, 1, 6, 3]
+    assert_same(ds, single)
+    sub_a, sub_b = ds.select(episodes=[2, 3, 4, 5, 12]), single.select(episodes=[2, 3, 4, 5, 12])
+    for e_a, e_b in zip(sub_a.iter_episodes(), sub_b.iter_episodes(), strict=True):
+        assert e_a.id == e_b.id and np.array_equal(e_a.obs["agent_1"], e_b.obs["agent_1"])
+    report = madata.verify(url)
+    assert report.ok and report.num_episodes == len(eps) and report.notes == []
+
+
+def test_readers_take_the_newest_record_and_only_its_prefix_of_each_shard(tmp_path):
+    agents, eps = episodes()
+    url = tmp_path / "sharded"
+    write_sharded(url, agents, eps, [6])
+    loc = location(url)
+    rec = read_root_record(loc)
+    # an older view: the second shard with 3 of its 8 episodes (what a reader saw mid-write)
+    older = RootRecord(rec.sequence + 1, rec.metadata_sha256, [rec.shards[0], ShardRef(rec.shards[1].path, 6, 3)])
+    commit_root(loc, older)
+    ds = madata.open(url)
+    assert ds.num_episodes == 9
+    assert_same(ds, madata.open(write(tmp_path / "single", agents, eps[:9], state_dim=11)))
+    # a shard listed beyond a gap does not count until the gap is filled
+    gap = RootRecord(older.sequence + 1, rec.metadata_sha256, [ShardRef(rec.shards[1].path, 6, 8)])
+    commit_root(loc, gap)
+    assert madata.open(url).num_episodes == 0
+    assert any("wait for an earlier gap" in n for n in madata.verify(url).notes)
+
+
+def test_a_second_writer_is_refused_and_what_was_committed_stays(tmp_path):
+    agents, eps = episodes()
+    url = tmp_path / "sharded"
+    write_sharded(url, agents, eps[:4], [])
+    before = madata.open(url)
+    first = shard_writer(url, resume=True, commit_every=1, commit_seconds=0)
+    second = shard_writer(
+        url, resume=True, commit_every=1, commit_seconds=0
+    )  # both read record n, each writes its own shard
+    first.add_episode(**eps[4], behaviour=labels(4, agents), seed=4)  # first creates record n + 1
+    with pytest.raises(ConcurrentWriterError, match="another writer committed record"):
+        second.add_episode(**eps[4], behaviour=labels(4, agents), seed=4)
+    first.close()
+    with pytest.raises(ConcurrentWriterError):
+        second.close()
+    after = madata.open(url)
+    assert after.num_episodes == 5
+    assert after.select(episodes=list(range(4))).episodes.equals(before.episodes)
+    report = madata.verify(url)
+    assert report.ok and any("no commit lists" in n for n in report.notes)  # the loser's shard, never read
+
+
+def test_creating_over_an_existing_dataset_is_refused(tmp_path):
+    agents, eps = episodes()
+    url = f"memory://{uuid.uuid4().hex}/x.zarr"
+    write_sharded(url, agents, eps[:3], [])
+    with pytest.raises(DatasetExistsError, match="use --resume"):
+        madata.create(url, agents, sharded=True)
+    assert madata.open(url).num_episodes == 3
+    with pytest.raises(SchemaError, match="always sharded"):
+        madata.create(url, agents, sharded=False)
+    with pytest.raises(SchemaError, match="storage options apply to fsspec URLs"):
+        madata.open(tmp_path / "x", storage_options={"anon": True})
+
+
+def test_damaged_root_records_are_named_never_skipped(tmp_path):
+    agents, eps = episodes()
+    url = tmp_path / "sharded"
+    write_sharded(url, agents, eps[:3], [])
+    loc = location(url)
+    seq = read_root_record(loc).sequence
+    (url / record_key(seq + 1)).write_text("{not json")
+    with pytest.raises(CorruptionError, match=f"{seq + 1:010d}.json: commit record is not valid"):
+        madata.open(url)
+    (url / record_key(seq + 1)).write_text(json.dumps({"layout": "sharded", "schema_version": 1, "sequence": 7}))
+    with pytest.raises(CorruptionError, match="malformed commit record"):
+        madata.open(url)
+    (url / record_key(seq + 1)).unlink()  # a record naming a shard outside shards/ is refused
+    rec = read_root_record(loc)
+    bad = {**rec.to_json(), "sequence": seq + 1, "shards": [{"path": "../x", "first_episode": 0, "episodes": 1}]}
+    (url / record_key(seq + 1)).write_text(json.dumps(bad))
+    with pytest.raises(CorruptionError, match="is not under shards/"):
+        madata.open(url)
+    (url / record_key(seq + 1)).unlink()
+    (url / "zarr.json").write_text((url / "zarr.json").read_text().replace('"description": ""', '"description": "x"'))
+    with pytest.raises(CorruptionError, match="does not match the digest"):
+        madata.open(url)
+
+
+def test_damage_inside_a_shard_names_the_shard(tmp_path):
+    agents, eps = episodes()
+    url = tmp_path / "sharded"
+    write_sharded(url, agents, eps, [7])
+    shard = read_root_record(location(url)).shards[1].path
+    chunk = url / shard / "reward" / "c" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:-3] + b"xyz")
+    report = madata.verify(url)
+    assert not report.ok and shard in str(report.problems[0]) and "reward chunk 0" in str(report.problems[0])
+
+
+def test_missing_ranges_fill_the_gaps_in_pieces():
+    rec = RootRecord(
+        3, "0" * 64, [ShardRef("shards/a", 0, 4), ShardRef("shards/b", 10, 5), ShardRef("shards/c", 18, 2)]
+    )
+    assert missing_ranges(rec, 25, 3) == [(4, 7), (7, 10), (15, 18), (20, 23), (23, 25)]
+    assert missing_ranges(RootRecord(0, "0" * 64), 5, 2) == [(0, 2), (2, 4), (4, 5)]
+    assert missing_ranges(RootRecord(1, "0" * 64, [ShardRef("shards/a", 0, 5)]), 5, 2) == []
