@@ -114,9 +114,8 @@ def test_a_second_writer_is_refused_and_what_was_committed_stays(tmp_path):
     write_sharded(url, agents, eps[:4], [])
     before = madata.open(url)
     first = shard_writer(url, resume=True, commit_every=1, commit_seconds=0)
-    second = shard_writer(
-        url, resume=True, commit_every=1, commit_seconds=0
-    )  # both read record n, each writes its own shard
+    # both read record n, each writes its own shard
+    second = shard_writer(url, resume=True, commit_every=1, commit_seconds=0)
     first.add_episode(**eps[4], behaviour=labels(4, agents), seed=4)  # first creates record n + 1
     with pytest.raises(ConcurrentWriterError, match="another writer committed record"):
         second.add_episode(**eps[4], behaviour=labels(4, agents), seed=4)
