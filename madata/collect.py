@@ -207,7 +207,7 @@ def collect(
 
         collect_distributed(
             plan, loc, meta, workers=workers, scheduler=scheduler, shard_episodes=shard_episodes,
-            commit_every=commit_every, commit_seconds=commit_seconds, progress=progress, report=report,
+            progress=progress, report=report,
         )  # fmt: skip
         return madata.open(loc)
     # ---- write, in this process

@@ -44,15 +44,17 @@ def missing_ranges(record: RootRecord, episodes: int, size: int) -> list[tuple[i
     return out
 
 
-def collect_shard(plan, loc: Location, meta: Metadata, start: int, stop: int, commit_every: int, commit_seconds: float):
-    """A Dask task: episodes ``start .. stop-1`` of ``plan`` into a new shard of ``loc``; returns its ShardRef."""
-    import torch
+def collect_shard(plan, loc: Location, meta: Metadata, start: int, stop: int):
+    """A Dask task: episodes ``start .. stop-1`` of ``plan`` into a new shard of ``loc``; returns its ShardRef.
 
+    The shard is committed once, when it is whole: a task that dies is run again from its first
+    episode into a new shard, so commits on the way would buy nothing (and cost a PUT per array
+    on object storage). Dask's nanny starts workers with OMP/MKL/OpenBLAS threads at 1, so numpy
+    does not oversubscribe the cores."""
     from madata.writer import DatasetWriter
 
-    torch.set_num_threads(1)  # one core per worker process: threads would fight the other workers
     path = new_shard_path(start)
-    with DatasetWriter.create(loc.child(path), meta, commit_every, commit_seconds) as writer:
+    with DatasetWriter.create(loc.child(path), meta, commit_every=0, commit_seconds=math.inf) as writer:
         for ep in plan.run(start, stop):
             writer.add_episode(**ep)
     return ShardRef(path, start, stop - start)
@@ -92,8 +94,6 @@ def collect_distributed(
     workers: int | None,
     scheduler: str | None,
     shard_episodes: int | None,
-    commit_every: int,
-    commit_seconds: float,
     progress: bool,
     report: Callable[[str], None] | None,
 ) -> RootRecord:
@@ -118,10 +118,7 @@ def collect_distributed(
                 f"collect {plan.task.name}: {len(todo)} shards of up to {size} episodes on {n_workers} Dask workers "
                 f"(dashboard {client.dashboard_link})"
             )
-        futures = [
-            client.submit(collect_shard, plan, loc, meta, a, b, commit_every, commit_seconds, pure=False)
-            for a, b in todo
-        ]
+        futures = [client.submit(collect_shard, plan, loc, meta, a, b, pure=False) for a, b in todo]
         done = plan.episodes - sum(b - a for a, b in todo)
         with episode_bar(plan.episodes, done, f"collect {plan.task.name}", progress) as bar:
             for future in as_completed(futures):

@@ -98,6 +98,11 @@ class Location:
     def create(self, key: str, data: bytes) -> None:
         raise NotImplementedError
 
+    def write_many(self, items: dict[str, bytes]) -> None:
+        """``write`` each (key, data); on object storage as one batch of concurrent PUTs."""
+        for key, data in items.items():
+            self.write(key, data)
+
     def keys(self, prefix: str = "") -> list[str]:
         raise NotImplementedError
 
@@ -223,6 +228,9 @@ class FsspecLocation(Location):
 
     def create(self, key: str, data: bytes) -> None:
         self.fs.pipe_file(self._p(key), data, mode="create")  # FileExistsError when taken
+
+    def write_many(self, items: dict[str, bytes]) -> None:
+        self.fs.pipe({self._p(k): v for k, v in items.items()})
 
     def keys(self, prefix: str = "") -> list[str]:
         base = self._p(prefix)

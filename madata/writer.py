@@ -18,6 +18,7 @@ import os
 import shutil
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
 from typing import Any
@@ -26,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import zarr
+from zarr.storage import MemoryStore
 
 from madata.atomic import fsync_dir
 from madata.commit import ArrayCommit, CommitRecord, PartRecord, read_commit, write_commit
@@ -167,11 +169,13 @@ class DatasetWriter:
         self._last_commit = time.monotonic()
         self._lock = _acquire_lock(root)
         self.store = root.zarr_store()
-        self.columns: dict[str, _Column] = {}
-        for s in self.spec.arrays():
-            committed = record.arrays.get(s.name, ArrayCommit())
+
+        def column(s: ArraySpec) -> _Column:
             arr = zarr.open_array(store=self.store, path=s.name, mode="r+").with_config(_WRITE_CONFIG)
-            self.columns[s.name] = _Column(s, arr, self.store, meta.chunk_rows, committed)
+            return _Column(s, arr, self.store, meta.chunk_rows, record.arrays.get(s.name, ArrayCommit()))
+
+        specs = self.spec.arrays()
+        self.columns: dict[str, _Column] = dict(zip([s.name for s in specs], _each(root, column, specs), strict=True))
         self._schema = episode_table_schema(self.spec.agent_ids)
         self._pending: list[dict[str, Any]] = []  # episode-table rows not yet committed
         self._pending_steps = 0
@@ -419,7 +423,7 @@ class DatasetWriter:
         if not self._pending and not self._closing:
             return
         seq = self.record.sequence + 1
-        arrays = {name: col.flush() for name, col in self.columns.items()}
+        arrays = dict(zip(self.columns, _each(self.location, _Column.flush, list(self.columns.values())), strict=True))
         parts = list(self.record.episode_parts)
         if self._pending:
             table = pa.Table.from_pylist(self._pending, schema=self._schema)
@@ -543,7 +547,10 @@ def _as(value, dtype: str, field: str) -> np.ndarray:
 def _build(loc: Location, meta: Metadata) -> CommitRecord:
     """Write an empty store at ``loc`` (root group, one empty array per field and agent, the first
     commit record) and return that record."""
-    store = loc.zarr_store()
+    # built in memory, then written in one batch: on object storage each of zarr's own checks
+    # and writes would be a request, one after another
+    built: dict[str, Any] = {}
+    store = MemoryStore(built)
     attribute = json.loads(json.dumps(meta.to_json()))  # as a reader will parse it back
     group = zarr.create_group(store=store, attributes={ATTR: attribute})
     for s in meta.spec.arrays():
@@ -556,14 +563,23 @@ def _build(loc: Location, meta: Metadata) -> CommitRecord:
             fill_value=False if s.dtype == "bool" else 0,
             config=_WRITE_CONFIG,
         )
+    loc.write_many({key: buf.to_bytes() for key, buf in built.items()})
     if loc.local:
         (loc.root / EPISODES_DIR).mkdir()
-    _make_durable(loc, store)
     record = CommitRecord(
         arrays={s.name: ArrayCommit() for s in meta.spec.arrays()}, metadata_sha256=metadata_digest(attribute)
     )
     write_commit(loc, record)
     return record
+
+
+def _each(loc: Location, fn, items: list) -> list:
+    """``[fn(x) for x in items]``; on object storage in threads, so that each array's requests wait
+    side by side rather than one after another (zarr's synchronous calls may come from any thread)."""
+    if loc.local or len(items) < 2:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(min(16, len(items))) as pool:
+        return list(pool.map(fn, items))
 
 
 def _make_durable(loc: Location, store) -> None:

@@ -1,0 +1,122 @@
+"""Distributed collection: transitions/s for 1 and 2 Dask workers, to a local disk and to S3, in one run.
+
+For each storage (a local directory; an S3 bucket served by moto on 127.0.0.1, in this
+process) and each worker count, a LocalCluster on 127.0.0.1 is started (not timed), then
+``madata.collect(..., scheduler=...)`` of ``--transitions`` transitions is timed end to
+end: the driver's plan and commits, every task's env construction, stepping, policies
+and shard writes. A single-process collection to the local disk is timed beside them.
+Each run's dataset is checked to hold the same episode table as the single-process one.
+
+    python benchmarks/scale.py --transitions 100000
+
+On a 2-core machine the moto server and the driver share the two cores with the workers,
+which the ratio reflects: each distributed run prints the CPU seconds this process (driver,
+and for s3 the moto server) used. The printed load average says what else ran.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import tempfile
+import time
+import uuid
+import warnings
+from pathlib import Path
+
+from harness import command_line, machine_line, timed
+
+from madata.collect import collect
+
+
+def s3_server():
+    """A moto S3 server on 127.0.0.1 with a bucket; returns (server, storage options)."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    boto3.client(
+        "s3", endpoint_url=endpoint, aws_access_key_id="t", aws_secret_access_key="t", region_name="us-east-1"
+    ).create_bucket(Bucket="scale")
+    return server, {"key": "t", "secret": "t", "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"}}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--task", default="halfcheetah-2x3")
+    p.add_argument("--transitions", type=int, default=100_000, help="collect ceil(this / 1000) episodes")
+    p.add_argument("--workers", default="1,2", help="comma-separated worker counts")
+    p.add_argument("--envs", type=int, default=16, help="env copies per worker (and for the single process)")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args()
+    warnings.filterwarnings("ignore")
+    from dask.distributed import LocalCluster
+
+    command = command_line()
+    episodes = -(-args.transitions // 1000)
+    common = dict(task=args.task, mix=["medium", "expert"], episodes=episodes, seed=0, envs=args.envs)
+    tmp = Path(tempfile.mkdtemp(prefix="madata-scale-"))
+    server, options = s3_server()
+    rows: list[dict] = []
+    result = {"command": command, "machine_before": machine_line(), "runs": rows}
+    try:
+        single, seconds = timed(lambda: collect(out=tmp / "single", **common))
+        reference = single.episodes
+        rows.append({"storage": "local", "workers": 0, "seconds": seconds, "transitions": single.num_transitions})
+        for storage in ("local", "s3"):
+            for n in [int(w) for w in args.workers.split(",")]:
+                out = str(tmp / f"{storage}-{n}") if storage == "local" else f"s3://scale/{uuid.uuid4().hex}.zarr"
+                opts = options if storage == "s3" else None
+                with LocalCluster(
+                    n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0"
+                ) as cluster:
+                    cpu0 = time.process_time()
+                    ds, seconds = timed(
+                        lambda out=out, opts=opts, cluster=cluster: collect(
+                            out=out, storage_options=opts, scheduler=cluster.scheduler_address, **common
+                        )
+                    )
+                assert ds.episodes.equals(reference), f"{storage} x{n}: not the single-process dataset"
+                rows.append(
+                    {
+                        "storage": storage,
+                        "workers": n,
+                        "seconds": seconds,
+                        "transitions": ds.num_transitions,
+                        "shards": len(ds.store.root_record.shards),
+                        # CPU seconds of this process: the driver (plans, commits, the final open) and, for
+                        # s3, the moto server's threads, which take cores from the workers on a small machine
+                        "driver_cpu_seconds": time.process_time() - cpu0,
+                    }
+                )
+                if storage == "local":
+                    shutil.rmtree(out)
+    finally:
+        server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    result["machine_after"] = machine_line()
+    print(f"command: {command}")
+    print(f"{result['machine_after']} (before the run: {result['machine_before'].rsplit('load average ', 1)[1]})")
+    print(f"task {args.task}, mix medium,expert, {episodes} episodes, --envs {args.envs} per worker")
+    base = {r["storage"]: r for r in rows if r["workers"] == 1}
+    for r in rows:
+        r["rate"] = r["transitions"] / r["seconds"]
+        who = "one process, no Dask" if r["workers"] == 0 else f"{r['workers']} Dask worker(s), {r['shards']} shards"
+        speedup = f", {r['rate'] / base[r['storage']]['rate']:.2f} x 1 worker" if r["workers"] > 1 else ""
+        if "driver_cpu_seconds" in r:
+            who += f", driver{' + S3 server' if r['storage'] == 's3' else ''} used {r['driver_cpu_seconds']:.1f} CPU s"
+        print(
+            f"{r['storage']:>5}, {who}: {r['transitions']:,} transitions in {r['seconds']:.1f} s = {r['rate']:,.0f}/s{speedup}"
+        )
+    if args.json:
+        print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
