@@ -20,6 +20,9 @@ import argparse
 import json
 import logging
 import shutil
+import socket
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -31,14 +34,43 @@ from harness import command_line, machine_line, timed
 from madata.collect import collect
 
 
-def s3_server():
-    """A moto S3 server on 127.0.0.1 with a bucket; returns (server, storage options)."""
+class _ServerProcess:
+    """A moto server in a process of its own (its CPU is then not this process's GIL)."""
+
+    def __init__(self):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.1)
+        raise RuntimeError("the moto server did not start")
+
+    def get_host_and_port(self):
+        return "127.0.0.1", self.port
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+
+
+def s3_server(own_process: bool = False):
+    """A moto S3 server on 127.0.0.1 with a bucket, in this process's threads or ``own_process``;
+    returns (server, storage options)."""
     import boto3
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
+    if own_process:
+        server = _ServerProcess()
+    else:
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
     boto3.client(

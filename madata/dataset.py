@@ -282,6 +282,15 @@ class Dataset:
         s1 = int(rows.max()) + 1 if len(rows) else 0
         o1 = int((rows + ep).max()) + 2 if len(rows) else 0
         spans: dict[str, np.ndarray] = {}  # each stored array is read once, even for obs and next_obs
+        stored_names = {
+            key.replace(f, _STORED.get(f, f), 1)
+            for f in fields
+            if f not in ("episode_id", "timestep")
+            for key in ([f"{f}/{a}" for a in agents] if f in _PER_AGENT else [f])
+        }
+        self.store.prefetch(
+            {n: (s0, s1) if self.spec.array(n).rows == "step" else (o0, o1) for n in stored_names}
+        )  # on object storage: every chunk needed in one batch of requests
 
         def span(stored: str) -> np.ndarray:
             if stored not in spans:

@@ -98,6 +98,14 @@ class Location:
     def create(self, key: str, data: bytes) -> None:
         raise NotImplementedError
 
+    def read_many(self, keys: list[str]) -> dict[str, bytes]:
+        """The objects at ``keys`` that exist, by key; on object storage as one batch of concurrent GETs."""
+        out = {}
+        for key in keys:
+            with contextlib.suppress(FileNotFoundError):
+                out[key] = self.read(key)
+        return out
+
     def write_many(self, items: dict[str, bytes]) -> None:
         """``write`` each (key, data); on object storage as one batch of concurrent PUTs."""
         for key, data in items.items():
@@ -228,6 +236,12 @@ class FsspecLocation(Location):
 
     def create(self, key: str, data: bytes) -> None:
         self.fs.pipe_file(self._p(key), data, mode="create")  # FileExistsError when taken
+
+    def read_many(self, keys: list[str]) -> dict[str, bytes]:
+        got = self.fs.cat([self._p(k) for k in keys], on_error="return") if keys else {}
+        if len(keys) == 1:  # fsspec returns the bytes themselves for a single path
+            got = {self._p(keys[0]): got}
+        return {k: v for k in keys if isinstance(v := got.get(self._p(k)), bytes)}
 
     def write_many(self, items: dict[str, bytes]) -> None:
         self.fs.pipe({self._p(k): v for k, v in items.items()})

@@ -330,23 +330,39 @@ class ShardedStore:
     def rows(self, name: str) -> int:
         return self.record.arrays[name].rows
 
-    def read_rows(self, name: str, start: int = 0, stop: int | None = None, cache: bool = False) -> np.ndarray:
-        """Rows ``[start, stop)`` of an array across the shards, each part read (and checked) by its shard."""
-        spec = self.spec.array(name)
-        bounds = self._obs_start if spec.rows == "obs" else self._step_start
-        stop = self.rows(name) if stop is None else stop
-        if not 0 <= start <= stop <= self.rows(name):
-            raise SchemaError(f"{name}: rows {start}..{stop} outside the committed 0..{self.rows(name)}")
-        parts = []
-        i = max(int(np.searchsorted(bounds, start, side="right")) - 1, 0)
+    def _pieces(self, name: str, start: int, stop: int) -> list[tuple[int, int, int]]:
+        """``(shard, start, stop)`` in shard rows of the pieces that make rows ``[start, stop)`` of an array."""
+        bounds = self._obs_start if self.spec.array(name).rows == "obs" else self._step_start
+        out, i = [], max(int(np.searchsorted(bounds, start, side="right")) - 1, 0)
         while start < stop:
             hi = min(stop, bounds[i + 1])
             if hi > start:
-                parts.append(self.shards[i].read_rows(name, start - bounds[i], hi - bounds[i], cache))
+                out.append((i, start - bounds[i], hi - bounds[i]))
             start, i = hi, i + 1
+        return out
+
+    def read_rows(self, name: str, start: int = 0, stop: int | None = None, cache: bool = False) -> np.ndarray:
+        """Rows ``[start, stop)`` of an array across the shards, each part read (and checked) by its shard."""
+        stop = self.rows(name) if stop is None else stop
+        if not 0 <= start <= stop <= self.rows(name):
+            raise SchemaError(f"{name}: rows {start}..{stop} outside the committed 0..{self.rows(name)}")
+        parts = [self.shards[i].read_rows(name, a, b, cache) for i, a, b in self._pieces(name, start, stop)]
         if not parts:
-            return spec.empty(0)
+            return self.spec.array(name).empty(0)
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def prefetch(self, ranges: dict[str, tuple[int, int]]) -> None:
+        """Fetch every chunk file of ``{array: (start, stop)}``, in all shards, as one batch (see Store.prefetch)."""
+        if self.location.local:
+            return
+        wanted = {}  # root key -> (shard, shard key)
+        for name, (start, stop) in ranges.items():
+            for i, a, b in self._pieces(name, start, stop):
+                for key in self.shards[i].chunk_keys(name, a, b):
+                    wanted[f"{self.refs[i].path}/{key}"] = (i, key)
+        for root_key, data in self.location.read_many(list(wanted)).items():
+            i, key = wanted[root_key]
+            self.shards[i]._prefetched[key] = data
 
 
 def _shift(t: pa.Table, episode0: int, step0: int, obs0: int) -> pa.Table:

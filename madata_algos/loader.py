@@ -22,6 +22,8 @@ agents come as lists of per-agent tensors.
 
 from __future__ import annotations
 
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -220,6 +222,11 @@ class StreamingLoader:
     ``sample`` call draws from it, and after ``samples_per_chunk`` draws (default: one
     pass over a chunk's worth of rows) the oldest range is replaced by the next one.
     The order of ranges is reshuffled at every pass over the dataset.
+
+    ``read_ahead`` ranges are read in a background thread while sampling goes on, so a
+    dataset on object storage (``s3://``), where each chunk is a request, does not make
+    training wait for the network; the ranges and the samples are the same with or
+    without it (0 turns it off).
     """
 
     def __init__(
@@ -229,10 +236,15 @@ class StreamingLoader:
         seed: int = 0,
         buffer_chunks: int = 4,
         samples_per_chunk: int | None = None,
+        read_ahead: int = 1,
     ):
         self.ds, self.layout = ds, _Layout(ds)
         if ds.num_transitions == 0:
             raise SchemaError(f"{ds.root}: no transitions to load")
+        if isinstance(read_ahead, bool) or not isinstance(read_ahead, int) or read_ahead < 0:
+            raise SchemaError(
+                f"read_ahead: expected an integer >= 0 (ranges read in the background), got {read_ahead!r}"
+            )
         self.device = torch.device(device) if device is not None else default_device()
         self.rows_per_range = ds.meta.chunk_rows
         self.samples_per_chunk = samples_per_chunk or self.rows_per_range
@@ -244,6 +256,9 @@ class StreamingLoader:
         self._order: list[int] = []  # range indices still to read in this pass (read from the end)
         self._buffered: list[int] = []  # range indices in the buffer, oldest first
         self._drawn = 0
+        self.read_ahead = read_ahead if len(self._ranges) > buffer_chunks else 0
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="madata-read-ahead") if self.read_ahead else None
+        self._ahead: deque[tuple[int, Future]] = deque()  # ranges being read, in the order they will enter
         self._fill(min(buffer_chunks, len(self._ranges)))
 
     def _episode_ranges(self, ids: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
@@ -269,10 +284,27 @@ class StreamingLoader:
         self.layout.pack(tr, packed)
         return torch.from_numpy(packed).to(self.device)
 
+    def _schedule(self, ranges: list[int]) -> None:
+        """Start reading ``ranges`` in the background (they enter the buffer in this order)."""
+        for k in ranges:
+            self._ahead.append((k, self._pool.submit(self._read, k)))
+
+    def _take_next(self) -> tuple[int, torch.Tensor]:
+        """The next range and its rows: from the read-ahead (scheduling one more), or read now."""
+        if not self._pool:
+            k = self._next_range()
+            return k, self._read(k)
+        while len(self._ahead) <= self.read_ahead:  # keep read_ahead ranges in flight after this one
+            self._schedule([self._next_range()])
+        k, future = self._ahead.popleft()
+        return k, future.result()
+
     def _fill(self, n: int) -> None:
         self._buffered = [self._next_range() for _ in range(n)]
         self.buffer = [self._read(k) for k in self._buffered]
         self.data = torch.cat(self.buffer)
+        if self._pool:  # start reading the next ranges now
+            self._schedule([self._next_range() for _ in range(self.read_ahead)])
 
     def sample(self, batch_size: int, n_batches: int | None = None) -> Batch:
         k = 1 if n_batches is None else n_batches
@@ -283,8 +315,9 @@ class StreamingLoader:
             self._drawn = 0
             self._buffered.pop(0)
             self.buffer.pop(0)
-            self._buffered.append(self._next_range())
-            self.buffer.append(self._read(self._buffered[-1]))
+            r, data = self._take_next()
+            self._buffered.append(r)
+            self.buffer.append(data)
             self.data = torch.cat(self.buffer)
         rows = rows.view(batch_size, -1) if n_batches is None else rows.view(k, batch_size, -1)
         return self.layout.unpack(rows)
@@ -296,6 +329,7 @@ class StreamingLoader:
             "rng": self.rng.bit_generator.state,
             "order": list(self._order),
             "buffered": list(self._buffered),
+            "ahead": [k for k, _ in self._ahead],  # drawn from the order already, not yet in the buffer
             "drawn": self._drawn,
         }
 
@@ -306,3 +340,9 @@ class StreamingLoader:
         self._buffered = list(state["buffered"])
         self.buffer = [self._read(k) for k in self._buffered]
         self.data = torch.cat(self.buffer)
+        ahead = list(state.get("ahead", []))
+        if self._pool:
+            self._ahead.clear()  # what was being read belongs to the state replaced
+            self._schedule(ahead)
+        else:  # read without read-ahead: the ranges drawn ahead come first
+            self._order += ahead[::-1]
