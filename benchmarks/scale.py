@@ -79,6 +79,24 @@ def s3_server(own_process: bool = False):
     return server, {"key": "t", "secret": "t", "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"}}
 
 
+def commit_cost(loc_of, counts: list[int], repeats: int = 20) -> dict[int, float]:
+    """Median seconds of one root commit (create-if-absent of the next record) listing ``n`` shards."""
+    from madata.sharded import RootRecord, ShardRef, commit_root
+
+    out = {}
+    for n in counts:
+        loc = loc_of(n)
+        shards = [ShardRef(f"shards/{i * 250:09d}-0000abcd", i * 250, 250) for i in range(n)]
+        times = []
+        for r in range(repeats):
+            rec = RootRecord(r, "0" * 64, shards)
+            t0 = time.perf_counter()
+            commit_root(loc, rec)
+            times.append(time.perf_counter() - t0)
+        out[n] = sorted(times)[len(times) // 2]
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--task", default="halfcheetah-2x3")
@@ -129,6 +147,13 @@ def main() -> None:
                 )
                 if storage == "local":
                     shutil.rmtree(out)
+        from madata.location import location
+
+        counts = [1, 1000, 10000]
+        result["commit_seconds"] = {
+            "local": commit_cost(lambda n: location(tmp / f"commits-{n}"), counts),
+            "s3": commit_cost(lambda n: location(f"s3://scale/commits-{n}", options), counts),
+        }
     finally:
         server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -146,6 +171,9 @@ def main() -> None:
         print(
             f"{r['storage']:>5}, {who}: {r['transitions']:,} transitions in {r['seconds']:.1f} s = {r['rate']:,.0f}/s{speedup}"
         )
+    for storage, costs in result["commit_seconds"].items():
+        each = ", ".join(f"{n:,} shards {sec * 1000:.1f} ms" for n, sec in costs.items())
+        print(f"one root commit (median of 20), {storage}: {each}")
     if args.json:
         print(json.dumps(result))
 

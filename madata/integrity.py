@@ -63,14 +63,18 @@ class Report:
 
 
 def quick_problems(store: Store) -> Iterator[Problem]:
-    """The episode table's index, each array's Zarr metadata, every chunk's presence and stored checksum;
-    decodes only partial last chunks (their stored bytes change as they fill)."""
+    """The episode table's index, each array's Zarr metadata, every chunk's presence and stored checksum
+    (on object storage: its presence, by listing); decodes only partial last chunks (their stored bytes
+    change as they fill)."""
     yield from _table_problems(store)
     for group in sorted({str(Path(s.name).parent) for s in store.spec.arrays()} - {"."}):
         problem = store.group_meta_problem(group)
         if problem:
             yield Problem(problem)
     rec = store.record
+    # on object storage, reading every chunk to open a dataset would download all of it: there the quick
+    # check lists the chunks instead (one request per thousand), and each read still checks what it reads
+    listed = None if store.location.local else set(store.location.keys())
     for spec in store.spec.arrays():
         name = spec.name
         problem = store.array_meta_problem(name)
@@ -82,6 +86,10 @@ def quick_problems(store: Store) -> Iterator[Problem]:
             try:
                 if committed.stored_crc[k] is None:  # partial last chunk: check its decoded committed rows
                     store.read_chunk(name, k, owned=False)
+                elif listed is not None:  # object storage: present, and checked when read
+                    if store.chunk_file(name, k) not in listed:
+                        where = store.location / store.chunk_file(name, k)
+                        yield Problem(str(store.damaged(name, k, f"is missing ({where})")))
                 elif zlib.crc32(store.chunk_bytes(name, k)) != committed.stored_crc[k]:
                     yield Problem(
                         f"{store.root}: {store.chunk_location(name, k)} does not match its stored checksum "

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,14 @@ class Location:
 
     def create(self, key: str, data: bytes) -> None:
         raise NotImplementedError
+
+    def map(self, fn, items: list) -> list:
+        """``[fn(x) for x in items]`` for work that waits on this storage: on object storage in threads, so
+        that the requests wait side by side rather than one after another."""
+        if self.local or len(items) < 2:
+            return [fn(x) for x in items]
+        with ThreadPoolExecutor(min(16, len(items))) as pool:
+            return list(pool.map(fn, items))
 
     def read_many(self, keys: list[str]) -> dict[str, bytes]:
         """The objects at ``keys`` that exist, by key; on object storage as one batch of concurrent GETs."""

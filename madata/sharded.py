@@ -305,8 +305,8 @@ class ShardedStore:
                 "it was edited or damaged after it was written"
             )
         refs = record.visible
-        shards = []
-        for ref in refs:
+
+        def open_shard(ref: ShardRef) -> Store:
             store = Store.open(loc.child(ref.path))
             if store.record.metadata_sha256 != digest:
                 raise CorruptionError(f"{loc / ref.path}: the shard's metadata differs from the dataset's")
@@ -315,8 +315,9 @@ class ShardedStore:
                     f"{loc / ref.path}: the shard holds {store.record.num_episodes} episodes, "
                     f"the commit record lists {ref.episodes}"
                 )
-            shards.append(store)
-        return cls(loc, meta, record, shards, refs)
+            return store
+
+        return cls(loc, meta, record, loc.map(open_shard, refs), refs)
 
     @property
     def spec(self):

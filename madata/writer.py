@@ -18,7 +18,6 @@ import os
 import shutil
 import time
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
 from typing import Any
@@ -175,7 +174,7 @@ class DatasetWriter:
             return _Column(s, arr, self.store, meta.chunk_rows, record.arrays.get(s.name, ArrayCommit()))
 
         specs = self.spec.arrays()
-        self.columns: dict[str, _Column] = dict(zip([s.name for s in specs], _each(root, column, specs), strict=True))
+        self.columns: dict[str, _Column] = dict(zip([s.name for s in specs], root.map(column, specs), strict=True))
         self._schema = episode_table_schema(self.spec.agent_ids)
         self._pending: list[dict[str, Any]] = []  # episode-table rows not yet committed
         self._pending_steps = 0
@@ -423,7 +422,7 @@ class DatasetWriter:
         if not self._pending and not self._closing:
             return
         seq = self.record.sequence + 1
-        arrays = dict(zip(self.columns, _each(self.location, _Column.flush, list(self.columns.values())), strict=True))
+        arrays = dict(zip(self.columns, self.location.map(_Column.flush, list(self.columns.values())), strict=True))
         parts = list(self.record.episode_parts)
         if self._pending:
             table = pa.Table.from_pylist(self._pending, schema=self._schema)
@@ -571,15 +570,6 @@ def _build(loc: Location, meta: Metadata) -> CommitRecord:
     )
     write_commit(loc, record)
     return record
-
-
-def _each(loc: Location, fn, items: list) -> list:
-    """``[fn(x) for x in items]``; on object storage in threads, so that each array's requests wait
-    side by side rather than one after another (zarr's synchronous calls may come from any thread)."""
-    if loc.local or len(items) < 2:
-        return [fn(x) for x in items]
-    with ThreadPoolExecutor(min(16, len(items))) as pool:
-        return list(pool.map(fn, items))
 
 
 def _make_durable(loc: Location, store) -> None:

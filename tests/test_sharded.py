@@ -184,3 +184,28 @@ def test_missing_ranges_fill_the_gaps_in_pieces():
     assert missing_ranges(rec, 25, 3) == [(4, 7), (7, 10), (15, 18), (20, 23), (23, 25)]
     assert missing_ranges(RootRecord(0, "0" * 64), 5, 2) == [(0, 2), (2, 4), (4, 5)]
     assert missing_ranges(RootRecord(1, "0" * 64, [ShardRef("shards/a", 0, 5)]), 5, 2) == []
+
+
+def test_on_object_storage_open_lists_the_chunks_and_every_read_checks_them():
+    """Opening a remote dataset must not download it: the quick check lists chunks (a missing one is named);
+    a damaged one is found by the read that touches it and by a full verify."""
+    import fsspec
+
+    agents, eps = episodes()
+    url = f"memory://{uuid.uuid4().hex}/x.zarr"
+    write_sharded(url, agents, eps, [7])
+    loc = location(url)
+    shard = read_root_record(loc).shards[0].path
+    fs = fsspec.filesystem("memory")
+    chunk = f"{loc.path}/{shard}/reward/c/0"
+    good = fs.cat_file(chunk)
+    fs.pipe_file(chunk, good[:-3] + b"xyz")
+    ds = madata.open(url)  # listed, not read
+    with pytest.raises(CorruptionError, match="reward chunk 0"):
+        ds.transitions(fields=["reward"])
+    assert not madata.verify(url).ok
+    fs.rm_file(chunk)
+    with pytest.raises(CorruptionError, match=r"reward chunk 0 .* is missing"):
+        madata.open(url)
+    fs.pipe_file(chunk, good)
+    assert madata.verify(url).ok
