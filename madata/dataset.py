@@ -350,12 +350,17 @@ def open(  # noqa: A001
     ``verify="quick"`` (default) checks metadata, commit record, episode table, every
     array's shape and dtype, that every chunk file exists and matches its stored
     checksum (full chunks: raw bytes; the partial last chunk: decoded content). It reads
-    each file once without decoding, which is fast. Every later read is checked again
-    against the content checksums; ``madata verify`` checks everything.
+    each file once without decoding, which is fast. On object storage (``s3://...``, with
+    ``storage_options``) it checks the root, each shard's metadata, commit record and
+    episode table only: reading every chunk would download the dataset. Every later read
+    is checked against the content checksums; ``madata verify`` checks everything.
     """
     ds = Dataset.load(path, storage_options)
     if verify == "quick":
-        stores = getattr(ds.store, "shards", [ds.store])  # a sharded dataset: each shard's own checks
+        # a sharded dataset: each shard's own checks. On object storage a shard's metadata, commit record and
+        # episode table were checked as it was opened, and every chunk is checked as it is read; the rest of
+        # the quick check (a request per array, per partial chunk) is `verify`'s, or opening would cost minutes
+        stores = getattr(ds.store, "shards", [ds.store]) if ds.store.location.local else []
         problems = [p for store in stores for p in quick_problems(store)]
         if problems:
             more = f" (and {len(problems) - 3} more; run `madata verify {ds.root}`)" if len(problems) > 3 else ""

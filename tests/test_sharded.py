@@ -186,9 +186,10 @@ def test_missing_ranges_fill_the_gaps_in_pieces():
     assert missing_ranges(RootRecord(1, "0" * 64, [ShardRef("shards/a", 0, 5)]), 5, 2) == []
 
 
-def test_on_object_storage_open_lists_the_chunks_and_every_read_checks_them():
-    """Opening a remote dataset must not download it: the quick check lists chunks (a missing one is named);
-    a damaged one is found by the read that touches it and by a full verify."""
+def test_on_object_storage_open_downloads_no_chunk_and_every_read_checks_them():
+    """Opening a remote dataset must not download it: it reads each shard's metadata, commit record and
+    episode table; a damaged or missing chunk is found by the read that touches it and by verify
+    (``--quick`` lists the chunks instead of reading them)."""
     import fsspec
 
     agents, eps = episodes()
@@ -200,12 +201,16 @@ def test_on_object_storage_open_lists_the_chunks_and_every_read_checks_them():
     chunk = f"{loc.path}/{shard}/reward/c/0"
     good = fs.cat_file(chunk)
     fs.pipe_file(chunk, good[:-3] + b"xyz")
-    ds = madata.open(url)  # listed, not read
+    ds = madata.open(url)
     with pytest.raises(CorruptionError, match="reward chunk 0"):
         ds.transitions(fields=["reward"])
     assert not madata.verify(url).ok
+    assert madata.verify(url, full=False).ok  # present: the quick check lists, it does not read
     fs.rm_file(chunk)
+    ds = madata.open(url)
     with pytest.raises(CorruptionError, match=r"reward chunk 0 .* is missing"):
-        madata.open(url)
+        ds.transitions(fields=["reward"])
+    report = madata.verify(url, full=False)
+    assert not report.ok and "is missing" in str(report.problems[0]) and shard in str(report.problems[0])
     fs.pipe_file(chunk, good)
     assert madata.verify(url).ok
