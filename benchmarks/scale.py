@@ -97,6 +97,44 @@ def commit_cost(loc_of, counts: list[int], repeats: int = 20) -> dict[int, float
     return out
 
 
+def open_cost(counts: list[int]) -> dict[int, float]:
+    """Median seconds (of 3) to open a dataset of ``n`` one-episode shards on S3, moto in its own process."""
+    import numpy as np
+
+    import madata
+    from madata.schema import AgentSpec
+    from madata.sharded import shard_writer
+    from madata.spaces import Box
+
+    server, options = s3_server(own_process=True)
+    try:
+        agents = [AgentSpec(f"agent_{i}", Box.make(-np.inf, np.inf, (12,)), Box.make(-1, 1, (3,))) for i in range(2)]
+        rng, T = np.random.default_rng(0), 10
+        ep = dict(
+            obs={a.id: rng.standard_normal((T + 1, 12), dtype=np.float32) for a in agents},
+            actions={a.id: rng.uniform(-1, 1, (T, 3)).astype(np.float32) for a in agents},
+            rewards=rng.standard_normal(T),
+            terminated=np.zeros(T, bool),
+            truncated=np.arange(T) == T - 1,
+        )
+        url, made, out = "s3://scale/opening.zarr", 0, {}
+        for n in counts:
+            while made < n:
+                first = made == 0
+                w = (
+                    madata.create(url, agents, storage_options=options)
+                    if first
+                    else shard_writer(url, resume=True, storage_options=options)
+                )
+                with w:
+                    w.add_episode(**ep)
+                made += 1
+            out[n] = sorted(timed(lambda: madata.open(url, storage_options=options))[1] for _ in range(3))[1]
+        return out
+    finally:
+        server.stop()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--task", default="halfcheetah-2x3")
@@ -171,6 +209,9 @@ def main() -> None:
         print(
             f"{r['storage']:>5}, {who}: {r['transitions']:,} transitions in {r['seconds']:.1f} s = {r['rate']:,.0f}/s{speedup}"
         )
+    result["open_seconds"] = open_cost([10, 100])
+    each = ", ".join(f"{n} shards {sec:.2f} s" for n, sec in result["open_seconds"].items())
+    print(f"opening a dataset on S3 (moto in its own process), median of 3: {each}")
     for storage, costs in result["commit_seconds"].items():
         each = ", ".join(f"{n:,} shards {sec * 1000:.1f} ms" for n, sec in costs.items())
         print(f"one root commit (median of 20), {storage}: {each}")

@@ -147,7 +147,13 @@ def dataset(data_dir: Path, task: str, name: str, protocol: Protocol) -> Path:
     """The dataset for (task, name), collected (or finished) first: `madata collect TASK --mix LEVELS --seed 0`."""
     from madata.collect import collect
 
+    import madata
+
     path = data_dir / f"{task}-{name}.zarr"
+    if path.exists():  # finished already: reading it takes no lock, so workers started together do not collide
+        ds = madata.open(path, verify="none")
+        if ds.record.complete and ds.num_episodes == protocol.episodes:
+            return path
     collect(task, path, mix=DATASETS[name], episodes=protocol.episodes, seed=0, resume=True, progress=True)
     return path
 

@@ -454,10 +454,23 @@ def _check_same_collection(root: Location, requested: dict[str, Any]) -> None:
     """Refuse to resume into a dataset made by another collection (before touching it)."""
     stored = read_root(root)[0].provenance
     stored = {**_BEFORE_OPTIONS, "mix_by": "agent" if stored.get("mix") else None, **stored}
+    refuse_other_collection(root, stored, requested, _MATCH_KEYS, unrecorded_ok=("policies",))
+
+
+def refuse_other_collection(
+    root: Location | str | os.PathLike,
+    stored: dict[str, Any],
+    requested: dict[str, Any],
+    keys: Sequence[str],
+    unrecorded_ok: Sequence[str] = (),
+) -> None:
+    """Raise DatasetExistsError naming every field of ``keys`` where the ``stored`` provenance differs from
+    the ``requested`` one (innermost first: ``policies.medium.checkpoint``); fields in ``unrecorded_ok``
+    may be missing from what older collectors stored."""
     diffs = []
-    for k in _MATCH_KEYS:
+    for k in keys:
         if k not in stored:
-            if k != "policies":  # older collectors did not record their policies
+            if k not in unrecorded_ok:
                 diffs.append(f"{k}: not recorded, requested {requested[k]!r}")
         elif stored[k] != requested[k]:
             diffs += _differences(k, stored[k], requested[k])

@@ -55,9 +55,9 @@ from typing import Any
 import numpy as np
 
 import madata
-from madata.collect import episode_bar, parse_int
+from madata.collect import episode_bar, parse_int, refuse_other_collection
 from madata.dataset import Dataset
-from madata.errors import DatasetExistsError, SchemaError, UnknownNameError
+from madata.errors import SchemaError, UnknownNameError
 from madata.schema import AgentSpec
 from madata.spaces import Box, Discrete
 from madata.store import read_root
@@ -173,17 +173,12 @@ def collect_pettingzoo(
         root = Path(out)
         resuming = resume and (root / "zarr.json").exists()
         if resuming:
-            stored = read_root(root)[0].provenance
-            diffs = [
-                k
-                for k in ("producer", "env", "env_kwargs", "labels", "policies", "episodes", "seed", "max_steps")
-                if stored.get(k) != provenance[k]
-            ]
-            if diffs:
-                raise DatasetExistsError(
-                    f"{root}: holds a different collection ({', '.join(f'{k}: stored {stored.get(k)!r}' for k in diffs)[:300]}); "
-                    "nothing was overwritten"
-                )
+            refuse_other_collection(
+                root,
+                read_root(root)[0].provenance,
+                provenance,
+                ("producer", "env", "env_kwargs", "labels", "policies", "episodes", "seed", "max_steps"),
+            )
             writer = DatasetWriter.resume(root, commit_every=commit_every, commit_seconds=commit_seconds)
         else:
             writer = madata.create(

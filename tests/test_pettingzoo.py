@@ -68,7 +68,7 @@ def test_same_seed_same_data_and_resume_continues_bit_for_bit(tmp_path):
     ta, tb, tc = a.transitions(), b.transitions(), c.transitions()
     assert all(np.array_equal(ta[k], tb[k]) for k in ta)
     assert not np.array_equal(ta["action/agent_1"], tc["action/agent_1"])
-    with pytest.raises(DatasetExistsError, match="different collection.*seed"):
+    with pytest.raises(DatasetExistsError, match="different dataset.*seed: stored 3, requested 9"):
         collect_pettingzoo(SPREAD, tmp_path / "a", policies=mix(), episodes=5, seed=9, resume=True)
 
 
