@@ -145,9 +145,8 @@ def git_commit() -> str:
 
 def dataset(data_dir: Path, task: str, name: str, protocol: Protocol) -> Path:
     """The dataset for (task, name), collected (or finished) first: `madata collect TASK --mix LEVELS --seed 0`."""
-    from madata.collect import collect
-
     import madata
+    from madata.collect import collect
 
     path = data_dir / f"{task}-{name}.zarr"
     if path.exists():  # finished already: reading it takes no lock, so workers started together do not collide
