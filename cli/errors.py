@@ -47,10 +47,10 @@ def run(app: typer.Typer, args: list[str] | None = None) -> int:
         where = f"`{e.ctx.command_path} --help`" if e.ctx is not None else "`madata --help`"
         typer.echo(f"madata: error: {e.format_message()} (see {where})", err=True)
         return 2
-    except click_exceptions.Abort:
+    except typer.Abort:  # typer's own classes: its vendored click has no Abort or Exit of its own
         typer.echo("madata: interrupted", err=True)
         return 130
-    except click_exceptions.Exit as e:
+    except typer.Exit as e:
         return e.exit_code
     return code if isinstance(code, int) else 0
 

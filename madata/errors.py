@@ -27,6 +27,10 @@ class OutputError(MadataError, OSError):
     """An output that cannot be written: a missing directory, a directory in the way, a read-only or full disk."""
 
 
+class StorageError(MadataError, OSError):
+    """Storage that cannot be reached or used: missing credentials, no such bucket, access denied, the network."""
+
+
 class CorruptionError(MadataError):
     """Stored bytes that do not match what was committed (checksum, missing chunk, truncated file)."""
 

@@ -22,6 +22,7 @@ A Location pickles as its URL and storage options, so it travels to Dask workers
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -32,7 +33,7 @@ from zarr.core.buffer import Buffer
 from zarr.storage import FsspecStore, LocalStore
 
 from madata.atomic import fsync_dir, write_bytes_atomic
-from madata.errors import OutputError, SchemaError
+from madata.errors import MadataError, OutputError, SchemaError, StorageError
 
 
 class _Tracking:
@@ -213,6 +214,25 @@ class LocalLocation(Location):
             fsync_dir(d)
 
 
+def _storage_errors(method):
+    """Let FileNotFoundError and FileExistsError through (they mean something to the caller); any other
+    failure of the file system (credentials, permissions, no such bucket, the network) becomes a
+    StorageError naming the URL and the operation."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except (FileNotFoundError, FileExistsError, MadataError):
+            raise
+        except Exception as e:  # noqa: BLE001 - every backend raises its own kinds (botocore, aiohttp, gcsfs...)
+            raise StorageError(
+                f"{self.url}: {method.__name__} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else e!r}"
+            ) from e
+
+    return wrapper
+
+
 class FsspecLocation(Location):
     """A prefix on an fsspec file system (object storage has no rename and no directories)."""
 
@@ -237,34 +257,42 @@ class FsspecLocation(Location):
     def child(self, key: str) -> FsspecLocation:
         return FsspecLocation(f"{self.url}/{key}", self.storage_options)
 
+    @_storage_errors
     def read(self, key: str) -> bytes:
         return self.fs.cat_file(self._p(key))
 
+    @_storage_errors
     def write(self, key: str, data: bytes) -> None:
         self.fs.pipe_file(self._p(key), data)
 
+    @_storage_errors
     def create(self, key: str, data: bytes) -> None:
         self.fs.pipe_file(self._p(key), data, mode="create")  # FileExistsError when taken
 
+    @_storage_errors
     def read_many(self, keys: list[str]) -> dict[str, bytes]:
         got = self.fs.cat([self._p(k) for k in keys], on_error="return") if keys else {}
         if len(keys) == 1:  # fsspec returns the bytes themselves for a single path
             got = {self._p(keys[0]): got}
         return {k: v for k in keys if isinstance(v := got.get(self._p(k)), bytes)}
 
+    @_storage_errors
     def write_many(self, items: dict[str, bytes]) -> None:
         self.fs.pipe({self._p(k): v for k, v in items.items()})
 
+    @_storage_errors
     def keys(self, prefix: str = "") -> list[str]:
         base = self._p(prefix)
         self.fs.invalidate_cache(base)  # listings are cached; another writer may have added keys
         found = self.fs.find(base)
         return sorted(p[len(self.path) + 1 :] for p in found if p.startswith(self.path + "/"))
 
+    @_storage_errors
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(self._p(key))
 
+    @_storage_errors
     def exists(self, key: str = "") -> bool:
         self.fs.invalidate_cache(self._p(key))
         return self.fs.exists(self._p(key))
@@ -272,6 +300,7 @@ class FsspecLocation(Location):
     def zarr_store(self, read_only: bool = False) -> TrackingFsspecStore:
         return TrackingFsspecStore.from_url(self.url, storage_options=self.storage_options, read_only=read_only)
 
+    @_storage_errors
     def size(self) -> int:
         self.fs.invalidate_cache(self.path)
         return int(self.fs.du(self.path))

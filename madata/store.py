@@ -111,7 +111,9 @@ def read_root(root: Location | str | Path) -> tuple[Metadata, str]:
         obj = read_json_file(root, "zarr.json", "the root group's metadata")
     except FileNotFoundError:
         if not root.exists():
-            raise DatasetNotFoundError(f"{root}: no such dataset directory") from None
+            raise DatasetNotFoundError(
+                f"{root}: no such dataset directory" if root.local else f"{root}: no madata dataset at this URL"
+            ) from None
         raise DatasetNotFoundError(f"{root}: not a madata dataset (no zarr.json)") from None
     if not isinstance(obj, dict):
         raise CorruptionError(f"{path}: expected a JSON object, got {type(obj).__name__}")

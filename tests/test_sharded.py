@@ -214,3 +214,42 @@ def test_on_object_storage_open_downloads_no_chunk_and_every_read_checks_them():
     assert not report.ok and "is missing" in str(report.problems[0]) and shard in str(report.problems[0])
     fs.pipe_file(chunk, good)
     assert madata.verify(url).ok
+
+
+def test_the_cli_reads_a_dataset_at_a_url(tmp_path):
+    """info, verify and export take an fsspec URL (memory:// here: in-process, so the CLI runs in-process too)."""
+    import pyarrow.parquet as pq
+    from typer.testing import CliRunner
+
+    from cli.app import app
+
+    agents, eps = episodes()
+    url = f"memory://{uuid.uuid4().hex}/x.zarr"
+    write_sharded(url, agents, eps, [5])
+    runner = CliRunner()
+    res = runner.invoke(app, ["verify", url])
+    assert res.exit_code == 0 and f"OK: {url}: 14 episodes" in res.output, res.output
+    res = runner.invoke(app, ["export", url, "-o", str(tmp_path / "t.parquet")])
+    assert res.exit_code == 0, res.output
+    table = pq.read_table(tmp_path / "t.parquet")
+    assert table.num_rows == sum(LENGTHS) and table.column("episode_id").to_pylist()[-1] == len(LENGTHS) - 1
+    res = runner.invoke(app, ["info", f"memory://{uuid.uuid4().hex}/none.zarr"])
+    assert res.exit_code == 2 and "none.zarr: no madata dataset at this URL" in res.output, res.output
+
+
+def test_storage_failures_are_one_madata_error_naming_the_url(monkeypatch):
+    from madata.errors import StorageError
+
+    loc = location(f"memory://{uuid.uuid4().hex}/x.zarr")
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("Unable to locate credentials\nmore detail")
+
+    monkeypatch.setattr(loc.fs, "cat_file", refuse)
+    with pytest.raises(
+        StorageError, match=r"memory://.*/x.zarr: read failed: RuntimeError: Unable to locate credentials$"
+    ):
+        loc.read("zarr.json")
+    monkeypatch.setattr(loc.fs, "cat_file", lambda *a, **k: (_ for _ in ()).throw(FileNotFoundError("x")))
+    with pytest.raises(FileNotFoundError):  # means "absent" to the caller: not turned into a StorageError
+        loc.read("zarr.json")
