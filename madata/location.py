@@ -226,9 +226,8 @@ def _storage_errors(method):
         except (FileNotFoundError, FileExistsError, MadataError):
             raise
         except Exception as e:  # noqa: BLE001 - every backend raises its own kinds (botocore, aiohttp, gcsfs...)
-            raise StorageError(
-                f"{self.url}: {method.__name__} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else e!r}"
-            ) from e
+            detail = str(e).splitlines()[0] if str(e) else repr(e)
+            raise StorageError(f"{self.url}: {method.__name__} failed: {type(e).__name__}: {detail}") from e
 
     return wrapper
 
