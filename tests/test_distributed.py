@@ -130,6 +130,38 @@ def test_one_process_writes_to_s3_and_resumes_there(s3, reference):
     assert madata.verify(out, storage_options=options).ok
 
 
+def test_one_process_killed_hard_on_s3_resumes_to_the_same_dataset(s3, reference, tmp_path):
+    """SIGKILL at a random moment after the first root commits: what is listed opens whole, and --resume
+    (a new shard after it) ends with the dataset an uninterrupted collection writes."""
+    out = url()
+    script = (
+        "from madata.collect import collect\n"
+        f"collect(out={out!r}, episodes=6, max_steps=400, storage_options={s3['options']!r}, envs=1,\n"
+        "        commit_every=1, commit_seconds=0, task='halfcheetah-2x3', mix=['medium', 'expert'], seed=5)\n"
+    )
+    (tmp_path / "one.py").write_text(script)
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "one.py")], cwd=tmp_path)
+    loc = location(out, s3["options"])
+    seen = 0
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if loc.exists("zarr.json") and loc.keys("commits") and read_root_record(loc).num_episodes >= 2:
+                seen = read_root_record(loc).num_episodes
+                break
+            time.sleep(0.02)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert 2 <= seen < 6, f"killed with {seen} episodes committed"
+    killed = madata.open(out, storage_options=s3["options"])
+    assert killed.num_episodes >= seen
+    assert_same(killed, reference[(6, 400)].select(episodes=list(range(killed.num_episodes))))
+    ds = collect(out=out, episodes=6, max_steps=400, storage_options=s3["options"], resume=True, **TASK)
+    assert_same(ds, reference[(6, 400)])
+    assert madata.verify(out, storage_options=s3["options"]).ok
+
+
 def test_a_killed_worker_loses_and_duplicates_nothing(s3, cluster, reference):
     out = url()
     client = distributed.Client(cluster)
