@@ -21,6 +21,7 @@ import numpy as np
 from madata.commit import PartRecord, write_commit
 from madata.errors import CorruptionError, MadataError
 from madata.schema import END_KINDS
+from madata.sharded import SHARDS_DIR, open_store
 from madata.spaces import Box, Discrete
 from madata.store import Store, partial_files, read_root
 
@@ -257,8 +258,6 @@ class _EpisodeChecks:
 def verify(path: str | Path, full: bool = True, storage_options: dict | None = None) -> Report:
     """Check a store (or every shard of a sharded dataset) completely; returns a :class:`Report`
     listing every problem found. ``path``: a directory or an fsspec URL."""
-    from madata.sharded import SHARDS_DIR, open_store
-
     report = Report(str(path))
     try:
         opened = open_store(path, storage_options)

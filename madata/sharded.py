@@ -42,7 +42,7 @@ import pyarrow as pa
 from madata.commit import ArrayCommit, CommitRecord
 from madata.errors import CorruptionError, DatasetExistsError, DatasetNotFoundError, SchemaError
 from madata.location import Location, location
-from madata.schema import SCHEMA_VERSION, Metadata, dumps
+from madata.schema import SCHEMA_VERSION, Metadata, dumps, episode_table_schema
 from madata.store import ATTR, Store, metadata_digest, read_root
 
 COMMITS_DIR = "commits"
@@ -211,6 +211,12 @@ def shard_writer(
         rec = read_root_record(loc)
         if rec.metadata_sha256 != digest:
             raise CorruptionError(f"{loc / 'zarr.json'}: the metadata does not match the digest in its commit record")
+        if len(rec.visible) < len(rec.shards):  # one process appends at the end; a gap is a distributed job's
+            gap = rec.shards[len(rec.visible)]
+            raise DatasetExistsError(
+                f"{loc}: episodes {rec.num_episodes}..{gap.first_episode - 1} are missing before committed ones "
+                "(a distributed collection was stopped); resume it with --workers or --scheduler, which fill gaps"
+            )
     else:
         rec = create_root(loc, stamp(meta))
     first = rec.num_episodes
@@ -361,9 +367,12 @@ class ShardedStore:
             for i, a, b in self._pieces(name, start, stop):
                 for key in self.shards[i].chunk_keys(name, a, b):
                     wanted[f"{self.refs[i].path}/{key}"] = (i, key)
+        per_shard: dict[int, dict[str, bytes]] = {}
         for root_key, data in self.location.read_many(list(wanted)).items():
             i, key = wanted[root_key]
-            self.shards[i]._prefetched[key] = data
+            per_shard.setdefault(i, {})[key] = data
+        for i, chunks in per_shard.items():
+            self.shards[i].hold(chunks)
 
 
 def _shift(t: pa.Table, episode0: int, step0: int, obs0: int) -> pa.Table:
@@ -375,8 +384,6 @@ def _shift(t: pa.Table, episode0: int, step0: int, obs0: int) -> pa.Table:
 
 
 def _empty_table(meta: Metadata) -> pa.Table:
-    from madata.schema import episode_table_schema
-
     return episode_table_schema(meta.spec.agent_ids).empty_table()
 
 

@@ -264,7 +264,11 @@ class Store:
         object storage each chunk is a request, and one after another they would wait in turn. Locally a no-op."""
         if not self.location.local:
             keys = [key for name, (a, b) in ranges.items() for key in self.chunk_keys(name, a, b)]
-            self._prefetched.update(self.location.read_many(keys))
+            self.hold(self.location.read_many(keys))
+
+    def hold(self, chunks: dict[str, bytes]) -> None:
+        """Keep encoded chunk files fetched elsewhere (by key) for the next read of each; they are checked then."""
+        self._prefetched.update(chunks)
 
     def read_chunk(self, name: str, k: int, owned: bool = True) -> np.ndarray:
         """Chunk ``k``'s committed rows, decoded and checked against the committed content checksum: a

@@ -107,6 +107,8 @@ def test_readers_take_the_newest_record_and_only_its_prefix_of_each_shard(tmp_pa
     commit_root(loc, gap)
     assert madata.open(url).num_episodes == 0
     assert any("wait for an earlier gap" in n for n in madata.verify(url).notes)
+    with pytest.raises(DatasetExistsError, match=r"episodes 0..5 are missing before committed ones"):
+        shard_writer(url, resume=True)  # one process appends at the end: it must not write over a later shard
 
 
 def test_a_second_writer_is_refused_and_what_was_committed_stays(tmp_path):
@@ -254,3 +256,25 @@ def test_storage_failures_are_one_madata_error_naming_the_url(monkeypatch):
     monkeypatch.setattr(loc.fs, "cat_file", lambda *a, **k: (_ for _ in ()).throw(FileNotFoundError("x")))
     with pytest.raises(FileNotFoundError):  # means "absent" to the caller: not turned into a StorageError
         loc.read("zarr.json")
+
+
+def test_a_remote_read_fetches_its_chunks_in_one_batch(monkeypatch):
+    """transitions() on object storage asks for every chunk it needs at once (read_many), not one by one."""
+    from madata.location import FsspecLocation
+
+    agents, eps = episodes()
+    url = f"memory://{uuid.uuid4().hex}/x.zarr"
+    write_sharded(url, agents, eps, [4, 9])
+    ds = madata.open(url)
+    single, batches = [], []
+    read, read_many = FsspecLocation.read, FsspecLocation.read_many
+    monkeypatch.setattr(FsspecLocation, "read", lambda self, key: single.append(key) or read(self, key))
+    monkeypatch.setattr(FsspecLocation, "read_many", lambda self, keys: batches.append(keys) or read_many(self, keys))
+    tr = ds.transitions()
+    assert [k for k in single if "/c/" in k] == []  # no chunk read alone
+    assert len(batches) == 1 and len(batches[0]) == sum(
+        len(store.chunk_keys(spec.name, 0, store.rows(spec.name)))
+        for store in ds.store.shards
+        for spec in ds.spec.arrays()
+    )
+    assert len(tr["reward"]) == sum(LENGTHS)
