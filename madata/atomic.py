@@ -43,16 +43,22 @@ def check_output(path: str | os.PathLike, overwrite: bool = True, what: str = "f
 
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike, overwrite: bool = True, what: str = "file") -> Iterator[Path]:
-    """A temporary path to write to; on success it replaces ``path`` (durably), on any error it is removed."""
+    """A temporary path to write to; on success it replaces ``path`` (durably), on any error it is removed.
+    Without ``overwrite`` it becomes ``path`` only if no one else created it first (a hard link: atomic,
+    refused when the name exists); madata's create-if-absent commits rest on that."""
     path = check_output(path, overwrite, what)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        if not overwrite and path.exists():  # appeared meanwhile: never replace what a user wrote
-            raise DatasetExistsError(f"{path}: appeared while it was being written; nothing was replaced")
-        os.replace(tmp, path)
+        if overwrite:
+            os.replace(tmp, path)
+        else:  # a hard link fails if the name was taken meanwhile: never replace what someone else wrote
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise DatasetExistsError(f"{path}: appeared while it was being written; nothing was replaced") from None
         fsync_dir(path.parent)
     except MadataError:
         raise

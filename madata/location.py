@@ -33,7 +33,7 @@ from zarr.core.buffer import Buffer
 from zarr.storage import FsspecStore, LocalStore
 
 from madata.atomic import fsync_dir, write_bytes_atomic
-from madata.errors import MadataError, OutputError, SchemaError, StorageError
+from madata.errors import MadataError, SchemaError, StorageError
 
 
 class _Tracking:
@@ -164,23 +164,8 @@ class LocalLocation(Location):
         write_bytes_atomic(self.root / key, data)
 
     def create(self, key: str, data: bytes) -> None:
-        path = self.root / key
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.link(tmp, path)  # atomic, and fails with FileExistsError when the name is taken
-            fsync_dir(path.parent)
-        except FileExistsError:
-            raise
-        except OSError as e:
-            raise OutputError(f"{path}: cannot be written ({e.strerror or e})") from e
-        finally:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+        (self.root / key).parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(self.root / key, data, overwrite=False)  # DatasetExistsError is a FileExistsError
 
     def keys(self, prefix: str = "") -> list[str]:
         base = self.root / prefix if prefix else self.root

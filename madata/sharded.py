@@ -43,7 +43,7 @@ from madata.commit import ArrayCommit, CommitRecord
 from madata.errors import CorruptionError, DatasetExistsError, DatasetNotFoundError, SchemaError
 from madata.location import Location, location
 from madata.schema import SCHEMA_VERSION, Metadata, dumps, episode_table_schema
-from madata.store import ATTR, Store, metadata_digest, read_root
+from madata.store import ATTR, Store, StoreBase, metadata_digest, read_root
 
 COMMITS_DIR = "commits"
 SHARDS_DIR = "shards"
@@ -271,7 +271,7 @@ class ShardWriter:
 # ---------------------------------------------------------------- reading
 
 
-class ShardedStore:
+class ShardedStore(StoreBase):
     """A sharded dataset opened for reading: the same interface as :class:`~madata.store.Store` for
     :class:`~madata.dataset.Dataset` (``meta``, ``record``, ``table``, ``column``, ``read_rows``),
     reading each shard's rows through that shard's own checked Store."""
@@ -279,7 +279,6 @@ class ShardedStore:
     def __init__(self, loc: Location, meta: Metadata, record: RootRecord, shards: list[Store], refs: list[ShardRef]):
         self.location, self.meta, self.root_record = loc, meta, record
         self.shards, self.refs = shards, refs
-        self.root = loc.root if loc.local else loc.url
         tables, self._step_start, self._obs_start = [], [0], [0]
         for store, ref in zip(shards, refs, strict=True):
             t = store.table.slice(0, ref.episodes)
@@ -324,18 +323,6 @@ class ShardedStore:
             return store
 
         return cls(loc, meta, record, loc.map(open_shard, refs), refs)
-
-    @property
-    def spec(self):
-        return self.meta.spec
-
-    def column(self, name: str) -> np.ndarray:
-        if name not in self._columns:
-            self._columns[name] = self.table.column(name).to_numpy(zero_copy_only=False)
-        return self._columns[name]
-
-    def rows(self, name: str) -> int:
-        return self.record.arrays[name].rows
 
     def _pieces(self, name: str, start: int, stop: int) -> list[tuple[int, int, int]]:
         """``(shard, start, stop)`` in shard rows of the pieces that make rows ``[start, stop)`` of an array."""

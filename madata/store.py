@@ -142,7 +142,37 @@ def expected_array_meta(spec: ArraySpec, chunk_rows: int) -> dict[str, Any]:
     }
 
 
-class Store:
+class StoreBase:
+    """What a single store and a sharded dataset (:class:`~madata.sharded.ShardedStore`) share for readers:
+    the description parsed when it was opened (``location``, ``meta``, ``record``, ``table``)."""
+
+    location: Location
+    meta: Metadata
+    record: CommitRecord
+    table: pa.Table
+    _columns: dict[str, np.ndarray]
+
+    @property
+    def root(self) -> Path | str:
+        """The store's directory (a Path), or its URL on other storage."""
+        return self.location.root if self.location.local else self.location.url
+
+    @property
+    def spec(self) -> DatasetSpec:
+        return self.meta.spec
+
+    def column(self, name: str) -> np.ndarray:
+        """One column of the episode table as numpy (all episodes, in id order)."""
+        if name not in self._columns:
+            self._columns[name] = self.table.column(name).to_numpy(zero_copy_only=False)
+        return self._columns[name]
+
+    def rows(self, name: str) -> int:
+        """Committed rows of a stored array."""
+        return self.record.arrays[name].rows
+
+
+class Store(StoreBase):
     """A committed madata store, opened for reading: everything readers trust, checked as it is read.
 
     ``meta`` (:class:`~madata.schema.Metadata`), ``record`` (:class:`~madata.commit.CommitRecord`) and
@@ -198,25 +228,6 @@ class Store:
         return cls(root, meta, record, table)
 
     # ------------------------------------------------------------ description
-
-    @property
-    def root(self) -> Path | str:
-        """The store's directory (a Path), or its URL on other storage."""
-        return self.location.root if self.location.local else self.location.url
-
-    @property
-    def spec(self) -> DatasetSpec:
-        return self.meta.spec
-
-    def column(self, name: str) -> np.ndarray:
-        """One column of the episode table as numpy (all episodes, in id order)."""
-        if name not in self._columns:
-            self._columns[name] = self.table.column(name).to_numpy(zero_copy_only=False)
-        return self._columns[name]
-
-    def rows(self, name: str) -> int:
-        """Committed rows of a stored array."""
-        return self.record.arrays[name].rows
 
     def num_chunks(self, name: str) -> int:
         return -(-self.rows(name) // self.meta.chunk_rows)

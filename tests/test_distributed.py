@@ -69,6 +69,11 @@ def url() -> str:
     return f"s3://madata-test/{uuid.uuid4().hex}.zarr"
 
 
+def collect_s3(out: str, s3, episodes: int, max_steps: int, **kw):
+    """``collect`` of the test task (halfcheetah-2x3, medium and expert per agent, seed 5) to ``out`` on moto."""
+    return collect(out=out, episodes=episodes, max_steps=max_steps, storage_options=s3["options"], **TASK, **kw)
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """The single-process collections the distributed ones must equal."""
@@ -81,15 +86,7 @@ def reference(tmp_path_factory):
 
 def test_workers_write_to_s3_what_one_process_writes_locally(s3, cluster, reference):
     out = url()
-    ds = collect(
-        out=out,
-        episodes=8,
-        max_steps=40,
-        storage_options=s3["options"],
-        scheduler=cluster.scheduler_address,
-        shard_episodes=3,
-        **TASK,
-    )
+    ds = collect_s3(out, s3, 8, 40, scheduler=cluster.scheduler_address, shard_episodes=3)
     assert [r.episodes for r in ds.store.root_record.shards] == [3, 3, 2]
     assert ds.store.root_record.complete
     assert_same(ds, reference[(8, 40)])
@@ -97,15 +94,7 @@ def test_workers_write_to_s3_what_one_process_writes_locally(s3, cluster, refere
     report = madata.verify(out, storage_options=s3["options"])
     assert report.ok and report.notes == [], report.problems
     # a finished collection resumed: nothing to do, nothing changes
-    again = collect(
-        out=out,
-        episodes=8,
-        max_steps=40,
-        storage_options=s3["options"],
-        scheduler=cluster.scheduler_address,
-        resume=True,
-        **TASK,
-    )
+    again = collect_s3(out, s3, 8, 40, scheduler=cluster.scheduler_address, resume=True)
     assert again.store.root_record.sequence == ds.store.root_record.sequence
 
 
@@ -120,11 +109,11 @@ def test_one_process_writes_to_s3_and_resumes_there(s3, reference):
             raise Stop
 
     with pytest.raises(Stop):  # the collection dies after its third episode; what it added whole is committed
-        collect(out=out, episodes=8, max_steps=40, storage_options=options, report=stop_after_three, **TASK)
+        collect_s3(out, s3, 8, 40, report=stop_after_three)
     assert madata.open(out, storage_options=options).num_episodes == 3
     with pytest.raises(DatasetExistsError, match="holds a different dataset"):
-        collect(out=out, episodes=9, max_steps=40, storage_options=options, resume=True, **TASK)
-    ds = collect(out=out, episodes=8, max_steps=40, storage_options=options, resume=True, **TASK)
+        collect_s3(out, s3, 9, 40, resume=True)
+    ds = collect_s3(out, s3, 8, 40, resume=True)
     assert [r.episodes for r in ds.store.root_record.shards] == [3, 5]
     assert_same(ds, reference[(8, 40)])
     assert madata.verify(out, storage_options=options).ok
@@ -157,7 +146,7 @@ def test_one_process_killed_hard_on_s3_resumes_to_the_same_dataset(s3, reference
     killed = madata.open(out, storage_options=s3["options"])
     assert killed.num_episodes >= seen
     assert_same(killed, reference[(6, 400)].select(episodes=list(range(killed.num_episodes))))
-    ds = collect(out=out, episodes=6, max_steps=400, storage_options=s3["options"], resume=True, **TASK)
+    ds = collect_s3(out, s3, 6, 400, resume=True)
     assert_same(ds, reference[(6, 400)])
     assert madata.verify(out, storage_options=s3["options"]).ok
 
@@ -169,16 +158,7 @@ def test_a_killed_worker_loses_and_duplicates_nothing(s3, cluster, reference):
 
     def run():
         try:
-            result["ds"] = collect(
-                out=out,
-                episodes=6,
-                max_steps=400,
-                storage_options=s3["options"],
-                scheduler=cluster.scheduler_address,
-                shard_episodes=1,
-                envs=1,
-                **TASK,
-            )
+            result["ds"] = collect_s3(out, s3, 6, 400, scheduler=cluster.scheduler_address, shard_episodes=1, envs=1)
         except BaseException as e:  # noqa: BLE001 - handed to the test thread
             result["error"] = e
 
@@ -228,16 +208,7 @@ def test_a_killed_driver_resumes_without_recollecting_finished_shards(s3, cluste
         os.killpg(proc.pid, signal.SIGKILL)  # the driver, its cluster and its workers: the machine is gone
         proc.wait()
     assert 2 <= len(listed) < 6, f"killed with {len(listed)} shards listed"
-    ds = collect(
-        out=out,
-        episodes=6,
-        max_steps=400,
-        storage_options=s3["options"],
-        scheduler=cluster.scheduler_address,
-        shard_episodes=1,
-        resume=True,
-        **TASK,
-    )
+    ds = collect_s3(out, s3, 6, 400, scheduler=cluster.scheduler_address, shard_episodes=1, resume=True)
     kept = {r.path for r in ds.store.root_record.shards}
     assert {r.path for r in listed} <= kept  # the finished shards were not collected again
     assert len(kept) == 6
@@ -251,16 +222,7 @@ def test_two_collections_at_one_url_one_is_refused(s3, cluster, reference):
 
     def run():
         try:
-            outcomes.append(
-                collect(
-                    out=out,
-                    episodes=8,
-                    max_steps=40,
-                    storage_options=s3["options"],
-                    scheduler=cluster.scheduler_address,
-                    **TASK,
-                )
-            )
+            outcomes.append(collect_s3(out, s3, 8, 40, scheduler=cluster.scheduler_address))
         except DatasetExistsError as e:
             outcomes.append(e)
 
