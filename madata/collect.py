@@ -152,7 +152,7 @@ def collect(
     if workers is not None and scheduler is not None:
         raise SchemaError("give at most one of workers (--workers, a local Dask cluster) and scheduler (--scheduler)")
     if workers is not None:
-        workers = parse_int(workers, "workers", 1)
+        workers = parse_int(workers, "workers (--workers)", 1)
     if shard_episodes is not None:
         if not distributed:
             raise SchemaError(

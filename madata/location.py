@@ -199,6 +199,19 @@ class LocalLocation(Location):
             fsync_dir(d)
 
 
+_DOING = {
+    "read": "reading",
+    "read_many": "reading",
+    "write": "writing",
+    "write_many": "writing",
+    "create": "creating an object",
+    "keys": "listing",
+    "delete": "deleting",
+    "exists": "looking up",
+    "size": "measuring the size",
+}
+
+
 def _storage_errors(method):
     """Let FileNotFoundError and FileExistsError through (they mean something to the caller); any other
     failure of the file system (credentials, permissions, no such bucket, the network) becomes a
@@ -212,7 +225,8 @@ def _storage_errors(method):
             raise
         except Exception as e:  # noqa: BLE001 - every backend raises its own kinds (botocore, aiohttp, gcsfs...)
             detail = str(e).splitlines()[0] if str(e) else repr(e)
-            raise StorageError(f"{self.url}: {method.__name__} failed: {type(e).__name__}: {detail}") from e
+            doing = _DOING.get(method.__name__, method.__name__)
+            raise StorageError(f"{self.url}: {doing} failed: {type(e).__name__}: {detail}") from e
 
     return wrapper
 

@@ -250,7 +250,7 @@ def test_storage_failures_are_one_madata_error_naming_the_url(monkeypatch):
 
     monkeypatch.setattr(loc.fs, "cat_file", refuse)
     with pytest.raises(
-        StorageError, match=r"memory://.*/x.zarr: read failed: RuntimeError: Unable to locate credentials$"
+        StorageError, match=r"memory://.*/x.zarr: reading failed: RuntimeError: Unable to locate credentials$"
     ):
         loc.read("zarr.json")
     monkeypatch.setattr(loc.fs, "cat_file", lambda *a, **k: (_ for _ in ()).throw(FileNotFoundError("x")))
