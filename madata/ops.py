@@ -35,6 +35,7 @@ from madata.dataset import Dataset
 from madata.errors import CorruptionError, SchemaError, UnknownNameError
 from madata.integrity import verify
 from madata.schema import behaviour_column
+from madata.sharded import ShardedStore, record_key
 from madata.writer import create
 
 TEAMS = ("matched", "mismatched")  # every agent at the same level, or not
@@ -65,7 +66,7 @@ def combine(
     }
     total = sum(ds.num_episodes for ds in datasets)
     description = f"{total} episodes combined from {len(datasets)} datasets: " + ", ".join(
-        f"{ds.root.name} ({ds.num_episodes})" for ds in datasets
+        f"{_name(ds)} ({ds.num_episodes})" for ds in datasets
     )
     plan = [(k, ds, i) for k, ds in enumerate(datasets) for i in range(ds.num_episodes)]
     return _write(out, first, plan, provenance, description, progress)
@@ -134,7 +135,7 @@ def subsample(
         "madata_version": madata.__version__,
     }
     said = ", ".join(f"{k}={v}" for k, v in selection.items() if v is not None) or "all"
-    description = f"{len(chosen)} of the {ds.num_episodes} episodes of {ds.root.name} ({said})"
+    description = f"{len(chosen)} of the {ds.num_episodes} episodes of {_name(ds)} ({said})"
     return _write(out, ds, [(0, ds, int(i)) for i in chosen], provenance, description, progress)
 
 
@@ -199,9 +200,18 @@ def _first_difference(a: Dataset, b: Dataset) -> str | None:
     return None
 
 
+def _name(ds: Dataset) -> str:
+    """The last part of a dataset's path or URL."""
+    return str(ds.root).rstrip("/").rsplit("/", 1)[-1]
+
+
 def _describe_source(ds: Dataset) -> dict[str, Any]:
-    commit = hashlib.sha256((ds.root / COMMIT_FILE).read_bytes()).hexdigest()
-    return {"path": str(ds.root.resolve()), "commit_sha256": commit, "episodes": ds.num_episodes}
+    """Where a source is and the SHA-256 of its commit record (a sharded one's newest root record)."""
+    store = ds.store
+    key = record_key(store.root_record.sequence) if isinstance(store, ShardedStore) else COMMIT_FILE
+    commit = hashlib.sha256(store.location.read(key)).hexdigest()
+    path = str(ds.root.resolve()) if isinstance(ds.root, Path) else ds.root
+    return {"path": path, "commit_sha256": commit, "episodes": ds.num_episodes}
 
 
 def _write(

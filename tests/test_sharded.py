@@ -278,3 +278,20 @@ def test_a_remote_read_fetches_its_chunks_in_one_batch(monkeypatch):
         for spec in ds.spec.arrays()
     )
     assert len(tr["reward"]) == sum(LENGTHS)
+
+
+def test_combine_and_subsample_take_sharded_and_remote_sources(tmp_path):
+    from madata.ops import combine, subsample
+
+    agents, eps = episodes()
+    url = f"memory://{uuid.uuid4().hex}/x.zarr"
+    write_sharded(url, agents, eps, [6])
+    local = write(tmp_path / "single", agents, eps, state_dim=11)
+    both = combine([url, local], tmp_path / "both")
+    assert both.num_episodes == 2 * len(eps)
+    sources = both.meta.provenance["sources"]
+    assert sources[0]["path"] == url and len(sources[0]["commit_sha256"]) == 64
+    first, src = both.select(episodes=list(range(len(eps)))).transitions(), madata.open(url).transitions()
+    assert all(np.array_equal(first[k], src[k]) for k in src)  # (the episode table differs: its provenance)
+    part = subsample(url, tmp_path / "part", episodes=5, seed=0)
+    assert part.num_episodes == 5 and "x.zarr" in part.meta.description
