@@ -293,5 +293,5 @@ def test_combine_and_subsample_take_sharded_and_remote_sources(tmp_path):
     assert sources[0]["path"] == url and len(sources[0]["commit_sha256"]) == 64
     first, src = both.select(episodes=list(range(len(eps)))).transitions(), madata.open(url).transitions()
     assert all(np.array_equal(first[k], src[k]) for k in src)  # (the episode table differs: its provenance)
-    part = subsample(url, tmp_path / "part", episodes=5, seed=0)
+    part = subsample(url, tmp_path / "part", count=5, seed=0)
     assert part.num_episodes == 5 and "x.zarr" in part.meta.description
