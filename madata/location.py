@@ -55,11 +55,19 @@ class TrackingLocalStore(_Tracking, LocalStore):
 
 
 class TrackingFsspecStore(_Tracking, FsspecStore):
-    """zarr's FsspecStore (each write one PUT) that remembers what it wrote."""
+    """zarr's FsspecStore (each write one PUT) that remembers what it wrote; a failed write is a
+    StorageError naming the object."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.written = {}
+
+    async def set(self, key: str, value: Buffer) -> None:
+        try:
+            await super().set(key, value)
+        except Exception as e:  # noqa: BLE001 - the backend's own kinds (botocore, aiohttp, ...)
+            detail = str(e).splitlines()[0] if str(e) else repr(e)
+            raise StorageError(f"{self.path}/{key}: writing failed: {type(e).__name__}: {detail}") from e
 
 
 def location(target: str | os.PathLike | Location, storage_options: dict[str, Any] | None = None) -> Location:

@@ -295,3 +295,21 @@ def test_combine_and_subsample_take_sharded_and_remote_sources(tmp_path):
     assert all(np.array_equal(first[k], src[k]) for k in src)  # (the episode table differs: its provenance)
     part = subsample(url, tmp_path / "part", count=5, seed=0)
     assert part.num_episodes == 5 and "x.zarr" in part.meta.description
+
+
+def test_a_failed_chunk_write_on_object_storage_is_a_storage_error(monkeypatch):
+    from madata.errors import StorageError
+    from madata.location import FsspecStore
+
+    agents, eps = episodes()
+    url = f"memory://{uuid.uuid4().hex}/x.zarr"
+
+    async def refuse(self, key, value):
+        raise PermissionError("Access Denied")
+
+    w = madata.create(url, agents, state_space=madata.Box.make(-np.inf, np.inf, (11,)), chunk_rows=16)
+    monkeypatch.setattr(FsspecStore, "set", refuse)
+    with pytest.raises(StorageError, match=r"x.zarr/shards/.*: writing failed: PermissionError: Access Denied"):
+        with w:
+            for e in eps:
+                w.add_episode(**e)
