@@ -46,7 +46,7 @@ from madata.envs.registry import get_task
 from madata.envs.team import Factorization, TeamEnv
 from madata.errors import DatasetExistsError, SchemaError
 from madata.location import Location, location
-from madata.sharded import shard_writer
+from madata.sharded import read_root_record, shard_writer
 from madata.spaces import Discrete
 from madata.store import read_root
 from madata.writer import DatasetWriter, new_metadata
@@ -211,6 +211,8 @@ def collect(
         )  # fmt: skip
         return madata.open(loc)
     # ---- write, in this process
+    if sharded and resuming and read_root_record(loc).complete and madata.open(loc).num_episodes == episodes:
+        return madata.open(loc)  # finished already: a new, empty shard would only clutter the listing
     if sharded:
         writer = shard_writer(loc, meta, resume=resuming, commit_every=commit_every, commit_seconds=commit_seconds)
     elif resuming:

@@ -115,6 +115,8 @@ def test_one_process_writes_to_s3_and_resumes_there(s3, reference):
         collect_s3(out, s3, 9, 40, resume=True)
     ds = collect_s3(out, s3, 8, 40, resume=True)
     assert [r.episodes for r in ds.store.root_record.shards] == [3, 5]
+    again = collect_s3(out, s3, 8, 40, resume=True)  # finished: nothing written, no empty shard listed
+    assert again.store.root_record == ds.store.root_record
     assert_same(ds, reference[(8, 40)])
     assert madata.verify(out, storage_options=options).ok
 
