@@ -25,6 +25,7 @@ import contextlib
 import functools
 import os
 import zlib
+from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -66,8 +67,7 @@ class TrackingFsspecStore(_Tracking, FsspecStore):
         try:
             await super().set(key, value)
         except Exception as e:  # noqa: BLE001 - the backend's own kinds (botocore, aiohttp, ...)
-            detail = str(e).splitlines()[0] if str(e) else repr(e)
-            raise StorageError(f"{self.path}/{key}: writing failed: {type(e).__name__}: {detail}") from e
+            raise storage_error(f"{self.path}/{key}", "writing", e) from e
 
 
 def location(target: str | os.PathLike | Location, storage_options: dict[str, Any] | None = None) -> Location:
@@ -83,8 +83,8 @@ def location(target: str | os.PathLike | Location, storage_options: dict[str, An
     return LocalLocation(Path(text.removeprefix("file://")))
 
 
-class Location:
-    """Base of the two kinds of storage; ``url`` names it in messages."""
+class Location(ABC):
+    """What madata needs of a place to keep a store; ``url`` names it in messages."""
 
     url: str
     local: bool
@@ -96,17 +96,45 @@ class Location:
         """How ``key`` here is named in messages: ``<url>/<key>``."""
         return f"{self.url.rstrip('/')}/{key}"
 
+    @abstractmethod
     def child(self, key: str) -> Location:
-        raise NotImplementedError
+        """The Location of the prefix ``key`` below this one."""
 
+    @abstractmethod
     def read(self, key: str) -> bytes:
-        raise NotImplementedError
+        """The whole object at ``key``; FileNotFoundError when there is none."""
 
+    @abstractmethod
     def write(self, key: str, data: bytes) -> None:
-        raise NotImplementedError
+        """Put ``data`` at ``key``; readers see the old object or the new one, never a mix."""
 
+    @abstractmethod
     def create(self, key: str, data: bytes) -> None:
-        raise NotImplementedError
+        """Like ``write``, only if ``key`` does not exist yet; else FileExistsError."""
+
+    @abstractmethod
+    def keys(self, prefix: str = "") -> list[str]:
+        """Every object key below ``prefix`` (recursively), sorted, relative to this Location."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove the object at ``key``, if there is one."""
+
+    @abstractmethod
+    def exists(self, key: str = "") -> bool:
+        """Whether ``key`` (or, with no key, this Location) exists."""
+
+    @abstractmethod
+    def zarr_store(self, read_only: bool = False):
+        """A Zarr store rooted here that remembers the CRC-32 of every object it writes (``written``)."""
+
+    @abstractmethod
+    def size(self) -> int:
+        """Bytes of every object here."""
+
+    @abstractmethod
+    def durable(self, keys: list[str]) -> None:
+        """Make the objects at ``keys`` survive a power cut."""
 
     def map(self, fn, items: list) -> list:
         """``[fn(x) for x in items]`` for work that waits on this storage: on object storage in threads, so
@@ -128,25 +156,6 @@ class Location:
         """``write`` each (key, data); on object storage as one batch of concurrent PUTs."""
         for key, data in items.items():
             self.write(key, data)
-
-    def keys(self, prefix: str = "") -> list[str]:
-        raise NotImplementedError
-
-    def delete(self, key: str) -> None:
-        raise NotImplementedError
-
-    def exists(self, key: str = "") -> bool:
-        raise NotImplementedError
-
-    def zarr_store(self, read_only: bool = False):
-        raise NotImplementedError
-
-    def size(self) -> int:
-        """Bytes of every object here."""
-        raise NotImplementedError
-
-    def durable(self, keys: list[str]) -> None:
-        raise NotImplementedError
 
 
 class LocalLocation(Location):
@@ -207,6 +216,12 @@ class LocalLocation(Location):
             fsync_dir(d)
 
 
+def storage_error(where: str, doing: str, e: BaseException) -> StorageError:
+    """One line for a failure of the storage backend: where, what was being done, and the first line of its error."""
+    detail = str(e).splitlines()[0] if str(e) else repr(e)
+    return StorageError(f"{where}: {doing} failed: {type(e).__name__}: {detail}")
+
+
 _DOING = {
     "read": "reading",
     "read_many": "reading",
@@ -232,9 +247,7 @@ def _storage_errors(method):
         except (FileNotFoundError, FileExistsError, MadataError):
             raise
         except Exception as e:  # noqa: BLE001 - every backend raises its own kinds (botocore, aiohttp, gcsfs...)
-            detail = str(e).splitlines()[0] if str(e) else repr(e)
-            doing = _DOING.get(method.__name__, method.__name__)
-            raise StorageError(f"{self.url}: {doing} failed: {type(e).__name__}: {detail}") from e
+            raise storage_error(self.url, _DOING.get(method.__name__, method.__name__), e) from e
 
     return wrapper
 
