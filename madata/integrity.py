@@ -285,7 +285,7 @@ def verify(path: str | Path, full: bool = True, storage_options: dict | None = N
         )
     if hasattr(opened, "root_record"):
         listed = {ref.path for ref in opened.root_record.shards}
-        present = {"/".join(k.split("/")[:2]) for k in opened.location.keys(SHARDS_DIR)}
+        present = {"/".join(k.split("/")[:2]) for k in opened.location.keys(SHARDS_DIR) if k.count("/") > 1}
         if present - listed:
             report.notes.append(
                 f"{len(present - listed)} shard(s) no commit lists (left by a killed or refused writer; never read), "

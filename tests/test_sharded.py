@@ -9,6 +9,8 @@ import uuid
 import numpy as np
 import pytest
 from conftest import hetero_agents, random_episode, write
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import madata
 from madata.distributed import missing_ranges
@@ -313,3 +315,39 @@ def test_a_failed_chunk_write_on_object_storage_is_a_storage_error(monkeypatch):
         with w:
             for e in eps:
                 w.add_episode(**e)
+
+
+def test_zarr_reads_a_sharded_dataset_from_its_root(tmp_path):
+    """zarr-python walks from the root group to each shard's arrays: the same numbers madata reads."""
+    import zarr
+
+    agents, eps = episodes()
+    write_sharded(tmp_path / "sharded", agents, eps, [6])
+    root = zarr.open_group(str(tmp_path / "sharded"), mode="r")
+    assert root.attrs["madata"]["agents"][0]["id"] == "agent_0"
+    refs = read_root_record(location(tmp_path / "sharded")).shards
+    ds = madata.open(tmp_path / "sharded")
+    rewards = np.concatenate([root[f"{r.path}/reward"][:] for r in refs])
+    assert np.array_equal(rewards, ds.store.read_rows("reward"))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    spans=st.lists(st.tuples(st.integers(0, 60), st.integers(0, 15)), max_size=8),
+    episodes_=st.integers(1, 80),
+    size=st.integers(1, 20),
+)
+def test_missing_ranges_cover_exactly_what_no_shard_holds(spans, episodes_, size):
+    """Whatever shards are listed (any gaps, any order of finishing), the ranges a resume collects are the
+    episodes no shard holds, each once, in pieces of at most ``size``; and the visible prefix has no gap."""
+    shards, taken = [], set()
+    for first, n in sorted(spans):
+        if n and not taken & set(range(first, first + n)) and first + n <= episodes_:
+            shards.append(ShardRef(f"shards/{first}", first, n))
+            taken |= set(range(first, first + n))
+    rec = RootRecord(1, "0" * 64, shards)
+    ranges = missing_ranges(rec, episodes_, size)
+    got = [e for a, b in ranges for e in range(a, b)]
+    assert sorted(got) == sorted(set(range(episodes_)) - taken) and len(got) == len(set(got))
+    assert all(0 < b - a <= size for a, b in ranges)
+    assert rec.num_episodes == next((e for e in range(episodes_ + 1) if e not in taken), episodes_)
