@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import secrets
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -118,7 +119,10 @@ def collect_distributed(
                 f"collect {plan.task.name}: {len(todo)} shards of up to {size} episodes on {n_workers} Dask workers "
                 f"(dashboard {client.dashboard_link})"
             )
-        futures = [client.submit(collect_shard, plan, loc, meta, a, b, pure=False) for a, b in todo]
+        run = secrets.token_hex(3)  # keys name each task's episodes on the dashboard, unique per run
+        futures = [
+            client.submit(collect_shard, plan, loc, meta, a, b, key=f"collect-shard-{a}-{b}-{run}") for a, b in todo
+        ]
         done = plan.episodes - sum(b - a for a, b in todo)
         with episode_bar(plan.episodes, done, f"collect {plan.task.name}", progress) as bar:
             for future in as_completed(futures):

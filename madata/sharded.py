@@ -171,7 +171,9 @@ def create_root(loc: Location, meta: Metadata) -> RootRecord:
     except FileExistsError:
         raise DatasetExistsError(f"{loc}: a dataset exists there; use --resume to continue it") from None
     # so that zarr readers can walk from the root to every shard (Zarr v3 has no implicit groups)
-    loc.write(f"{SHARDS_DIR}/zarr.json", json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {}}).encode())
+    loc.write(
+        f"{SHARDS_DIR}/zarr.json", json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {}}).encode()
+    )
     rec = RootRecord(0, metadata_digest(attribute))
     commit_root(loc, rec)
     return rec

@@ -169,7 +169,7 @@ def test_a_killed_worker_loses_and_duplicates_nothing(s3, cluster, reference):
     killed = None
     deadline = time.monotonic() + 60
     while killed is None and time.monotonic() < deadline and driver.is_alive():
-        busy = [w for w, tasks in client.processing().items() if any("collect_shard" in str(t) for t in tasks)]
+        busy = [w for w, tasks in client.processing().items() if any("collect-shard" in str(t) for t in tasks)]
         if busy:
             pid = client.run(os.getpid, workers=busy[:1])[busy[0]]
             time.sleep(0.3)  # well inside the task: it runs 400 steps per episode
