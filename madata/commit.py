@@ -2,8 +2,8 @@
 
 Data arrays may run ahead of it (a writer killed between two commits); readers never
 look past it, and ``--resume`` truncates whatever lies beyond it. It is written to a
-temporary file, fsynced and renamed over the old one, so it is always either the old
-record or the new one.
+temporary file, fsynced and renamed over the old one (on object storage: one PUT, which
+readers see whole or not at all), so it is always either the old record or the new one.
 
 It covers everything a reader trusts:
 

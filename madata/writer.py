@@ -3,9 +3,11 @@
 Memory stays bounded: each array keeps at most one chunk of rows in memory (its tail)
 plus the episode being added. A full chunk is written once and never again; the
 partial tail is written at each commit. ``commit()`` makes everything added so far
-durable (fsync) and then atomically replaces the commit record, so a writer killed at
-any moment leaves a store that opens and holds every episode committed before the kill.
-``DatasetWriter.resume`` discards whatever lies beyond the last commit and continues.
+durable (fsync; on object storage a PUT is durable when it returns) and then atomically
+replaces the commit record, so a writer killed at any moment leaves a store that opens
+and holds every episode committed before the kill. ``DatasetWriter.resume`` discards
+whatever lies beyond the last commit and continues. The store may be a local directory or
+a shard on object storage (:mod:`madata.location`, :mod:`madata.sharded`).
 """
 
 from __future__ import annotations
