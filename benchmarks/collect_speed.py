@@ -4,9 +4,10 @@ In one run it measures
 
 * **raw**: the single-agent ``<Scenario>-v5`` env (``gymnasium.make``) stepped
   ``--transitions`` times with uniform random actions, resets included: the ceiling;
-* **collect**: :func:`madata.collect` of about as many transitions with SAC-sized
-  behaviour policies (``--hidden``, default 256-256; random weights saved as checkpoints
-  in a temporary directory, or trained ones from ``--checkpoint-dir``), for each
+* **collect**: :func:`madata.collect` of about as many transitions with the shipped SAC
+  behaviour checkpoints (or those of ``--checkpoint-dir``; or, with ``--random-weights
+  256,256``, random-weight policies of those hidden sizes saved to a temporary directory,
+  for tasks without shipped ones), for each
   ``--envs`` value: env construction, policy inference, stepping, writing and closing the
   store all included. The dataset goes to a temporary directory, removed afterwards;
 * **policy**: rows/s of one level's ``act`` (batch of ``--envs``), for reference;
@@ -20,10 +21,10 @@ In one run it measures
 
 It prints each collect rate, its ratio to the raw rate measured in the same run (raw is
 measured before and after; the ratio uses their mean), the load average and the command.
-Random-weight policies keep HalfCheetah running to its 1000-step limit, so episodes
-have the real length.
+Random-weight policies keep HalfCheetah running to its 1000-step limit too, but they drive
+it into states whose physics steps cost about a fifth more than the shipped policies'.
 
-    python benchmarks/collect_speed.py --task halfcheetah-2x3 --transitions 100000 --envs 8,16
+    python benchmarks/collect_speed.py --task halfcheetah-2x3 --transitions 50000 --envs 16,32
 """
 
 from __future__ import annotations
@@ -175,8 +176,8 @@ def main() -> None:
     )
     p.add_argument("--envs", default="16", help="comma-separated --envs values to measure")
     p.add_argument("--mix", default="medium,expert", help="behaviour levels (every per-agent combination)")
-    p.add_argument("--hidden", default="256,256", help="hidden sizes of the random-weight SAC checkpoints")
-    p.add_argument("--checkpoint-dir", type=Path, default=None, help="use these checkpoints instead of random weights")
+    p.add_argument("--random-weights", default=None, metavar="HIDDEN", help="random-weight policies, e.g. 256,256")
+    p.add_argument("--checkpoint-dir", type=Path, default=None, help="checkpoints other than the shipped ones")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="also print one JSON line with every number")
     args = p.parse_args()
@@ -194,13 +195,14 @@ def main() -> None:
         "runs": [],
     }
     try:
+        if args.random_weights and args.checkpoint_dir:
+            p.error("give at most one of --random-weights and --checkpoint-dir")
         ck = args.checkpoint_dir
-        if ck is None:
+        if args.random_weights:
             ck = tmp / "checkpoints"
             ck.mkdir()
-            random_checkpoints(
-                ck, args.task, [lv for lv in levels if lv != "random"], [int(h) for h in args.hidden.split(",")]
-            )
+            hidden = [int(h) for h in args.random_weights.split(",")]
+            random_checkpoints(ck, args.task, [lv for lv in levels if lv != "random"], hidden)
         raw_before = raw_rate(env_id, args.transitions, args.seed)
         for k in [int(x) for x in args.envs.split(",")]:
             out = tmp / f"ds-{k}"
@@ -258,7 +260,8 @@ def main() -> None:
     result.update(raw_before=raw_before, raw_after=raw_after, machine_after=machine_line())
     print(f"command: {command}")
     print(
-        f"task {args.task}, mix {args.mix}, policies hidden {args.hidden if args.checkpoint_dir is None else 'from ' + str(ck)}"
+        f"task {args.task}, mix {args.mix}, policies: "
+        + (f"random weights {args.random_weights}" if args.random_weights else f"checkpoints from {ck or 'madata'}")
     )
     print(f"{result['machine_after']} (before the run: {result['machine_before'].rsplit('load average ', 1)[1]})")
     print(f"raw {env_id} random-action steps/s: {raw_before:,.0f} before, {raw_after:,.0f} after")
