@@ -108,7 +108,12 @@ def _run_parameters(spec) -> list[inspect.Parameter]:
     shared: list[tuple[str, Any, Any]] = [
         (
             "dataset",
-            Annotated[Path, typer.Argument(help=f"A madata dataset {state}.", show_default=False)],
+            Annotated[
+                str,
+                typer.Argument(
+                    help=f"A madata dataset {state}: a directory or an fsspec URL (s3://...).", show_default=False
+                ),
+            ],
             inspect.Parameter.empty,
         ),
         (

@@ -138,7 +138,7 @@ def train(
     dev = resolve_device(device)
     settings = {
         "algorithm": algorithm,
-        "dataset": str(Path(ds.root).resolve()),
+        "dataset": str(ds.root.resolve()) if isinstance(ds.root, Path) else ds.root,  # a path, or a URL
         "selection": selection_digest(ds),
         "task": data.task,
         "seed": seed,
@@ -213,7 +213,7 @@ def train(
             clock = {k: float(rows[-1][k]) for k in TIME_FIELDS}
     policy = make_policy(algo, data, dev, eval_gen)
     losses: dict[str, float] = {}
-    desc = f"{algorithm} {data.task or Path(ds.root).name}"
+    desc = f"{algorithm} {data.task or str(ds.root).rstrip('/').rsplit('/', 1)[-1]}"
     t_mark = time.perf_counter()
     with tqdm(
         total=steps, initial=start, desc=desc, disable=None if progress else True, mininterval=0.5, unit="it"
