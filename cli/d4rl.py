@@ -83,7 +83,10 @@ def split_d4rl(
 
 @handle_errors
 def export_d4rl(
-    dataset: Annotated[Path, typer.Argument(help="A MaMuJoCo madata dataset directory.", show_default=False)],
+    dataset: Annotated[
+        str,
+        typer.Argument(help="A MaMuJoCo madata dataset: a directory or an fsspec URL (s3://...).", show_default=False),
+    ],
     out: Annotated[Path, typer.Option("-o", "--out", help="Output .hdf5 file.")],
     dtype: Annotated[
         FloatDtype | None,

@@ -16,7 +16,9 @@ D = SimpleNamespace(**DEFAULTS)  # the defaults shown in --help
 
 
 def diagnose_command(
-    dataset: Annotated[Path, typer.Argument(help="A madata dataset directory.", show_default=False)],
+    dataset: Annotated[
+        str, typer.Argument(help="A madata dataset: a directory or an fsspec URL (s3://...).", show_default=False)
+    ],
     report: Annotated[Path | None, typer.Option(help="Write a self-contained HTML report here.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing report file.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print every number as JSON instead of text.")] = False,

@@ -238,6 +238,8 @@ def test_the_cli_reads_a_dataset_at_a_url(tmp_path):
     assert res.exit_code == 0, res.output
     table = pq.read_table(tmp_path / "t.parquet")
     assert table.num_rows == sum(LENGTHS) and table.column("episode_id").to_pylist()[-1] == len(LENGTHS) - 1
+    res = runner.invoke(app, ["diagnose", url, "--json"])
+    assert res.exit_code == 0 and f'"dataset": "{url}"' in res.output, res.output[-500:]
     res = runner.invoke(app, ["info", f"memory://{uuid.uuid4().hex}/none.zarr"])
     assert res.exit_code == 2 and "none.zarr: no madata dataset at this URL" in res.output, res.output
 
