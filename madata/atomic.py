@@ -41,6 +41,21 @@ def check_output(path: str | os.PathLike, overwrite: bool = True, what: str = "f
     return path
 
 
+def _appeared(path: Path) -> DatasetExistsError:
+    return DatasetExistsError(f"{path}: appeared while it was being written; nothing was replaced")
+
+
+@contextlib.contextmanager
+def _os_errors_named(path: Path) -> Iterator[None]:
+    """OS errors (read-only file system, full disk) inside the block become one OutputError naming ``path``."""
+    try:
+        yield
+    except MadataError:
+        raise
+    except OSError as e:
+        raise OutputError(f"{path}: cannot be written ({e.strerror or e})") from e
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike, overwrite: bool = True, what: str = "file") -> Iterator[Path]:
     """A temporary path to write to; on success it replaces ``path`` (durably), on any error it is removed.
@@ -49,21 +64,18 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = True, what: str = "
     path = check_output(path, overwrite, what)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        if overwrite:
-            os.replace(tmp, path)
-        else:  # a hard link fails if the name was taken meanwhile: never replace what someone else wrote
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                raise DatasetExistsError(f"{path}: appeared while it was being written; nothing was replaced") from None
-        fsync_dir(path.parent)
-    except MadataError:
-        raise
-    except OSError as e:
-        raise OutputError(f"{path}: cannot be written ({e.strerror or e})") from e
+        with _os_errors_named(path):
+            yield tmp
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            if overwrite:
+                os.replace(tmp, path)
+            else:  # a hard link fails if the name was taken meanwhile: never replace what someone else wrote
+                try:
+                    os.link(tmp, path)
+                except FileExistsError:
+                    raise _appeared(path) from None
+            fsync_dir(path.parent)
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -96,14 +108,11 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)  # a leftover of this very process id
     try:
-        yield tmp
-        if path.exists():  # appeared meanwhile: never replace what a user wrote
-            raise DatasetExistsError(f"{path}: appeared while it was being written; nothing was replaced")
-        os.rename(tmp, path)
-        fsync_dir(path.parent)
-    except MadataError:
-        raise
-    except OSError as e:
-        raise OutputError(f"{path}: cannot be written ({e.strerror or e})") from e
+        with _os_errors_named(path):
+            yield tmp
+            if path.exists():  # appeared meanwhile: never replace what a user wrote
+                raise _appeared(path)
+            os.rename(tmp, path)
+            fsync_dir(path.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

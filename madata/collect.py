@@ -46,7 +46,7 @@ from madata.envs.registry import get_task
 from madata.envs.team import Factorization, TeamEnv
 from madata.errors import DatasetExistsError, SchemaError
 from madata.location import Location, location
-from madata.sharded import read_root_record, shard_writer
+from madata.sharded import shard_writer
 from madata.spaces import Discrete
 from madata.store import read_root
 from madata.writer import DatasetWriter, new_metadata
@@ -190,8 +190,8 @@ def collect(
         "madata_version": madata.__version__,
     }
     if resuming:
-        _check_same_collection(loc, provenance)
-        meta = None
+        meta = read_root(loc)[0]
+        _check_same_collection(loc, meta.provenance, provenance)
     else:
         meta = new_metadata(
             f.agents,
@@ -206,15 +206,19 @@ def collect(
         from madata.distributed import collect_distributed
 
         collect_distributed(
-            plan, loc, meta, workers=workers, scheduler=scheduler, shard_episodes=shard_episodes,
-            progress=progress, report=report,
+            plan, loc, meta, resume=resuming, workers=workers, scheduler=scheduler,
+            shard_episodes=shard_episodes, progress=progress, report=report,
         )  # fmt: skip
         return madata.open(loc)
     # ---- write, in this process
-    if sharded and resuming and read_root_record(loc).complete and madata.open(loc).num_episodes == episodes:
-        return madata.open(loc)  # finished already: a new, empty shard would only clutter the listing
+    if sharded and resuming:
+        done = madata.open(loc)
+        if done.store.root_record.complete and done.num_episodes == episodes:
+            return done  # finished already: a new, empty shard would only clutter the listing
     if sharded:
-        writer = shard_writer(loc, meta, resume=resuming, commit_every=commit_every, commit_seconds=commit_seconds)
+        writer = shard_writer(
+            loc, None if resuming else meta, resume=resuming, commit_every=commit_every, commit_seconds=commit_seconds
+        )
     elif resuming:
         writer = DatasetWriter.resume(loc, commit_every=commit_every, commit_seconds=commit_seconds)
     else:
@@ -452,9 +456,9 @@ def episode_noise(
     return reset_seed, out
 
 
-def _check_same_collection(root: Location, requested: dict[str, Any]) -> None:
-    """Refuse to resume into a dataset made by another collection (before touching it)."""
-    stored = read_root(root)[0].provenance
+def _check_same_collection(root: Location, stored: dict[str, Any], requested: dict[str, Any]) -> None:
+    """Refuse to resume into a dataset made by another collection (before touching it): ``stored`` is
+    its provenance."""
     stored = {**_BEFORE_OPTIONS, "mix_by": "agent" if stored.get("mix") else None, **stored}
     refuse_other_collection(root, stored, requested, _MATCH_KEYS, unrecorded_ok=("policies",))
 

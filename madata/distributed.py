@@ -90,26 +90,22 @@ def dask_client(workers: int | None, scheduler: str | None) -> Iterator[Any]:
 def collect_distributed(
     plan,
     loc: Location,
-    meta: Metadata | None,
+    meta: Metadata,
     *,
+    resume: bool,
     workers: int | None,
     scheduler: str | None,
     shard_episodes: int | None,
     progress: bool,
     report: Callable[[str], None] | None,
 ) -> RootRecord:
-    """Collect ``plan`` on Dask workers into the sharded dataset at ``loc``: created with ``meta``, or
-    resumed when ``meta`` is None. Returns the last root commit record."""
+    """Collect ``plan`` on Dask workers into the sharded dataset at ``loc``: created with ``meta``, or, with
+    ``resume``, continued (``meta``: the stored metadata). Returns the last root commit record."""
     from dask.distributed import as_completed
 
     from madata.collect import episode_bar
-    from madata.store import read_root
 
-    if meta is None:
-        meta = read_root(loc)[0]
-        record = read_root_record(loc)
-    else:
-        record = create_root(loc, meta)
+    record = read_root_record(loc) if resume else create_root(loc, meta)
     with dask_client(workers, scheduler) as client:
         n_workers = max(1, len(client.scheduler_info(n_workers=-1)["workers"]))
         size = shard_episodes or max(1, math.ceil(plan.episodes / (SHARDS_PER_WORKER * n_workers)))

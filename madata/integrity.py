@@ -273,7 +273,7 @@ def verify(path: str | Path, full: bool = True, storage_options: dict | None = N
             report.problems += list(full_problems(store))
     report.chunks_checked = sum(store.num_chunks(s.name) for store in stores for s in store.spec.arrays())
     for store in stores:
-        extra = next((store.extra_rows(s.name) for s in store.spec.arrays() if store.extra_rows(s.name) > 0), 0)
+        extra = next((n for n in (store.extra_rows(s.name) for s in store.spec.arrays()) if n > 0), 0)
         if extra:
             report.notes.append(
                 f"{store.root}: {extra} rows beyond the last commit (an interrupted write); --resume discards them"

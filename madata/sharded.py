@@ -114,11 +114,6 @@ def record_key(sequence: int) -> str:
     return f"{COMMITS_DIR}/{sequence:010d}.json"
 
 
-def is_sharded(loc: Location) -> bool:
-    """Whether ``loc`` holds a sharded dataset's root (commit records under ``commits/``)."""
-    return bool(loc.keys(COMMITS_DIR))
-
-
 def parse_root_record(obj: Any, where: str) -> RootRecord:
     """Parse and check a root commit record; every failure names the file and the field."""
     if not isinstance(obj, dict) or obj.get("layout") != "sharded":
@@ -140,9 +135,11 @@ def parse_root_record(obj: Any, where: str) -> RootRecord:
     return rec
 
 
-def read_root_record(loc: Location) -> RootRecord:
-    """The newest root commit record (highest sequence); a damaged one is an error, never skipped."""
-    keys = [k for k in loc.keys(COMMITS_DIR) if k.endswith(".json") and k[len(COMMITS_DIR) + 1 : -5].isdigit()]
+def read_root_record(loc: Location, listed: list[str] | None = None) -> RootRecord:
+    """The newest root commit record (highest sequence); a damaged one is an error, never skipped.
+    ``listed``: the keys under ``commits/`` if the caller listed them already."""
+    listed = loc.keys(COMMITS_DIR) if listed is None else listed
+    keys = [k for k in listed if k.endswith(".json") and k[len(COMMITS_DIR) + 1 : -5].isdigit()]
     if not keys:
         raise DatasetNotFoundError(f"{loc}: not a sharded madata dataset (no commit records under {COMMITS_DIR}/)")
     newest = max(keys, key=lambda k: int(k[len(COMMITS_DIR) + 1 : -5]))
@@ -305,9 +302,10 @@ class ShardedStore(StoreBase):
         self._columns: dict[str, np.ndarray] = {}
 
     @classmethod
-    def open(cls, loc: Location) -> ShardedStore:
+    def open(cls, loc: Location, listed: list[str] | None = None) -> ShardedStore:
+        """Open the sharded dataset at ``loc`` (``listed``: the keys under ``commits/``, if known)."""
         meta, digest = read_root(loc)
-        record = read_root_record(loc)
+        record = read_root_record(loc, listed)
         if record.metadata_sha256 != digest:
             raise CorruptionError(
                 f"{loc / 'zarr.json'}: the dataset metadata does not match the digest in its commit record; "
@@ -381,4 +379,5 @@ def _empty_table(meta: Metadata) -> pa.Table:
 def open_store(path: str | os.PathLike | Location, storage_options: dict[str, Any] | None = None):
     """A :class:`~madata.store.Store` for a single store, a :class:`ShardedStore` for a sharded dataset."""
     loc = location(path, storage_options)
-    return ShardedStore.open(loc) if is_sharded(loc) else Store.open(loc)
+    listed = loc.keys(COMMITS_DIR)  # a sharded root has commit records there; a single store has none
+    return ShardedStore.open(loc, listed) if listed else Store.open(loc)

@@ -107,6 +107,28 @@ def random_checkpoint(root, task: str, level: str, hidden=(32, 32), seed: int = 
     return save_checkpoint(root / task / level, info, w)
 
 
+def killed_at_episode(n: int, body: str) -> None:
+    """Run ``body`` (Python source) in a new process whose ``n``-th ``DatasetWriter.add_episode`` call exits
+    at once with code 9 (``os._exit``: no cleanup, no commit), and check that it died there."""
+    import subprocess
+    import sys
+    import textwrap
+
+    prelude = textwrap.dedent(f"""
+        import os
+        from madata.writer import DatasetWriter
+        real, calls = DatasetWriter.add_episode, [0]
+        def dying(self, *a, **k):
+            calls[0] += 1
+            if calls[0] == {n}:
+                os._exit(9)
+            return real(self, *a, **k)
+        DatasetWriter.add_episode = dying
+    """)
+    proc = subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(body)], capture_output=True, text=True)
+    assert proc.returncode == 9, proc.stderr
+
+
 @pytest.fixture
 def small_dataset(tmp_path):
     """A committed heterogeneous dataset: 12 episodes, lengths 1..30, chunk_rows 16, with state."""

@@ -14,7 +14,7 @@ from madata.collect import collect
 from madata.envs import GridWorld
 from madata.errors import DatasetExistsError, SchemaError, UnknownNameError
 from madata.writer import DatasetWriter
-from tests.conftest import random_checkpoint
+from tests.conftest import killed_at_episode, random_checkpoint
 
 FIELDS = [
     "obs",
@@ -205,26 +205,16 @@ def test_combo_labels_follow_assign(tmp_path):
 
 def test_resume_after_hard_kill(tmp_path):
     """A process killed mid-collection (no cleanup) resumes to the uninterrupted result."""
-    import subprocess
-    import sys
-    import textwrap
-
     out = tmp_path / "killed"
-    code = textwrap.dedent(f"""
-        import os, madata.collect as mc
-        from madata.writer import DatasetWriter
-        real, n = DatasetWriter.add_episode, [0]
-        def dying(self, *a, **k):
-            n[0] += 1
-            if n[0] == 12:
-                os._exit(9)  # episodes 10 and 11 were added but never committed
-            return real(self, *a, **k)
-        DatasetWriter.add_episode = dying
+    # episodes 10 and 11 are added but never committed
+    killed_at_episode(
+        12,
+        f"""
+        import madata.collect as mc
         mc.collect("grid", {str(out)!r}, mix=["random"], episodes=16, seed=2, chunk_rows=16, commit_every=5,
                    commit_seconds=0)
-    """)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert proc.returncode == 9, proc.stderr
+        """,
+    )
     assert madata.open(out).num_episodes == 10
     resumed = collect("grid", out, mix=["random"], episodes=16, seed=2, chunk_rows=16, commit_every=5, resume=True)
     full = collect("grid", tmp_path / "full", mix=["random"], episodes=16, seed=2, chunk_rows=16)

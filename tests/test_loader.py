@@ -93,6 +93,7 @@ def test_read_ahead_changes_no_sample_and_resumes_exactly(tmp_path):
     plain = StreamingLoader(ds, device="cpu", seed=3, buffer_chunks=2, samples_per_chunk=16, read_ahead=0)
     ahead = StreamingLoader(ds, device="cpu", seed=3, buffer_chunks=2, samples_per_chunk=16, read_ahead=2)
     assert torch.equal(draws(plain, 100), draws(ahead, 100))  # 50 refills: more than three passes
+    assert len(ahead.state_dict()["ahead"]) == 2 and plain.state_dict()["ahead"] == []  # kept in flight
     for saver, restorer in ((plain, ahead), (ahead, plain)):
         state = saver.state_dict()
         twin = StreamingLoader(

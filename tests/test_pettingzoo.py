@@ -19,6 +19,7 @@ from gymnasium import spaces  # noqa: E402
 from mpe2 import simple_spread_v3, simple_tag_v3  # noqa: E402
 
 from madata.pettingzoo import collect_pettingzoo, env_from_spec  # noqa: E402
+from tests.conftest import killed_at_episode  # noqa: E402
 
 SPREAD = functools.partial(simple_spread_v3.parallel_env, continuous_actions=True, max_cycles=12)
 AGENTS = ["agent_0", "agent_1", "agent_2"]
@@ -74,29 +75,19 @@ def test_same_seed_same_data_and_resume_continues_bit_for_bit(tmp_path):
 
 def test_a_killed_collection_resumes_to_the_uninterrupted_one(tmp_path):
     """A process killed mid-collection (os._exit: no cleanup) resumes to the uninterrupted result."""
-    import subprocess
-    import sys
-    import textwrap
-
     out = tmp_path / "killed"
-    code = textwrap.dedent(f"""
-        import functools, os
+    # episode 5 is added but never committed
+    killed_at_episode(
+        7,
+        f"""
+        import functools
         from mpe2 import simple_spread_v3
         from madata.pettingzoo import collect_pettingzoo
-        from madata.writer import DatasetWriter
-        real, n = DatasetWriter.add_episode, [0]
-        def dying(self, *a, **k):
-            n[0] += 1
-            if n[0] == 7:
-                os._exit(9)  # episode 5 was added but never committed
-            return real(self, *a, **k)
-        DatasetWriter.add_episode = dying
         env = functools.partial(simple_spread_v3.parallel_env, continuous_actions=True, max_cycles=12)
         policies = {{a: {{"random": "random"}} for a in ("agent_0", "agent_1", "agent_2")}}
         collect_pettingzoo(env, {str(out)!r}, policies=policies, episodes=9, seed=1, commit_every=5, commit_seconds=0)
-    """)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert proc.returncode == 9, proc.stderr
+        """,
+    )
     assert madata.open(out).num_episodes == 5
     policies = {a: {"random": "random"} for a in AGENTS}
     resumed = collect_pettingzoo(SPREAD, out, policies=policies, episodes=9, seed=1, resume=True)

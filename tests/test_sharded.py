@@ -353,3 +353,17 @@ def test_missing_ranges_cover_exactly_what_no_shard_holds(spans, episodes_, size
     assert sorted(got) == sorted(set(range(episodes_)) - taken) and len(got) == len(set(got))
     assert all(0 < b - a <= size for a, b in ranges)
     assert rec.num_episodes == next((e for e in range(episodes_ + 1) if e not in taken), episodes_)
+
+
+def test_create_if_absent_locally_never_replaces_what_appeared_meanwhile(tmp_path):
+    """The local create-if-absent ends with a hard link: a file another writer put there while this one was
+    writing stays as it was, and this one is refused (a rename would have replaced it)."""
+    from madata.atomic import atomic_output
+
+    target = tmp_path / "commits" / "0000000001.json"
+    target.parent.mkdir()
+    with pytest.raises(DatasetExistsError, match="appeared while it was being written"):
+        with atomic_output(target, overwrite=False) as tmp:
+            tmp.write_bytes(b"mine")
+            target.write_bytes(b"theirs")  # the other writer, between the check and the commit
+    assert target.read_bytes() == b"theirs" and list(target.parent.iterdir()) == [target]
