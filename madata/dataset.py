@@ -92,7 +92,8 @@ class Dataset:
         return cls(open_store(path, storage_options))
 
     @property
-    def root(self) -> Path:
+    def root(self) -> Path | str:
+        """The dataset's directory (a Path), or its URL on other storage."""
         return self.store.root
 
     @property
