@@ -16,6 +16,7 @@ import typer
 from cli import behavior, d4rl, diagnose, train
 from cli.errors import handle_errors, main_with
 from cli.format import print_json
+from cli.options import Scheduler, Workers
 
 app = typer.Typer(
     name="madata",
@@ -341,13 +342,8 @@ def collect(
     env_arg: Annotated[
         list[str] | None, typer.Option(help="pettingzoo: tasks only: KEY=VALUE passed to the env function, repeated.")
     ] = None,
-    workers: Annotated[
-        int | None,
-        typer.Option(help="Collect on a local Dask cluster of this many worker processes (on 127.0.0.1)."),
-    ] = None,
-    scheduler: Annotated[
-        str | None, typer.Option(help="Collect on a running Dask cluster: its scheduler address, tcp://HOST:PORT.")
-    ] = None,
+    workers: Workers = None,
+    scheduler: Scheduler = None,
     shard_episodes: Annotated[
         int | None,
         typer.Option(

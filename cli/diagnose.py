@@ -10,6 +10,7 @@ import typer
 
 from cli.errors import handle_errors
 from cli.format import print_json
+from cli.options import Scheduler, Workers
 from madata.diagnostics.defaults import DEFAULTS
 
 D = SimpleNamespace(**DEFAULTS)  # the defaults shown in --help
@@ -31,26 +32,47 @@ def diagnose_command(
     permutations: Annotated[int, typer.Option(help="Shuffled copies making the dependence null.")] = D.permutations,
     bins: Annotated[int, typer.Option(help="Coverage bins per continuous action component.")] = D.bins,
     shuffles: Annotated[int, typer.Option(help="Shuffled copies for the joint-coverage yardstick.")] = D.shuffles,
+    out_of_core: Annotated[
+        bool | None,
+        typer.Option(
+            "--out-of-core/--in-memory",
+            help="Read the dataset part by part, holding only what the statistics need (same numbers). Default: "
+            "out of core with --workers/--scheduler, or when in memory would need over half the free memory.",
+            show_default=False,
+        ),
+    ] = None,
+    workers: Workers = None,
+    scheduler: Scheduler = None,
 ) -> None:
     """How good and how uncoordinated a dataset is: returns per behaviour combination, the miscoordination
     gap, dependence between agents' actions given the state against its shuffled null, joint versus
     per-agent coverage. Definitions: docs/diagnostics.md."""
+    import contextlib
+
     from madata.atomic import check_output
     from madata.diagnostics import diagnose, write_report
+    from madata.distributed import check_cluster, dask_client
 
     if report is not None:  # before minutes of statistics, not after
         check_output(report, overwrite, "report file")
-    d = diagnose(
-        dataset,
-        seed=seed,
-        groups=groups,
-        group_size=group_size,
-        pool=pool,
-        permutations=permutations,
-        bins=bins,
-        shuffles=shuffles,
-        progress=not as_json,
-    )
+    workers = check_cluster(workers, scheduler)
+    on_dask = workers is not None or scheduler is not None
+    if on_dask and out_of_core is False:
+        raise typer.BadParameter("--in-memory reads in this process: --workers and --scheduler do not apply")
+    with dask_client(workers, scheduler) if on_dask else contextlib.nullcontext() as client:
+        d = diagnose(
+            dataset,
+            seed=seed,
+            groups=groups,
+            group_size=group_size,
+            pool=pool,
+            permutations=permutations,
+            bins=bins,
+            shuffles=shuffles,
+            progress=not as_json,
+            out_of_core=out_of_core,
+            client=client,
+        )
     if report is not None:
         write_report(d, report, overwrite=overwrite)
     if as_json:

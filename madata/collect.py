@@ -41,6 +41,7 @@ from madata.behaviour import BehaviourPolicy, check_levels, load_policy
 from madata.behaviour.mix import Combo, assign, check_combo, combinations
 from madata.behaviour.random import TeamRandomPolicy
 from madata.dataset import Dataset
+from madata.distributed import check_cluster
 from madata.envs.family import Task
 from madata.envs.registry import get_task
 from madata.envs.team import Factorization, TeamEnv
@@ -149,10 +150,7 @@ def collect(
         combos = [combo]
     loc = location(out, storage_options)
     distributed = workers is not None or scheduler is not None
-    if workers is not None and scheduler is not None:
-        raise SchemaError("give at most one of workers (--workers, a local Dask cluster) and scheduler (--scheduler)")
-    if workers is not None:
-        workers = parse_int(workers, "workers (--workers)", 1)
+    workers = check_cluster(workers, scheduler)
     if shard_episodes is not None:
         if not distributed:
             raise SchemaError(

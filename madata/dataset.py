@@ -245,6 +245,20 @@ class Dataset:
             info=info,
         )
 
+    def episode_groups(self, transitions: int) -> list[np.ndarray]:
+        """This dataset's episode ids in consecutive runs of whole episodes, each run closed once it holds
+        ``transitions`` transitions or more (the last may hold fewer): parts to read one at a time."""
+        ids, out = self.episode_ids, []
+        start, acc = 0, 0
+        for i, n in enumerate(self.episode_lengths()):
+            acc += int(n)
+            if acc >= transitions:
+                out.append(ids[start : i + 1])
+                start, acc = i + 1, 0
+        if start < len(ids):
+            out.append(ids[start:])
+        return out
+
     def iter_episodes(self):
         for i in range(self.num_episodes):
             yield self.episode(i)

@@ -61,14 +61,24 @@ def collect_shard(plan, loc: Location, meta: Metadata, start: int, stop: int):
     return ShardRef(path, start, stop - start)
 
 
+def check_cluster(workers: Any, scheduler: str | None) -> int | None:
+    """Refuse both or a bad count: ``workers`` (a local cluster's processes, >= 1) or ``scheduler``, or neither."""
+    from madata.collect import parse_int  # here: collect imports this module
+
+    if workers is not None and scheduler is not None:
+        raise SchemaError("give at most one of workers (--workers, a local Dask cluster) and scheduler (--scheduler)")
+    return None if workers is None else parse_int(workers, "workers (--workers)", 1)
+
+
 @contextlib.contextmanager
-def dask_client(workers: int | None, scheduler: str | None) -> Iterator[Any]:
-    """A Dask client: of a new LocalCluster on 127.0.0.1 (``workers`` processes), or of ``scheduler``."""
+def dask_client(workers: int | None, scheduler: str | None, memory_limit: str | None = None) -> Iterator[Any]:
+    """A Dask client: of a new LocalCluster on 127.0.0.1 (``workers`` processes, each held to ``memory_limit``,
+    e.g. "2GB", by Dask's nanny; default: an equal share of the machine's), or of ``scheduler``."""
     try:
         from dask.distributed import Client, LocalCluster
     except ImportError:
         raise SchemaError(
-            "distributed collection needs Dask: pip install 'madata[distributed]' (dask[distributed])"
+            "Dask workers (--workers, --scheduler) need Dask: pip install 'madata[distributed]' (dask[distributed])"
         ) from None
     if scheduler is not None:
         with Client(scheduler) as client:
@@ -81,6 +91,7 @@ def dask_client(workers: int | None, scheduler: str | None) -> Iterator[Any]:
             processes=True,
             host="127.0.0.1",
             dashboard_address="127.0.0.1:0",
+            memory_limit=memory_limit or "auto",
         ) as cluster,
         Client(cluster) as client,
     ):

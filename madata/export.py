@@ -52,7 +52,7 @@ def export_parquet(
     writer = None
     rows = 0
     with atomic_output(out, overwrite) as tmp:
-        for group in _episode_groups(ds, rows_per_group):
+        for group in ds.episode_groups(rows_per_group):
             tr = ds.select(episodes=group).transitions(fields)
             cols = {"episode_id": tr.pop("episode_id"), "timestep": tr.pop("timestep")}
             for key, v in tr.items():
@@ -77,20 +77,6 @@ def export_parquet(
             raise SchemaError(f"{ds.root}: the dataset has no transitions to export")
         writer.close()
     return rows
-
-
-def _episode_groups(ds: Dataset, rows_per_group: int):
-    """Consecutive runs of episode ids of about ``rows_per_group`` transitions."""
-    ids = ds.episode_ids
-    lengths = ds.episode_lengths()
-    start, acc = 0, 0
-    for i, n in enumerate(lengths):
-        acc += int(n)
-        if acc >= rows_per_group:
-            yield ids[start : i + 1]
-            start, acc = i + 1, 0
-    if start < len(ids):
-        yield ids[start:]
 
 
 def export_episodes(ds: Dataset, out: str | os.PathLike, *, overwrite: bool = False) -> int:

@@ -12,14 +12,15 @@ from tqdm import tqdm
 
 import madata
 from madata.dataset import Dataset
-from madata.diagnostics.coverage import action_coverage, saco, state_action_coverage
+from madata.diagnostics.coverage import action_coverage, coverage_of_cells, saco, state_action_coverage
 from madata.diagnostics.defaults import DEFAULTS
 from madata.diagnostics.dependence import action_dependence
 from madata.diagnostics.quality import behaviour_mix, quality
+from madata.diagnostics.streaming import conditioning, conditioning_name, features_of, stream_inputs
 from madata.diagnostics.types import behaviour_types
 from madata.errors import SchemaError
 from madata.schema import behaviour_column
-from madata.spaces import Discrete
+from madata.spaces import Box
 
 
 def _check(ds: Dataset) -> None:
@@ -34,7 +35,7 @@ def _check(ds: Dataset) -> None:
 
 
 def load_inputs(ds: Dataset) -> dict[str, Any]:
-    """Read and check what the data-only statistics use.
+    """Read and check what the data-only statistics use, all in memory.
 
     Returns ``cond`` [N, D] (the global state, else every agent's observation side by
     side, flattened), ``cond_name``, ``actions`` ({agent: [N, *act_shape]} as stored),
@@ -42,32 +43,38 @@ def load_inputs(ds: Dataset) -> dict[str, Any]:
     and ``episode`` [N]. The writer refuses values that are not finite, so these are.
     """
     _check(ds)
-    episode = ds.transitions(fields=["episode_id"])["episode_id"]
-    if ds.state_space is not None:
-        cond = ds.transitions(fields=["state"])["state"].reshape(len(episode), -1)
-    else:  # one agent at a time: observations are the largest arrays
-        cond = np.concatenate(
-            [ds.transitions(fields=["obs"], agents=[a])[f"obs/{a}"].reshape(len(episode), -1) for a in ds.agent_ids],
-            axis=1,
-        )
     acts = ds.transitions(fields=["action"])
     actions = {a: acts[f"action/{a}"] for a in ds.agent_ids}
-    features = {}
-    for spec in ds.agents:
-        x = actions[spec.id]
-        if isinstance(spec.action_space, Discrete):
-            features[spec.id] = np.eye(spec.action_space.n, dtype=np.float32)[np.asarray(x) - spec.action_space.start]
-        else:
-            features[spec.id] = x.reshape(len(x), -1)
     return {
-        "cond": cond,
-        "cond_name": "state"
-        if ds.state_space is not None
-        else "joint observation (every agent's observation side by side)",
+        "cond": conditioning(ds),
+        "cond_name": conditioning_name(ds),
         "actions": actions,
-        "features": features,
-        "episode": episode,
+        "features": features_of(ds, actions),
+        "episode": ds.transitions(fields=["episode_id"])["episode_id"],
     }
+
+
+def in_memory_bytes(ds: Dataset) -> int:
+    """About the most memory (bytes) :func:`load_inputs` and the statistics on it hold: the conditioning
+    vectors and actions as stored, the features, and SACo's rows in float64 twice (the rows and their sort)."""
+    n = ds.num_transitions
+    if ds.state_space is not None:
+        cond = int(np.prod(ds.state_space.shape))
+    else:
+        cond = sum(int(np.prod(s.observation_space.shape)) for s in ds.agents)
+    acts = sum(int(np.prod(s.action_space.shape)) if isinstance(s.action_space, Box) else 1 for s in ds.agents)
+    feats = sum(
+        int(np.prod(s.action_space.shape)) if isinstance(s.action_space, Box) else s.action_space.n for s in ds.agents
+    )
+    return n * (4 * (cond + acts + feats) + 16 * (cond + acts) + 8 * (len(ds.agents) + 4))
+
+
+def available_memory() -> int | None:
+    """Bytes of physical memory free now (Linux and macOS), else None."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 FEW_EPISODES = 50  # below this, tests across episodes rest on too little to read p-values at face value
@@ -104,6 +111,8 @@ def diagnose(
     shuffles: int = DEFAULTS["shuffles"],
     seed: int = DEFAULTS["seed"],
     progress: bool = False,
+    out_of_core: bool | None = None,
+    client: Any = None,
 ) -> dict[str, Any]:
     """Quality and coordination diagnostics of a dataset (or selection), JSON-ready.
 
@@ -118,8 +127,13 @@ def diagnose(
     (:func:`~madata.diagnostics.coverage.state_action_coverage`: its own defaults, the same
     ``seed``), ``types`` (:func:`~madata.diagnostics.types.behaviour_types`: each agent's
     behaviour types recovered without labels and the team-versus-agent test; its own
-    defaults, the same ``seed``), ``timing_s`` (seconds per stage). The same ``seed``
-    gives the same numbers. Raises :class:`~madata.errors.SchemaError` for a dataset with
+    defaults, the same ``seed``), ``reading`` (how the data was read), ``timing_s`` (seconds
+    per stage). The same ``seed`` gives the same numbers, whichever way the data is read.
+
+    ``out_of_core=True`` reads the dataset part by part and holds only what the statistics
+    need (:mod:`~madata.diagnostics.streaming`; on ``client``'s Dask workers if given);
+    ``None`` does so when a client is given or the in-memory path would need more than half
+    the free memory (:func:`in_memory_bytes`). Raises :class:`~madata.errors.SchemaError` for a dataset with
     no episodes, fewer than two agents, or non-finite observations, states or actions.
     """
     for name, v in (
@@ -136,8 +150,14 @@ def diagnose(
             raise SchemaError(f"diagnose: {name} must be an integer >= {low}, got {v!r}")
     ds = dataset if isinstance(dataset, Dataset) else madata.open(dataset)
     _check(ds)
+    if out_of_core is False and client is not None:
+        raise SchemaError("diagnose: a Dask client reads the data part by part; it does not apply in memory")
+    if out_of_core is None:
+        free = available_memory()
+        out_of_core = client is not None or (free is not None and in_memory_bytes(ds) > free / 2)
     timing: dict[str, float] = {}
     n_pairs = len(ds.agent_ids) * (len(ds.agent_ids) - 1) // 2
+    spaces = {a.id: a.action_space for a in ds.agents}
     with tqdm(
         total=4 + n_pairs + len(ds.agent_ids),
         desc="diagnose",
@@ -147,7 +167,10 @@ def diagnose(
         mininterval=0.5,
     ) as bar:
         t0 = time.perf_counter()
-        inputs = load_inputs(ds)
+        if out_of_core:
+            inputs = stream_inputs(ds, bins=bins, pool=pool, seed=seed, client=client, progress=progress)
+        else:
+            inputs = load_inputs(ds)
         timing["read"] = time.perf_counter() - t0
         bar.update(1)
 
@@ -173,9 +196,12 @@ def diagnose(
         timing["dependence"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        spaces = {a.id: a.action_space for a in ds.agents}
-        cov = action_coverage(inputs["actions"], spaces, bins=bins, shuffles=shuffles, seed=seed)
-        cov["saco"] = saco(inputs["cond"], inputs["actions"]) if ds.state_space is not None else None
+        if out_of_core:
+            cov = coverage_of_cells(inputs["codes"], inputs["cells"], bins=bins, shuffles=shuffles, seed=seed)
+            cov["saco"] = inputs["saco"]
+        else:
+            cov = action_coverage(inputs["actions"], spaces, bins=bins, shuffles=shuffles, seed=seed)
+            cov["saco"] = saco(inputs["cond"], inputs["actions"]) if ds.state_space is not None else None
         ids, ret = ds.episode_ids, ds.episodes.column("return").to_numpy()
         row_return = ret[np.searchsorted(ids, inputs["episode"])]
         sa_cov = state_action_coverage(
@@ -215,6 +241,7 @@ def diagnose(
         "coverage": cov,
         "state_action_coverage": sa_cov,
         "types": types,
+        "reading": {"out_of_core": out_of_core, "parts": inputs.get("parts"), "dask": client is not None},
         "timing_s": timing,
         "versions": {"madata": madata.__version__, "numpy": np.__version__},
     }

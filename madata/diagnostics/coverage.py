@@ -22,23 +22,29 @@ one joint, one per shuffle); memory ``O(N)``. No subsampling: the counts are exa
 
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Any
 
 import numpy as np
 
+from madata.diagnostics.neighbours import seeded_pool
 from madata.errors import SchemaError
 from madata.spaces import Box, Discrete, Space
 
 _MAX_CODE = 2**62
+SA_POOL = 200_000  # rows state_action_coverage groups, by default
+_SA_SALT = 0x5AC0  # state_action_coverage's own stream of the diagnosis seed
 
 
-def action_cells(actions: np.ndarray, space: Space, bins: int) -> tuple[np.ndarray, int]:
-    """Cell id [N] int64 of every action of ``actions`` [N, *shape] (equal ids = same cell), and the number of cells."""
-    if isinstance(space, Discrete):
-        return np.asarray(actions, dtype=np.int64).reshape(-1) - space.start, space.n
-    if not isinstance(space, Box):
-        raise SchemaError(f"coverage: unsupported action space {type(space).__name__}")
+def state_action_rows(n: int, seed: int, pool: int | None = None) -> np.ndarray:
+    """The rows of ``n`` transitions that :func:`state_action_coverage` reads (sorted), its pool by default."""
+    return seeded_pool(n, pool or SA_POOL, seed, _SA_SALT)[1]
+
+
+def cell_bounds(actions: np.ndarray, space: Box) -> tuple[np.ndarray, np.ndarray]:
+    """(low, high) [d] float64 that :func:`action_cells` cuts into bins: the box's bounds, and the observed
+    range of ``actions`` [N, *shape] on the components where the box is unbounded."""
     a = np.asarray(actions, dtype=np.float64).reshape(len(actions), -1)
     d = a.shape[1]
     low = np.broadcast_to(np.asarray(space.low, dtype=np.float64).reshape(-1), (d,)).copy()
@@ -46,10 +52,41 @@ def action_cells(actions: np.ndarray, space: Space, bins: int) -> tuple[np.ndarr
     if len(a):
         open_ = ~(np.isfinite(low) & np.isfinite(high))
         low[open_], high[open_] = a[:, open_].min(0), a[:, open_].max(0)
+    return low, high
+
+
+def cell_count(space: Space, bins: int) -> int:
+    """Cells of one agent's action space: ``n`` of a discrete space, ``bins ** components`` of a box (a
+    Python int: exact however many)."""
+    if isinstance(space, Discrete):
+        return space.n
+    return bins ** int(np.prod(space.shape, dtype=np.int64))
+
+
+def action_cells(
+    actions: np.ndarray, space: Space, bins: int, bounds: tuple[np.ndarray, np.ndarray] | None = None
+) -> tuple[np.ndarray, int]:
+    """Cell id [N] int64 of every action of ``actions`` [N, *shape] (equal ids = same cell), and the number of cells.
+
+    ``bounds``: the (low, high) to cut, by default :func:`cell_bounds` of ``actions``; a reader that sees the
+    data a part at a time passes the whole dataset's, so every part is cut on the same grid.
+    """
+    if isinstance(space, Discrete):
+        return np.asarray(actions, dtype=np.int64).reshape(-1) - space.start, space.n
+    if not isinstance(space, Box):
+        raise SchemaError(f"coverage: unsupported action space {type(space).__name__}")
+    a = np.asarray(actions, dtype=np.float64).reshape(len(actions), -1)
+    d = a.shape[1]
+    low, high = cell_bounds(a, space) if bounds is None else bounds
     width = np.where(high > low, high - low, 1.0)
     q = np.clip(np.floor((a - low) / width * bins), 0, bins - 1).astype(np.int64)
-    cells = bins**d  # a Python int: exact however many
+    cells = cell_count(space, bins)
     if cells >= _MAX_CODE:  # too many cells for one int64 code: number the occupied ones instead
+        if bounds is not None:
+            raise SchemaError(
+                f"coverage: {bins} bins on each of {d} action components make {cells:.3g} cells, too many to "
+                "number a part of the data at a time; use fewer --bins, or diagnose in memory"
+            )
         _, inverse = np.unique(q, axis=0, return_inverse=True)
         return inverse.reshape(-1).astype(np.int64), cells
     code = np.zeros(len(a), dtype=np.int64)
@@ -98,28 +135,49 @@ def action_coverage(
     """
     if bins < 1:
         raise SchemaError(f"bins: expected at least 1, got {bins}")
-    agents = list(actions)
-    N = len(actions[agents[0]])
+    cells = {a: action_cells(actions[a], spaces[a], bins) for a in actions}
+    return coverage_of_cells(
+        {a: c[0] for a, c in cells.items()},
+        {a: c[1] for a, c in cells.items()},
+        bins=bins,
+        shuffles=shuffles,
+        seed=seed,
+        curve_points=curve_points,
+    )
+
+
+def coverage_of_cells(
+    codes: dict[str, np.ndarray],
+    cells: dict[str, int],
+    *,
+    bins: int,
+    shuffles: int = 3,
+    seed: int = 0,
+    curve_points: int = 24,
+) -> dict:
+    """:func:`action_coverage` from each agent's cell ids ``codes[agent]`` [N] (:func:`action_cells`) and
+    cell count ``cells[agent]``: what the statistic needs of the data, one int64 per agent and transition."""
+    agents = list(codes)
+    N = len(codes[agents[0]])
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0xC0FE]))
-    codes, cells = [], []
-    for a in agents:
-        code, c = action_cells(actions[a], spaces[a], bins)
-        codes.append(code)
-        cells.append(c)
-    joint = _joint(codes, cells)
-    perms = [[rng.permutation(N) for _ in agents] for _ in range(shuffles)]
-    indep_codes = [_joint([code[p] for code, p in zip(codes, ps, strict=True)], cells) for ps in perms]
-    indep = [len(np.unique(c)) for c in indep_codes]
-    total_joint = math.prod(cells)  # a Python int: exact however many cells
+    code_list, cell_list = [codes[a] for a in agents], [cells[a] for a in agents]
+    joint = _joint(code_list, cell_list)
+    indep, first_copy = [], None
+    for _ in range(shuffles):  # one shuffled copy at a time: N int64 per agent in memory, not per copy
+        perms = [rng.permutation(N) for _ in agents]
+        copy = _joint([code[p] for code, p in zip(code_list, perms, strict=True)], cell_list)
+        indep.append(len(np.unique(copy)))
+        first_copy = copy if first_copy is None else first_copy
+    total_joint = math.prod(cell_list)  # a Python int: exact however many cells
 
     order = rng.permutation(N)
     sizes = np.unique(np.geomspace(min(100, N), N, curve_points).astype(np.int64))
     curve = {"transitions": sizes.tolist()}
-    for a, code in zip(agents, codes, strict=True):
+    for a, code in zip(agents, code_list, strict=True):
         curve[a] = np.searchsorted(_first_seen(code[order]), sizes).tolist()
     curve["joint"] = np.searchsorted(_first_seen(joint[order]), sizes).tolist()
-    if indep_codes:
-        curve["independent"] = np.searchsorted(_first_seen(indep_codes[0][order]), sizes).tolist()
+    if first_copy is not None:
+        curve["independent"] = np.searchsorted(_first_seen(first_copy[order]), sizes).tolist()
 
     occupied = len(np.unique(joint))
     mean_indep = float(np.mean(indep)) if indep else None
@@ -129,7 +187,7 @@ def action_coverage(
         "seed": seed,
         "agents": {
             a: {"cells": c, "occupied": int(len(np.unique(code))), "fraction": len(np.unique(code)) / c}
-            for a, code, c in zip(agents, codes, cells, strict=True)
+            for a, code, c in zip(agents, code_list, cell_list, strict=True)
         },
         "joint": {
             "cells": total_joint,
@@ -153,7 +211,7 @@ def state_action_coverage(
     groups: int = 256,
     group_size: int = 32,
     bins: int = 2,
-    pool: int = 200_000,
+    pool: int | None = None,
     shuffles: int = 20,
     top: float = 0.25,
     seed: int = 0,
@@ -162,7 +220,7 @@ def state_action_coverage(
     seen at a state actually seen together there?
 
     Groups of ``group_size`` transitions with similar states (one per episode; as the
-    dependence statistic forms them, from a seeded pool of at most ``pool`` rows) are
+    dependence statistic forms them, from a seeded pool of at most ``pool`` rows, SA_POOL by default) are
     formed twice: seeded anywhere, and seeded only at states of the episodes in the top
     ``top`` fraction by return ("the states that matter": where the best behaviour in the
     data goes). In each group every action is put in its cell (``bins`` per component, as
@@ -182,6 +240,7 @@ def state_action_coverage(
     Cost: grouping ``O(groups * pool * state dim)``; the counts ``O(groups * group_size *
     (agents + shuffles))``; memory ``O(pool * state dim)``.
     """
+    pool = SA_POOL if pool is None else pool
     if groups < 1 or group_size < 4 or bins < 1 or shuffles < 1 or pool < 1 or not 0 < top <= 1:
         raise SchemaError(
             f"state_action_coverage: groups, shuffles, pool, bins >= 1, group_size >= 4 and 0 < top <= 1 "
@@ -190,9 +249,7 @@ def state_action_coverage(
     from madata.diagnostics.neighbours import similar_state_groups, standardize
 
     agents = list(actions)
-    N = len(cond)
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5AC0]))
-    pool_idx = np.sort(rng.choice(N, min(pool, N), replace=False))
+    rng, pool_idx = seeded_pool(len(cond), pool, seed, _SA_SALT)
     ep = episode[pool_idx]
     k = int(min(group_size, len(np.unique(ep))))
     if k < 4:
@@ -267,6 +324,26 @@ def saco(state: np.ndarray, actions: dict[str, np.ndarray], decimals: int | None
     published values used no rounding). 1 means no pair repeats; it counts exact repeats, so
     on continuous data it is 1 unless transitions are duplicated. Cost ``O(N log N)``.
     """
+    rows = _saco_rows(state, actions, decimals)
+    keys = rows.view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1]))).reshape(-1)
+    return len(np.unique(keys)) / max(len(rows), 1)
+
+
+def saco_digests(state: np.ndarray, actions: dict[str, np.ndarray]) -> np.ndarray:
+    """A 128-bit digest [N] (``|V16``) of every (state, joint action) row as :func:`saco` compares them: the
+    distinct digests of all parts of a dataset, over its transitions, are its SACo (unless two of the
+    N rows collide, probability below N**2 / 2**129), in 16 bytes per transition instead of the rows."""
+    out = np.empty(len(state), dtype="V16")
+    for start in range(0, len(state), 4096):  # float64 rows a block at a time: the digests are what is kept
+        block = slice(start, start + 4096)
+        rows = _saco_rows(state[block], {a: x[block] for a, x in actions.items()}, None)
+        for i, row in enumerate(rows, start):  # blake2b: a keyless hash with no structure for data to collide on
+            out[i] = hashlib.blake2b(row.tobytes(), digest_size=16).digest()
+    return out
+
+
+def _saco_rows(state: np.ndarray, actions: dict[str, np.ndarray], decimals: int | None) -> np.ndarray:
+    """[N, D + sum A] float64: each transition's state and actions side by side, exactly as compared."""
     rows = np.concatenate(
         [np.asarray(state, dtype=np.float64).reshape(len(state), -1)]
         + [np.asarray(a, dtype=np.float64).reshape(len(a), -1) for a in actions.values()],
@@ -274,6 +351,4 @@ def saco(state: np.ndarray, actions: dict[str, np.ndarray], decimals: int | None
     )
     if decimals is not None:
         rows = rows.round(decimals)
-    rows = np.ascontiguousarray(rows + 0.0)  # -0.0 and 0.0 are one value
-    keys = rows.view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1]))).reshape(-1)
-    return len(np.unique(keys)) / max(len(rows), 1)
+    return np.ascontiguousarray(rows + 0.0)  # -0.0 and 0.0 are one value

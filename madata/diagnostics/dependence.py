@@ -56,11 +56,17 @@ from itertools import combinations
 
 import numpy as np
 
-from madata.diagnostics.neighbours import similar_state_groups, standardize
+from madata.diagnostics.neighbours import seeded_pool, similar_state_groups, standardize
 from madata.errors import SchemaError
 
 RIDGE = 0.1
 _PCA_ROWS = 20_000  # rows used to fit the principal components of the local regressions
+_SALT = 0xD1A6  # this statistic's own stream of the diagnosis seed
+
+
+def dependence_rows(n: int, pool: int, seed: int) -> np.ndarray:
+    """The rows of ``n`` transitions that :func:`action_dependence` reads (sorted)."""
+    return seeded_pool(n, pool, seed, _SALT)[1]
 
 
 @dataclass
@@ -147,8 +153,7 @@ def action_dependence(
         raise SchemaError(f"group_size: expected at least 4, got {group_size}")
     if permutations < 1 or groups < 1 or pool < 1:
         raise SchemaError(f"groups, pool and permutations must be >= 1, got {groups}, {pool}, {permutations}")
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 0xD1A6]))
-    pool_idx = np.sort(rng.choice(N, min(pool, N), replace=False))
+    rng, pool_idx = seeded_pool(N, pool, seed, _SALT)
     n_episodes = len(np.unique(episode[pool_idx]))
     k = int(min(group_size, n_episodes))
     if k < 4:

@@ -13,6 +13,13 @@ import numpy as np
 _BLOCK_BYTES = 64 << 20  # one block of squared distances (float32)
 
 
+def seeded_pool(n: int, pool: int, seed: int, salt: int) -> tuple[np.random.Generator, np.ndarray]:
+    """A statistic's generator (seeded by ``seed`` and the statistic's own ``salt``) and the sorted rows
+    [min(pool, n)] it draws first: one function, so a reader that fetches only these rows fetches the same."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, salt]))
+    return rng, np.sort(rng.choice(n, min(pool, n), replace=False))
+
+
 def standardize(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
     """``x`` [N, D] z-scored with the mean and std of ``ref`` [P, D]; columns constant in ``ref`` are dropped."""
     mu, sd = ref.mean(0), ref.std(0)

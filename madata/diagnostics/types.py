@@ -70,6 +70,7 @@ from madata.diagnostics.neighbours import standardize
 Z_KEEP = 3.0  # the held-out gain of one more type must exceed 3 standard errors
 MIN_GAIN = 0.05  # and 0.05 nats per episode (a likelihood ratio of 5 %): smaller types do not matter
 MIN_EPISODES = 10
+STEPS, EARLY = 64, 32  # sampled steps per episode, and how many of them are its first steps
 
 
 def sample_steps(episode: np.ndarray, steps: int, early: int, rng: np.random.Generator) -> np.ndarray:
@@ -84,6 +85,22 @@ def sample_steps(episode: np.ndarray, steps: int, early: int, rng: np.random.Gen
         pick = rng.choice(rest, min(steps - first, len(rest)), replace=False) if len(rest) else rest
         out.append(np.r_[np.arange(s, s + first), np.sort(pick)])
     return np.concatenate(out)
+
+
+def _sample(
+    episode: np.ndarray, steps: int, early: int, seed: int
+) -> tuple[np.random.Generator, np.ndarray, np.ndarray]:
+    """The generator, dense episode index [N] and sampled rows of :func:`behaviour_types` (no rows for
+    fewer than ``MIN_EPISODES`` episodes, which it skips)."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x7E5]))
+    _, ep = np.unique(episode, return_inverse=True)
+    few = len(ep) == 0 or ep.max() + 1 < MIN_EPISODES
+    return rng, ep, np.zeros(0, np.int64) if few else sample_steps(ep, steps, early, rng)
+
+
+def types_rows(episode: np.ndarray, seed: int, steps: int = STEPS, early: int = EARLY) -> np.ndarray:
+    """The rows that :func:`behaviour_types` reads, for ``episode`` [N] each transition's episode."""
+    return _sample(episode, steps, early, seed)[2]
 
 
 def other_episode_neighbours(z: np.ndarray, episode: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -226,8 +243,8 @@ def behaviour_types(
     features: dict[str, np.ndarray],
     episode: np.ndarray,
     *,
-    steps: int = 64,
-    early: int = 32,
+    steps: int = STEPS,
+    early: int = EARLY,
     neighbours: int = 32,
     max_types: int = 4,
     restarts: int = 4,
@@ -247,14 +264,13 @@ def behaviour_types(
     ``verdict``, ``sampled_steps`` and the settings; or ``{"skipped": reason}`` for fewer
     than 10 episodes.
     """
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x7E5]))
-    _, ep = np.unique(episode, return_inverse=True)
+    rng, ep, rows = _sample(episode, steps, early, seed)
     E = int(ep.max()) + 1
     if E < MIN_EPISODES:
         return {"skipped": f"types are fit across episodes and need at least {MIN_EPISODES}; the data has {E}"}
-    rows = sample_steps(ep, steps, early, rng)
     qep = ep[rows]
-    z = standardize(cond[rows].reshape(len(rows), -1).astype(np.float64), cond[rows].reshape(len(rows), -1))
+    x = cond[rows].reshape(len(rows), -1)
+    z = standardize(x.astype(np.float64), x)
     nbr, valid = other_episode_neighbours(z, qep, min(neighbours, len(rows) - 1))
     position = np.arange(len(rows)) - np.searchsorted(qep, qep)  # each sampled step's rank in its episode
     halves = position % 2
