@@ -12,6 +12,7 @@ from cli.errors import handle_errors
 from cli.format import print_json
 from cli.options import Scheduler, Workers
 from madata.diagnostics.defaults import DEFAULTS
+from madata.errors import OutOfMemoryError
 
 D = SimpleNamespace(**DEFAULTS)  # the defaults shown in --help
 
@@ -59,20 +60,24 @@ def diagnose_command(
     on_dask = workers is not None or scheduler is not None
     if on_dask and out_of_core is False:
         raise typer.BadParameter("--in-memory reads in this process: --workers and --scheduler do not apply")
-    with dask_client(workers, scheduler) if on_dask else contextlib.nullcontext() as client:
-        d = diagnose(
-            dataset,
-            seed=seed,
-            groups=groups,
-            group_size=group_size,
-            pool=pool,
-            permutations=permutations,
-            bins=bins,
-            shuffles=shuffles,
-            progress=not as_json,
-            out_of_core=out_of_core,
-            client=client,
-        )
+    try:
+        with dask_client(workers, scheduler) if on_dask else contextlib.nullcontext() as client:
+            d = diagnose(
+                dataset,
+                seed=seed,
+                groups=groups,
+                group_size=group_size,
+                pool=pool,
+                permutations=permutations,
+                bins=bins,
+                shuffles=shuffles,
+                progress=not as_json,
+                out_of_core=out_of_core,
+                client=client,
+            )
+    except MemoryError:  # the allocation that failed is gone again: room to say so
+        hint = "" if out_of_core else "; --out-of-core reads it part by part, in a fraction of the memory"
+        raise OutOfMemoryError(f"{dataset}: diagnose ran out of memory{hint}; smaller --pool also helps") from None
     if report is not None:
         write_report(d, report, overwrite=overwrite)
     if as_json:

@@ -27,6 +27,10 @@ class OutputError(MadataError, OSError):
     """An output that cannot be written: a missing directory, a directory in the way, a read-only or full disk."""
 
 
+class OutOfMemoryError(MadataError, MemoryError):
+    """A step needed more memory than this machine has; the message says what needs less."""
+
+
 class StorageError(MadataError, OSError):
     """Storage that cannot be reached or used: missing credentials, no such bucket, access denied, the network."""
 
