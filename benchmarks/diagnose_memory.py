@@ -14,7 +14,7 @@ are separate processes). Reported: seconds, peak resident and virtual memory of 
 in-memory one (every number but the timings).
 
     python benchmarks/diagnose_memory.py --dataset D.zarr --out docs/results/diagnose_memory.json
-    python benchmarks/diagnose_memory.py --wide 300 128 --pool 100000 --cap-mb 2500
+    python benchmarks/diagnose_memory.py --wide 300 128 --pool 100000 --cap-mb auto
 
 Results: docs/scale.md.
 """
@@ -124,7 +124,11 @@ def main() -> None:
         "--tmp", type=Path, default=Path(tempfile.gettempdir()), help="where --wide writes (removed afterwards)"
     )
     p.add_argument("--pool", type=int, help="diagnose --pool (default: diagnose's)")
-    p.add_argument("--cap-mb", type=int, help="also run in memory and out of core under this address-space cap")
+    p.add_argument(
+        "--cap-mb",
+        help="also run in memory and out of core under this address-space cap (MB), or 'auto': halfway between "
+        "the two modes' peak virtual sizes",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="write the results as JSON here")
     args = p.parse_args()
@@ -152,9 +156,11 @@ def measure(args: argparse.Namespace) -> None:
         results[name] = run_mode(args.dataset, flags, settings, None)
         print(f"{name}: {_line(results[name])}", flush=True)
     if args.cap_mb:
+        peaks = [results[m].get("peak_virtual_mb", 0) for m in ("in-memory", "out-of-core")]
+        cap = int(sum(peaks) / 2) if args.cap_mb == "auto" else int(args.cap_mb)
         for name in ("in-memory", "out-of-core"):
-            key = f"{name} capped at {args.cap_mb} MB"
-            results[key] = run_mode(args.dataset, modes[name], settings, args.cap_mb)
+            key = f"{name} capped at {cap} MB"
+            results[key] = run_mode(args.dataset, modes[name], settings, cap)
             print(f"{key}: {_line(results[key])}", flush=True)
     reference = results["in-memory"].get("answer")
     for r in results.values():

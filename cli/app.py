@@ -260,19 +260,28 @@ def export(
         ExportTable, typer.Option(help="transitions: one row per transition; episodes: the episode table alone.")
     ] = ExportTable.transitions,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
+    workers: Workers = None,
+    scheduler: Scheduler = None,
 ) -> None:
     """Write the flat transition table (one row per transition, with each episode's return, end, seed and
     behaviour labels), or the episode table alone, for DuckDB, polars or pandas; or (--format og-marl) an
     OG-MARL vault at OUT/madata that flashbax reads (docs/sources.md)."""
+    import contextlib
+
     from tqdm import tqdm
 
     import madata
+    from madata.distributed import check_cluster, dask_client
+    from madata.errors import SchemaError
     from madata.export import export_episodes, export_parquet
 
+    workers = check_cluster(workers, scheduler)
+    on_dask = workers is not None or scheduler is not None
+    if on_dask and (fmt is not ExportFormat.parquet or table is not ExportTable.transitions):
+        raise SchemaError("--workers and --scheduler apply to the transition table in Parquet (the default export)")
     ds = madata.open(path)
     if fmt is ExportFormat.og_marl:
         from madata.convert.og_marl import export_og_marl
-        from madata.errors import SchemaError
 
         if table is not ExportTable.transitions or overwrite:
             raise SchemaError(
@@ -284,8 +293,11 @@ def export(
     if table is ExportTable.episodes:
         typer.echo(f"wrote {export_episodes(ds, out, overwrite=overwrite)} episodes to {out}")
         return
-    with tqdm(total=ds.num_transitions, unit="tr", desc="export", disable=None, file=sys.stderr) as bar:
-        rows = export_parquet(ds, out, overwrite=overwrite, progress=bar.update)
+    with (
+        dask_client(workers, scheduler) if on_dask else contextlib.nullcontext() as client,
+        tqdm(total=ds.num_transitions, unit="tr", desc="export", disable=None, file=sys.stderr) as bar,
+    ):
+        rows = export_parquet(ds, out, overwrite=overwrite, progress=bar.update, client=client)
     typer.echo(f"wrote {rows} transitions to {out}")
 
 

@@ -132,3 +132,27 @@ def test_cli_flags(datasets, capsys):
         one_line_error(code, err, needle)
     code, out, _ = cli(capsys, "diagnose", root, "--out-of-core", "--json", "--pool", "3000", "--group-size", "8")
     assert code == 0 and json.loads(out)["reading"]["out_of_core"] is True
+
+
+@pytest.mark.skipif(importlib.util.find_spec("distributed") is None, reason="needs madata[distributed]")
+def test_export_on_dask_workers_writes_the_same_table(datasets, tmp_path, capsys):
+    """Workers build the groups' tables, the driver writes them in order: the file one process writes."""
+    import pyarrow.parquet as pq
+
+    from madata.distributed import dask_client
+    from madata.export import export_parquet
+
+    ds = datasets["unbounded-state"].select(episodes=np.arange(1, 60, 2))
+    here, there = tmp_path / "here.parquet", tmp_path / "there.parquet"
+    rows = export_parquet(ds, here, rows_per_group=150)
+    with dask_client(2, None) as client:
+        assert export_parquet(ds, there, rows_per_group=150, client=client) == rows == ds.num_transitions
+    a, b = pq.read_table(here), pq.read_table(there)
+    assert a.equals(b) and a.schema.metadata == b.schema.metadata
+    assert pq.ParquetFile(there).metadata.num_row_groups >= 8  # many groups, so their order was at stake
+    code, _, err = cli(capsys, "export", str(datasets["discrete-no-state"].root), "--table", "episodes", "--workers", "2",
+                       "-o", str(tmp_path / "e.parquet"))  # fmt: skip
+    one_line_error(code, err, "apply to the transition table in Parquet")
+    code, out, _ = cli(capsys, "export", str(datasets["discrete-no-state"].root), "--workers", "2",
+                       "-o", str(tmp_path / "w.parquet"))  # fmt: skip
+    assert code == 0 and "wrote 1200 transitions" in out
