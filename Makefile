@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: a bare "torch" requirement could pull a multi-GB CUDA build
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[mujoco,d4rl,algos,train,pettingzoo,og-marl,s3,distributed,dev]'
+	$(PY) -m pip install -q -e '.[mujoco,d4rl,algos,train,pettingzoo,og-marl,scale,smax,dev]'
 	touch $(STAMP)
 
 demo: setup

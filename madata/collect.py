@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,7 +39,7 @@ from tqdm import tqdm
 
 import madata
 from madata.behaviour import BehaviourPolicy, check_levels, load_policy
-from madata.behaviour.mix import Combo, assign, check_combo, combinations
+from madata.behaviour.mix import Combo, assign, check_combo, combinations, combo_of
 from madata.behaviour.random import TeamRandomPolicy
 from madata.dataset import Dataset
 from madata.distributed import check_cluster
@@ -160,18 +161,26 @@ def collect(
     sharded = distributed or not loc.local
     resuming = resume and loc.exists("zarr.json")
 
-    first_env = info.team_env(max_steps)
-    try:
-        f = first_env.factorization
-        if noise and any(isinstance(a.action_space, Discrete) for a in f.agents):
-            raise SchemaError(
-                f"noise: Gaussian action noise needs continuous actions; {task} has discrete ones (use epsilon)"
-            )
-        levels = list(dict.fromkeys(lv for c in combos for lv in c.values()))
-        policies = {lv: load_policy(info, lv, f, checkpoint_dir) for lv in levels}
-        env_record = {**info.env, "max_steps": first_env.max_steps}
-    finally:
-        first_env.close()
+    levels = list(dict.fromkeys(lv for c in combos for lv in c.values()))
+    if info.family.batched:
+        if noise or epsilon:
+            raise SchemaError(f"noise and epsilon do not apply to {task}: its levels are {', '.join(levels)}")
+        agents, state_space = info.family.spec(info)
+        masks, env_record = True, {**info.env, "max_steps": max_steps or info.max_steps}
+        described = {lv: info.family.describe_level(lv) for lv in levels}
+    else:
+        first_env = info.team_env(max_steps)
+        try:
+            f = first_env.factorization
+            if noise and any(isinstance(a.action_space, Discrete) for a in f.agents):
+                raise SchemaError(
+                    f"noise: Gaussian action noise needs continuous actions; {task} has discrete ones (use epsilon)"
+                )
+            described = {lv: load_policy(info, lv, f, checkpoint_dir).describe() for lv in levels}
+            agents, state_space, masks = f.agents, f.state_space, False
+            env_record = {**info.env, "max_steps": first_env.max_steps}
+        finally:
+            first_env.close()
     plan = Plan(info, combos, episodes, seed, envs, noise, epsilon, max_steps, mix_by, checkpoint_dir)
     provenance = {
         "producer": PRODUCER,
@@ -184,7 +193,7 @@ def collect(
         "noise": noise,
         "epsilon": epsilon,
         "max_steps": max_steps,
-        "policies": {lv: p.describe() for lv, p in policies.items()},
+        "policies": described,
         "madata_version": madata.__version__,
     }
     if resuming:
@@ -192,8 +201,9 @@ def collect(
         _check_same_collection(loc, meta.provenance, provenance)
     else:
         meta = new_metadata(
-            f.agents,
-            state_space=f.state_space,
+            agents,
+            state_space=state_space,
+            action_masks=masks,
             env=env_record,
             description=_describe(info, mix, mix_by, combo, episodes, seed, noise, epsilon),
             reference_scores=info.reference_scores,
@@ -222,13 +232,13 @@ def collect(
     else:
         writer = DatasetWriter.create(loc, meta, commit_every=commit_every, commit_seconds=commit_seconds)
     with writer, episode_bar(episodes, writer.num_episodes, f"collect {task}", progress) as bar:
-        start = writer.num_episodes
+        start, t0 = writer.num_episodes, time.perf_counter()
         transitions, every = 0, max(1, (episodes - start) // 10)
         for ep in plan.run(start, episodes):
             writer.add_episode(**ep)
             transitions += len(ep["rewards"])
             bar.update(1)
-            elapsed = bar.format_dict["elapsed"]
+            elapsed = time.perf_counter() - t0  # the bar's own clock stands still when it is disabled
             if elapsed > 0:
                 bar.set_postfix_str(f"{transitions / elapsed:,.0f} transitions/s", refresh=False)
             done = writer.num_episodes
@@ -256,9 +266,16 @@ class Plan:
     mix_by: str | None
     checkpoint_dir: str | os.PathLike | None
 
+    def combo(self, e: int) -> Combo:
+        """Episode ``e``'s combination of levels (agent -> level)."""
+        return combo_of(e, self.combos)
+
     def run(self, start: int, stop: int) -> Iterator[dict[str, Any]]:
         """Episodes ``start .. stop-1`` as keyword arguments of ``DatasetWriter.add_episode``, in id order,
         on up to ``envs`` environment copies made here and closed when the iteration ends."""
+        if self.task.family.batched:  # the family steps its own batches (SMAX, in JAX)
+            yield from self.task.family.run_episodes(self, start, stop)
+            return
         team_envs = [self.task.team_env(self.max_steps) for _ in range(max(1, min(self.envs, stop - start)))]
         try:
             f = team_envs[0].factorization

@@ -114,9 +114,10 @@ def resolve_checkpoint_dir(override: str | os.PathLike | None = None) -> Path:
 
 
 def available_levels(task: str | Task, checkpoint_dir: str | os.PathLike | None = None) -> list[str]:
-    """The behaviour levels of ``task``: ``random``, then its checkpoint levels in name order."""
+    """The behaviour levels of ``task``: ``random``, the family's built-in ones, then its checkpoint levels in
+    name order."""
     task = get_task(task)
-    levels = [RANDOM]
+    levels = [RANDOM, *task.family.builtin_levels]
     if task.family.sac_checkpoints:
         d = resolve_checkpoint_dir(checkpoint_dir) / task.name
         if d.is_dir():

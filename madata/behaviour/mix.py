@@ -112,7 +112,12 @@ def assign(num_episodes: int, combos: Sequence[Combo]) -> list[Combo]:
         raise SchemaError(f"episodes: expected an integer >= 0, got {num_episodes!r}")
     if not combos:
         raise SchemaError("assign: needs at least one behaviour combination")
-    return [combos[e % len(combos)] for e in range(num_episodes)]
+    return [combo_of(e, combos) for e in range(num_episodes)]
+
+
+def combo_of(e: int, combos: Sequence[Combo]) -> Combo:
+    """Episode ``e``'s combination (:func:`assign`)."""
+    return combos[e % len(combos)]
 
 
 def combo_label(combo: Combo) -> str:

@@ -63,6 +63,12 @@ class TaskFamily(ABC):
     # True: behaviour levels beyond `random` are SAC checkpoints of the whole team acting on the global
     # state (``<checkpoint dir>/<task>/<level>.json``, trained by `madata behavior train`)
     sac_checkpoints: bool = False
+    # levels the family ships besides `random` (SMAX: its built-in heuristic)
+    builtin_levels: tuple[str, ...] = ()
+    # True: the family steps its environments in batches itself (SMAX, in JAX): it implements
+    # ``spec(task) -> (agents, state_space)`` and ``run_episodes(plan, start, stop)`` (the episodes of a
+    # madata.collect.Plan as DatasetWriter.add_episode arguments) and has no TeamEnv
+    batched: bool = False
 
     @abstractmethod
     def names(self) -> list[str]:

@@ -1,7 +1,8 @@
 """Task names -> :class:`~madata.envs.family.Task` objects, asked of every task family in turn.
 
-The families: the paper's grid world (:mod:`madata.envs.grid`) and multi-agent MuJoCo
-(:mod:`madata.envs.mamujoco`, every robot and factorization gymnasium-robotics offers). A
+The families: the paper's grid world (:mod:`madata.envs.grid`), multi-agent MuJoCo
+(:mod:`madata.envs.mamujoco`, every robot and factorization gymnasium-robotics offers) and
+SMAX (:mod:`madata.envs.smax`, StarCraft-like unit fights in JAX). A
 name is resolved once, where it enters (a command's argument, a dataset's ``env.id``),
 and the Task object travels from there. Families import their simulators lazily, so
 optional extras stay optional.
@@ -14,9 +15,10 @@ import functools
 from madata.envs.family import Task, TaskFamily
 from madata.envs.grid import GRID
 from madata.envs.mamujoco import MAMUJOCO
+from madata.envs.smax import SMAX
 from madata.errors import UnknownNameError
 
-FAMILIES: list[TaskFamily] = [GRID, MAMUJOCO]
+FAMILIES: list[TaskFamily] = [GRID, MAMUJOCO, SMAX]
 
 
 def task_names() -> list[str]:
