@@ -128,3 +128,11 @@ def test_cli_refusals(tmp_path, capsys):
     if importlib.util.find_spec("jaxmarl") is not None:
         code, _, err = cli(capsys, "collect", "smax-2s3z", "--mix", "random", "--epsilon", "0.1", "-o", tmp_path / "e")
         one_line_error(code, err, "do not apply to smax-2s3z")
+
+
+@needs_jaxmarl
+def test_training_on_smax_data_is_refused_with_the_reason(tmp_path, capsys):
+    collect("smax-3s_vs_3z", tmp_path / "d", mix=["random"], episodes=2, envs=2)
+    for extra in ([], ["--eval-episodes", "0"]):
+        code, _, err = cli(capsys, "train", "cast-bcq", tmp_path / "d", "-o", tmp_path / "run", *extra)
+        one_line_error(code, err, "training on smax-3s_vs_3z data is not built yet")

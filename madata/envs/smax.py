@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -55,11 +56,14 @@ HEURISTIC = "jaxmarl create_heuristic_policy(team=0, shoot=True, attack_mode='cl
 
 
 def _jaxmarl():
+    out, err = sys.stdout, sys.stderr
     try:
-        with contextlib.redirect_stdout(io.StringIO()):  # jaxmarl prints notes about its optional envs
-            import jaxmarl.environments.smax as smax
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            import jaxmarl.environments.smax as smax  # it prints notes about its optional environments
     except ImportError:
         raise SchemaError("SMAX tasks need JaxMARL: pip install 'madata[smax]' (jaxmarl, JAX on CPU)") from None
+    finally:  # jaxmarl's mabrax module sets sys.stdout and sys.stderr back to sys.__stdout__ and __stderr__
+        sys.stdout, sys.stderr = out, err
     return smax
 
 
