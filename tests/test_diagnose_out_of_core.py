@@ -156,3 +156,15 @@ def test_export_on_dask_workers_writes_the_same_table(datasets, tmp_path, capsys
     code, out, _ = cli(capsys, "export", str(datasets["discrete-no-state"].root), "--workers", "2",
                        "-o", str(tmp_path / "w.parquet"))  # fmt: skip
     assert code == 0 and "wrote 1200 transitions" in out
+
+
+def test_out_of_core_is_chosen_when_memory_would_not_suffice(datasets, monkeypatch):
+    """Without a flag: out of core when in memory would need more than half the free memory."""
+    from madata.diagnostics import core
+
+    ds = datasets["discrete-no-state"]
+    need = core.in_memory_bytes(ds)
+    assert need > ds.num_transitions * 4 * (8 + 9 + 8)  # at least the joint observations (float32)
+    for free, expected in ((2 * need + 2, False), (2 * need - 2, True), (None, False)):
+        monkeypatch.setattr(core, "available_memory", lambda free=free: free)
+        assert diagnose(ds, **SMALL)["reading"]["out_of_core"] is expected
