@@ -149,8 +149,10 @@ def test_help_and_info_do_not_import_torch(tmp_path):
 
 
 def test_the_base_library_imports_no_optional_environment_stack():
-    """madata, its collector and diagnostics load without pettingzoo, tensorstore or jax."""
+    """madata, its collector, diagnostics (out of core too), export and task families load without pettingzoo,
+    tensorstore, jax or jaxmarl, Dask or s3fs: each is an optional extra, imported where it is used."""
     loaded = _imported_by(
-        "import madata, madata.collect, madata.ops, madata.diagnostics.core, madata.pettingzoo, madata.convert.og_marl"
+        "import madata, madata.collect, madata.ops, madata.diagnostics.core, madata.pettingzoo, madata.convert.og_marl,"
+        " madata.diagnostics.streaming, madata.export, madata.distributed, madata.envs.smax, madata.envs.registry"
     )
-    assert not {"pettingzoo", "mpe2", "tensorstore", "jax"} & loaded
+    assert not {"pettingzoo", "mpe2", "tensorstore", "jax", "jaxmarl", "dask", "distributed", "s3fs"} & loaded
