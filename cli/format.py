@@ -41,13 +41,16 @@ def format_summary(s: dict[str, Any]) -> str:
             lines.append(f"           (note: {s['normalized_note']})")
     lines.append(f"lengths   {_stats(s['lengths'], '.1f')}")
     lines.append("ends      " + "  ".join(f"{k} {v}" for k, v in s["ends"].items()))
+    if s.get("wins"):
+        lines.append(f"wins      {s['wins']['episodes']} episodes won ({s['wins']['rate']:.1%})")
     if s["behaviour_labels"]:
         lines.append("behaviour labels")
         for a, counts in s["behaviour_labels"].items():
             lines.append(f"  {a:<12} " + "  ".join(f"{k}: {v}" for k, v in counts.items()))
         lines.append("returns per combination")
         for k, v in s["behaviour_combinations"].items():
-            lines.append(f"  {k:<40} {v['episodes']:>6} episodes  mean {v['mean']:.2f}  std {v['std']:.2f}")
+            won = f"  won {v['win_rate']:.0%}" if "win_rate" in v else ""
+            lines.append(f"  {k:<40} {v['episodes']:>6} episodes  mean {v['mean']:.2f}  std {v['std']:.2f}{won}")
     lines.append(f"created   {s['created']}  schema v{s['schema_version']}  chunk_rows {s['chunk_rows']}")
     lines.append("versions  " + "  ".join(f"{k} {v}" for k, v in s["versions"].items()))
     if s["provenance"]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,18 @@ def _space(s) -> dict[str, Any]:
     return {"type": "discrete", "n": s.n, "start": s.start}
 
 
+def episode_wins(ds: Dataset) -> np.ndarray | None:
+    """Whether each episode was won [E] bool, where the collector records it (SMAX: ``provenance["won"]``
+    of every episode), else None."""
+    flags = []
+    for p in ds.episodes.column("provenance").to_pylist():
+        won = json.loads(p).get("won") if p else None
+        if not isinstance(won, bool):
+            return None
+        flags.append(won)
+    return np.asarray(flags, dtype=bool) if flags else None
+
+
 def summarize(ds: Dataset) -> dict[str, Any]:
     """A JSON-ready summary of a dataset (or selection)."""
     t = ds.episodes
@@ -47,11 +60,12 @@ def summarize(ds: Dataset) -> dict[str, Any]:
         if any(x is not None for x in labels[a]):
             names, counts = np.unique(np.asarray(labels[a], dtype=object).astype(str), return_counts=True)
             per_agent[a] = {str(k): int(v) for k, v in zip(names, counts, strict=True)}
-    combos: dict[str, list[float]] = {}
+    won = episode_wins(ds)
+    combos: dict[str, list[int]] = {}
     if per_agent:
-        for i, r in enumerate(returns):
+        for i in range(len(returns)):
             key = ",".join(f"{a}={labels[a][i]}" for a in ds.agent_ids)
-            combos.setdefault(key, []).append(float(r))
+            combos.setdefault(key, []).append(i)
     size = ds.store.location.size()
     norm = normalized_score(returns, ref)
     note = None
@@ -79,7 +93,11 @@ def summarize(ds: Dataset) -> dict[str, Any]:
         "lengths": _stats(lengths.astype(np.float64)),
         "ends": {k: ends.count(k) for k in ("terminated", "truncated")},
         "behaviour_labels": per_agent,
-        "behaviour_combinations": {k: {"episodes": len(v), **_stats(np.asarray(v))} for k, v in combos.items()},
+        "wins": None if won is None else {"episodes": int(won.sum()), "rate": float(won.mean())},
+        "behaviour_combinations": {
+            k: {"episodes": len(v), **_stats(returns[v])} | ({} if won is None else {"win_rate": float(won[v].mean())})
+            for k, v in combos.items()
+        },
         "reference_scores": ref,
         "schema_version": ds.meta.schema_version,
         "chunk_rows": ds.meta.chunk_rows,

@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 
 import madata
+from cli.format import format_summary
 from madata.collect import collect
 from madata.envs import smax
 from madata.envs.registry import get_task
 from madata.errors import SchemaError, UnknownNameError
 from madata.schema import behaviour_column
+from madata.summary import summarize
 from tests.test_bad_input_cli import cli, one_line_error
 
 needs_jaxmarl = pytest.mark.skipif(
@@ -118,6 +120,12 @@ def test_heuristic_teams_win_and_random_ones_do_not(tmp_path):
     ret = ds.episodes.column("return").to_numpy()
     assert team.sum() == 16 and won[~team].sum() == 0 and won[team].sum() >= 4
     assert ret[team].mean() > 2 * ret[~team].mean()
+    # madata info: the data's win rate, overall and per combination of levels
+    s = summarize(ds)
+    assert s["wins"] == {"episodes": int(won.sum()), "rate": won.mean()}
+    heuristic_team = ",".join(f"{a}=heuristic" for a in ds.agent_ids)
+    assert s["behaviour_combinations"][heuristic_team]["win_rate"] == won[team].mean()
+    assert f"wins      {int(won.sum())} episodes won" in format_summary(s)
 
 
 def test_cli_refusals(tmp_path, capsys):
