@@ -80,8 +80,8 @@ def list_(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Behaviour levels: `random` (every task: each agent uniform in its own action space), then the
-    checkpoints (TASK/LEVEL) with their measured average returns."""
+    """Behaviour levels: `random` (every task: each agent uniform in its own action space), the families'
+    built-in ones (SMAX's heuristic), then the checkpoints (TASK/LEVEL) with their measured average returns."""
     from madata.behaviour import resolve_checkpoint_dir
     from madata.behaviour.checkpoint import load_checkpoint
 
@@ -99,10 +99,17 @@ def list_(
                 "eval_episodes": i.eval_episodes,
             }
         )
+    from madata.envs.registry import FAMILIES
+
+    builtin = [
+        {"task": f"{f.name}-*", "level": lv, "kind": f.describe_level(lv)} for f in FAMILIES for lv in f.builtin_levels
+    ]
     if as_json:
-        print_json([{"task": "*", "level": "random", "kind": "uniform in each agent's action space"}, *rows])
+        print_json([{"task": "*", "level": "random", "kind": "uniform in each agent's action space"}, *builtin, *rows])
         return
     typer.echo(f"{'(every task)':<18} {'random':<8} uniform in each agent's own action space, no checkpoint")
+    for b in builtin:
+        typer.echo(f"{'(' + b['task'] + ')':<18} {b['level']:<8} {b['kind']}, built in")
     for r in rows:
         typer.echo(
             f"{r['task']:<18} {r['level']:<8} {r['train_steps']:>8} steps  seed {r['seed']}  "

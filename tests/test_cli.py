@@ -75,13 +75,14 @@ def test_errors_are_one_line(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_behavior_list_shows_random_and_every_shipped_checkpoint():
+def test_behavior_list_shows_random_the_built_in_levels_and_every_shipped_checkpoint():
     import re
 
     res = runner.invoke(app, ["behavior", "list"])
     assert res.exit_code == 0, res.output
     lines = res.output.splitlines()
     assert lines[0].split()[:3] == ["(every", "task)", "random"]
+    assert lines[1].split()[:2] == ["(smax-*)", "heuristic"] and "create_heuristic_policy" in lines[1]
     for task in ("halfcheetah-2x3", "hopper-3x1", "walker2d-2x3"):
         for level in ("medium", "expert"):
             line = next(ln for ln in lines if ln.split()[:2] == [task, level])

@@ -17,6 +17,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from madata.errors import UnknownNameError
+
 if TYPE_CHECKING:
     from madata.envs.team import TeamEnv
 
@@ -86,6 +88,10 @@ class TaskFamily(ABC):
     @abstractmethod
     def team_env(self, task: Task, max_steps: int | None) -> TeamEnv:
         """A fresh TeamEnv of ``task`` with its time limit, or ``max_steps`` when shorter."""
+
+    def describe_level(self, level: str) -> str:
+        """What one of :attr:`builtin_levels` is, for `madata behavior list` and a dataset's provenance."""
+        raise UnknownNameError(f"{self.name} tasks have no built-in level {level!r}")
 
     def __repr__(self) -> str:
         return f"<task family {self.name}>"
