@@ -25,7 +25,6 @@ Collection runs whole episodes in JAX, ``jit(vmap(scan))`` over a batch of envir
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import io
 import sys
@@ -56,14 +55,17 @@ HEURISTIC = "jaxmarl create_heuristic_policy(team=0, shoot=True, attack_mode='cl
 
 
 def _jaxmarl():
-    out, err = sys.stdout, sys.stderr
+    # jaxmarl prints notes about its optional environments while importing, and its mabrax module points
+    # sys.stdout and sys.stderr at sys.__stdout__ and sys.__stderr__: all four stay pointed at a sink
+    # until it is imported, then everything is put back as it was
+    saved, sink = (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__), io.StringIO()
+    sys.stdout = sys.stderr = sys.__stdout__ = sys.__stderr__ = sink
     try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            import jaxmarl.environments.smax as smax  # it prints notes about its optional environments
+        import jaxmarl.environments.smax as smax
     except ImportError:
         raise SchemaError("SMAX tasks need JaxMARL: pip install 'madata[smax]' (jaxmarl, JAX on CPU)") from None
-    finally:  # jaxmarl's mabrax module sets sys.stdout and sys.stderr back to sys.__stdout__ and __stderr__
-        sys.stdout, sys.stderr = out, err
+    finally:
+        sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__ = saved
     return smax
 
 
