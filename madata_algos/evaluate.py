@@ -2,7 +2,9 @@
 
 ``K`` episodes run side by side, one :class:`~madata.envs.team.TeamEnv` each; every step
 makes one batched policy call for all running episodes. Agent ``i``'s policy sees its
-own local observations only. Episode ``k`` resets with seed ``seed + k``.
+own local observations only. Episode ``k`` resets with seed ``seed + k``. Families that step
+their environments in batches themselves (SMAX) run their own evaluator: the policy is then
+called with the available actions too, ``policy(obs, masks)``, and the win rate is reported.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class EvalResult:
     lengths: list[int]
     mean_normalized: float | None
     std_normalized: float | None
+    win_rate: float | None = None  # where episodes are won or lost (SMAX)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -43,6 +46,9 @@ def evaluate(
 ) -> EvalResult:
     """Run ``episodes`` episodes of ``policy`` in ``task`` at once; returns their statistics."""
     spec = get_task(task)
+    if spec.family.batched:
+        out = spec.family.evaluate_policy(spec, policy, episodes, seed, max_steps)
+        return _result(spec, episodes, seed, out["returns"], out["lengths"], float(out["won"].mean()))
     envs = [spec.team_env(max_steps) for _ in range(episodes)]
     try:
         f = envs[0].factorization
@@ -62,6 +68,12 @@ def evaluate(
     finally:
         for e in envs:
             e.close()
+    return _result(spec, episodes, seed, returns, lengths, None)
+
+
+def _result(
+    spec: Task, episodes: int, seed: int, returns: np.ndarray, lengths: np.ndarray, win_rate: float | None
+) -> EvalResult:
     norm = normalized_score(returns, spec.reference_scores)
     return EvalResult(
         task=spec.name,
@@ -73,4 +85,5 @@ def evaluate(
         lengths=lengths.tolist(),
         mean_normalized=None if norm is None else float(norm.mean()),
         std_normalized=None if norm is None else float(norm.std()),
+        win_rate=win_rate,
     )

@@ -144,3 +144,46 @@ def test_training_on_smax_data_is_refused_with_the_reason(tmp_path, capsys):
     for extra in ([], ["--eval-episodes", "0"]):
         code, _, err = cli(capsys, "train", "cast-bcq", tmp_path / "d", "-o", tmp_path / "run", *extra)
         one_line_error(code, err, "training on smax-3s_vs_3z data is not built yet")
+
+
+@needs_jaxmarl
+def test_evaluating_the_stored_actions_replays_the_collected_episodes(tmp_path):
+    """The evaluator steps the environments with the collector's keys: a policy that plays back collected
+    episodes' actions gets their returns, lengths and wins exactly; unavailable actions are counted."""
+    ds = collect(
+        "smax-3s_vs_3z", tmp_path / "d", mix=["random", "heuristic"], mix_by="team", episodes=6, envs=6, seed=4
+    )
+    eps = [ds.episode(i) for i in range(ds.num_episodes)]
+    t = [0]
+
+    def playback(obs, masks):
+        out = {a: np.array([e.actions[a][t[0]] if t[0] < e.length else smax.NOOP for e in eps]) for a in ds.agent_ids}
+        t[0] += 1
+        return out
+
+    res = smax.evaluate_policy(get_task("smax-3s_vs_3z"), playback, episodes=6, seed=4)
+    np.testing.assert_allclose(res["returns"], ds.episodes.column("return").to_numpy(), rtol=1e-5)
+    assert res["lengths"].tolist() == [e.length for e in eps] and res["unavailable"] == 0
+    assert res["won"].tolist() == [json.loads(e.info["provenance"])["won"] for e in eps]
+
+    def attack_first_enemy(obs, masks):
+        return {a: np.full(len(m), 5) for a, m in masks.items()}
+
+    res = smax.evaluate_policy(get_task("smax-3s_vs_3z"), attack_first_enemy, episodes=4, seed=0, max_steps=10)
+    assert res["unavailable"] > 0 and (res["lengths"] <= 10).all()
+    with pytest.raises(SchemaError, match="outside 0..7"):
+        smax.evaluate_policy(get_task("smax-3s_vs_3z"), lambda o, m: {a: np.full(4, 8) for a in m}, 4, 0)
+
+
+@needs_jaxmarl
+def test_madata_algos_evaluate_reports_the_win_rate_in_smax():
+    from madata_algos.evaluate import evaluate
+
+    rng = np.random.default_rng(0)
+
+    def random_available(obs, masks):
+        return {a: np.array([rng.choice(np.flatnonzero(row)) for row in m]) for a, m in masks.items()}
+
+    res = evaluate("smax-2s3z", random_available, episodes=8, seed=0)
+    assert res.win_rate == 0.0 and res.task == "smax-2s3z" and len(res.returns) == 8
+    assert 0.05 < res.mean_return < 1.0 and res.mean_normalized is None  # enemy health taken, no win bonus

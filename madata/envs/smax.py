@@ -131,6 +131,10 @@ class SmaxFamily(TaskFamily):
         """What a behaviour level is, for the dataset's provenance."""
         return {"random": "uniform over the available actions", "heuristic": HEURISTIC}[level]
 
+    def evaluate_policy(self, task: Task, policy, episodes: int, seed: int, max_steps: int | None = None) -> dict:
+        """:func:`evaluate_policy` (the family's evaluator, for madata_algos.evaluate)."""
+        return evaluate_policy(task, policy, episodes, seed, max_steps)
+
     def run_episodes(self, plan, start: int, stop: int) -> Iterator[dict[str, Any]]:
         """Episodes ``start .. stop-1`` of ``plan`` (a :class:`~madata.collect.Plan`) as ``add_episode``
         keyword arguments, in id order, ``plan.envs`` environments at a time."""
@@ -152,6 +156,26 @@ def _state_dim(map_name: str) -> int:
 
     obs, _ = _env(map_name).reset(jax.random.PRNGKey(0))
     return int(obs["world_state"].shape[-1])
+
+
+def observe_team(env, agents: list[str], obs: dict, state) -> tuple:
+    """(observations [n, O], world state [S], available actions [n, K] bool) of one environment."""
+    import jax.numpy as jnp
+
+    masks = env.get_avail_actions(state)
+    return (
+        jnp.stack([obs[a] for a in agents]),
+        obs["world_state"],
+        jnp.stack([masks[a] for a in agents]).astype(bool),
+    )
+
+
+def env_step(env, agents: list[str], key, state, act) -> tuple:
+    """One step of the allies' actions ``act`` [n]: (obs, state, team reward, battle over, won)."""
+    obs, state, reward, _, _ = env.step_env(key, state, {a: act[i] for i, a in enumerate(agents)})
+    alive = state.state.unit_alive
+    allies_dead, enemies_dead = ~alive[: len(agents)].any(), ~alive[len(agents) :].any()
+    return obs, state, reward[agents[0]], allies_dead | enemies_dead, enemies_dead & ~allies_dead
 
 
 class SmaxCollector:
@@ -189,12 +213,7 @@ class SmaxCollector:
         )
 
         def observe(obs, state):
-            masks = env.get_avail_actions(state)
-            return (
-                jnp.stack([obs[a] for a in self.agents]),
-                obs["world_state"],
-                jnp.stack([masks[a] for a in self.agents]).astype(bool),
-            )
+            return observe_team(env, self.agents, obs, state)
 
         def step(carry, _):
             key, obs, state, policy_state = carry
@@ -262,6 +281,59 @@ class SmaxCollector:
                 "provenance": {"combo": dict(combo), "won": bool(terminated and won[i, T - 1])}
                 | ({"mix_by": mix_by} if mix_by else {}),
             }
+
+
+def evaluate_policy(
+    task: Task, policy, episodes: int, seed: int, max_steps: int | None = None
+) -> dict[str, np.ndarray]:
+    """Run ``policy`` in ``episodes`` SMAX environments at once, one jitted, vectorized step at a time.
+
+    ``policy(obs, masks)``: ``obs`` {agent: [E, O]} float32 and ``masks`` {agent: [E, K]} bool (the
+    available actions) -> {agent: [E]} int actions. Episode ``k`` uses the collector's keys for
+    episode ``k`` of ``seed``, so replaying a collected episode's actions reproduces it. An
+    unavailable action is replaced by the no-op and counted. Returns ``returns`` [E], ``lengths`` [E],
+    ``won`` [E] bool and ``unavailable`` (actions replaced).
+    """
+    import jax
+    import jax.numpy as jnp
+
+    env, agents = _env(task.env["map"]), list(task.agent_ids)
+    steps = min(max_steps or MAX_STEPS, MAX_STEPS)
+
+    def start(key):
+        key, reset_key = jax.random.split(key)
+        obs, state = env.reset(reset_key)
+        return key, obs, state
+
+    def step(key, obs, state, act):
+        _, m = observe_team(env, agents, obs, state)[::2]
+        act = jnp.where(jnp.take_along_axis(m, act[:, None], 1)[:, 0], act, NOOP)
+        key, _, _, k_step = jax.random.split(key, 4)  # the collector's schedule: its policies' keys unused
+        return (key, *env_step(env, agents, k_step, state, act))
+
+    look = jax.jit(jax.vmap(lambda obs, state: observe_team(env, agents, obs, state)))
+    key, obs, state = jax.jit(jax.vmap(start))(
+        jax.vmap(lambda e: jax.random.fold_in(jax.random.PRNGKey(seed), e))(jnp.arange(episodes))
+    )
+    step = jax.jit(jax.vmap(step))
+    returns, lengths = np.zeros(episodes), np.zeros(episodes, np.int64)
+    won, running, unavailable = np.zeros(episodes, bool), np.ones(episodes, bool), 0
+    for _ in range(steps):
+        o, _, m = (np.asarray(x) for x in look(obs, state))
+        chosen = policy({a: o[:, j] for j, a in enumerate(agents)}, {a: m[:, j] for j, a in enumerate(agents)})
+        act = np.stack([np.asarray(chosen[a], dtype=np.int64).reshape(episodes) for a in agents], 1)
+        if ((act < 0) | (act >= m.shape[-1])).any():
+            raise SchemaError(f"{task.name}: the policy chose actions outside 0..{m.shape[-1] - 1}")
+        unavailable += int((~np.take_along_axis(m, act[..., None], 2)[..., 0])[running].sum())
+        key, obs, state, reward, over, win = step(key, obs, state, jnp.asarray(act, jnp.int32))
+        reward, over, win = np.asarray(reward), np.asarray(over), np.asarray(win)
+        returns[running] += reward[running]
+        lengths[running] += 1
+        won[running] = win[running]
+        running &= ~over
+        if not running.any():
+            break
+    return {"returns": returns, "lengths": lengths, "won": won, "unavailable": unavailable}
 
 
 SMAX = SmaxFamily()
