@@ -250,8 +250,7 @@ def describe(ds: madata.Dataset, need_task: bool = True) -> DataInfo:
     if task is not None and is_task(task) and get_task(task).family.batched:
         raise SchemaError(
             f"{ds.root}: training on {task} data is not built yet (docs/smax.md): the algorithms do not use "
-            "action masks, discrete CAST-BCQ's max over joint actions would enumerate every one of them, and "
-            "policies cannot yet be evaluated in SMAX"
+            "action masks, and discrete CAST-BCQ's max over joint actions would enumerate every one of them"
         )
     if need_task:
         if task is None:
