@@ -20,7 +20,9 @@ Behaviour levels: ``random`` (uniform over the available actions) and ``heuristi
 for dead units, becomes the no-op). A mix is drawn per agent (uncoordinated) or per team.
 
 Collection runs whole episodes in JAX, ``jit(vmap(scan))`` over a batch of environments
-(:class:`SmaxCollector`); episode ``e`` depends only on ``(seed, e)``.
+(:class:`SmaxCollector`); episode ``e`` depends only on ``(seed, e)``. Evaluation
+(:func:`evaluate_policy`) steps a batch one jitted step at a time with a Python policy in
+between, with the collector's keys, and reports wins.
 """
 
 from __future__ import annotations
@@ -43,7 +45,6 @@ if TYPE_CHECKING:
 
 NOOP = 4  # "stop": always available, the only action of a dead unit
 MAX_STEPS = 100  # SMAX's episode limit
-LEVELS = ("random", "heuristic")
 # map -> (allies, enemies, custom unit types or None for SMAX's own scenario)
 MAPS: dict[str, tuple[int, int, list[int] | None]] = {
     "2s3z": (5, 5, None),
