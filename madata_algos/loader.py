@@ -15,7 +15,9 @@ Every loader takes a seed, and ``state_dict``/``load_state_dict`` resume its sam
 
 A batch holds, per agent, ``obs``/``action``/``next_obs``; the global ``state`` and
 ``next_state`` when stored; ``reward`` [B]; ``terminated`` [B] as float (1: no bootstrap).
-A truncated transition is *not* terminal: its next observation is real.
+A truncated transition is *not* terminal: its next observation is real. Datasets with action
+masks (SMAX) add ``action_mask`` and ``next_action_mask``: the available actions at the
+observation and at the next one, bool.
 Agents of equal shapes come stacked, ``obs`` [B, n_agents, obs_dim]; heterogeneous
 agents come as lists of per-agent tensors.
 """
@@ -55,6 +57,9 @@ class Batch:
     state: torch.Tensor | None
     next_state: torch.Tensor | None
     stacked: bool
+    # available actions, bool [..., B, n_agents, K] (a list of [..., B, K_i] when K differs), where stored
+    action_mask: torch.Tensor | list[torch.Tensor] | None = None
+    next_action_mask: torch.Tensor | list[torch.Tensor] | None = None
 
 
 class _Layout:
@@ -72,6 +77,9 @@ class _Layout:
         self.stacked = len(set(obs_shapes)) == 1 and len(set(act_shapes)) == 1
         self.fields = ["obs", "action", "next_obs"] + (["state", "next_state"] if self.has_state else [])
         self.fields += ["reward", "terminated"]
+        self.masks = ds.spec.action_masks  # the schema allows them for discrete agents only
+        if self.masks:
+            self.fields += ["action_mask", "next_action_mask"]
         self.columns: dict[str, tuple[int, int, tuple[int, ...]]] = {}
         pos = 0
         # per-agent fields agent-major inside each field, so a stacked field is one contiguous slice
@@ -89,6 +97,11 @@ class _Layout:
         for f in ("reward", "terminated"):
             self.columns[f] = (pos, pos + 1, ())
             pos += 1
+        if self.masks:
+            for f in ("action_mask", "next_action_mask"):
+                for a in ds.agents:
+                    self.columns[f"{f}/{a.id}"] = (pos, pos + a.action_space.n, (a.action_space.n,))
+                    pos += a.action_space.n
         self.width = pos
 
     def pack(self, tr: dict[str, np.ndarray], out: np.ndarray) -> None:
@@ -122,6 +135,10 @@ class _Layout:
             lo, hi, _ = self.columns[f]
             return rows[..., lo:hi]
 
+        def mask(f: str):
+            parts = [rows[..., lo:hi] > 0.5 for lo, hi, _ in (self.columns[f"{f}/{a}"] for a in self.agent_ids)]
+            return torch.stack(parts, -2) if len({p.shape[-1] for p in parts}) == 1 else parts
+
         return Batch(
             obs=field("obs"),
             action=field("action"),
@@ -131,6 +148,8 @@ class _Layout:
             state=vec("state") if self.has_state else None,
             next_state=vec("next_state") if self.has_state else None,
             stacked=self.stacked,
+            action_mask=mask("action_mask") if self.masks else None,
+            next_action_mask=mask("next_action_mask") if self.masks else None,
         )
 
 

@@ -66,6 +66,29 @@ def test_discrete_stacked(tmp_path):
     assert b.action.dtype == torch.int64 and b.action.shape == (8, 2) and b.action.max() <= 2
 
 
+@pytest.mark.parametrize("loader_cls", [TransitionLoader, StreamingLoader])
+@pytest.mark.parametrize("sizes", [(4, 4, 4), (3, 5, 4)])
+def test_action_masks_come_with_their_transitions(tmp_path, loader_cls, sizes):
+    """The available actions at the observation and at the next one, per agent, bool: stacked when every
+    agent has as many actions, a list otherwise. Without masks in the data, None."""
+    agents = [AgentSpec(f"agent_{i}", Box.make(-np.inf, np.inf, (3,)), Discrete(k)) for i, k in enumerate(sizes)]
+    rng = np.random.default_rng(2)
+    eps = [random_episode(agents, T, rng, action_masks=True) for T in (5, 9, 2, 12)]
+    ds = madata.open(write(tmp_path / "ds", agents, eps, action_masks=True))
+    tr, key = _lookup(ds)
+    b = loader_cls(ds, device="cpu", seed=3).sample(32)
+    stacked = len(set(sizes)) == 1
+    assert isinstance(b.next_action_mask, torch.Tensor) == stacked
+    for j in range(32):
+        i = key[float(b.obs[j, 0, 0] if b.stacked else b.obs[0][j, 0])]
+        for n, a in enumerate(ds.agent_ids):
+            for name in ("action_mask", "next_action_mask"):
+                got = getattr(b, name)[j, n] if stacked else getattr(b, name)[n][j]
+                assert got.dtype == torch.bool and got.tolist() == tr[f"{name}/{a}"][i].tolist(), (name, a)
+    plain = madata.open(write(tmp_path / "plain", agents, [random_episode(agents, 4, rng)]))
+    assert loader_cls(plain, device="cpu").sample(4).action_mask is None
+
+
 def test_streaming_cycles_through_everything(tmp_path):
     agents = [AgentSpec("agent_0", Box.make(-np.inf, np.inf, (1,)), Box.make(-1, 1, (1,)))]
     rng = np.random.default_rng(0)
