@@ -244,8 +244,14 @@ def _command(spec):
         )
         if rows and "eval_return" in rows[-1]:
             r = rows[-1]
+            won = ""
+            if r.get("eval_win_rate") is not None:
+                from madata.envs.registry import get_task
+
+                won = f", won {r['eval_win_rate']:.0%} ({get_task(data.task).family.results_note})"
             typer.echo(
-                f"step {r['step']}: return {r['eval_return']:.1f} (std {r['eval_std']:.1f}); log in {kw['out'] / 'log.csv'}"
+                f"step {r['step']}: return {r['eval_return']:.1f} (std {r['eval_std']:.1f}){won}; "
+                f"log in {kw['out'] / 'log.csv'}"
             )
         elif rows:
             typer.echo(f"step {rows[-1]['step']}: trained without evaluation; losses in {kw['out'] / 'log.csv'}")
@@ -321,9 +327,10 @@ def eval_command(
         "" if res.mean_normalized is None else f", normalized {res.mean_normalized:.1f} (std {res.std_normalized:.1f})"
     )
     lengths = f"episodes of {min(res.lengths)}-{max(res.lengths)} steps"
+    won = "" if res.win_rate is None else f", won {res.win_rate:.0%}"
     typer.echo(
-        f"{res.task}: return {res.mean_return:.1f} (std {res.std_return:.1f}) over {res.episodes} episodes{norm} "
-        f"(reset seeds {res.seed}..{res.seed + res.episodes - 1}, {lengths})"
+        f"{res.task}: return {res.mean_return:.1f} (std {res.std_return:.1f}) over {res.episodes} episodes{norm}{won} "
+        f"(reset seeds {res.seed}..{res.seed + res.episodes - 1}, {lengths})" + (f"; {res.note}" if res.note else "")
     )
 
 

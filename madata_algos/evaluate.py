@@ -36,6 +36,7 @@ class EvalResult:
     mean_normalized: float | None
     std_normalized: float | None
     win_rate: float | None = None  # where episodes are won or lost (SMAX)
+    note: str = ""  # what the numbers are not (SMAX: not SMAC numbers)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -86,4 +87,5 @@ def _result(
         mean_normalized=None if norm is None else float(norm.mean()),
         std_normalized=None if norm is None else float(norm.std()),
         win_rate=win_rate,
+        note=spec.family.results_note,
     )

@@ -69,6 +69,16 @@ def allowed_actions(logits: torch.Tensor, threshold: float) -> torch.Tensor:
     return p / p.max(-1, keepdim=True).values >= threshold
 
 
+def available_allowed(allowed: torch.Tensor, available: torch.Tensor | None) -> torch.Tensor:
+    """BCQ's allowed actions [..., K] among the available ones (``available`` bool [..., K], None: all are).
+    Where the classifier allows no available action, every available action is allowed (a dead SMAX unit's
+    only action, the no-op, is one the classifier may rank low)."""
+    if available is None:
+        return allowed
+    both = allowed & available
+    return torch.where(both.any(-1, keepdim=True), both, available)
+
+
 def discrete_bcq_value(q_next: torch.Tensor, q_next_target: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
     """Discrete BCQ's value of o': Q'(o', argmax over allowed a' of Q(o', a')) (the online critic picks, the
     target critic values). ``q_next``, ``q_next_target``, ``allowed`` [..., K] -> [...]."""
@@ -319,15 +329,16 @@ class IndependentBcqDiscrete(Algorithm):
         return F.cross_entropy(self.classifier(obs).flatten(0, 1), action.flatten()) * self.n
 
     @torch.no_grad()
-    def next_value(self, next_obs: torch.Tensor) -> torch.Tensor:
-        """V(o') = Q'_i(o', argmax over allowed a' of Q_i(o', a')) for every agent: [N, R]."""
-        allowed = allowed_actions(self.classifier(next_obs), self.cfg.threshold)
+    def next_value(self, next_obs: torch.Tensor, next_action_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """V(o') = Q'_i(o', argmax over allowed a' of Q_i(o', a')) for every agent: [N, R]; with
+        ``next_action_mask`` [N, R, K], over the allowed actions available at o'."""
+        allowed = available_allowed(allowed_actions(self.classifier(next_obs), self.cfg.threshold), next_action_mask)
         return discrete_bcq_value(self.critic(next_obs), self.critic_target(next_obs), allowed)
 
     @torch.no_grad()
-    def target(self, reward, next_obs, terminated) -> torch.Tensor:
+    def target(self, reward, next_obs, terminated, next_action_mask=None) -> torch.Tensor:
         """Discrete BCQ's target for every agent (:func:`td_target` of :meth:`next_value`): [N, B]."""
-        return td_target(reward[None], terminated[None], self.next_value(next_obs), self.cfg.gamma)
+        return td_target(reward[None], terminated[None], self.next_value(next_obs, next_action_mask), self.cfg.gamma)
 
     def critic_loss(self, obs, action, y, weight: torch.Tensor | None = None) -> torch.Tensor:
         """Huber(Q_i(o_i, a_i) - y_i), mean over the minibatch (optionally weighted), summed over agents."""
@@ -337,22 +348,34 @@ class IndependentBcqDiscrete(Algorithm):
             err = err * weight
         return err.mean(-1).sum()
 
-    def critic_objective(self, obs, action, reward, next_obs, terminated, generator=None) -> torch.Tensor:
+    def critic_objective(
+        self, obs, action, reward, next_obs, terminated, generator=None, next_action_mask=None
+    ) -> torch.Tensor:
         """The critic step's loss: :meth:`critic_loss` on discrete BCQ's target (MABCQ weighs it)."""
-        return self.critic_loss(obs, action, self.target(reward, next_obs, terminated))
+        return self.critic_loss(obs, action, self.target(reward, next_obs, terminated, next_action_mask))
 
-    def steps(self, obs, action, reward, next_obs, terminated, state=None, next_state=None, generator=None):
-        """Discrete BCQ's iteration: the classifiers, then the critics."""
+    def steps(
+        self, obs, action, reward, next_obs, terminated, state=None, next_state=None, generator=None,
+        next_action_mask=None,
+    ):  # fmt: skip
+        """Discrete BCQ's iteration: the classifiers, then the critics (``next_action_mask`` [N, B, K]: the
+        actions available at o', where the data stores them)."""
         return [
             ("classifier", lambda: self.classifier_loss(obs, action)),
-            ("critic", lambda: self.critic_objective(obs, action, reward, next_obs, terminated, generator)),
+            (
+                "critic",
+                lambda: self.critic_objective(obs, action, reward, next_obs, terminated, generator, next_action_mask),
+            ),
         ]
 
     def after_steps(self) -> None:
         soft_update(self.critic_target, self.critic, self.cfg.tau)
 
     @torch.no_grad()
-    def act(self, obs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Agent i's allowed action of highest Q_i(o_i, .): obs [N, B, O] -> int64 [N, B]."""
-        ok = allowed_actions(self.classifier(obs), self.cfg.threshold)
+    def act(
+        self, obs: torch.Tensor, generator: torch.Generator | None = None, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Agent i's allowed action of highest Q_i(o_i, .): obs [N, B, O] -> int64 [N, B]; with ``mask``
+        [N, B, K], among the available actions."""
+        ok = available_allowed(allowed_actions(self.classifier(obs), self.cfg.threshold), mask)
         return self.critic(obs).masked_fill(~ok, float("-inf")).argmax(-1)

@@ -232,16 +232,26 @@ class MabcqDiscrete(IndependentBcqDiscrete):
         """c = [one_hot(a_i), o_i]: [N, B, K + O]."""
         return torch.cat([F.one_hot(action, self.k).float(), obs], -1)
 
-    def critic_objective(self, obs, action, reward, next_obs, terminated, generator=None) -> torch.Tensor:
-        """lambda_i * Huber(Q_i(o_i, a_i) - y_i), mean over the minibatch, summed over agents."""
-        y = self.target(reward, next_obs, terminated)
+    def critic_objective(
+        self, obs, action, reward, next_obs, terminated, generator=None, next_action_mask=None
+    ) -> torch.Tensor:
+        """lambda_i * Huber(Q_i(o_i, a_i) - y_i), mean over the minibatch, summed over agents. The weights
+        value next observations drawn from the transition model, whose available actions are unknown:
+        there the classifier alone limits the actions."""
+        y = self.target(reward, next_obs, terminated, next_action_mask)
         w = self.weighting.weights(
             self.condition(obs, action), reward, terminated, next_obs, self.next_value, self.cfg.gamma, generator
         )
         return self.critic_loss(obs, action, y, w)
 
-    def steps(self, obs, action, reward, next_obs, terminated, state=None, next_state=None, generator=None):
+    def steps(
+        self, obs, action, reward, next_obs, terminated, state=None, next_state=None, generator=None,
+        next_action_mask=None,
+    ):  # fmt: skip
         """Fit T_i on the minibatch, then discrete BCQ's iteration with the weighted critic loss."""
         cond = self.condition(obs, action)
         fit = ("transition", lambda: self.weighting.loss(cond, reward, terminated, next_obs, generator))
-        return [fit, *super().steps(obs, action, reward, next_obs, terminated, generator=generator)]
+        rest = super().steps(
+            obs, action, reward, next_obs, terminated, generator=generator, next_action_mask=next_action_mask
+        )
+        return [fit, *rest]

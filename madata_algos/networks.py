@@ -151,20 +151,30 @@ class Algorithm(nn.Module):
     def after_steps(self) -> None:
         """Polyak updates of the target networks, after every step."""
 
-    def update(self, obs, action, reward, next_obs, terminated, state=None, next_state=None, generator=None):
+    def update(
+        self, obs, action, reward, next_obs, terminated, state=None, next_state=None, generator=None,
+        next_action_mask=None,
+    ):  # fmt: skip
         """One training iteration on a minibatch: every step with its optimizer, then the target updates.
-        Returns each step's loss (before its update) by name."""
+        Returns each step's loss (before its update) by name. ``next_action_mask`` (where the data stores
+        action masks) reaches only algorithms that use them (the registry refuses masked data to others)."""
+        masks = {} if next_action_mask is None else {"next_action_mask": next_action_mask}
         stats = minimize(
-            self.optimizers, self.steps(obs, action, reward, next_obs, terminated, state, next_state, generator)
+            self.optimizers,
+            self.steps(obs, action, reward, next_obs, terminated, state, next_state, generator, **masks),
         )
         self.after_steps()
         return stats
 
     @torch.no_grad()
-    def losses(self, obs, action, reward, next_obs, terminated, state=None, next_state=None, generator=None):
+    def losses(
+        self, obs, action, reward, next_obs, terminated, state=None, next_state=None, generator=None,
+        next_action_mask=None,
+    ):  # fmt: skip
         """The iteration's losses at the current parameters, nothing updated: {name: value}."""
         batch = (obs, action, reward, next_obs, terminated, state, next_state, generator)
-        return {name: float(fn()) for name, fn in self.steps(*batch)}
+        masks = {} if next_action_mask is None else {"next_action_mask": next_action_mask}
+        return {name: float(fn()) for name, fn in self.steps(*batch, **masks)}
 
 
 def minimize(optimizers: dict[str, torch.optim.Optimizer], steps) -> dict[str, float]:

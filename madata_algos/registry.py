@@ -56,6 +56,7 @@ class DataInfo:
     action_starts: tuple[int, ...]  # discrete: the first action value of each agent (0-based inside); else 0s
     default_action: int | None  # discrete: the no-op as a 0-based index, when the metadata names one
     state_dim: int | None  # size of the stored global state, None when there is none
+    action_masks: bool = False  # the data stores each agent's available actions (SMAX)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -78,6 +79,7 @@ class Variant:
 
     config: type[Config]
     build: Builder
+    masks: bool = False  # learns and acts with the data's action masks (needed where the data stores them)
 
 
 @dataclass(frozen=True)
@@ -199,7 +201,7 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
             "I-BCQ",
             "Independent BCQ: each agent runs BCQ on its own observations and actions; decentralized.",
             Variant(BcqConfig, _ibcq),
-            Variant(BcqDiscreteConfig, _ibcq_discrete),
+            Variant(BcqDiscreteConfig, _ibcq_discrete, masks=True),
             decentralized=True,
             needs_state=False,
         ),
@@ -208,7 +210,7 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
             "MABCQ",
             "MABCQ (Jiang & Lu 2021): I-BCQ with value-deviation and transition-normalization weights; decentralized.",
             Variant(MabcqConfig, _mabcq),
-            Variant(MabcqDiscreteConfig, _mabcq_discrete),
+            Variant(MabcqDiscreteConfig, _mabcq_discrete, masks=True),
             decentralized=True,
             needs_state=False,
         ),
@@ -247,11 +249,6 @@ def describe(ds: madata.Dataset, need_task: bool = True) -> DataInfo:
     env id when it names a known task, else None.
     """
     task = ds.meta.env.get("id")
-    if task is not None and is_task(task) and get_task(task).family.batched:
-        raise SchemaError(
-            f"{ds.root}: training on {task} data is not built yet (docs/smax.md): the algorithms do not use "
-            "action masks, and discrete CAST-BCQ's max over joint actions would enumerate every one of them"
-        )
     if need_task:
         if task is None:
             raise SchemaError(
@@ -292,6 +289,7 @@ def describe(ds: madata.Dataset, need_task: bool = True) -> DataInfo:
             n_actions=int(spaces[0].n),
             action_starts=tuple(int(s.start) for s in spaces),
             default_action=None if default is None else int(default) - int(spaces[0].start),
+            action_masks=ds.spec.action_masks,
         )
     boxes = [a.action_space for a in ds.agents]
     return DataInfo(
@@ -308,11 +306,15 @@ def describe(ds: madata.Dataset, need_task: bool = True) -> DataInfo:
 def _check_matches_task(ds: madata.Dataset, task: str) -> None:
     """The policy is evaluated in ``task``'s environment: the dataset's agents and spaces must be that
     environment's (a dataset relabelled with another task's id would otherwise fail after training)."""
-    env = get_task(task).team_env()
-    try:
-        f = env.factorization
-    finally:
-        env.close()
+    spec = get_task(task)
+    if spec.family.batched:  # no TeamEnv: the family says its spaces
+        agents, state_space = spec.family.spec(spec)
+    else:
+        env = spec.team_env()
+        try:
+            agents, state_space = env.factorization.agents, env.factorization.state_space
+        finally:
+            env.close()
 
     def shapes(agents):
         return {
@@ -320,12 +322,12 @@ def _check_matches_task(ds: madata.Dataset, task: str) -> None:
             for a in agents
         }
 
-    got, want = shapes(ds.agents), shapes(f.agents)
+    got, want = shapes(ds.agents), shapes(agents)
     state = None if ds.state_space is None else ds.state_space.shape
-    if got != want or (state is not None and state != f.state_space.shape):
+    if got != want or (state is not None and state != state_space.shape):
         raise SchemaError(
             f"{ds.root}: its metadata names task {task!r}, but its agents (observation shape, actions) "
-            f"{got} and state {state} are not that task's {want} and {f.state_space.shape}; "
+            f"{got} and state {state} are not that task's {want} and {state_space.shape}; "
             "is it a dataset of another task?"
         )
 
@@ -368,8 +370,20 @@ def config_from_json(spec: AlgorithmSpec, data: DataInfo, values: dict) -> Confi
 
 
 def check_data(spec: AlgorithmSpec, data: DataInfo) -> None:
-    """Raise if ``spec`` cannot learn from ``data``: no variant for its kind of actions, or no global state."""
-    spec.variant(data.discrete, data.root)
+    """Raise if ``spec`` cannot learn from ``data``: no variant for its kind of actions, no global state,
+    or action masks it does not use."""
+    variant = spec.variant(data.discrete, data.root)
+    if data.action_masks and not variant.masks:
+        masked = [s.name for s in ALGORITHMS.values() if s.discrete is not None and s.discrete.masks]
+        raise SchemaError(
+            f"{data.root}: the data stores action masks (available actions) and {spec.name} does not use them yet; "
+            f"{', '.join(masked)} do"
+            + (
+                " (discrete CAST-BCQ's max over joint actions would also enumerate every one of them, docs/smax.md)"
+                if spec.name == "cast-bcq"
+                else ""
+            )
+        )
     if spec.needs_state and data.state_dim is None:
         stateless = [s.name for s in ALGORITHMS.values() if not s.needs_state]
         raise SchemaError(

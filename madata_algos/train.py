@@ -32,7 +32,7 @@ from madata_algos.loader import Batch, StreamingLoader, TransitionLoader, defaul
 from madata_algos.networks import keep_large_tensors_on_heap, pad_agents
 from madata_algos.registry import DataInfo
 
-EVAL_FIELDS = ["eval_return", "eval_std", "eval_normalized"]
+EVAL_FIELDS = ["eval_return", "eval_std", "eval_normalized", "eval_win_rate"]
 TIME_FIELDS = ["train_seconds", "eval_seconds"]  # cumulative across resumes
 CHECKPOINT_FORMAT = "madata-checkpoint-1"
 
@@ -47,7 +47,7 @@ def agent_major(batch: Batch, action_starts: tuple[int, ...] | None = None) -> d
     action = per_agent(batch.action)  # discrete data always come stacked (equal agents: registry.describe)
     if action_starts and any(action_starts):
         action = action - torch.tensor(action_starts, device=action.device)[:, None]
-    return {
+    out = {
         "obs": per_agent(batch.obs),
         "action": action,
         "next_obs": per_agent(batch.next_obs),
@@ -56,6 +56,9 @@ def agent_major(batch: Batch, action_starts: tuple[int, ...] | None = None) -> d
         "state": batch.state,
         "next_state": batch.next_state,
     }
+    if batch.next_action_mask is not None:  # [N, B, K]: the actions available at o'
+        out["next_action_mask"] = per_agent(batch.next_action_mask)
+    return out
 
 
 def make_policy(algo, data: DataInfo, device, generator: torch.Generator | None):
@@ -66,9 +69,13 @@ def make_policy(algo, data: DataInfo, device, generator: torch.Generator | None)
     """
     width = max(data.obs_dims)
 
-    def policy(obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def policy(obs: dict[str, np.ndarray], masks: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         x = pad_agents([torch.as_tensor(obs[a], dtype=torch.float32, device=device) for a in data.agent_ids], width)
-        act = algo.act(x, generator).cpu().numpy()  # greedy algorithms ignore the generator
+        if masks is not None and data.action_masks:  # the available actions, where the task has them (SMAX)
+            m = torch.stack([torch.as_tensor(masks[a], dtype=torch.bool, device=device) for a in data.agent_ids])
+            act = algo.act(x, generator, mask=m).cpu().numpy()
+        else:
+            act = algo.act(x, generator).cpu().numpy()  # greedy algorithms ignore the generator
         if data.discrete:  # [N, E] 0-based -> the spaces' own values
             return {a: act[i] + data.action_starts[i] for i, a in enumerate(data.agent_ids)}
         return {a: act[i, :, : data.act_dims[i]] for i, a in enumerate(data.agent_ids)}
@@ -243,6 +250,8 @@ def train(
                         "eval_std": res.std_return,
                         "eval_normalized": res.mean_normalized,
                     }
+                    if res.win_rate is not None:  # tasks that are won or lost (SMAX)
+                        row["eval_win_rate"] = res.win_rate
                     bar.set_postfix_str(f"return {res.mean_return:.1f}")
                 t_mark = time.perf_counter()
                 clock["eval_seconds"] += t_mark - now
@@ -308,6 +317,8 @@ def progress_line(desc: str, row: dict, steps: int, clock: dict[str, float]) -> 
         text += f": return {row['eval_return']:.1f} (std {row['eval_std']:.1f})"
         if row.get("eval_normalized") is not None:
             text += f", normalized {row['eval_normalized']:.1f}"
+        if row.get("eval_win_rate") is not None:
+            text += f", won {row['eval_win_rate']:.0%}"
     losses = [f"{k} {v:.4g}" for k, v in row.items() if k not in ("step", *EVAL_FIELDS, *TIME_FIELDS)]
     text += f"; losses {', '.join(losses)}" if "eval_return" not in row else ""
     return (

@@ -71,6 +71,8 @@ class TaskFamily(ABC):
     # ``spec(task) -> (agents, state_space)`` and ``run_episodes(plan, start, stop)`` (the episodes of a
     # madata.collect.Plan as DatasetWriter.add_episode arguments) and has no TeamEnv
     batched: bool = False
+    # said beside every evaluation result of the family's tasks (SMAX: its numbers are not SMAC's)
+    results_note: str = ""
 
     @abstractmethod
     def names(self) -> list[str]:

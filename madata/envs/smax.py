@@ -90,6 +90,7 @@ class SmaxFamily(TaskFamily):
     name = "smax"
     builtin_levels = ("heuristic",)
     batched = True
+    results_note = "SMAX (JaxMARL), a StarCraft-like simulator: analogues of SMAC results, not SMAC numbers"
 
     def names(self) -> list[str]:
         return [f"smax-{m}" for m in MAPS]
@@ -320,7 +321,7 @@ def evaluate_policy(
     returns, lengths = np.zeros(episodes), np.zeros(episodes, np.int64)
     won, running, unavailable = np.zeros(episodes, bool), np.ones(episodes, bool), 0
     for _ in range(steps):
-        o, _, m = (np.asarray(x) for x in look(obs, state))
+        o, _, m = (np.array(x) for x in look(obs, state))  # writable copies: the policy may hand them to torch
         chosen = policy({a: o[:, j] for j, a in enumerate(agents)}, {a: m[:, j] for j, a in enumerate(agents)})
         act = np.stack([np.asarray(chosen[a], dtype=np.int64).reshape(episodes) for a in agents], 1)
         if ((act < 0) | (act >= m.shape[-1])).any():
