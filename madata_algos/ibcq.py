@@ -356,10 +356,11 @@ class IndependentBcqDiscrete(Algorithm):
 
     def steps(
         self, obs, action, reward, next_obs, terminated, state=None, next_state=None, generator=None,
-        next_action_mask=None,
+        action_mask=None, next_action_mask=None,
     ):  # fmt: skip
         """Discrete BCQ's iteration: the classifiers, then the critics (``next_action_mask`` [N, B, K]: the
-        actions available at o', where the data stores them)."""
+        actions available at o', where the data stores them; ``action_mask`` is not needed: the classifier
+        learns the data's own actions, which were available)."""
         return [
             ("classifier", lambda: self.classifier_loss(obs, action)),
             (

@@ -158,24 +158,29 @@ class _IcqBase(Algorithm):
             y = td_target(reward, terminated, self.state_value(next_state)[..., 0], self.cfg.gamma)
         return F.mse_loss(self.joint_q(obs, action, state), y)
 
-    def actor_loss(self, obs, action, state, generator: torch.Generator | None = None) -> torch.Tensor:
+    def actor_loss(self, obs, action, state, generator: torch.Generator | None = None, mask=None) -> torch.Tensor:
         """ICQ-MA's decomposed policy objective (Sec. 4.2): -sum_i mean_batch [k_i(s) exp(A_i / beta) / Z_i]
-        log pi_i(a_i | o_i), A_i = Q_i(o_i, a_i) - E_{pi_i} Q_i(o_i, .) (:func:`advantage_weights`)."""
+        log pi_i(a_i | o_i), A_i = Q_i(o_i, a_i) - E_{pi_i} Q_i(o_i, .) (:func:`advantage_weights`); with
+        ``mask`` (discrete: the available actions [N, B, K]), pi_i over the available actions only."""
         with torch.no_grad():
-            advantage = self.agent_q(self.critic, obs, action) - self.policy_baseline(obs, generator)
+            advantage = self.agent_q(self.critic, obs, action) - self.policy_baseline(obs, generator, mask)
             credit, _ = self.mixer.coefficients(state)
             weights = advantage_weights(advantage, credit, self.cfg.beta)
-        return -(weights * self.log_prob(obs, action)).mean(-1).sum()
+        return -(weights * self.log_prob(obs, action, mask)).mean(-1).sum()
 
     # ------------------------------------------------------------ one iteration
 
-    def steps(self, obs, action, reward, next_obs, terminated, state, next_state, generator=None):
+    def steps(
+        self, obs, action, reward, next_obs, terminated, state, next_state, generator=None, action_mask=None,
+        next_action_mask=None,
+    ):  # fmt: skip
         """One iteration on a minibatch (shapes in the class docstring): value, critic, then policy.
-        ``next_obs`` is not needed: the next-state value is V(s') on the global state."""
+        ``next_obs`` and ``next_action_mask`` are not needed: the next-state value is V(s') on the global
+        state. ``action_mask`` (discrete data that stores them): the policy is over the available actions."""
         return [
             ("value", lambda: self.value_loss(obs, action, state)),
             ("critic", lambda: self.critic_loss(obs, action, reward, terminated, state, next_state)),
-            ("actor", lambda: self.actor_loss(obs, action, state, generator)),
+            ("actor", lambda: self.actor_loss(obs, action, state, generator, action_mask)),
         ]
 
     def after_steps(self) -> None:
@@ -233,15 +238,18 @@ class IcqMa(_IcqBase):
         lo, hi = self.cfg.log_std_min, self.cfg.log_std_max
         return lo + torch.sigmoid(self.log_std) * (hi - lo)
 
-    def log_prob(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        """log pi_i(a_i | o_i) of every agent, a Gaussian over the real components: [N, B]."""
+    def log_prob(self, obs: torch.Tensor, action: torch.Tensor, mask: None = None) -> torch.Tensor:
+        """log pi_i(a_i | o_i) of every agent, a Gaussian over the real components: [N, B] (continuous actions
+        have no masks)."""
         log_std = self.policy_log_std()
         z = (action - self.policy_mean(obs)) * torch.exp(-log_std)
         per_dim = -0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)
         return (per_dim * self.act_mask).sum(-1)
 
     @torch.no_grad()
-    def policy_baseline(self, obs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def policy_baseline(
+        self, obs: torch.Tensor, generator: torch.Generator | None = None, mask: None = None
+    ) -> torch.Tensor:
         """E_{a ~ pi_i(.|o_i)} Q_i(o_i, a): the mean over ``baseline_samples`` draws clipped to the action box. [N, B]."""
         N, B, _ = obs.shape
         k = self.cfg.baseline_samples
@@ -286,16 +294,25 @@ class IcqMaDiscrete(_IcqBase):
         """Q_i(o_i, a_i) of every agent: obs [N, R, O], action int64 [N, R] -> [N, R]."""
         return critic(obs).gather(-1, action[..., None])[..., 0]
 
-    def log_prob(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    def logits(self, obs: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """pi_i's logits [N, R, K]; with ``mask`` [N, R, K], unavailable actions get probability 0."""
+        logits = self.actor(obs)
+        return logits if mask is None else logits.masked_fill(~mask, torch.finfo(logits.dtype).min)
+
+    def log_prob(self, obs: torch.Tensor, action: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """log pi_i(a_i | o_i) of every agent: [N, B]."""
-        return F.log_softmax(self.actor(obs), -1).gather(-1, action[..., None])[..., 0]
+        return F.log_softmax(self.logits(obs, mask), -1).gather(-1, action[..., None])[..., 0]
 
     @torch.no_grad()
-    def policy_baseline(self, obs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def policy_baseline(
+        self, obs: torch.Tensor, generator: torch.Generator | None = None, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """E_{a ~ pi_i(.|o_i)} Q_i(o_i, a), the exact sum over actions: [N, B]."""
-        return (torch.softmax(self.actor(obs), -1) * self.critic(obs)).sum(-1)
+        return (torch.softmax(self.logits(obs, mask), -1) * self.critic(obs)).sum(-1)
 
     @torch.no_grad()
-    def act(self, obs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Decentralized execution: each agent's most probable action. [N, B, O] -> int64 [N, B]."""
-        return self.actor(obs).argmax(-1)
+    def act(
+        self, obs: torch.Tensor, generator: torch.Generator | None = None, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Decentralized execution: each agent's most probable (available) action. [N, B, O] -> int64 [N, B]."""
+        return self.logits(obs, mask).argmax(-1)

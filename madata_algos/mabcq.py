@@ -246,7 +246,7 @@ class MabcqDiscrete(IndependentBcqDiscrete):
 
     def steps(
         self, obs, action, reward, next_obs, terminated, state=None, next_state=None, generator=None,
-        next_action_mask=None,
+        action_mask=None, next_action_mask=None,
     ):  # fmt: skip
         """Fit T_i on the minibatch, then discrete BCQ's iteration with the weighted critic loss."""
         cond = self.condition(obs, action)

@@ -153,12 +153,13 @@ class Algorithm(nn.Module):
 
     def update(
         self, obs, action, reward, next_obs, terminated, state=None, next_state=None, generator=None,
-        next_action_mask=None,
+        action_mask=None, next_action_mask=None,
     ):  # fmt: skip
         """One training iteration on a minibatch: every step with its optimizer, then the target updates.
-        Returns each step's loss (before its update) by name. ``next_action_mask`` (where the data stores
-        action masks) reaches only algorithms that use them (the registry refuses masked data to others)."""
-        masks = {} if next_action_mask is None else {"next_action_mask": next_action_mask}
+        Returns each step's loss (before its update) by name. ``action_mask``/``next_action_mask`` (where the
+        data stores action masks) reach only algorithms that use them (the registry refuses masked data to
+        others)."""
+        masks = _masks(action_mask, next_action_mask)
         stats = minimize(
             self.optimizers,
             self.steps(obs, action, reward, next_obs, terminated, state, next_state, generator, **masks),
@@ -169,12 +170,18 @@ class Algorithm(nn.Module):
     @torch.no_grad()
     def losses(
         self, obs, action, reward, next_obs, terminated, state=None, next_state=None, generator=None,
-        next_action_mask=None,
+        action_mask=None, next_action_mask=None,
     ):  # fmt: skip
         """The iteration's losses at the current parameters, nothing updated: {name: value}."""
         batch = (obs, action, reward, next_obs, terminated, state, next_state, generator)
-        masks = {} if next_action_mask is None else {"next_action_mask": next_action_mask}
+        masks = _masks(action_mask, next_action_mask)
         return {name: float(fn()) for name, fn in self.steps(*batch, **masks)}
+
+
+def _masks(action_mask, next_action_mask) -> dict:
+    """The mask arguments of :meth:`Algorithm.steps`, given only where the data has them."""
+    given = {"action_mask": action_mask, "next_action_mask": next_action_mask}
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def minimize(optimizers: dict[str, torch.optim.Optimizer], steps) -> dict[str, float]:

@@ -219,7 +219,7 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
             "ICQ-MA",
             "ICQ-MA (Yang et al. 2021): implicit constraint Q-learning, mixed value Q_tot = sum_i w_i(s) Q_i + b(s); decentralized, needs a global state.",
             Variant(IcqConfig, _icq),
-            Variant(IcqDiscreteConfig, _icq_discrete),
+            Variant(IcqDiscreteConfig, _icq_discrete, masks=True),
             decentralized=True,
             needs_state=True,
         ),

@@ -56,7 +56,8 @@ def agent_major(batch: Batch, action_starts: tuple[int, ...] | None = None) -> d
         "state": batch.state,
         "next_state": batch.next_state,
     }
-    if batch.next_action_mask is not None:  # [N, B, K]: the actions available at o'
+    if batch.next_action_mask is not None:  # [N, B, K]: the actions available at o and at o'
+        out["action_mask"] = per_agent(batch.action_mask)
         out["next_action_mask"] = per_agent(batch.next_action_mask)
     return out
 

@@ -143,9 +143,9 @@ def test_cli_refusals(tmp_path, capsys):
 @needs_jaxmarl
 def test_algorithms_that_ignore_action_masks_refuse_masked_data(tmp_path, capsys):
     collect("smax-3s_vs_3z", tmp_path / "d", mix=["random"], episodes=2, envs=2)
-    for algorithm in ("cast-bcq", "icq-ma", "bcq"):
+    for algorithm in ("cast-bcq", "bcq"):
         code, _, err = cli(capsys, "train", algorithm, tmp_path / "d", "-o", tmp_path / "run", "--eval-episodes", "0")
-        one_line_error(code, err, f"{algorithm} does not use them yet; ibcq, mabcq do")
+        one_line_error(code, err, f"{algorithm} does not use them yet; ibcq, mabcq, icq-ma do")
 
 
 @needs_jaxmarl
@@ -237,14 +237,49 @@ def test_masked_targets_and_actions_use_only_available_actions(cls):
     assert any(changed)
 
 
+def test_icq_ma_policy_is_over_the_available_actions():
+    """With only action j available: pi_i(j | o_i) = 1, the baseline is Q_i(o_i, j), the agent takes j; and
+    the actor's update uses the mask (the same batch without it trains differently)."""
+    from madata_algos.icq import IcqMaDiscrete
+
+    torch.manual_seed(0)
+    algo = IcqMaDiscrete([4] * 3, 6, 5)
+    obs = torch.randn(3, 16, 4)
+    for j in range(5):
+        mask = torch.zeros(3, 16, 5, dtype=torch.bool)
+        mask[..., j] = True
+        action = torch.full((3, 16), j)
+        torch.testing.assert_close(algo.log_prob(obs, action, mask), torch.zeros(3, 16))
+        torch.testing.assert_close(algo.policy_baseline(obs, None, mask), algo.critic(obs)[..., j])
+        assert (algo.act(obs, mask=mask) == j).all()
+    batch = dict(obs=obs, action=torch.randint(0, 5, (3, 16)), reward=torch.randn(16), next_obs=obs,
+                 terminated=torch.zeros(16), state=torch.randn(16, 6), next_state=torch.randn(16, 6))  # fmt: skip
+    mask = torch.rand(3, 16, 5) > 0.3
+    mask[torch.arange(3)[:, None], torch.arange(16)[None], batch["action"]] = True  # the data's actions available
+    assert algo.losses(**batch)["actor"] != algo.losses(**batch, action_mask=mask)["actor"]
+    with_mask, without = copy.deepcopy(algo), copy.deepcopy(algo)
+    with_mask.update(**batch, action_mask=mask)
+    without.update(**batch)
+    assert any(
+        not torch.equal(a, b) for a, b in zip(with_mask.actor.parameters(), without.actor.parameters(), strict=True)
+    )
+
+
+@pytest.fixture(scope="module")
+def team_data(tmp_path_factory):
+    """2s3z, 64 episodes: random and heuristic teams, half each."""
+    out = tmp_path_factory.mktemp("smax") / "d"
+    return collect("smax-2s3z", out, mix=["random", "heuristic"], mix_by="team", episodes=64, envs=32)
+
+
 @needs_jaxmarl
-@pytest.mark.parametrize("algorithm", ["ibcq", "mabcq"])
-def test_training_on_smax_data_beats_random_play(tmp_path, algorithm, capsys):
+@pytest.mark.parametrize("algorithm", ["ibcq", "mabcq", "icq-ma"])
+def test_training_on_smax_data_beats_random_play(team_data, tmp_path, algorithm, capsys):
     """A short run on per-team data of random and heuristic teams returns more than random play, and every
     output reports the win rate as SMAX's, not SMAC's."""
     from madata_algos.train import train
 
-    data = collect("smax-2s3z", tmp_path / "d", mix=["random", "heuristic"], mix_by="team", episodes=64, envs=32)
+    data = team_data
     rows = train(data, tmp_path / "run", algorithm=algorithm, steps=400, batch_size=128, eval_every=400,
                  eval_episodes=16, seed=0)  # fmt: skip
     random_play = data.episodes.filter(
@@ -266,8 +301,9 @@ def test_the_trainer_hands_the_next_masks_to_the_algorithm_agent_major():
     common = dict(obs=torch.randn(B, n, 4), action=torch.randint(0, K, (B, n)), next_obs=torch.randn(B, n, 4),
                   reward=torch.randn(B), terminated=torch.zeros(B), state=None, next_state=None, stacked=True)  # fmt: skip
     out = agent_major(Batch(**common, action_mask=mask, next_action_mask=~mask))
+    assert torch.equal(out["action_mask"], mask.transpose(0, 1))
     assert torch.equal(out["next_action_mask"], (~mask).transpose(0, 1))
-    assert "next_action_mask" not in agent_major(Batch(**common))
+    assert not {"action_mask", "next_action_mask"} & set(agent_major(Batch(**common)))
 
 
 def test_the_trained_policy_acts_among_the_available_actions():

@@ -285,6 +285,30 @@ class SmaxCollector:
             }
 
 
+@functools.cache
+def _evaluation_steps(map_name: str, agents: tuple[str, ...]):
+    """The evaluator's jitted, vectorized functions for one map, compiled once per process (and batch size):
+    ``start(keys)``, ``look(obs, state)`` and ``step(key, obs, state, act)``."""
+    import jax
+    import jax.numpy as jnp
+
+    env, agents = _env(map_name), list(agents)
+
+    def start(key):
+        key, reset_key = jax.random.split(key)
+        obs, state = env.reset(reset_key)
+        return key, obs, state
+
+    def step(key, obs, state, act):
+        _, m = observe_team(env, agents, obs, state)[::2]
+        act = jnp.where(jnp.take_along_axis(m, act[:, None], 1)[:, 0], act, NOOP)
+        key, _, _, k_step = jax.random.split(key, 4)  # the collector's schedule: its policies' keys unused
+        return (key, *env_step(env, agents, k_step, state, act))
+
+    look = jax.vmap(lambda obs, state: observe_team(env, agents, obs, state))
+    return jax.jit(jax.vmap(start)), jax.jit(look), jax.jit(jax.vmap(step))
+
+
 def evaluate_policy(
     task: Task, policy, episodes: int, seed: int, max_steps: int | None = None
 ) -> dict[str, np.ndarray]:
@@ -299,25 +323,10 @@ def evaluate_policy(
     import jax
     import jax.numpy as jnp
 
-    env, agents = _env(task.env["map"]), list(task.agent_ids)
+    agents = list(task.agent_ids)
     steps = min(max_steps or MAX_STEPS, MAX_STEPS)
-
-    def start(key):
-        key, reset_key = jax.random.split(key)
-        obs, state = env.reset(reset_key)
-        return key, obs, state
-
-    def step(key, obs, state, act):
-        _, m = observe_team(env, agents, obs, state)[::2]
-        act = jnp.where(jnp.take_along_axis(m, act[:, None], 1)[:, 0], act, NOOP)
-        key, _, _, k_step = jax.random.split(key, 4)  # the collector's schedule: its policies' keys unused
-        return (key, *env_step(env, agents, k_step, state, act))
-
-    look = jax.jit(jax.vmap(lambda obs, state: observe_team(env, agents, obs, state)))
-    key, obs, state = jax.jit(jax.vmap(start))(
-        jax.vmap(lambda e: jax.random.fold_in(jax.random.PRNGKey(seed), e))(jnp.arange(episodes))
-    )
-    step = jax.jit(jax.vmap(step))
+    start, look, step = _evaluation_steps(task.env["map"], tuple(agents))
+    key, obs, state = start(jax.vmap(lambda e: jax.random.fold_in(jax.random.PRNGKey(seed), e))(jnp.arange(episodes)))
     returns, lengths = np.zeros(episodes), np.zeros(episodes, np.int64)
     won, running, unavailable = np.zeros(episodes, bool), np.ones(episodes, bool), 0
     for _ in range(steps):
