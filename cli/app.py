@@ -266,8 +266,6 @@ def export(
     """Write the flat transition table (one row per transition, with each episode's return, end, seed and
     behaviour labels), or the episode table alone, for DuckDB, polars or pandas; or (--format og-marl) an
     OG-MARL vault at OUT/madata that flashbax reads (docs/sources.md)."""
-    import contextlib
-
     from tqdm import tqdm
 
     import madata
@@ -294,7 +292,7 @@ def export(
         typer.echo(f"wrote {export_episodes(ds, out, overwrite=overwrite)} episodes to {out}")
         return
     with (
-        dask_client(workers, scheduler) if on_dask else contextlib.nullcontext() as client,
+        dask_client(workers, scheduler) as client,
         tqdm(total=ds.num_transitions, unit="tr", desc="export", disable=None, file=sys.stderr) as bar,
     ):
         rows = export_parquet(ds, out, overwrite=overwrite, progress=bar.update, client=client)

@@ -48,8 +48,6 @@ def diagnose_command(
     """How good and how uncoordinated a dataset is: returns per behaviour combination, the miscoordination
     gap, dependence between agents' actions given the state against its shuffled null, joint versus
     per-agent coverage. Definitions: docs/diagnostics.md."""
-    import contextlib
-
     from madata.atomic import check_output
     from madata.diagnostics import diagnose, write_report
     from madata.distributed import check_cluster, dask_client
@@ -61,7 +59,7 @@ def diagnose_command(
     if on_dask and out_of_core is False:
         raise typer.BadParameter("--in-memory reads in this process: --workers and --scheduler do not apply")
     try:
-        with dask_client(workers, scheduler) if on_dask else contextlib.nullcontext() as client:
+        with dask_client(workers, scheduler) as client:
             d = diagnose(
                 dataset,
                 seed=seed,

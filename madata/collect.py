@@ -48,7 +48,7 @@ from madata.envs.registry import get_task
 from madata.envs.team import Factorization, TeamEnv
 from madata.errors import DatasetExistsError, SchemaError
 from madata.location import Location, location
-from madata.sharded import shard_writer
+from madata.sharded import read_root_record, shard_writer
 from madata.spaces import Discrete
 from madata.store import read_root
 from madata.writer import DatasetWriter, new_metadata
@@ -220,9 +220,9 @@ def collect(
         return madata.open(loc)
     # ---- write, in this process
     if sharded and resuming:
-        done = madata.open(loc)
-        if done.store.root_record.complete and done.num_episodes == episodes:
-            return done  # finished already: a new, empty shard would only clutter the listing
+        done = read_root_record(loc)  # the root's records alone, not a check of every shard's chunks
+        if done.complete and done.num_episodes == episodes:
+            return madata.open(loc)  # finished already: a new, empty shard would only clutter the listing
     if sharded:
         writer = shard_writer(
             loc, None if resuming else meta, resume=resuming, commit_every=commit_every, commit_seconds=commit_seconds

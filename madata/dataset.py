@@ -248,16 +248,13 @@ class Dataset:
     def episode_groups(self, transitions: int) -> list[np.ndarray]:
         """This dataset's episode ids in consecutive runs of whole episodes, each run closed once it holds
         ``transitions`` transitions or more (the last may hold fewer): parts to read one at a time."""
-        ids, out = self.episode_ids, []
-        start, acc = 0, 0
-        for i, n in enumerate(self.episode_lengths()):
-            acc += int(n)
-            if acc >= transitions:
-                out.append(ids[start : i + 1])
-                start, acc = i + 1, 0
-        if start < len(ids):
-            out.append(ids[start:])
-        return out
+        ids, ends = self.episode_ids, np.cumsum(self.episode_lengths())
+        cuts, start, base = [], 0, 0
+        while start < len(ids):  # one step per run: the first episode whose end reaches the run's quota closes it
+            stop = int(np.searchsorted(ends, base + transitions, side="left")) + 1
+            cuts.append(ids[start:stop])
+            start, base = stop, int(ends[min(stop, len(ids)) - 1])
+        return cuts
 
     def iter_episodes(self):
         for i in range(self.num_episodes):

@@ -73,7 +73,11 @@ def check_cluster(workers: Any, scheduler: str | None) -> int | None:
 @contextlib.contextmanager
 def dask_client(workers: int | None, scheduler: str | None, memory_limit: str | None = None) -> Iterator[Any]:
     """A Dask client: of a new LocalCluster on 127.0.0.1 (``workers`` processes, each held to ``memory_limit``,
-    e.g. "2GB", by Dask's nanny; default: an equal share of the machine's), or of ``scheduler``."""
+    e.g. "2GB", by Dask's nanny; default: an equal share of the machine's), or of ``scheduler``; None when
+    neither is given (the caller runs in this process)."""
+    if workers is None and scheduler is None:
+        yield None
+        return
     try:
         from dask.distributed import Client, LocalCluster
     except ImportError:

@@ -290,9 +290,7 @@ class FsspecLocation(Location):
 
     @_storage_errors
     def read_many(self, keys: list[str]) -> dict[str, bytes]:
-        got = self.fs.cat([self._p(k) for k in keys], on_error="return") if keys else {}
-        if len(keys) == 1:  # fsspec returns the bytes themselves for a single path
-            got = {self._p(keys[0]): got}
+        got = self.fs.cat([self._p(k) for k in keys], on_error="return") if keys else {}  # a list: always a dict
         return {k: v for k in keys if isinstance(v := got.get(self._p(k)), bytes)}
 
     @_storage_errors

@@ -37,6 +37,7 @@ class EvalResult:
     std_normalized: float | None
     win_rate: float | None = None  # where episodes are won or lost (SMAX)
     note: str = ""  # what the numbers are not (SMAX: not SMAC numbers)
+    unavailable_actions: int | None = None  # the policy's picks the environment could not take (replaced by no-ops)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -49,7 +50,9 @@ def evaluate(
     spec = get_task(task)
     if spec.family.batched:
         out = spec.family.evaluate_policy(spec, policy, episodes, seed, max_steps)
-        return _result(spec, episodes, seed, out["returns"], out["lengths"], float(out["won"].mean()))
+        res = _result(spec, episodes, seed, out["returns"], out["lengths"], float(out["won"].mean()))
+        res.unavailable_actions = out["unavailable"]
+        return res
     envs = [spec.team_env(max_steps) for _ in range(episodes)]
     try:
         f = envs[0].factorization

@@ -307,14 +307,7 @@ def _check_matches_task(ds: madata.Dataset, task: str) -> None:
     """The policy is evaluated in ``task``'s environment: the dataset's agents and spaces must be that
     environment's (a dataset relabelled with another task's id would otherwise fail after training)."""
     spec = get_task(task)
-    if spec.family.batched:  # no TeamEnv: the family says its spaces
-        agents, state_space = spec.family.spec(spec)
-    else:
-        env = spec.team_env()
-        try:
-            agents, state_space = env.factorization.agents, env.factorization.state_space
-        finally:
-            env.close()
+    agents, state_space = spec.family.spec(spec)
 
     def shapes(agents):
         return {

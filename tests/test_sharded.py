@@ -367,3 +367,15 @@ def test_create_if_absent_locally_never_replaces_what_appeared_meanwhile(tmp_pat
             tmp.write_bytes(b"mine")
             target.write_bytes(b"theirs")  # the other writer, between the check and the commit
     assert target.read_bytes() == b"theirs" and list(target.parent.iterdir()) == [target]
+
+
+def test_read_many_of_one_key_on_object_storage(tmp_path):
+    """fsspec's cat of a one-element list is a dict like any other: one key is fetched, not dropped."""
+    import uuid
+
+    from madata.location import location
+
+    loc = location(f"memory://{uuid.uuid4().hex}")
+    loc.write("a", b"x")
+    assert loc.read_many(["a"]) == {"a": b"x"}
+    assert loc.read_many(["a", "missing"]) == {"a": b"x"}

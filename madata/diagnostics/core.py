@@ -12,7 +12,14 @@ from tqdm import tqdm
 
 import madata
 from madata.dataset import Dataset
-from madata.diagnostics.coverage import action_coverage, coverage_of_cells, saco, state_action_coverage
+from madata.diagnostics.coverage import (
+    MAX_CODE,
+    action_coverage,
+    cell_count,
+    coverage_of_cells,
+    saco,
+    state_action_coverage,
+)
 from madata.diagnostics.defaults import DEFAULTS
 from madata.diagnostics.dependence import action_dependence
 from madata.diagnostics.quality import behaviour_mix, quality
@@ -70,7 +77,15 @@ def in_memory_bytes(ds: Dataset) -> int:
 
 
 def available_memory() -> int | None:
-    """Bytes of physical memory free now (Linux and macOS), else None."""
+    """Bytes of memory available now without swapping (Linux: MemAvailable, which counts reclaimable page
+    cache; elsewhere the free pages sysconf reports), else None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
@@ -154,7 +169,9 @@ def diagnose(
         raise SchemaError("diagnose: a Dask client reads the data part by part; it does not apply in memory")
     if out_of_core is None:
         free = available_memory()
-        out_of_core = client is not None or (free is not None and in_memory_bytes(ds) > free / 2)
+        # cells too many for one int64 id are numbered over the whole data, which only memory can do
+        numbered = all(cell_count(a.action_space, bins) < MAX_CODE for a in ds.agents)
+        out_of_core = client is not None or (numbered and free is not None and in_memory_bytes(ds) > free / 2)
     timing: dict[str, float] = {}
     n_pairs = len(ds.agent_ids) * (len(ds.agent_ids) - 1) // 2
     spaces = {a.id: a.action_space for a in ds.agents}

@@ -32,14 +32,14 @@ from madata.diagnostics.neighbours import seeded_pool
 from madata.errors import SchemaError
 from madata.spaces import Box, Discrete, Space
 
-_MAX_CODE = 2**62
+MAX_CODE = 2**62
 SA_POOL = 200_000  # rows state_action_coverage groups, by default
 _SA_SALT = 0x5AC0  # state_action_coverage's own stream of the diagnosis seed
 
 
-def state_action_rows(n: int, seed: int, pool: int | None = None) -> np.ndarray:
-    """The rows of ``n`` transitions that :func:`state_action_coverage` reads (sorted), its pool by default."""
-    return seeded_pool(n, pool or SA_POOL, seed, _SA_SALT)[1]
+def state_action_rows(n: int, seed: int) -> np.ndarray:
+    """The rows of ``n`` transitions that :func:`state_action_coverage` reads with its default pool (sorted)."""
+    return seeded_pool(n, SA_POOL, seed, _SA_SALT)[1]
 
 
 def cell_bounds(actions: np.ndarray, space: Box) -> tuple[np.ndarray, np.ndarray]:
@@ -81,7 +81,7 @@ def action_cells(
     width = np.where(high > low, high - low, 1.0)
     q = np.clip(np.floor((a - low) / width * bins), 0, bins - 1).astype(np.int64)
     cells = cell_count(space, bins)
-    if cells >= _MAX_CODE:  # too many cells for one int64 code: number the occupied ones instead
+    if cells >= MAX_CODE:  # too many cells for one int64 code: number the occupied ones instead
         if bounds is not None:
             raise SchemaError(
                 f"coverage: {bins} bins on each of {d} action components make {cells:.3g} cells, too many to "
@@ -100,7 +100,7 @@ def _joint(codes: list[np.ndarray], cells: list[int]) -> np.ndarray:
     total = 1
     for c in cells:
         total *= c
-    if total < _MAX_CODE:
+    if total < MAX_CODE:
         out = np.zeros(len(codes[0]), dtype=np.int64)
         for code, c in zip(codes, cells, strict=True):
             out = out * c + code

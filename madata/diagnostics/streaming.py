@@ -94,6 +94,11 @@ def sampled_rows(episode: np.ndarray, *, pool: int, seed: int) -> np.ndarray:
     )
 
 
+def _unbounded(space) -> bool:
+    """A Box with a component of infinite bound: coverage cuts it on the data's observed range."""
+    return isinstance(space, Box) and not (np.isfinite(space.low).all() and np.isfinite(space.high).all())
+
+
 def _part_bounds(ds: Dataset, episodes: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per Box agent, the (low, high) that cuts this part's actions (:func:`cell_bounds`)."""
     part = ds.select(episodes=episodes)
@@ -181,15 +186,16 @@ def stream_inputs(
     episode = ds.transitions(fields=["episode_id"])["episode_id"]
     n = len(episode)
     parts = ds.episode_groups(part_transitions or PART_TRANSITIONS)
-    sizes = [int(ds.store.column("length")[p].sum()) for p in parts]
-    starts = np.r_[0, np.cumsum(sizes)[:-1]].astype(np.int64)
+    ends = np.cumsum(ds.episode_lengths())[np.cumsum([len(p) for p in parts]) - 1]  # each part's last row + 1
+    starts = np.r_[0, ends[:-1]].astype(np.int64)
+    sizes = (ends - starts).tolist()
     wanted = sampled_rows(episode, pool=pool, seed=seed)
     cut = np.searchsorted(wanted, np.r_[starts, n])
     ds_ref: Any = ds
     if client is not None:  # the dataset's description travels to each worker once, for both passes
         ds_ref = client.scatter(ds, broadcast=True, hash=False)
     bounds: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    if any(isinstance(s.action_space, Box) for s in ds.agents):
+    if any(_unbounded(s.action_space) for s in ds.agents):  # else every box's own bounds cut its cells
         found = dict(
             _each(client, _part_bounds, ds_ref, [(p,) for p in parts], "diagnose: action ranges", sizes, progress)
         )

@@ -21,6 +21,8 @@ from madata.errors import UnknownNameError
 
 if TYPE_CHECKING:
     from madata.envs.team import TeamEnv
+    from madata.schema import AgentSpec
+    from madata.spaces import Box
 
 
 @dataclass(frozen=True)
@@ -67,9 +69,9 @@ class TaskFamily(ABC):
     sac_checkpoints: bool = False
     # levels the family ships besides `random` (SMAX: its built-in heuristic)
     builtin_levels: tuple[str, ...] = ()
-    # True: the family steps its environments in batches itself (SMAX, in JAX): it implements
-    # ``spec(task) -> (agents, state_space)`` and ``run_episodes(plan, start, stop)`` (the episodes of a
-    # madata.collect.Plan as DatasetWriter.add_episode arguments) and has no TeamEnv
+    # True: the family steps its environments in batches itself (SMAX, in JAX): it overrides :meth:`spec`,
+    # implements ``run_episodes(plan, start, stop)`` (the episodes of a madata.collect.Plan as
+    # DatasetWriter.add_episode arguments) and ``evaluate_policy``, and has no TeamEnv
     batched: bool = False
     # said beside every evaluation result of the family's tasks (SMAX: its numbers are not SMAC's)
     results_note: str = ""
@@ -90,6 +92,14 @@ class TaskFamily(ABC):
     @abstractmethod
     def team_env(self, task: Task, max_steps: int | None) -> TeamEnv:
         """A fresh TeamEnv of ``task`` with its time limit, or ``max_steps`` when shorter."""
+
+    def spec(self, task: Task) -> tuple[list[AgentSpec], Box]:
+        """The agents' spaces and the global state's, as the task's datasets store them (its team env's)."""
+        env = self.team_env(task, None)
+        try:
+            return list(env.factorization.agents), env.factorization.state_space
+        finally:
+            env.close()
 
     def describe_level(self, level: str) -> str:
         """What one of :attr:`builtin_levels` is, for `madata behavior list` and a dataset's provenance."""

@@ -131,7 +131,8 @@ class SmaxFamily(TaskFamily):
 
     def describe_level(self, level: str) -> str:
         """What a behaviour level is, for the dataset's provenance."""
-        return {"random": "uniform over the available actions", "heuristic": HEURISTIC}[level]
+        known = {"random": "uniform over the available actions", "heuristic": HEURISTIC}
+        return known[level] if level in known else super().describe_level(level)
 
     def evaluate_policy(self, task: Task, policy, episodes: int, seed: int, max_steps: int | None = None) -> dict:
         """:func:`evaluate_policy` (the family's evaluator, for madata_algos.evaluate)."""
@@ -170,6 +171,30 @@ def observe_team(env, agents: list[str], obs: dict, state) -> tuple:
         obs["world_state"],
         jnp.stack([masks[a] for a in agents]).astype(bool),
     )
+
+
+def episode_keys(seed: int, ids) -> Any:
+    """The JAX key of each episode of ``ids`` [E]: ``fold_in(PRNGKey(seed), id)``, collection and evaluation alike."""
+    import jax
+    import jax.numpy as jnp
+
+    return jax.vmap(lambda e: jax.random.fold_in(jax.random.PRNGKey(seed), e))(jnp.asarray(ids))
+
+
+def step_keys(key) -> tuple:
+    """(the episode's next key, (heuristic, random, environment) keys of this step): the one schedule the
+    collector and the evaluator share, so a replayed episode steps with the keys it was collected with."""
+    import jax
+
+    key, *keys = jax.random.split(key, 4)
+    return key, tuple(keys)
+
+
+def available_or_noop(masks, act):
+    """``act`` [n] with every action its agent cannot take (``masks`` [n, K] bool) replaced by the no-op."""
+    import jax.numpy as jnp
+
+    return jnp.where(jnp.take_along_axis(masks, act[:, None], 1)[:, 0], act, NOOP)
 
 
 def env_step(env, agents: list[str], key, state, act) -> tuple:
@@ -220,24 +245,12 @@ class SmaxCollector:
         def step(carry, _):
             key, obs, state, policy_state = carry
             o, s, m = observe(obs, state)
-            key, k_heur, k_rand, k_step = jax.random.split(key, 4)
+            key, (k_heur, k_rand, k_step) = step_keys(key)
             h, policy_state = jax.vmap(self._heuristic)(jax.random.split(k_heur, n), policy_state, o)
-            h = jnp.where(jnp.take_along_axis(m, h[:, None], 1)[:, 0], h, NOOP)
             r = jax.random.categorical(k_rand, jnp.where(m, 0.0, -jnp.inf), axis=-1)
-            act = jnp.where(heuristic, h, r).astype(jnp.int32)
-            obs, state, reward, _, _ = env.step_env(k_step, state, {a: act[i] for i, a in enumerate(self.agents)})
-            alive = state.state.unit_alive
-            allies_dead, enemies_dead = ~alive[:n].any(), ~alive[n:].any()
-            over = allies_dead | enemies_dead
-            return (key, obs, state, policy_state), (
-                o,
-                s,
-                m,
-                act,
-                reward[self.agents[0]],
-                over,
-                enemies_dead & ~allies_dead,
-            )
+            act = jnp.where(heuristic, available_or_noop(m, h), r).astype(jnp.int32)
+            obs, state, reward, over, won = env_step(env, self.agents, k_step, state, act)
+            return (key, obs, state, policy_state), (o, s, m, act, reward, over, won)
 
         (_, obs, state, _), (o, s, m, act, rew, over, won) = jax.lax.scan(
             step, (key, obs, state, policy_state), None, length=self.steps
@@ -255,14 +268,13 @@ class SmaxCollector:
 
     def collect(self, ids: np.ndarray, combos: list[dict[str, str]], seed: int, mix_by: str | None):
         """Episodes ``ids`` (at most ``batch``) with their per-agent levels, as ``add_episode`` kwargs."""
-        import jax
 
         pad = self.batch - len(ids)
         lanes = np.r_[ids, np.full(pad, ids[-1])]
         heuristic = np.array(
             [[c[a] == "heuristic" for a in self.agents] for c in combos] + [[False] * len(self.agents)] * pad
         )
-        keys = jax.vmap(lambda e: jax.random.fold_in(jax.random.PRNGKey(seed), e))(lanes)
+        keys = episode_keys(seed, lanes)
         o, s, m, act, rew, over, won = (np.asarray(x) for x in self._run(keys, heuristic))
         for i, combo in enumerate(combos):
             ended = np.flatnonzero(over[i])
@@ -288,9 +300,8 @@ class SmaxCollector:
 @functools.cache
 def _evaluation_steps(map_name: str, agents: tuple[str, ...]):
     """The evaluator's jitted, vectorized functions for one map, compiled once per process (and batch size):
-    ``start(keys)``, ``look(obs, state)`` and ``step(key, obs, state, act)``."""
+    ``start(keys)``, ``look(obs, state) -> (observations, masks)`` and ``step(key, state, act)``."""
     import jax
-    import jax.numpy as jnp
 
     env, agents = _env(map_name), list(agents)
 
@@ -299,14 +310,15 @@ def _evaluation_steps(map_name: str, agents: tuple[str, ...]):
         obs, state = env.reset(reset_key)
         return key, obs, state
 
-    def step(key, obs, state, act):
-        _, m = observe_team(env, agents, obs, state)[::2]
-        act = jnp.where(jnp.take_along_axis(m, act[:, None], 1)[:, 0], act, NOOP)
-        key, _, _, k_step = jax.random.split(key, 4)  # the collector's schedule: its policies' keys unused
+    def step(key, state, act):
+        key, (_, _, k_step) = step_keys(key)  # the collector's schedule: its policies' keys go unused
         return (key, *env_step(env, agents, k_step, state, act))
 
-    look = jax.vmap(lambda obs, state: observe_team(env, agents, obs, state))
-    return jax.jit(jax.vmap(start)), jax.jit(look), jax.jit(jax.vmap(step))
+    def look(obs, state):
+        o, _, m = observe_team(env, agents, obs, state)
+        return o, m
+
+    return jax.jit(jax.vmap(start)), jax.jit(jax.vmap(look)), jax.jit(jax.vmap(step))
 
 
 def evaluate_policy(
@@ -320,23 +332,23 @@ def evaluate_policy(
     unavailable action is replaced by the no-op and counted. Returns ``returns`` [E], ``lengths`` [E],
     ``won`` [E] bool and ``unavailable`` (actions replaced).
     """
-    import jax
     import jax.numpy as jnp
 
     agents = list(task.agent_ids)
     steps = min(max_steps or MAX_STEPS, MAX_STEPS)
     start, look, step = _evaluation_steps(task.env["map"], tuple(agents))
-    key, obs, state = start(jax.vmap(lambda e: jax.random.fold_in(jax.random.PRNGKey(seed), e))(jnp.arange(episodes)))
+    key, obs, state = start(episode_keys(seed, np.arange(episodes)))
     returns, lengths = np.zeros(episodes), np.zeros(episodes, np.int64)
     won, running, unavailable = np.zeros(episodes, bool), np.ones(episodes, bool), 0
     for _ in range(steps):
-        o, _, m = (np.array(x) for x in look(obs, state))  # writable copies: the policy may hand them to torch
+        o, m = (np.array(x) for x in look(obs, state))  # writable copies: the policy may hand them to torch
         chosen = policy({a: o[:, j] for j, a in enumerate(agents)}, {a: m[:, j] for j, a in enumerate(agents)})
         act = np.stack([np.asarray(chosen[a], dtype=np.int64).reshape(episodes) for a in agents], 1)
         if ((act < 0) | (act >= m.shape[-1])).any():
             raise SchemaError(f"{task.name}: the policy chose actions outside 0..{m.shape[-1] - 1}")
-        unavailable += int((~np.take_along_axis(m, act[..., None], 2)[..., 0])[running].sum())
-        key, obs, state, reward, over, win = step(key, obs, state, jnp.asarray(act, jnp.int32))
+        ok = np.take_along_axis(m, act[..., None], 2)[..., 0]
+        unavailable += int((~ok)[running].sum())
+        key, obs, state, reward, over, win = step(key, state, jnp.asarray(np.where(ok, act, NOOP), jnp.int32))
         reward, over, win = np.asarray(reward), np.asarray(over), np.asarray(win)
         returns[running] += reward[running]
         lengths[running] += 1
