@@ -8,6 +8,14 @@ critics by Eq. 10; the individual critic Q_i(o_i, .) has one output per action a
 regressed on the counterfactual contribution (Eqs. 8-9) with masked teammates taking the
 default (no-op) action. Execution: agent i takes the allowed action of highest Q_i.
 
+Which joint actions the max of Eq. 6 and the joint policy pi of Eq. 8 range over
+(``joint_candidates``): 0, every allowed one of the K^N (exact; the grid world); n >= 1, n
+candidates per sample, as the continuous algorithm draws n from its VAEs: the agents' own
+greedy joint action (each agent's allowed action of highest Q_i) and n - 1 joint actions
+drawn by each agent from G_i over its allowed actions. SMAX needs the second: 2s3z has
+10^5 joint actions and 10m_vs_11m 16^10. With action masks (SMAX), "allowed" also means
+available.
+
 Discrete I-BCQ is :class:`~madata_algos.ibcq.IndependentBcqDiscrete`.
 """
 
@@ -19,16 +27,20 @@ import itertools
 import torch
 import torch.nn.functional as F
 
+from madata.errors import SchemaError
 from madata_algos.cast_bcq import counterfactual_contribution, subteam_masks
 from madata_algos.configs import CastBcqDiscreteConfig
-from madata_algos.ibcq import allowed_actions, soft_clipped_double_q, td_target
+from madata_algos.ibcq import allowed_actions, available_allowed, soft_clipped_double_q, td_target
 from madata_algos.networks import AgentMLP, Algorithm, soft_update
+
+MAX_ENUMERATED = 4096  # joint actions per sample that joint_candidates = 0 may enumerate
 
 
 class CastBcqDiscrete(Algorithm):
     """N agents with ``obs_dim`` observations and ``n_actions`` actions each; ``default_action`` the no-op.
 
-    Batches: ``obs``/``next_obs`` [N, B, obs_dim], ``action`` [N, B] int64, ``state``/``next_state`` [B, S].
+    Batches: ``obs``/``next_obs`` [N, B, obs_dim], ``action`` [N, B] int64, ``state``/``next_state`` [B, S];
+    where the data stores them, ``action_mask``/``next_action_mask`` [N, B, K] bool, the available actions.
     """
 
     def __init__(
@@ -50,8 +62,15 @@ class CastBcqDiscrete(Algorithm):
         self.joint_critic = AgentMLP(self.twins, state_dim + n_agents * n_actions, cfg.hidden, 1)  # twin Q(s, a)
         self.ind_critic = AgentMLP(n_agents, obs_dim, cfg.hidden, n_actions)  # Q_i(o_i, .)
         self.joint_critic_target = copy.deepcopy(self.joint_critic)
-        # every joint action, [K^N, N]
-        self.register_buffer("joint_actions", torch.tensor(list(itertools.product(range(n_actions), repeat=n_agents))))
+        if cfg.joint_candidates == 0:
+            if n_actions**n_agents > MAX_ENUMERATED:
+                raise SchemaError(
+                    f"discrete CAST-BCQ with joint_candidates = 0 enumerates all K^N = {n_actions}^{n_agents} = "
+                    f"{n_actions**n_agents} joint actions per sample (at most {MAX_ENUMERATED}); "
+                    "sample them instead with --joint-candidates n (e.g. 16)"
+                )
+            joint = list(itertools.product(range(n_actions), repeat=n_agents))
+            self.register_buffer("joint_actions", torch.tensor(joint))  # every joint action, [K^N, N]
         self.to(device)
         self.optimizers = {
             "classifier": torch.optim.Adam(self.classifier.parameters(), lr=cfg.lr),
@@ -66,36 +85,62 @@ class CastBcqDiscrete(Algorithm):
         q = (self.joint_critic_target if target else self.joint_critic)(x[None]).squeeze(-1)
         return soft_clipped_double_q(q[0], q[-1], self.lam)  # one critic: q[0] is q[-1]
 
-    def greedy_joint(
-        self, state: torch.Tensor, obs: torch.Tensor, target: bool = False
+    def candidates(
+        self, obs: torch.Tensor, mask: torch.Tensor | None = None, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The joint policy: the allowed joint action of highest Q. Returns (actions [B, N], Q [B])."""
-        B, J = state.shape[0], self.joint_actions.shape[0]
-        ok = allowed_actions(self.classifier(obs), self.cfg.threshold)  # [N, B, K]
-        cand_ok = ok.permute(1, 0, 2)[:, torch.arange(self.n), self.joint_actions].all(-1)  # [B, J]
-        q = self.joint_q(state.repeat_interleave(J, 0), self.joint_actions.repeat(B, 1), target).view(B, J)
-        q = q.masked_fill(~cand_ok, float("-inf"))
+        """The joint actions that Eq. 6 maximizes over and the joint policy chooses from, at obs [N, B, O]
+        (``mask`` [N, B, K]: the available actions). Returns (joint actions [B, J, N], allowed [B, J])."""
+        logits = self.classifier(obs)
+        ok = available_allowed(allowed_actions(logits, self.cfg.threshold), mask)  # [N, B, K]
+        N, B = ok.shape[:2]
+        n = self.cfg.joint_candidates
+        if n == 0:  # all K^N; allowed when every agent's action is
+            J = self.joint_actions.shape[0]
+            allowed = ok.permute(1, 0, 2)[:, torch.arange(N, device=ok.device), self.joint_actions].all(-1)
+            return self.joint_actions.expand(B, J, N), allowed
+        greedy = self.ind_critic(obs).masked_fill(~ok, float("-inf")).argmax(-1)[..., None]  # [N, B, 1]
+        if n > 1:  # each agent draws from G_i(. | o_i) over its allowed actions
+            p = logits.masked_fill(~ok, float("-inf")).softmax(-1)  # > 0 on the best allowed action, however far
+            drawn = torch.multinomial(p.flatten(0, 1), n - 1, replacement=True, generator=generator)
+            greedy = torch.cat([greedy, drawn.view(N, B, n - 1)], -1)
+        return greedy.permute(1, 2, 0), torch.ones(B, n, dtype=torch.bool, device=ok.device)
+
+    def greedy_joint(
+        self,
+        state: torch.Tensor,
+        obs: torch.Tensor,
+        target: bool = False,
+        mask: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The joint policy: the allowed candidate joint action of highest Q. Returns (actions [B, N], Q [B])."""
+        cand, allowed = self.candidates(obs, mask, generator)  # [B, J, N], [B, J]
+        B, J = allowed.shape
+        q = self.joint_q(state.repeat_interleave(J, 0), cand.reshape(B * J, self.n), target).view(B, J)
+        q = q.masked_fill(~allowed, float("-inf"))
         best = q.argmax(1)
-        return self.joint_actions[best], q.gather(1, best[:, None])[:, 0]
+        return cand[torch.arange(B, device=q.device), best], q.gather(1, best[:, None])[:, 0]
 
     def classifier_loss(self, obs, action) -> torch.Tensor:
         """Behaviour cloning of each agent's actions: cross-entropy of G_i."""
         logits = self.classifier(obs)  # [N, B, K]
         return F.cross_entropy(logits.flatten(0, 1), action.flatten(), reduction="mean") * self.n
 
-    def joint_critic_loss(self, state, action, reward, next_state, next_obs, terminated) -> torch.Tensor:
-        """Eq. 6 over allowed joint actions, both critics."""
+    def joint_critic_loss(
+        self, state, action, reward, next_state, next_obs, terminated, generator=None, next_action_mask=None
+    ) -> torch.Tensor:
+        """Eq. 6 over the allowed candidate joint actions at o', both critics."""
         with torch.no_grad():
-            _, q_next = self.greedy_joint(next_state, next_obs, target=True)
+            _, q_next = self.greedy_joint(next_state, next_obs, True, next_action_mask, generator)
             y = td_target(reward, terminated, q_next, self.cfg.gamma)
         a = F.one_hot(action.transpose(0, 1), self.k).float().flatten(1)
         q = self.joint_critic(torch.cat([state, a], -1)[None]).squeeze(-1)  # [twins, B]
         return ((q - y[None]) ** 2).mean(-1).sum()
 
-    def counterfactual_target(self, state, obs, action, generator=None) -> torch.Tensor:
+    def counterfactual_target(self, state, obs, action, generator=None, action_mask=None) -> torch.Tensor:
         """Eq. 8 with no-op defaults; Delta [B, N]."""
         with torch.no_grad():
-            pi, _ = self.greedy_joint(state, obs)  # [B, N]
+            pi, _ = self.greedy_joint(state, obs, mask=action_mask, generator=generator)  # [B, N]
             a = action.transpose(0, 1)
             if not self.cfg.csaa:
                 own = torch.eye(self.n, dtype=torch.bool, device=state.device)[:, None, :]
@@ -115,15 +160,23 @@ class CastBcqDiscrete(Algorithm):
         q = self.ind_critic(obs).gather(-1, action[..., None])[..., 0]  # [N, B]
         return ((q - delta.T) ** 2).mean(-1).sum()
 
-    def steps(self, obs, action, reward, next_obs, terminated, state, next_state, generator=None):
+    def steps(
+        self, obs, action, reward, next_obs, terminated, state, next_state, generator=None,
+        action_mask=None, next_action_mask=None,
+    ):  # fmt: skip
         """One iteration of Algorithm 1: classifiers, joint critic (Eq. 6), individual critics (Eqs. 8-9)."""
         return [
             ("classifier", lambda: self.classifier_loss(obs, action)),
-            ("joint_critic", lambda: self.joint_critic_loss(state, action, reward, next_state, next_obs, terminated)),
+            (
+                "joint_critic",
+                lambda: self.joint_critic_loss(
+                    state, action, reward, next_state, next_obs, terminated, generator, next_action_mask
+                ),
+            ),
             (
                 "individual_critic",
                 lambda: self.individual_critic_loss(
-                    obs, action, self.counterfactual_target(state, obs, action, generator)
+                    obs, action, self.counterfactual_target(state, obs, action, generator, action_mask)
                 ),
             ),
         ]
@@ -132,7 +185,10 @@ class CastBcqDiscrete(Algorithm):
         soft_update(self.joint_critic_target, self.joint_critic, self.cfg.tau)
 
     @torch.no_grad()
-    def act(self, obs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Decentralized: agent i takes its allowed action of highest Q_i(o_i, .). obs [N, B, O] -> [N, B]."""
-        ok = allowed_actions(self.classifier(obs), self.cfg.threshold)
+    def act(
+        self, obs: torch.Tensor, generator: torch.Generator | None = None, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Decentralized: agent i takes its allowed action of highest Q_i(o_i, .). obs [N, B, O] -> [N, B];
+        with ``mask`` [N, B, K], among the available actions."""
+        ok = available_allowed(allowed_actions(self.classifier(obs), self.cfg.threshold), mask)
         return self.ind_critic(obs).masked_fill(~ok, float("-inf")).argmax(-1)

@@ -198,6 +198,12 @@ class CastBcqDiscreteConfig(BcqDiscreteConfig):
     csaa: bool = option(True, "ablation --no-csaa: regress Q_i on the joint Q with the joint policy's teammates")
     subteam_sampling: bool = option(True, "ablation --no-subteam: the empty subteam only", flag="subteam")
     clipped_double_q: bool = option(True, "ablation --no-clipped-double-q: one joint critic, Eq. 10 with lambda = 1")
+    joint_candidates: int = option(
+        0,
+        "joint actions Eq. 6's max and Eq. 8's joint policy range over: 0 every allowed one (K^N, exact); n the "
+        "agents' greedy one and n - 1 drawn from their classifiers (SMAX: K^N is too many)",
+        ge=0,
+    )
 
 
 @dataclass

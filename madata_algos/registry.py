@@ -57,6 +57,7 @@ class DataInfo:
     default_action: int | None  # discrete: the no-op as a 0-based index, when the metadata names one
     state_dim: int | None  # size of the stored global state, None when there is none
     action_masks: bool = False  # the data stores each agent's available actions (SMAX)
+    standardize_state: bool = False  # the task stores a raw global state (SMAX): training standardizes it
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -124,7 +125,10 @@ def _cast_bcq_discrete(d: DataInfo, cfg: CastBcqDiscreteConfig, device):
 
     if d.default_action is None:
         raise SchemaError(f"{d.root}: discrete CAST-BCQ needs env.default_action (the no-op) in the dataset's metadata")
-    return CastBcqDiscrete(len(d.obs_dims), d.obs_dims[0], d.n_actions, d.state_dim, d.default_action, cfg, device)
+    try:
+        return CastBcqDiscrete(len(d.obs_dims), d.obs_dims[0], d.n_actions, d.state_dim, d.default_action, cfg, device)
+    except SchemaError as e:  # too many joint actions to enumerate: name the data
+        raise SchemaError(f"{d.root}: {e}") from None
 
 
 def _bcq(d: DataInfo, cfg: BcqConfig, device):
@@ -183,7 +187,7 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
             "CAST-BCQ",
             "CAST-BCQ: counterfactual SAA with subteam masking; decentralized execution, needs a global state.",
             Variant(CastBcqConfig, _cast_bcq),
-            Variant(CastBcqDiscreteConfig, _cast_bcq_discrete),
+            Variant(CastBcqDiscreteConfig, _cast_bcq_discrete, masks=True),
             decentralized=True,
             needs_state=True,
         ),
@@ -270,9 +274,11 @@ def describe(ds: madata.Dataset, need_task: bool = True) -> DataInfo:
     if len(kinds) > 1:
         raise SchemaError(f"{ds.root}: agents mix discrete and continuous actions; the algorithms take one kind")
     state_dim = None if ds.state_space is None else int(np.prod(ds.state_space.shape))
+    raw = state_dim is not None and task is not None and get_task(task).family.raw_state
     common = dict(
-        root=str(ds.root), task=task, agent_ids=tuple(ds.agent_ids), obs_dims=tuple(obs_dims), state_dim=state_dim
-    )
+        root=str(ds.root), task=task, agent_ids=tuple(ds.agent_ids), obs_dims=tuple(obs_dims), state_dim=state_dim,
+        standardize_state=raw,
+    )  # fmt: skip
     if kinds == {True}:
         spaces = [a.action_space for a in ds.agents]
         if len({s.n for s in spaces}) > 1 or len(set(obs_dims)) > 1:
@@ -371,11 +377,6 @@ def check_data(spec: AlgorithmSpec, data: DataInfo) -> None:
         raise SchemaError(
             f"{data.root}: the data stores action masks (available actions) and {spec.name} does not use them yet; "
             f"{', '.join(masked)} do"
-            + (
-                " (discrete CAST-BCQ's max over joint actions would also enumerate every one of them, docs/smax.md)"
-                if spec.name == "cast-bcq"
-                else ""
-            )
         )
     if spec.needs_state and data.state_dim is None:
         stateless = [s.name for s in ALGORITHMS.values() if not s.needs_state]

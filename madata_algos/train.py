@@ -62,6 +62,24 @@ def agent_major(batch: Batch, action_starts: tuple[int, ...] | None = None) -> d
     return out
 
 
+def state_standardizer(ds: madata.Dataset, data: DataInfo, device) -> Callable[[dict], dict]:
+    """What the trainer does to every batch's global state: nothing, or where the task stores it raw (SMAX's
+    world state: positions in map units, cooldowns that drift below zero) (s - mean) / std per feature, with
+    the training data's statistics (a constant feature is only centred). Critics on the state learn from
+    unit-scale inputs; the policies act on observations, so evaluation needs none of it."""
+    if not data.standardize_state:
+        return lambda batch: batch
+    s = np.asarray(ds.transitions(["state"])["state"], dtype=np.float64)
+    s = s.reshape(len(s), -1)
+    mean = torch.as_tensor(s.mean(0), dtype=torch.float32, device=device)
+    std = torch.as_tensor(np.where(s.std(0) > 1e-6, s.std(0), 1.0), dtype=torch.float32, device=device)
+
+    def standardize(batch: dict) -> dict:
+        return batch | {k: (batch[k] - mean) / std for k in ("state", "next_state")}
+
+    return standardize
+
+
 def make_policy(algo, data: DataInfo, device, generator: torch.Generator | None):
     """The trained policy for :func:`evaluate`: every agent's observations in one batched ``act`` call.
 
@@ -200,6 +218,7 @@ def train(
     loader = (StreamingLoader if stream else TransitionLoader)(ds, device=dev, seed=seed)
     val_loader = None if held_out is None else TransitionLoader(held_out, device=dev, seed=seed + 3)
     algo = registry.build(algorithm, data, config, dev)
+    standardize = state_standardizer(ds, data, dev)
     make_dir(run)
     write_atomic(run / "config.json", json.dumps(settings, indent=2).encode())
     update_gen = torch.Generator(device=dev).manual_seed(seed + 1)
@@ -227,7 +246,8 @@ def train(
         total=steps, initial=start, desc=desc, disable=None if progress else True, mininterval=0.5, unit="it"
     ) as bar:
         for step in range(start + 1, steps + 1):
-            losses = algo.update(**agent_major(loader.sample(batch_size), data.action_starts), generator=update_gen)
+            batch = standardize(agent_major(loader.sample(batch_size), data.action_starts))
+            losses = algo.update(**batch, generator=update_gen)
             bar.update(1)
             if report and step == start + WARMUP:
                 per_k = (time.perf_counter() - t_mark) / WARMUP * 1000
@@ -240,7 +260,7 @@ def train(
                 clock["train_seconds"] += now - t_mark
                 row = {"step": step, **{k: round(v, 5) for k, v in losses.items()}}
                 if val_loader is not None:
-                    row |= validation_losses(algo, val_loader, batch_size, data.action_starts)
+                    row |= validation_losses(algo, val_loader, batch_size, data.action_starts, standardize)
                 eval_rng_before = eval_gen.get_state()
                 if eval_episodes:
                     res = evaluate(
@@ -300,12 +320,16 @@ def split_validation(ds: madata.Dataset, fraction: float, seed: int) -> tuple[ma
     return ds.select(episodes=np.setdiff1d(ids, held)), ds.select(episodes=held)
 
 
-def validation_losses(algo, loader: TransitionLoader, batch_size: int, action_starts) -> dict[str, float]:
-    """Each of the algorithm's losses on held-out batches (mean of VALIDATION_BATCHES), nothing updated: val_<name>."""
+def validation_losses(
+    algo, loader: TransitionLoader, batch_size: int, action_starts, standardize: Callable[[dict], dict]
+) -> dict[str, float]:
+    """Each of the algorithm's losses on held-out batches (mean of VALIDATION_BATCHES), nothing updated: val_<name>;
+    ``standardize``: the training batches' state standardization (:func:`state_standardizer`)."""
     gen = torch.Generator(device=loader.device).manual_seed(0)  # the same draws at every evaluation
     total: dict[str, float] = {}
     for _ in range(VALIDATION_BATCHES):
-        for k, v in algo.losses(**agent_major(loader.sample(batch_size), action_starts), generator=gen).items():
+        batch = standardize(agent_major(loader.sample(batch_size), action_starts))
+        for k, v in algo.losses(**batch, generator=gen).items():
             total[k] = total.get(k, 0.0) + v / VALIDATION_BATCHES
     return {f"val_{k}": round(v, 5) for k, v in total.items()}
 

@@ -51,10 +51,14 @@ def batch(seed: int = 0) -> dict[str, torch.Tensor]:
     )
 
 
-def allowed(algo, i, o) -> list[int]:
-    """BCQ's discrete constraint for agent i on o: G(a|o) / max G >= threshold."""
+def allowed(algo, i, o, available=None) -> list[int]:
+    """BCQ's discrete constraint for agent i on o: G(a|o) / max G >= threshold; among the ``available``
+    actions (a list of bools), all of those where the classifier allows none of them."""
     p = algo.classifier.at(i, o).softmax(-1)
-    return [a for a in range(K) if p[a] / p.max() >= algo.cfg.threshold]
+    ok = [a for a in range(K) if p[a] / p.max() >= algo.cfg.threshold]
+    if available is None:
+        return ok
+    return [a for a in ok if available[a]] or [a for a in range(K) if available[a]]
 
 
 def jq(algo, net, s, joint) -> torch.Tensor:
@@ -64,10 +68,12 @@ def jq(algo, net, s, joint) -> torch.Tensor:
     return qs[0] if len(qs) == 1 else algo.cfg.lam * min(qs) + (1 - algo.cfg.lam) * max(qs)
 
 
-def greedy(algo, net, s, obs_b):
-    """The allowed joint action of highest Q under ``net``: (joint action, its value)."""
-    options = itertools.product(*[allowed(algo, i, obs_b[i]) for i in range(N)])
-    return max(((j, jq(algo, net, s, j)) for j in options), key=lambda t: t[1].item())
+def greedy(algo, net, s, obs_b, options=None):
+    """The allowed joint action of highest Q under ``net`` (among ``options``, default all allowed ones):
+    (joint action, its value)."""
+    if options is None:
+        options = itertools.product(*[allowed(algo, i, obs_b[i]) for i in range(N)])
+    return max(((tuple(j), jq(algo, net, s, j)) for j in options), key=lambda t: t[1].item())
 
 
 def test_allowed_actions_threshold_is_inclusive():
@@ -91,10 +97,11 @@ def test_joint_critic_loss_is_eq6_over_allowed_joint_actions(clipped):
     torch.testing.assert_close(loss, want, rtol=1e-5, atol=1e-5)
 
 
-def hand_delta(algo, d, masks, mode="csaa"):
+def hand_delta(algo, d, masks, mode="csaa", options=None):
     out = torch.zeros(B, N)
     for b in range(B):
-        pi, _ = greedy(algo, algo.joint_critic, d["state"][b], d["obs"][:, b])  # the current critic's joint policy
+        # the current critic's joint policy, over every allowed joint action or the sampled ``options``
+        pi, _ = greedy(algo, algo.joint_critic, d["state"][b], d["obs"][:, b], None if options is None else options[b])
         a = d["action"][:, b].tolist()
         for i in range(N):
             if mode == "no-csaa":
@@ -201,11 +208,13 @@ def _same_state(a, b):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7, msg=name)
 
 
-def test_cast_bcq_discrete_update_is_algorithm1_in_order():
-    algo = make(subteams=3)
+@pytest.mark.parametrize("n, masked", [(0, False), (3, True)])
+def test_cast_bcq_discrete_update_is_algorithm1_in_order(n, masked):
+    algo = make(subteams=3, joint_candidates=n)
     twin = copy.deepcopy(algo)
     d = batch()
-    stats = algo.update(**d, generator=torch.Generator().manual_seed(8))
+    m = {"action_mask": some_mask(12), "next_action_mask": some_mask(13)} if masked else {}
+    stats = algo.update(**d, generator=torch.Generator().manual_seed(8), **m)
     lr, g = twin.cfg.lr, torch.Generator().manual_seed(8)
     target_before = copy.deepcopy(twin.joint_critic_target)
     want = {
@@ -213,12 +222,19 @@ def test_cast_bcq_discrete_update_is_algorithm1_in_order():
         "joint_critic": _adam_step(
             twin.joint_critic.parameters(),
             twin.joint_critic_loss(
-                d["state"], d["action"], d["reward"], d["next_state"], d["next_obs"], d["terminated"]
-            ),
+                d["state"],
+                d["action"],
+                d["reward"],
+                d["next_state"],
+                d["next_obs"],
+                d["terminated"],
+                g,
+                m.get("next_action_mask"),
+            ),  # fmt: skip
             lr,
         ),
     }
-    delta = twin.counterfactual_target(d["state"], d["obs"], d["action"], g)
+    delta = twin.counterfactual_target(d["state"], d["obs"], d["action"], g, m.get("action_mask"))
     want["individual_critic"] = _adam_step(
         twin.ind_critic.parameters(), twin.individual_critic_loss(d["obs"], d["action"], delta), lr
     )
@@ -227,6 +243,131 @@ def test_cast_bcq_discrete_update_is_algorithm1_in_order():
     for k in want:
         assert stats[k] == pytest.approx(want[k], rel=1e-6, abs=1e-7), k
     _same_state(algo, twin)
+
+
+# ---------------------------------------------------------------------------- sampled joint actions, masks
+
+
+def hand_candidates(algo, obs, mask, generator) -> list[list[tuple[int, ...]]]:
+    """joint_candidates = n: per sample, the agents' greedy joint action (each agent's allowed action of
+    highest Q_i), then n - 1 joint actions whose agent i draws from G_i over its allowed actions (the draws
+    replayed from the same generator state through torch.multinomial on the same probabilities)."""
+    n = algo.cfg.joint_candidates
+    Bn = obs.shape[1]
+    ok = [[allowed(algo, i, obs[i, b], None if mask is None else mask[i, b].tolist()) for b in range(Bn)]
+          for i in range(N)]  # fmt: skip
+    greedy_a = [[max(ok[i][b], key=lambda a: algo.ind_critic.at(i, obs[i, b])[a].item()) for b in range(Bn)]
+                for i in range(N)]  # fmt: skip
+    p = torch.zeros(N, Bn, K)  # G_i renormalized over the allowed actions
+    for i in range(N):
+        for b in range(Bn):
+            p[i, b, ok[i][b]] = algo.classifier.at(i, obs[i, b])[ok[i][b]].softmax(-1)
+    drawn = torch.multinomial(p.flatten(0, 1), n - 1, replacement=True, generator=generator).view(N, Bn, -1)
+    for i in range(N):
+        for b in range(Bn):
+            assert set(drawn[i, b].tolist()) <= set(ok[i][b])  # only allowed (and available) actions are drawn
+    return [
+        [tuple(greedy_a[i][b] for i in range(N))]
+        + [tuple(drawn[i, b, c].item() for i in range(N)) for c in range(n - 1)]
+        for b in range(Bn)
+    ]
+
+
+def some_mask(seed: int = 5) -> torch.Tensor:
+    """Available actions [N, B, K]: random, with one sample whose agents have one available action each."""
+    g = torch.Generator().manual_seed(seed)
+    m = torch.rand(N, B, K, generator=g) < 0.6
+    m[torch.arange(N)[:, None], torch.arange(B), torch.randint(0, K, (N, B), generator=g)] = True  # one at least
+    m[:, 0] = False
+    m[:, 0, 2] = True
+    return m
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_sampled_candidates_are_the_greedy_joint_action_and_draws_from_the_classifiers(masked):
+    algo = hand_made(make(joint_candidates=4, threshold=0.2))
+    d = batch()
+    mask = some_mask() if masked else None
+    cand, ok = algo.candidates(d["obs"], mask, torch.Generator().manual_seed(3))
+    assert cand.shape == (B, 4, N) and ok.all()
+    want = hand_candidates(algo, d["obs"], mask, torch.Generator().manual_seed(3))
+    assert [[tuple(c) for c in row] for row in cand.tolist()] == want
+    if masked:
+        assert (cand[0] == 2).all()  # the only available action
+    # the draws follow G_i over the allowed actions: frequencies over many draws
+    algo = hand_made(make(joint_candidates=4001, threshold=0.0))
+    cand, _ = algo.candidates(d["obs"][:, :1], None, torch.Generator().manual_seed(4))
+    for i in range(N):
+        freq = torch.bincount(cand[0, 1:, i], minlength=K).float() / 4000
+        torch.testing.assert_close(freq, algo.classifier.at(i, d["obs"][i, 0]).softmax(-1), atol=0.03, rtol=0)
+
+
+def test_one_candidate_is_the_greedy_joint_action_alone():
+    algo = hand_made(make(joint_candidates=1))
+    d = batch()
+    cand, _ = algo.candidates(d["obs"])
+    assert torch.equal(cand[:, 0].T, algo.act(d["obs"]))
+
+
+@pytest.mark.parametrize("n, masked", [(0, True), (3, False), (3, True)])
+def test_joint_critic_loss_is_eq6_over_the_candidates_at_o_prime(n, masked):
+    """Eq. 6's max ranges over the candidate joint actions at o' (all allowed ones, or n sampled), among the
+    actions available at o' where the data has masks."""
+    algo = hand_made(make(joint_candidates=n))
+    d = batch()
+    mask = some_mask(7) if masked else None
+    loss = algo.joint_critic_loss(d["state"], d["action"], d["reward"], d["next_state"], d["next_obs"],
+                                  d["terminated"], torch.Generator().manual_seed(2), mask)  # fmt: skip
+    if n:
+        options = hand_candidates(algo, d["next_obs"], mask, torch.Generator().manual_seed(2))
+    else:
+        options = [
+            list(itertools.product(*[allowed(algo, i, d["next_obs"][i, b], mask[i, b].tolist()) for i in range(N)]))
+            for b in range(B)
+        ]
+    want = torch.zeros(())
+    for b in range(B):
+        _, v = greedy(algo, algo.joint_critic_target, d["next_state"][b], None, options[b])
+        y = d["reward"][b] + algo.cfg.gamma * (1 - d["terminated"][b]) * v
+        x = torch.cat([d["state"][b], *[F.one_hot(d["action"][i, b], K).float() for i in range(N)]])
+        for k in range(algo.twins):
+            want = want + (algo.joint_critic.at(k, x)[0] - y) ** 2 / B
+    torch.testing.assert_close(loss, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["csaa", "no-csaa"])
+def test_counterfactual_target_with_sampled_candidates_and_masks(mode):
+    """Eq. 8's joint policy is the candidate of highest Q at o (the greedy joint action among them), over the
+    available actions; the subteam masks are drawn after the candidates."""
+    kw = {"csaa": False} if mode == "no-csaa" else {}
+    algo = hand_made(make(subteams=3, joint_candidates=3, **kw))
+    d, mask = batch(), some_mask(9)
+    got = algo.counterfactual_target(d["state"], d["obs"], d["action"], torch.Generator().manual_seed(6), mask)
+    g = torch.Generator().manual_seed(6)
+    options = hand_candidates(algo, d["obs"], mask, g)
+    masks = subteam_masks(N, 3, g) if mode == "csaa" else None
+    torch.testing.assert_close(got, hand_delta(algo, d, masks, mode, options), rtol=1e-5, atol=1e-5)
+
+
+def test_enumeration_refuses_too_many_joint_actions():
+    from madata.errors import SchemaError
+
+    with pytest.raises(SchemaError, match=r"10\^5 = 100000 joint actions.*--joint-candidates"):
+        CastBcqDiscrete(5, 4, 10, 3, 4)
+    assert CastBcqDiscrete(5, 4, 10, 3, 4, CastBcqDiscreteConfig(joint_candidates=8)).act(
+        torch.randn(5, 2, 4)
+    ).shape == (5, 2)
+
+
+def test_act_takes_the_available_allowed_action_of_highest_individual_q():
+    algo = hand_made(make(threshold=0.6))
+    d, mask = batch(), some_mask(11)
+    got = algo.act(d["obs"], mask=mask)
+    for i in range(N):
+        for b in range(B):
+            ok = allowed(algo, i, d["obs"][i, b], mask[i, b].tolist())
+            q = algo.ind_critic.at(i, d["obs"][i, b])
+            assert got[i, b].item() == max(ok, key=lambda a: q[a].item())
 
 
 # ---------------------------------------------------------------------------- discrete I-BCQ

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib.util
 import json
 import sys
@@ -142,10 +143,25 @@ def test_cli_refusals(tmp_path, capsys):
 
 @needs_jaxmarl
 def test_algorithms_that_ignore_action_masks_refuse_masked_data(tmp_path, capsys):
-    collect("smax-3s_vs_3z", tmp_path / "d", mix=["random"], episodes=2, envs=2)
-    for algorithm in ("cast-bcq", "bcq"):
-        code, _, err = cli(capsys, "train", algorithm, tmp_path / "d", "-o", tmp_path / "run", "--eval-episodes", "0")
-        one_line_error(code, err, f"{algorithm} does not use them yet; ibcq, mabcq, icq-ma do")
+    collect("smax-2s3z", tmp_path / "d", mix=["random"], episodes=2, envs=2)
+    code, _, err = cli(capsys, "train", "bcq", tmp_path / "d", "-o", tmp_path / "run", "--eval-episodes", "0")
+    one_line_error(code, err, "bcq does not use them yet; cast-bcq, ibcq, mabcq, icq-ma do")
+    # discrete CAST-BCQ's exact max would enumerate 10^5 joint actions per sample: it says how to sample them
+    code, _, err = cli(
+        capsys,
+        "train",
+        "cast-bcq",
+        tmp_path / "d",
+        "-o",
+        tmp_path / "run",
+        "--eval-episodes",
+        "0",
+        "--batch-size",
+        "16",
+    )
+    one_line_error(
+        code, err, "10^5 = 100000 joint actions per sample (at most 4096); sample them instead with --joint-candidates"
+    )
 
 
 @needs_jaxmarl
@@ -273,15 +289,17 @@ def team_data(tmp_path_factory):
 
 
 @needs_jaxmarl
-@pytest.mark.parametrize("algorithm", ["ibcq", "mabcq", "icq-ma"])
+@pytest.mark.parametrize("algorithm", ["cast-bcq", "ibcq", "mabcq", "icq-ma"])
 def test_training_on_smax_data_beats_random_play(team_data, tmp_path, algorithm, capsys):
     """A short run on per-team data of random and heuristic teams returns more than random play, and every
     output reports the win rate as SMAX's, not SMAC's."""
+    from madata_algos.configs import CastBcqDiscreteConfig
     from madata_algos.train import train
 
     data = team_data
+    config = CastBcqDiscreteConfig(joint_candidates=16) if algorithm == "cast-bcq" else None
     rows = train(data, tmp_path / "run", algorithm=algorithm, steps=400, batch_size=128, eval_every=400,
-                 eval_episodes=16, seed=0)  # fmt: skip
+                 eval_episodes=16, seed=0, config=config)  # fmt: skip
     random_play = data.episodes.filter(
         np.asarray(data.episodes.column(behaviour_column("ally_0")).to_pylist()) == "random"
     ).column("return")
@@ -320,3 +338,31 @@ def test_the_trained_policy_acts_among_the_available_actions():
     for j in range(5):
         masks = {a: np.eye(5, dtype=bool)[np.full(7, j)] for a in ids}
         assert all((v == j).all() for v in policy(obs, masks).values())
+
+
+@needs_jaxmarl
+def test_training_standardizes_the_raw_world_state(team_data):
+    """SMAX's world state (positions up to the map size, cooldowns drifting below zero) reaches the critics
+    with mean 0 and std 1 per feature over the training data; a constant feature is only centred."""
+    from madata_algos.registry import describe
+    from madata_algos.train import state_standardizer
+
+    info = describe(team_data)
+    assert info.standardize_state
+    s = torch.as_tensor(team_data.transitions(["state"])["state"])
+    assert s.abs().max() > 20  # raw: positions in map units
+    out = state_standardizer(team_data, info, "cpu")({"state": s, "next_state": s + 1, "reward": None})
+    varying = s.std(0) > 1e-6
+    torch.testing.assert_close(out["state"].mean(0), torch.zeros(s.shape[1]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        out["state"].std(0, unbiased=False)[varying], torch.ones(int(varying.sum())), atol=1e-3, rtol=0
+    )
+    torch.testing.assert_close(
+        out["next_state"] - out["state"],
+        (1 / s.std(0, unbiased=False).where(varying, 1))[None].expand_as(s),
+        atol=1e-4,
+        rtol=1e-4,
+    )
+    assert out["reward"] is None
+    same = {"state": s}
+    assert state_standardizer(team_data, dataclasses.replace(info, standardize_state=False), "cpu")(same) is same

@@ -75,6 +75,9 @@ class TaskFamily(ABC):
     batched: bool = False
     # said beside every evaluation result of the family's tasks (SMAX: its numbers are not SMAC's)
     results_note: str = ""
+    # True: the global state is stored as the environment gives it, far from unit scale (SMAX: positions in
+    # map units, weapon cooldowns that drift below zero); training standardizes it with the data's statistics
+    raw_state: bool = False
 
     @abstractmethod
     def names(self) -> list[str]:

@@ -91,6 +91,7 @@ class SmaxFamily(TaskFamily):
     builtin_levels = ("heuristic",)
     batched = True
     results_note = "SMAX (JaxMARL), a StarCraft-like simulator: analogues of SMAC results, not SMAC numbers"
+    raw_state = True
 
     def names(self) -> list[str]:
         return [f"smax-{m}" for m in MAPS]
