@@ -1,17 +1,23 @@
-"""Table 1's analogue on SMAX, the data half: what the behaviour data of each map looks like.
+"""Table 1's analogue on SMAX: the behaviour data of each map, and the four methods trained on it.
 
 The paper's Table 1 compares win rates of CAST-BCQ and three baselines trained on StarCraft II
 data. StarCraft II cannot run here; SMAX (JaxMARL) is a different simulator, so every number
-below is an SMAX analogue, not a SMAC number. Training on SMAX data is not built yet
-(docs/smax.md), so this script reports the data: for each map, a per-agent (uncoordinated) and
-a per-team (coordinated) mix of the `random` and `heuristic` levels, with
+below is an SMAX analogue, not a SMAC number.
 
-* the win rate (with a 95 % Wilson interval) and mean return of each mix, and
-* per number of heuristic allies in an episode (0 .. n), the episodes, win rate and mean return:
-  how a team's outcome depends on how many of its agents follow the better behaviour.
+The data: for each map, a per-agent (uncoordinated) and a per-team (coordinated) mix of the
+`random` and `heuristic` levels, with the win rate (95 % Wilson interval) and mean return of
+each mix, and per number of heuristic allies in an episode (0 .. n) the episodes, win rate
+and mean return: how a team's outcome depends on how many of its agents follow the heuristic.
+
+The methods: CAST-BCQ (`--joint-candidates 16`), I-BCQ, MABCQ and ICQ-MA on each map's
+per-agent mix, seeds 0, 1, 2 (``PROTOCOL``: iterations, batch, evaluations). A run's final win
+rate and return are the means of its last evaluations; the table gives mean +- std over seeds
+and a 95 % percentile bootstrap interval of the mean. ``train`` processes may share a work
+directory (each run is claimed with a file lock; a killed run resumes from its checkpoint).
 
     python benchmarks/table1.py collect --data DATA --episodes 1000 --envs 64
-    python benchmarks/table1.py report --data DATA --out docs/results/table1.md
+    python benchmarks/table1.py train --data DATA --work WORK [--seeds 0,1,2] [--threads 1]
+    python benchmarks/table1.py report --data DATA --work WORK --out docs/results/table1.md
 
 Results: docs/results/table1.md.
 """
@@ -19,12 +25,17 @@ Results: docs/results/table1.md.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import math
+import os
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from harness import command_line, machine_line
+from table2 import data_digest, git_commit, read_log, summary
 
 import madata
 from madata.collect import collect
@@ -39,6 +50,24 @@ PAPER = {  # the paper's Table 1: win rates (%) on StarCraft II, for reference o
     "10m_vs_11m": {"CAST-BCQ": 33, "I-BCQ": 0, "MABCQ": 0, "ICQ-MA": 21},
 }
 MIXES = {"agent": "per agent (uncoordinated)", "team": "per team (coordinated)"}
+METHODS = {"cast-bcq": "CAST-BCQ", "ibcq": "I-BCQ", "mabcq": "MABCQ", "icq-ma": "ICQ-MA"}
+
+
+@dataclass(frozen=True)
+class Protocol:
+    steps: int = 2000
+    batch_size: int = 256
+    eval_every: int = 500
+    eval_episodes: int = 32
+    final_evals: int = 2  # a run's final win rate and return: the means of its last evaluations
+    joint_candidates: int = 16  # CAST-BCQ's sampled joint actions (K^N is 10^5 on 2s3z)
+
+    @property
+    def name(self) -> str:
+        return f"s{self.steps}-b{self.batch_size}-e{self.eval_every}x{self.eval_episodes}-j{self.joint_candidates}"
+
+
+PROTOCOL = Protocol()
 
 
 def data_path(root: Path, map_name: str, mix_by: str) -> Path:
@@ -94,20 +123,148 @@ def describe(ds: madata.Dataset) -> dict:
     }
 
 
+def run_one(args: argparse.Namespace, map_name: str, method: str, seed: int) -> dict | None:
+    """Train one (map, method, seed) on the map's per-agent mix unless another process holds it."""
+    from madata_algos.configs import CastBcqDiscreteConfig
+    from madata_algos.train import train
+
+    p = PROTOCOL
+    run = args.work / p.name / map_name / method / f"seed{seed}"
+    run.parent.mkdir(parents=True, exist_ok=True)
+    with open(run.parent / f".{run.name}.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None  # another process trains it
+        if (run / "result.json").exists():
+            return json.loads((run / "result.json").read_text())
+        data = data_path(args.data, map_name, "agent")
+        config = CastBcqDiscreteConfig(joint_candidates=p.joint_candidates) if method == "cast-bcq" else None
+        t0 = time.time()
+        log = train(data, run, algorithm=method, steps=p.steps, seed=seed, config=config, batch_size=p.batch_size,
+                    eval_every=p.eval_every, eval_episodes=p.eval_episodes, resume=(run / "config.json").exists(),
+                    progress=True)  # fmt: skip
+        last = log[-p.final_evals :]
+        result = {
+            "map": map_name, "method": method, "seed": seed, "protocol": asdict(p), "commit": git_commit(),
+            "data": str(data), "data_sha256": data_digest(data),
+            "final_win_rate": float(np.mean([r["eval_win_rate"] for r in last])),
+            "final_return": float(np.mean([r["eval_return"] for r in last])),
+            "wall_seconds_this_process": round(time.time() - t0, 1),
+        }  # fmt: skip
+        tmp = run / ".result.json.tmp"
+        tmp.write_text(json.dumps(result, indent=1))
+        os.replace(tmp, run / "result.json")
+        return result
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    print(f"table1: protocol {PROTOCOL.name}; commit {git_commit()}", flush=True)
+    for seed in args.seeds:
+        for m in args.maps:
+            for method in args.methods:
+                r = run_one(args, m, method, seed)
+                if r is not None:
+                    print(f"{m} {method} seed {seed}: won {r['final_win_rate']:.1%}, return {r['final_return']:.3f}",
+                          flush=True)  # fmt: skip
+
+
+def methods_results(work: Path) -> dict:
+    """Finished runs under ``work`` by map and method: per-seed finals, their summaries, learning curves."""
+    out: dict = {}
+    for res in sorted((work / PROTOCOL.name).glob("*/*/seed*/result.json")):
+        r = json.loads(res.read_text())
+        r["log"] = [
+            {k: row[k] for k in ("step", "eval_win_rate", "eval_return")} for row in read_log(res.parent / "log.csv")
+        ]
+        out.setdefault(r["map"], {}).setdefault(r["method"], []).append(r)
+    return out
+
+
+def methods_lines(results: dict) -> list[str]:
+    """The methods' table beside the paper's, the per-seed numbers and what they support."""
+    from madata_algos.stats import probability_of_improvement
+
+    p = PROTOCOL
+    lines = [
+        "## The four methods, trained on each map's per-agent (uncoordinated) mix",
+        "",
+        f"Protocol `{p.name}`: {p.steps:,} iterations at batch {p.batch_size}, evaluation every {p.eval_every} "
+        f"iterations on {p.eval_episodes} episodes (the same episode seeds for every method), a run's final win "
+        f"rate and return the means of its last {p.final_evals} evaluations; default networks and settings of each "
+        f"method (`madata train`), CAST-BCQ with `--joint-candidates {p.joint_candidates}`. Mean +- std over "
+        "seeds, [95 % bootstrap interval of the mean]; the paper's SMAC win rate beside it, for reference only.",
+        "",
+        "| map | method | seeds | win rate | return | paper (SMAC) |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    verdicts = []
+    for m in MAPS:
+        for method, label in METHODS.items():
+            runs = results.get(m, {}).get(method, [])
+            if not runs:
+                lines.append(f"| {m} | {label} | 0 | not run | | {PAPER[m][label]} % |")
+                continue
+            w = summary([100 * r["final_win_rate"] for r in runs])
+            g = summary([r["final_return"] for r in runs])
+            lines.append(
+                f"| {m} | {label} | {w['n']} | {w['mean']:.1f} % +- {w['std']:.1f} [{w['ci95'][0]:.1f}, "
+                f"{w['ci95'][1]:.1f}] | {g['mean']:.3f} +- {g['std']:.3f} [{g['ci95'][0]:.3f}, {g['ci95'][1]:.3f}] | "
+                f"{PAPER[m][label]} % |"
+            )
+        cast = [r["final_return"] for r in results.get(m, {}).get("cast-bcq", [])]
+        for method in ("ibcq", "mabcq", "icq-ma"):
+            other = [r["final_return"] for r in results.get(m, {}).get(method, [])]
+            if cast and other:
+                verdicts.append(
+                    f"| {m} | {METHODS[method]} | {len(cast)} vs {len(other)} | "
+                    f"{probability_of_improvement([cast], [other]):.2f} |"
+                )
+    for m, reason in NOT_BUILDABLE.items():
+        lines.append(f"| {m} | (all) | | not runnable: {reason} | | |")
+    lines += [
+        "",
+        "P(CAST-BCQ's final return > the baseline's) over pairs of seeds (ties count 1/2; rliable's",
+        "probability of improvement). With 3 seeds a side it takes one of 9 values; 1.0 means every CAST-BCQ",
+        "seed beat every baseline seed, which 3 seeds reach by chance with probability 1/20 if the two",
+        "methods were equal.",
+        "",
+        "| map | baseline | seeds | P(CAST-BCQ > baseline) |",
+        "|---|---|---:|---:|",
+        *verdicts,
+        "",
+        "Per-seed finals (win rate %, return):",
+        "",
+    ]
+    for m in MAPS:
+        for method, label in METHODS.items():
+            runs = sorted(results.get(m, {}).get(method, []), key=lambda r: r["seed"])
+            if runs:
+                per = ", ".join(
+                    f"seed {r['seed']}: {100 * r['final_win_rate']:.1f} %, {r['final_return']:.3f}" for r in runs
+                )
+                commits = sorted({r["commit"][:7] for r in runs})
+                lines.append(f"- {m} {label}: {per} (commit {', '.join(commits)})")
+    return lines + [""]
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     results = {m: {mb: describe(madata.open(data_path(args.data, m, mb))) for mb in MIXES} for m in MAPS}
+    trained = methods_results(args.work) if args.work else {}
     lines = [
-        "# Table 1 on SMAX: the behaviour data (training results not yet available)",
+        "# Table 1 on SMAX: the behaviour data and the four methods trained on it",
         "",
         "**SMAX is not StarCraft II.** These are win rates in JaxMARL's SMAX, a re-implementation of",
         "SMAC's unit fights with its own rules and reward; they are analogues of the paper's setting,",
-        "not SMAC numbers. Training on SMAX data is not built yet ([../smax.md](../smax.md)), so this",
-        "page describes the data the methods will be trained on; the paper's Table 1 is listed for",
-        "reference only.",
+        "not SMAC numbers ([../smax.md](../smax.md)). The paper's Table 1 is listed for reference only.",
         "",
         f"Produced by `{command_line()}` after `python benchmarks/table1.py collect --data DATA "
         "--episodes 1000 --envs 64` (seed 0; each map's data: `madata collect smax-MAP --mix random,heuristic "
-        "--mix-by agent|team --episodes 1000 --seed 0`).",
+        "--mix-by agent|team --episodes 1000 --seed 0`) and `python benchmarks/table1.py train --data DATA "
+        "--work WORK` (two processes sharing WORK).",
         "",
         f"{machine_line()}",
         "",
@@ -125,6 +282,7 @@ def cmd_report(args: argparse.Namespace) -> None:
             )
     for m, reason in NOT_BUILDABLE.items():
         lines.append(f"| {m} | not runnable: {reason} | | | |")
+    lines += ["", *methods_lines(trained)]
     lines += [
         "",
         "## By the number of heuristic allies in an episode (per-agent mix)",
@@ -156,7 +314,8 @@ def cmd_report(args: argparse.Namespace) -> None:
         "",
     ]
     args.out.write_text("\n".join(lines))
-    args.out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
+    out = {"data": results, "methods": trained, "protocol": asdict(PROTOCOL)}
+    args.out.with_suffix(".json").write_text(json.dumps(out, indent=1) + "\n")
     print("\n".join(lines))
 
 
@@ -168,11 +327,19 @@ def main() -> None:
     c.add_argument("--episodes", type=int, default=1000)
     c.add_argument("--envs", type=int, default=64)
     c.add_argument("--seed", type=int, default=0)
-    r = sub.add_parser("report", help="write the data table")
+    t = sub.add_parser("train", help="train the four methods on each map's per-agent mix (resumes; shareable)")
+    t.add_argument("--data", type=Path, required=True)
+    t.add_argument("--work", type=Path, required=True)
+    t.add_argument("--seeds", type=lambda v: [int(x) for x in v.split(",")], default=[0, 1, 2])
+    t.add_argument("--maps", type=lambda v: v.split(","), default=list(MAPS))
+    t.add_argument("--methods", type=lambda v: v.split(","), default=list(METHODS))
+    t.add_argument("--threads", type=int, default=1)
+    r = sub.add_parser("report", help="write the data table and, with --work, the methods' table")
     r.add_argument("--data", type=Path, required=True)
+    r.add_argument("--work", type=Path, default=None)
     r.add_argument("--out", type=Path, default=Path("docs/results/table1.md"))
     args = p.parse_args()
-    {"collect": cmd_collect, "report": cmd_report}[args.command](args)
+    {"collect": cmd_collect, "train": cmd_train, "report": cmd_report}[args.command](args)
 
 
 if __name__ == "__main__":
