@@ -283,13 +283,13 @@ def some_mask(seed: int = 5) -> torch.Tensor:
     return m
 
 
-@pytest.mark.parametrize("masked", [False, True])
-def test_sampled_candidates_are_the_greedy_joint_action_and_draws_from_the_classifiers(masked):
-    algo = hand_made(make(joint_candidates=4, threshold=0.2))
+@pytest.mark.parametrize("masked, n", [(False, 4), (True, 4), (True, 2)])
+def test_sampled_candidates_are_the_greedy_joint_action_and_draws_from_the_classifiers(masked, n):
+    algo = hand_made(make(joint_candidates=n, threshold=0.2))
     d = batch()
     mask = some_mask() if masked else None
     cand, ok = algo.candidates(d["obs"], mask, torch.Generator().manual_seed(3))
-    assert cand.shape == (B, 4, N) and ok.all()
+    assert cand.shape == (B, n, N) and ok.shape == (B, n) and ok.all()
     want = hand_candidates(algo, d["obs"], mask, torch.Generator().manual_seed(3))
     assert [[tuple(c) for c in row] for row in cand.tolist()] == want
     if masked:
@@ -354,6 +354,9 @@ def test_enumeration_refuses_too_many_joint_actions():
 
     with pytest.raises(SchemaError, match=r"10\^5 = 100000 joint actions.*--joint-candidates"):
         CastBcqDiscrete(5, 4, 10, 3, 4)
+    with pytest.raises(SchemaError, match="4097 joint actions per sample"):
+        CastBcqDiscrete(1, 4, 4097, 3, 0)
+    assert CastBcqDiscrete(4, 2, 8, 3, 0).joint_actions.shape == (4096, 4)  # the most it enumerates
     assert CastBcqDiscrete(5, 4, 10, 3, 4, CastBcqDiscreteConfig(joint_candidates=8)).act(
         torch.randn(5, 2, 4)
     ).shape == (5, 2)

@@ -366,3 +366,28 @@ def test_training_standardizes_the_raw_world_state(team_data):
     assert out["reward"] is None
     same = {"state": s}
     assert state_standardizer(team_data, dataclasses.replace(info, standardize_state=False), "cpu")(same) is same
+
+
+@needs_jaxmarl
+def test_training_and_validation_batches_carry_the_standardized_state(team_data, tmp_path, monkeypatch):
+    """Every update and every validation loss sees the state standardized, not as stored."""
+    from madata_algos import registry
+    from madata_algos.train import train
+
+    seen = {"update": [], "losses": []}
+    build = registry.build
+
+    def spying_build(*a, **kw):
+        algo = build(*a, **kw)
+        for name in seen:
+            fn = getattr(algo, name)
+            setattr(algo, name, lambda *x, _fn=fn, _name=name, **k: seen[_name].append(k["state"]) or _fn(*x, **k))
+        return algo
+
+    monkeypatch.setattr(registry, "build", spying_build)
+    train(team_data, tmp_path / "run", algorithm="icq-ma", steps=4, batch_size=512, eval_every=2, eval_episodes=0,
+          validation=0.25, seed=0)  # fmt: skip
+    assert len(seen["update"]) == 4 and seen["losses"]
+    for states in seen.values():
+        s = torch.cat(states)
+        assert s.abs().max() < 15 and abs(float(s.mean())) < 0.5  # stored: positions up to 32
