@@ -341,6 +341,21 @@ class StreamingLoader:
         rows = rows.view(batch_size, -1) if n_batches is None else rows.view(k, batch_size, -1)
         return self.layout.unpack(rows)
 
+    def close(self) -> None:
+        """Stop the read-ahead thread. The ranges it had drawn go back to the front of the order, so
+        sampling goes on (reading in the foreground) with the very same batches."""
+        if self._pool:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+            self._order += [k for k, _ in self._ahead][::-1]
+            self._ahead.clear()
+
+    def __enter__(self) -> StreamingLoader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def state_dict(self) -> dict:
         """What a checkpoint needs to resume sampling exactly: the pass order, the buffer's ranges, the generators."""
         return {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -124,6 +126,13 @@ def test_read_ahead_changes_no_sample_and_resumes_exactly(tmp_path):
         )
         twin.load_state_dict(state)
         assert torch.equal(draws(saver, 60), draws(twin, 60))
+    # closing stops the thread and changes no batch: the ranges read ahead come back first
+    twin = StreamingLoader(ds, device="cpu", seed=9, buffer_chunks=2, samples_per_chunk=16, read_ahead=0)
+    twin.load_state_dict(ahead.state_dict())
+    with ahead:
+        assert any(t.name.startswith("madata-read-ahead") for t in threading.enumerate())
+    assert not any(t.name.startswith("madata-read-ahead") and t.is_alive() for t in threading.enumerate())
+    assert torch.equal(draws(ahead, 60), draws(twin, 60))
     with pytest.raises(madata.SchemaError, match="read_ahead: expected an integer >= 0"):
         StreamingLoader(ds, device="cpu", read_ahead=-1)
 
