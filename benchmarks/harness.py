@@ -8,12 +8,16 @@ both alike, and each is reported as its median over the rounds.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import os
 import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -91,3 +95,25 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]], nume
 def command_line() -> str:
     """The command that ran this benchmark, to print beside its results."""
     return "python " + " ".join(sys.argv)
+
+
+@contextlib.contextmanager
+def claimed(run: Path) -> Iterator[bool]:
+    """Hold the lock of a long run's directory: True while this process owns ``run`` (several workers
+    share one work directory), False when another process trains it."""
+    run.parent.mkdir(parents=True, exist_ok=True)
+    with open(run.parent / f".{run.name}.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+
+
+def write_result(run: Path, result: dict) -> dict:
+    """``run/result.json``, written atomically: its presence marks the run finished."""
+    tmp = run / ".result.json.tmp"
+    tmp.write_text(json.dumps(result, indent=1))
+    os.replace(tmp, run / "result.json")
+    return result

@@ -25,16 +25,14 @@ Results: docs/results/table1.md.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from harness import command_line, machine_line
+from harness import claimed, command_line, machine_line, write_result
 from table2 import data_digest, git_commit, read_log, summary
 
 import madata
@@ -130,11 +128,8 @@ def run_one(args: argparse.Namespace, map_name: str, method: str, seed: int) -> 
 
     p = PROTOCOL
     run = args.work / p.name / map_name / method / f"seed{seed}"
-    run.parent.mkdir(parents=True, exist_ok=True)
-    with open(run.parent / f".{run.name}.lock", "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+    with claimed(run) as mine:
+        if not mine:
             return None  # another process trains it
         if (run / "result.json").exists():
             return json.loads((run / "result.json").read_text())
@@ -152,10 +147,7 @@ def run_one(args: argparse.Namespace, map_name: str, method: str, seed: int) -> 
             "final_return": float(np.mean([r["eval_return"] for r in last])),
             "wall_seconds_this_process": round(time.time() - t0, 1),
         }  # fmt: skip
-        tmp = run / ".result.json.tmp"
-        tmp.write_text(json.dumps(result, indent=1))
-        os.replace(tmp, run / "result.json")
-        return result
+        return write_result(run, result)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -260,6 +252,7 @@ def cmd_report(args: argparse.Namespace) -> None:
         "**SMAX is not StarCraft II.** These are win rates in JaxMARL's SMAX, a re-implementation of",
         "SMAC's unit fights with its own rules and reward; they are analogues of the paper's setting,",
         "not SMAC numbers ([../smax.md](../smax.md)). The paper's Table 1 is listed for reference only.",
+        "What the numbers support and what they do not: [table1_analysis.md](table1_analysis.md).",
         "",
         f"Produced by `{command_line()}` after `python benchmarks/table1.py collect --data DATA "
         "--episodes 1000 --envs 64` (seed 0; each map's data: `madata collect smax-MAP --mix random,heuristic "

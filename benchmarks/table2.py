@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import fcntl
 import hashlib
 import json
 import os
@@ -38,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from harness import claimed, write_result
 
 ROOT = Path(__file__).resolve().parent.parent
 TASKS = ["hopper-3x1", "halfcheetah-2x3", "walker2d-2x3"]
@@ -171,11 +171,8 @@ def run_cell(cell: Cell, work: Path, data_dir: Path, protocol: Protocol) -> dict
     from madata_algos.train import train
 
     run = work / "runs" / cell.path(protocol)
-    run.parent.mkdir(parents=True, exist_ok=True)
-    with open(run.parent / f".{run.name}.lock", "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+    with claimed(run) as mine:
+        if not mine:
             return None  # another worker trains it
         if (run / "result.json").exists():
             return json.loads((run / "result.json").read_text())
@@ -207,10 +204,7 @@ def run_cell(cell: Cell, work: Path, data_dir: Path, protocol: Protocol) -> dict
             else float(np.mean([r["eval_normalized"] for r in log[-protocol.final_evals :]])),
             "wall_seconds_this_process": round(time.time() - t0, 1),
         }
-        tmp = run / ".result.json.tmp"
-        tmp.write_text(json.dumps(result, indent=1))
-        os.replace(tmp, run / "result.json")
-        return result
+        return write_result(run, result)
 
 
 SMOKE = Protocol(steps=20, eval_every=10, eval_episodes=2, episodes=8)
