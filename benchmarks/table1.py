@@ -10,7 +10,7 @@ each mix, and per number of heuristic allies in an episode (0 .. n) the episodes
 and mean return: how a team's outcome depends on how many of its agents follow the heuristic.
 
 The methods: CAST-BCQ (`--joint-candidates 16`), I-BCQ, MABCQ and ICQ-MA on each map's
-per-agent mix, seeds 0, 1, 2 (``PROTOCOL``: iterations, batch, evaluations). A run's final win
+per-agent mix, seeds 0, 1, 2 by default (``--seeds``; ``PROTOCOL``: iterations, batch, evaluations). A run's final win
 rate and return are the means of its last evaluations; the table gives mean +- std over seeds
 and a 95 % percentile bootstrap interval of the mean. ``train`` processes may share a work
 directory (each run is claimed with a file lock; a killed run resumes from its checkpoint).
@@ -220,9 +220,9 @@ def methods_lines(results: dict) -> list[str]:
     lines += [
         "",
         "P(CAST-BCQ's final return > the baseline's) over pairs of seeds (ties count 1/2; rliable's",
-        "probability of improvement). With 3 seeds a side it takes one of 9 values; 1.0 means every CAST-BCQ",
-        "seed beat every baseline seed, which 3 seeds reach by chance with probability 1/20 if the two",
-        "methods were equal.",
+        "probability of improvement). 1.0 means every CAST-BCQ seed beat every baseline seed; if the two",
+        "methods were equal, n seeds a side would do that by chance with probability 1 / C(2n, n): 1/20 for 3,",
+        "1/252 for 5.",
         "",
         "| map | baseline | seeds | P(CAST-BCQ > baseline) |",
         "|---|---|---:|---:|",
@@ -257,7 +257,7 @@ def cmd_report(args: argparse.Namespace) -> None:
         f"Produced by `{command_line()}` after `python benchmarks/table1.py collect --data DATA "
         "--episodes 1000 --envs 64` (seed 0; each map's data: `madata collect smax-MAP --mix random,heuristic "
         "--mix-by agent|team --episodes 1000 --seed 0`) and `python benchmarks/table1.py train --data DATA "
-        "--work WORK` (two processes sharing WORK).",
+        "--work WORK --seeds S` (two processes sharing WORK; seeds 0,1,2, then 3,4).",
         "",
         f"{machine_line()}",
         "",
