@@ -27,13 +27,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from harness import claimed, command_line, machine_line, write_result
-from table2 import data_digest, git_commit, read_log, summary
+from table2 import data_digest, gather, git_commit, summary
 
 import madata
 from madata.collect import collect
@@ -164,16 +165,46 @@ def cmd_train(args: argparse.Namespace) -> None:
                           flush=True)  # fmt: skip
 
 
-def methods_results(work: Path) -> dict:
-    """Finished runs under ``work`` by map and method: per-seed finals, their summaries, learning curves."""
+def methods_results(work: Path | None, store: Path) -> dict:
+    """Finished runs by map and method: those under ``work`` are copied into ``store`` (committed beside the
+    table, with their logs and configs) and every run in ``store`` is read, its learning curve kept."""
     out: dict = {}
-    for res in sorted((work / PROTOCOL.name).glob("*/*/seed*/result.json")):
-        r = json.loads(res.read_text())
-        r["log"] = [
-            {k: row[k] for k in ("step", "eval_win_rate", "eval_return")} for row in read_log(res.parent / "log.csv")
-        ]
+    for r in gather([work] if work else [], store, runs="."):
+        r["log"] = [{k: row[k] for k in ("step", "eval_win_rate", "eval_return")} for row in r["log"]]
         out.setdefault(r["map"], {}).setdefault(r["method"], []).append(r)
     return out
+
+
+def curves_plot(results: dict, path: Path) -> None:
+    """Win rate and return over training of every method on every map: mean over seeds, +-1 std band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    maps = [m for m in MAPS if m in results]
+    fig, axes = plt.subplots(2, len(maps), figsize=(5 * len(maps), 7), squeeze=False)
+    for col, m in enumerate(maps):
+        for method, label in METHODS.items():
+            logs = [r["log"] for r in results[m].get(method, [])]
+            if not logs:
+                continue
+            steps = [row["step"] for row in logs[0]]
+            for row_i, (key, scale) in enumerate((("eval_win_rate", 100), ("eval_return", 1))):
+                y = scale * np.array([[row[key] for row in log] for log in logs])
+                ax = axes[row_i][col]
+                line = ax.plot(steps, y.mean(0), label=f"{label} ({len(logs)})")[0]
+                ax.fill_between(steps, y.mean(0) - y.std(0), y.mean(0) + y.std(0), color=line.get_color(), alpha=0.12)
+        axes[0][col].set_title(f"SMAX {m}, per-agent mix")
+        axes[0][col].set_ylabel(f"win rate % ({PROTOCOL.eval_episodes} episodes)")
+        axes[1][col].set_ylabel("evaluation return")
+        axes[1][col].set_xlabel("training iterations")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, path)
 
 
 def methods_lines(results: dict) -> list[str]:
@@ -189,6 +220,8 @@ def methods_lines(results: dict) -> list[str]:
         f"rate and return the means of its last {p.final_evals} evaluations; default networks and settings of each "
         f"method (`madata train`), CAST-BCQ with `--joint-candidates {p.joint_candidates}`. Mean +- std over "
         "seeds, [95 % bootstrap interval of the mean]; the paper's SMAC win rate beside it, for reference only.",
+        "",
+        "![learning curves](table1_curves.png)",
         "",
         "| map | method | seeds | win rate | return | paper (SMAC) |",
         "|---|---|---:|---:|---:|---:|",
@@ -245,7 +278,9 @@ def methods_lines(results: dict) -> list[str]:
 
 def cmd_report(args: argparse.Namespace) -> None:
     results = {m: {mb: describe(madata.open(data_path(args.data, m, mb))) for mb in MIXES} for m in MAPS}
-    trained = methods_results(args.work) if args.work else {}
+    trained = methods_results(args.work, args.out.parent / "table1" / "runs")
+    if trained:
+        curves_plot(trained, args.out.parent / "table1_curves.png")
     lines = [
         "# Table 1 on SMAX: the behaviour data and the four methods trained on it",
         "",

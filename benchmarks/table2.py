@@ -252,11 +252,12 @@ def read_log(path: Path) -> list[dict]:
         return [{k: float(v) if v not in ("", None) else None for k, v in r.items()} for r in csv.DictReader(f)]
 
 
-def gather(roots: list[Path], store: Path) -> list[dict]:
-    """Finished results under ``roots`` (copied into ``store`` when new) and in ``store``, with their logs."""
+def gather(roots: list[Path], store: Path, runs: str = "runs") -> list[dict]:
+    """Finished results under ``root/runs`` for each of ``roots`` (copied into ``store`` when new) and in
+    ``store``, with their logs."""
     for root in roots:
-        for res in (root / "runs").glob("**/result.json"):
-            rel = res.parent.relative_to(root / "runs")
+        for res in (root / runs).glob("**/result.json"):
+            rel = res.parent.relative_to(root / runs)
             dest = store / rel
             if not (dest / "result.json").exists():
                 dest.mkdir(parents=True, exist_ok=True)
