@@ -117,3 +117,14 @@ def write_result(run: Path, result: dict) -> dict:
     tmp.write_text(json.dumps(result, indent=1))
     os.replace(tmp, run / "result.json")
     return result
+
+
+def save_figure(fig, path: Path) -> None:
+    """Write a matplotlib figure to ``path`` (PNG) atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, path)

@@ -27,13 +27,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from harness import claimed, command_line, machine_line, write_result
+from harness import claimed, command_line, machine_line, save_figure, write_result
 from table2 import data_digest, gather, git_commit, summary
 
 import madata
@@ -200,11 +199,7 @@ def curves_plot(results: dict, path: Path) -> None:
         axes[1][col].set_ylabel("evaluation return")
         axes[1][col].set_xlabel("training iterations")
     axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def methods_lines(results: dict) -> list[str]:

@@ -29,7 +29,6 @@ import argparse
 import csv
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import time
@@ -37,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from harness import claimed, write_result
+from harness import claimed, save_figure, write_result
 
 ROOT = Path(__file__).resolve().parent.parent
 TASKS = ["hopper-3x1", "halfcheetah-2x3", "walker2d-2x3"]
@@ -322,11 +321,7 @@ def curves_plot(results: list[dict], task: str, path: Path) -> None:
         ax.set_xlabel("training iterations")
         ax.set_ylabel("evaluation return (10 episodes)")
     axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def cmd_report(args) -> None:
