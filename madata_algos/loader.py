@@ -270,8 +270,7 @@ class StreamingLoader:
         self.rng = np.random.default_rng(seed)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
-        ids = ds.episode_ids
-        self._ranges = self._episode_ranges(ids, ds.episode_lengths())
+        self._ranges = ds.episode_groups(self.rows_per_range)  # runs of whole episodes, about a chunk each
         self._order: list[int] = []  # range indices still to read in this pass (read from the end)
         self._buffered: list[int] = []  # range indices in the buffer, oldest first
         self._drawn = 0
@@ -279,18 +278,6 @@ class StreamingLoader:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="madata-read-ahead") if self.read_ahead else None
         self._ahead: deque[tuple[int, Future]] = deque()  # ranges being read, in the order they will enter
         self._fill(min(buffer_chunks, len(self._ranges)))
-
-    def _episode_ranges(self, ids: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
-        """Groups of whole episodes of about ``rows_per_range`` transitions each."""
-        groups, start, acc = [], 0, 0
-        for i, n in enumerate(lengths):
-            acc += int(n)
-            if acc >= self.rows_per_range:
-                groups.append(ids[start : i + 1])
-                start, acc = i + 1, 0
-        if start < len(ids):
-            groups.append(ids[start:])
-        return groups
 
     def _next_range(self) -> int:
         if not self._order:

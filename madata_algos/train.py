@@ -71,8 +71,9 @@ def state_standardizer(ds: madata.Dataset, data: DataInfo, device) -> Callable[[
         return lambda batch: batch
     s = np.asarray(ds.transitions(["state"])["state"], dtype=np.float64)
     s = s.reshape(len(s), -1)
+    sd = s.std(0)
     mean = torch.as_tensor(s.mean(0), dtype=torch.float32, device=device)
-    std = torch.as_tensor(np.where(s.std(0) > 1e-6, s.std(0), 1.0), dtype=torch.float32, device=device)
+    std = torch.as_tensor(np.where(sd > 1e-6, sd, 1.0), dtype=torch.float32, device=device)
 
     def standardize(batch: dict) -> dict:
         return batch | {k: (batch[k] - mean) / std for k in ("state", "next_state")}
