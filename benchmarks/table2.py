@@ -2,6 +2,7 @@
 
     python benchmarks/table2.py run [--tier a,b,c] [--tasks ...] [--methods ...] [--seeds 0,1,2]
         [--work DIR] [--data DIR] [--done docs/results/table2/runs] [--threads 1]
+        [--protocol cpu|reference] [--device cpu|cuda]
     python benchmarks/table2.py report [--work DIR ...] [--data DIR] [--out docs/results]
 
 ``run`` trains the cells of the table, in priority order (tier a: the five methods on
@@ -20,7 +21,10 @@ SHA-256 of its dataset's commit record.
 The protocol (``PROTOCOL``) is the paper's budget on this CPU: 20,000 iterations per run,
 evaluation every 1,000 on 10 episodes with the same episode seeds for every method,
 1,000-episode datasets, and 256-256 networks at batch 256 (docs/results/table2.md says
-why). A run's final return is the mean of its last 3 evaluations.
+why). A run's final return is the mean of its last 3 evaluations. ``--protocol reference``
+(``REFERENCE``) is the same with the reference code's network sizes (the defaults of
+``madata train``) at batch 1024: the check that the CPU protocol's sizes do not change the
+ordering, run on a GPU (``benchmarks/table2_device.py``).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import argparse
 import csv
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -68,7 +73,7 @@ PAPER_ORDER = ["halfcheetah-2x3", "hopper-3x1", "walker2d-2x3"]
 class Protocol:
     steps: int = 20_000
     batch_size: int = 256
-    hidden: tuple[int, ...] = (256, 256)
+    hidden: tuple[int, ...] | None = (256, 256)  # None: each network's default (the reference code's sizes)
     eval_every: int = 1000
     eval_episodes: int = 10
     episodes: int = 1000  # per dataset
@@ -76,11 +81,18 @@ class Protocol:
 
     @property
     def name(self) -> str:
-        h = "-".join(map(str, self.hidden))
+        h = "ref" if self.hidden is None else "-".join(map(str, self.hidden))
         return f"s{self.steps}-b{self.batch_size}-h{h}-e{self.eval_every}x{self.eval_episodes}-d{self.episodes}"
+
+    @property
+    def sizes(self) -> str:
+        if self.hidden is None:
+            return "the reference code's network sizes (VAE 750-750, actor and critics 400-300)"
+        return f"{'-'.join(map(str, self.hidden))} networks for every method"
 
 
 PROTOCOL = Protocol()
+REFERENCE = Protocol(batch_size=1024, hidden=None)
 
 
 @dataclass(frozen=True)
@@ -112,7 +124,7 @@ def method_config(method: str, protocol: Protocol):
     from madata_algos.configs import BcqConfig, CastBcqConfig, IcqConfig, MabcqConfig
 
     h = protocol.hidden
-    bcq_sizes = dict(vae_hidden=h, actor_hidden=h, critic_hidden=h)
+    bcq_sizes = {} if h is None else dict(vae_hidden=h, actor_hidden=h, critic_hidden=h)
     if method.startswith("cast-bcq"):
         ablation = {
             "cast-bcq": {},
@@ -126,7 +138,7 @@ def method_config(method: str, protocol: Protocol):
     if method == "mabcq":
         return "mabcq", MabcqConfig(**bcq_sizes)
     if method == "icq-ma":
-        return "icq-ma", IcqConfig(actor_hidden=h, critic_hidden=h)
+        return "icq-ma", IcqConfig() if h is None else IcqConfig(actor_hidden=h, critic_hidden=h)
     raise SystemExit(f"table2: unknown method {method!r}")
 
 
@@ -134,7 +146,11 @@ def method_config(method: str, protocol: Protocol):
 
 
 def git_commit() -> str:
-    """The commit this script runs from, with "+dirty" when the tree has uncommitted changes."""
+    """The commit this script runs from, with "+dirty" when the tree has uncommitted changes.
+
+    A copy of the tree without its git directory (a GPU machine's) names it in ``TABLE2_COMMIT``."""
+    if os.environ.get("TABLE2_COMMIT"):
+        return os.environ["TABLE2_COMMIT"]
     rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     dirty = subprocess.run(
         ["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True
@@ -165,7 +181,7 @@ def final_return(log: list[dict], protocol: Protocol) -> float:
     return float(np.mean([r["eval_return"] for r in log[-protocol.final_evals :]]))
 
 
-def run_cell(cell: Cell, work: Path, data_dir: Path, protocol: Protocol) -> dict | None:
+def run_cell(cell: Cell, work: Path, data_dir: Path, protocol: Protocol, device: str | None = None) -> dict | None:
     """Train one cell unless another process holds it; returns its result, or None when skipped."""
     from madata_algos.train import train
 
@@ -189,6 +205,7 @@ def run_cell(cell: Cell, work: Path, data_dir: Path, protocol: Protocol) -> dict
             eval_every=protocol.eval_every,
             eval_episodes=protocol.eval_episodes,
             resume=(run / "config.json").exists(),
+            device=device,
             progress=True,
         )
         result = {
@@ -202,15 +219,27 @@ def run_cell(cell: Cell, work: Path, data_dir: Path, protocol: Protocol) -> dict
             if log[-1]["eval_normalized"] is None
             else float(np.mean([r["eval_normalized"] for r in log[-protocol.final_evals :]])),
             "wall_seconds_this_process": round(time.time() - t0, 1),
+            "device": describe_device(device),
         }
         return write_result(run, result)
 
 
+def describe_device(device: str | None) -> str:
+    """The device a run trained on, in words (the GPU's name where there is one)."""
+    import torch
+
+    from madata_algos.train import resolve_device
+
+    dev = resolve_device(device)
+    return f"cuda: {torch.cuda.get_device_name(dev)}" if dev.type == "cuda" else "cpu"
+
+
 SMOKE = Protocol(steps=20, eval_every=10, eval_episodes=2, episodes=8)
+PROTOCOLS = {"cpu": PROTOCOL, "reference": REFERENCE, "smoke": SMOKE}
 
 
 def protocol_of(args) -> Protocol:
-    return SMOKE if args.smoke else PROTOCOL
+    return SMOKE if args.smoke else PROTOCOLS[args.protocol]
 
 
 def cmd_run(args) -> None:
@@ -235,7 +264,7 @@ def cmd_run(args) -> None:
     for cell in todo:
         if cell.path(protocol) in done:
             continue
-        result = run_cell(cell, args.work, args.data, protocol)
+        result = run_cell(cell, args.work, args.data, protocol, args.device)
         if result is not None:
             print(
                 f"{cell.task} {cell.data} {cell.method} seed {cell.seed}: final return {result['final_return']:.1f}",
@@ -330,7 +359,9 @@ def cmd_report(args) -> None:
     protocol = protocol_of(args)
     args.out.mkdir(parents=True, exist_ok=True)
     store = args.out / "table2" / "runs"
-    results = [r for r in gather(args.work, store) if r["protocol"] == json.loads(json.dumps(vars(protocol)))]
+    gathered = gather(args.work, store)
+    results = [r for r in gathered if r["protocol"] == json.loads(json.dumps(vars(protocol)))]
+    reference = [r for r in gathered if r["protocol"] == json.loads(json.dumps(vars(REFERENCE)))]
     if not results:
         raise SystemExit(
             f"table2 report: no finished runs of protocol {protocol.name} in {[str(w) for w in args.work]} or {store}"
@@ -352,7 +383,7 @@ def cmd_report(args) -> None:
         "The analysis, the protocol's reasons and the verdicts are in [table2_analysis.md](table2_analysis.md).",
         "",
         f"**Protocol** (`{protocol.name}`): {protocol.steps:,} training iterations per run at batch "
-        f"{protocol.batch_size}, {'-'.join(map(str, protocol.hidden))} networks for every method, evaluation every "
+        f"{protocol.batch_size}, {protocol.sizes}, evaluation every "
         f"{protocol.eval_every:,} iterations on {protocol.eval_episodes} episodes (episode k of seed s resets with "
         f"10000 (s + 1) + k, the same for every method), datasets of {protocol.episodes:,} episodes collected by "
         f"`madata collect TASK --mix LEVELS --episodes {protocol.episodes} --seed 0`. A run's final return is the mean of its "
@@ -464,9 +495,51 @@ def cmd_report(args) -> None:
         if any(r["cell"]["task"] == task for r in results):
             curves_plot(results, task, args.out / f"table2_{task}.png")
             lines += ["", f"![learning curves, {task}](table2_{task}.png)"]
+    if reference and protocol != REFERENCE:
+        lines += reference_section(reference, cell, blob, args.out)
     (args.out / "table2.md").write_text("\n".join(lines) + "\n")
     (args.out / "table2.json").write_text(json.dumps(blob, indent=1))
     print("\n".join(lines))
+
+
+def reference_section(reference: list[dict], cpu_cells: dict, blob: dict, out: Path) -> list[str]:
+    """Per-seed finals of the reference protocol's runs beside the same cells under the CPU protocol."""
+    ref_cells: dict = {}
+    for r in reference:
+        c = r["cell"]
+        ref_cells.setdefault((c["task"], c["data"], c["method"]), []).append(r)
+    devices = sorted({r.get("device", "cpu") for r in reference})
+    commits = sorted({r["commit"] for r in reference})
+    lines = [
+        "",
+        f"## The reference sizes and batch {REFERENCE.batch_size} (protocol `{REFERENCE.name}`)",
+        "",
+        f"The same protocol with {REFERENCE.sizes} at batch {REFERENCE.batch_size}, on {', '.join(devices)}; "
+        f"from commit {', '.join(f'`{c[:12]}`' for c in commits)}. Final returns per seed, beside the CPU "
+        f"protocol's (`{PROTOCOL.name}`) runs of the same cells. Command: `python benchmarks/table2_device.py` "
+        "(its docstring).",
+        "",
+        "| task | dataset | method | reference protocol: seeds | mean +- std | CPU protocol: seeds | mean +- std |",
+        "|---|---|---|---|---:|---|---:|",
+    ]
+    blob["reference"] = {}
+    for key in sorted(ref_cells):
+        ref = {r["cell"]["seed"]: r["final_return"] for r in ref_cells[key]}
+        cpu = {r["cell"]["seed"]: r["final_return"] for r in cpu_cells.get(key, [])}
+        blob["reference"]["/".join(key)] = {"reference": ref, "cpu": cpu}
+
+        def show(x: dict) -> tuple[str, str]:
+            if not x:
+                return "", ""
+            v = np.array(list(x.values()))
+            return ", ".join(f"{s}: {f:.0f}" for s, f in sorted(x.items())), f"{v.mean():.0f} +- {v.std():.0f}"
+
+        lines.append(f"| {key[0]} | {key[1]} | {LABELS[key[2]]} | {' | '.join(show(ref))} | {' | '.join(show(cpu))} |")
+    for task in TASKS:
+        if any(r["cell"]["task"] == task for r in reference):
+            curves_plot(reference, task, out / f"table2_reference_{task}.png")
+            lines += ["", f"![learning curves at the reference sizes, {task}](table2_reference_{task}.png)"]
+    return lines
 
 
 def main() -> None:
@@ -488,11 +561,14 @@ def main() -> None:
     )
     r.add_argument("--threads", type=int, default=1, help="torch threads of this worker")
     r.add_argument("--smoke", action="store_true", help="a tiny protocol to check the pipeline (results kept apart)")
+    r.add_argument("--protocol", choices=["cpu", "reference"], default="cpu", help="network sizes and batch (above)")
+    r.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p = sub.add_parser("report", help="gather finished runs and write table2.md, table2.json and the plots")
     p.add_argument("--work", type=Path, nargs="*", default=[ROOT / ".runs" / "table2"])
     p.add_argument("--data", type=Path, default=ROOT / ".runs" / "table2" / "data")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "results")
     p.add_argument("--smoke", action="store_true", help="report the --smoke protocol's runs")
+    p.set_defaults(protocol="cpu")  # the reference protocol's runs are a section of the CPU protocol's report
     args = ap.parse_args()
     cmd_run(args) if args.cmd == "run" else cmd_report(args)
 
