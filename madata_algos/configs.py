@@ -244,8 +244,8 @@ class MabcqDiscreteConfig(TransitionWeightOptions, BcqDiscreteConfig):
 class IcqDiscreteConfig(Config):
     """ICQ-MA (Yang et al., NeurIPS 2021) with discrete actions; the losses are in ``madata_algos/icq.py``.
 
-    alpha: the ICQ operator's temperature, implicit-constraint weights B * softmax_batch(Q'_tot / alpha) on the
-    next-state value. beta: the policy's temperature, weights k_i(s) B softmax_batch(A_i / beta) on
+    alpha: the ICQ operator's temperature, implicit-constraint weights B * softmax_batch((Q'_tot - V(s)) / alpha)
+    on the next-state value (state_baseline; without it, of Q'_tot / alpha as in the reference code). beta: the policy's temperature, weights k_i(s) B softmax_batch(A_i / beta) on
     log pi_i(a_i | o_i), k_i the mixer's normalized weights. Defaults: the authors' ICQ-MA code (SMAC), where
     the critic temperature is also named beta.
     """
@@ -265,6 +265,12 @@ class IcqDiscreteConfig(Config):
     )
     alpha: float = option(1000.0, "critic temperature of the ICQ operator (reference: 1000)", gt=0)
     beta: float = option(0.1, "actor temperature (reference, SMAC: 0.1)", gt=0)
+    state_baseline: bool = option(
+        True,
+        "estimate the ICQ operator's Z(s) from exp((Q'_tot - V(s)) / alpha) over the minibatch (our fix); "
+        "--no-state-baseline: from exp(Q'_tot / alpha), the reference's, which diverges where values spread "
+        "across states by more than alpha",
+    )
 
 
 @dataclass

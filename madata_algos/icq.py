@@ -15,14 +15,24 @@ each docstring gives the formula itself, checked against the authors' public cod
 One iteration (:meth:`IcqMa.update`), in the paper's order (critic, then policy):
 
 1. :meth:`IcqMa.value_loss`: V(s) <- rho(s, a) Q'_tot(s, a) at the data's joint action a,
-   rho = B * softmax over the minibatch of Q'_tot / alpha (the ICQ operator's expectation
-   over a ~ mu, its partition function Z estimated on the minibatch as in the paper);
+   rho = B * softmax over the minibatch of (Q'_tot - V(s)) / alpha (the ICQ operator's
+   expectation over a ~ mu; its partition function Z(s) estimated on the minibatch relative
+   to each state's value, see below);
 2. :meth:`IcqMa.critic_loss`: Q_tot(s, a) <- r + gamma (1 - terminated) V(s');
 3. :meth:`IcqMa.actor_loss`: -sum_i k_i(s) B softmax_batch(A_i / beta) log pi_i(a_i | o_i),
    k_i = w_i / sum_j w_j the mixer's normalized weights (the authors' code);
 4. Polyak averaging of the target critics and mixer.
 
 Choices where the paper or our data leave a detail open:
+
+- Z(s) = E_{a ~ mu(.|s)} exp(Q(s, a) / alpha) is per state. The reference code estimates it
+  as the minibatch mean of exp(Q'_tot / alpha), over *different* states, so states valued
+  above the batch get rho > 1 whatever their actions. On MaMuJoCo, whose values spread over
+  hundreds (alpha = 1000), that made V(s) diverge on every task (docs/results/table2_analysis.md).
+  Here the minibatch estimates E_mu[exp((Q - V(s)) / alpha) | s] instead, with V(s) the
+  state-value network held fixed: every state's own level cancels, and a state whose value
+  is underestimated gets rho > 1 only until V catches up. ``state_baseline=False``
+  (``--no-state-baseline``) restores the reference's estimate.
 
 - The paper's target r + gamma rho' Q'_tot(s', a') needs the dataset's *next* joint action
   a'; a transition loader has none. V(s) is regressed on rho Q'_tot at the batch's own
@@ -64,13 +74,22 @@ from madata_algos.ibcq import td_target
 from madata_algos.networks import MLP, AgentMLP, Algorithm, soft_update
 
 
-def implicit_constraint_value(q_tot: torch.Tensor, alpha: float) -> torch.Tensor:
-    """ICQ operator (Sec. 4.1), per sample: rho * Q with rho = exp(Q / alpha) / Z, Z = the minibatch mean of exp(Q / alpha).
+def implicit_constraint_value(q_tot: torch.Tensor, alpha: float, baseline: torch.Tensor | None = None) -> torch.Tensor:
+    """ICQ operator (Sec. 4.1), per sample: rho * Q with rho = exp(Q(s, a) / alpha) / Z(s), Z(s) = E_{a ~ mu(.|s)} exp(Q / alpha).
 
-    ``q_tot`` [B]: Q'_tot at the data's own (s, a) pairs -> [B]. The ratios rho average to 1;
-    alpha -> inf gives rho = 1 (SARSA on the data), alpha -> 0 puts all weight on the best pair.
+    ``q_tot`` [B]: Q'_tot at the data's own (s, a) pairs -> [B]. The data hold one action per
+    state, so Z(s) is estimated on the minibatch. With ``baseline`` [B], a value b(s) per
+    state: Z(s) = exp(b(s) / alpha) E_mu[exp((Q - b) / alpha) | s] and the minibatch estimates
+    the second factor, rho = B softmax_batch((Q - b) / alpha), exact when the advantages
+    Q - b are distributed alike in every state. Without (the reference code's), rho =
+    B softmax_batch(Q / alpha) takes Z to be the same for every state: states whose value is
+    above the batch's get rho > 1 whatever their actions, and where values spread over more
+    than about alpha, rho > 1 / gamma feeds back through the TD target without bound. The
+    ratios average to 1 over the batch; alpha -> inf gives rho = 1 (SARSA on the data),
+    alpha -> 0 puts all weight on the highest (Q - b).
     """
-    rho = q_tot.shape[-1] * torch.softmax(q_tot / alpha, dim=-1)
+    centred = q_tot if baseline is None else q_tot - baseline
+    rho = q_tot.shape[-1] * torch.softmax(centred / alpha, dim=-1)
     return rho * q_tot
 
 
@@ -146,10 +165,13 @@ class _IcqBase(Algorithm):
 
     def value_loss(self, obs: torch.Tensor, action: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         """ICQ operator's next-state value (Sec. 4.1): (V(s) - rho Q'_tot(s, a))^2 at the data's joint action a,
-        rho = B softmax_batch(Q'_tot / alpha) from the target critics and mixer (:func:`implicit_constraint_value`)."""
+        rho = B softmax_batch((Q'_tot - V(s)) / alpha) from the target critics and mixer, V(s) held fixed
+        (:func:`implicit_constraint_value`; ``state_baseline=False``: the reference's softmax of Q'_tot / alpha)."""
+        v = self.state_value(state)[..., 0]
         with torch.no_grad():
-            target = implicit_constraint_value(self.joint_q(obs, action, state, target=True), self.cfg.alpha)
-        return F.mse_loss(self.state_value(state)[..., 0], target)
+            baseline = v.detach() if self.cfg.state_baseline else None
+            target = implicit_constraint_value(self.joint_q(obs, action, state, target=True), self.cfg.alpha, baseline)
+        return F.mse_loss(v, target)
 
     def critic_loss(self, obs, action, reward, terminated, state, next_state) -> torch.Tensor:
         """ICQ-MA's critic, 1-step (Sec. 4.2 with lambda = 0): (Q_tot(s, a) - [r + gamma (1 - terminated) V(s')])^2,

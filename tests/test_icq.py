@@ -39,6 +39,17 @@ def _constant(net, values: torch.Tensor) -> None:
         net.layers[-1].bias.copy_(values[:, None, :])
 
 
+class _Constant(torch.nn.Module):
+    """A state-value network that outputs ``values`` [B] for a batch of B states."""
+
+    def __init__(self, values: torch.Tensor):
+        super().__init__()
+        self.values = values
+
+    def forward(self, state: torch.Tensor) -> torch.Tensor:
+        return self.values[:, None]
+
+
 # ---------------------------------------------------------------- the equations, by hand
 
 
@@ -52,6 +63,50 @@ def test_implicit_constraint_value_matches_closed_form():
     # alpha -> inf: SARSA on the data's actions; alpha -> 0: all weight on the best pair
     torch.testing.assert_close(implicit_constraint_value(q, 1e9), q)
     torch.testing.assert_close(implicit_constraint_value(q, 1e-3), torch.tensor([0.0, 0.0, 3 * 4.0]))
+
+
+def test_implicit_constraint_value_with_a_state_baseline():
+    """rho = B softmax_batch((Q - b) / alpha): each state's own level cancels from the partition function."""
+    q, b = torch.tensor([1.0, 2.0, 4.0]), torch.tensor([0.5, 3.0, 1.0])
+    e = [math.exp(0.25), math.exp(-0.5), math.exp(1.5)]  # exp((Q - b) / alpha), alpha = 2
+    z = sum(e) / 3
+    want = torch.tensor([e[0] / z * 1.0, e[1] / z * 2.0, e[2] / z * 4.0])
+    torch.testing.assert_close(implicit_constraint_value(q, 2.0, b), want)
+    # shifting one state's Q and baseline together leaves every ratio rho as it was
+    shift = torch.tensor([0.0, 100.0, -50.0])
+    rho = implicit_constraint_value(q, 2.0, b) / q
+    torch.testing.assert_close(implicit_constraint_value(q + shift, 2.0, b + shift) / (q + shift), rho)
+
+
+def test_state_only_values_are_their_own_icq_value():
+    """Where every action of a state is equally good (Q depends on s alone), the ICQ operator's value is Q itself.
+    With V(s) = Q(s) as the baseline every rho is 1; the reference's batch softmax of Q / alpha instead gives the
+    higher-valued states rho > 1 / gamma (values over 300 with alpha = 1000, as on MaMuJoCo), the divergence."""
+    q = torch.linspace(0.0, 300.0, 256)
+    torch.testing.assert_close(implicit_constraint_value(q, 1000.0, q.clone()), q)
+    rho = implicit_constraint_value(q, 1000.0) / q.clamp_min(1e-6)
+    assert rho[-1] > 1 / 0.99 and rho[0] < 1
+
+
+def test_value_targets_stay_bounded_where_values_spread_over_states():
+    """rewards 5 s_0 in [0, 5] whatever the actions: no value can exceed 5 / (1 - gamma) = 50. With the
+    state baseline V(s) stays below that after 1,200 iterations; the reference's estimate passes it."""
+
+    def max_value(state_baseline: bool) -> float:
+        algo = _continuous(obs_dims=(3, 3), state_dim=4, critic_hidden=(32, 32), alpha=1.0, gamma=0.9,
+                           critic_lr=1e-3, state_baseline=state_baseline)  # fmt: skip
+        g = torch.Generator().manual_seed(1)
+        for _ in range(1200):
+            s, s2 = torch.rand(64, 4, generator=g), torch.rand(64, 4, generator=g)
+            obs = s[None, :, :3].expand(2, 64, 3).contiguous()
+            act = torch.rand(2, 64, 1, generator=g) * 2 - 1
+            algo.update(obs=obs, action=act, reward=5 * s[:, 0], next_obs=obs, terminated=torch.zeros(64),
+                        state=s, next_state=s2, generator=g)  # fmt: skip
+        with torch.no_grad():
+            return algo.state_value(torch.rand(256, 4, generator=g)).max().item()
+
+    assert max_value(True) < 50
+    assert max_value(False) > 50
 
 
 def test_value_and_critic_targets_match_closed_form():
@@ -79,6 +134,19 @@ def test_value_and_critic_targets_match_closed_form():
     loss = algo.critic_loss(obs, act, reward, terminated, s, torch.randn(3, 4))
     y = [1.0 + 0.9 * 0.5, -1.0, 2.0 + 0.9 * 0.5]  # no bootstrap past a terminal transition
     assert loss.item() == pytest.approx(sum((q - t) ** 2 for q, t in zip([1.0, 2.0, 4.0], y, strict=True)) / 3)
+
+    # a state-dependent V(s) is the baseline of rho: rho = B softmax_batch((Q' - V(s)) / alpha)
+    v = torch.tensor([0.5, 3.0, 1.0])
+    algo.state_value = _Constant(v)
+    e = [math.exp(0.25), math.exp(-0.5), math.exp(1.5)]
+    rho_q = [e[0] / (sum(e) / 3) * 1.0, e[1] / (sum(e) / 3) * 2.0, e[2] / (sum(e) / 3) * 4.0]
+    want = sum((b - t) ** 2 for b, t in zip(v.tolist(), rho_q, strict=True)) / 3
+    assert algo.value_loss(obs, act, s).item() == pytest.approx(want, rel=1e-5)
+    algo.cfg.state_baseline = False  # the reference's estimate: exp(Q' / alpha) over the batch
+    e = [math.exp(0.5), math.exp(1.0), math.exp(2.0)]
+    rho_q = [e[0] / (sum(e) / 3) * 1.0, e[1] / (sum(e) / 3) * 2.0, e[2] / (sum(e) / 3) * 4.0]
+    want = sum((b - t) ** 2 for b, t in zip(v.tolist(), rho_q, strict=True)) / 3
+    assert algo.value_loss(obs, act, s).item() == pytest.approx(want, rel=1e-5)
 
 
 def test_advantage_weights_match_closed_form():
