@@ -41,6 +41,7 @@ import madata
 from madata.behaviour import BehaviourPolicy, check_levels, load_policy
 from madata.behaviour.mix import Combo, assign, check_combo, combinations, combo_of
 from madata.behaviour.random import TeamRandomPolicy
+from madata.commit import read_commit
 from madata.dataset import Dataset
 from madata.distributed import check_cluster
 from madata.envs.family import Task
@@ -219,10 +220,10 @@ def collect(
         )  # fmt: skip
         return madata.open(loc)
     # ---- write, in this process
-    if sharded and resuming:
-        done = read_root_record(loc)  # the root's records alone, not a check of every shard's chunks
+    if resuming:  # the records alone (not a check of every chunk): is it finished already?
+        done = read_root_record(loc) if sharded else read_commit(loc)
         if done.complete and done.num_episodes == episodes:
-            return madata.open(loc)  # finished already: a new, empty shard would only clutter the listing
+            return madata.open(loc)  # a writer would commit the same record again (sharded: an empty shard)
     if sharded:
         writer = shard_writer(
             loc, None if resuming else meta, resume=resuming, commit_every=commit_every, commit_seconds=commit_seconds

@@ -120,8 +120,10 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
     )
     assert resumed.num_episodes == 23 and resumed.record.complete
     assert_same(full, resumed)
+    record = (tmp_path / "part" / "commit.json").read_bytes()
     again = collect("grid", tmp_path / "part", mix=["random"], episodes=23, seed=5, resume=True)  # nothing left to do
     assert_same(full, again)
+    assert (tmp_path / "part" / "commit.json").read_bytes() == record  # finished: not even the record is rewritten
 
 
 def test_resume_without_existing_starts_fresh(tmp_path):
