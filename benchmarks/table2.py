@@ -177,6 +177,23 @@ def data_digest(path: Path) -> str:
     return hashlib.sha256((path / "commit.json").read_bytes()).hexdigest()
 
 
+def same_data(result: dict, data_dir: Path) -> bool | None:
+    """Whether a run trained on the dataset now in ``data_dir``: its ``data_sha256`` is the present commit record's
+    digest with the record's sequence number at some earlier value (collections resumed by older versions of
+    this script committed the same record again, advancing only that number). None: the dataset is not here."""
+    import re
+
+    path = data_dir / Path(result["data"]).name / "commit.json"
+    if not path.exists():
+        return None
+    raw = path.read_text()
+    now = int(re.search(r'"sequence":(\d+)', raw).group(1))
+    return any(
+        hashlib.sha256(re.sub(r'"sequence":\d+', f'"sequence":{n}', raw).encode()).hexdigest() == result["data_sha256"]
+        for n in range(now + 1)
+    )
+
+
 def final_return(log: list[dict], protocol: Protocol) -> float:
     return float(np.mean([r["eval_return"] for r in log[-protocol.final_evals :]]))
 
@@ -375,6 +392,16 @@ def cmd_report(args) -> None:
         for k, v in cell.items()
     }
     commits = sorted({r["commit"] for r in results})
+    checked = {id(r): same_data(r, args.data) for r in gathered}
+    differ = [r for r in gathered if checked[id(r)] is False]
+    data_line = (
+        f"Data: every one of the {len(gathered)} runs here trained on the datasets now in the data directory (each "
+        "run's `data_sha256` is its dataset's present commit record, up to the record's sequence number)."
+        if not differ and None not in checked.values()
+        else f"Data: {len(differ)} run(s) trained on other data than the data directory now holds: "
+        + ", ".join("/".join(str(v) for v in r["cell"].values()) for r in differ)
+        + f"; {sum(v is None for v in checked.values())} run(s) could not be checked (dataset absent)."
+    )
     lines = [
         "# Table 2 at the paper's budget: CAST-BCQ and the baselines on MaMuJoCo data",
         "",
@@ -392,6 +419,8 @@ def cmd_report(args) -> None:
         "",
         f"Ran from commit{'s' if len(commits) > 1 else ''} {', '.join(f'`{c[:12]}`' for c in commits)} "
         "(per run in its `result.json`).",
+        "",
+        data_line,
         "",
         "Commands: `python benchmarks/table2.py run --tier a,b,c --seeds 0,1,2` (any number of workers) and "
         "`python benchmarks/table2.py report`.",
