@@ -244,8 +244,9 @@ class MabcqDiscreteConfig(TransitionWeightOptions, BcqDiscreteConfig):
 class IcqDiscreteConfig(Config):
     """ICQ-MA (Yang et al., NeurIPS 2021) with discrete actions; the losses are in ``madata_algos/icq.py``.
 
-    alpha: the ICQ operator's temperature, implicit-constraint weights B * softmax_batch((Q'_tot - V(s)) / alpha)
-    on the next-state value (state_baseline; without it, of Q'_tot / alpha as in the reference code). beta: the policy's temperature, weights k_i(s) B softmax_batch(A_i / beta) on
+    alpha: the ICQ operator's temperature, implicit-constraint weights rho = B * softmax_batch((Q'_tot - V(s)) / alpha)
+    in the next-state value's target V(s) + rho (Q'_tot - V(s)) (state_baseline; without it, rho Q'_tot with
+    rho = B * softmax_batch(Q'_tot / alpha), as in the reference code). beta: the policy's temperature, weights k_i(s) B softmax_batch(A_i / beta) on
     log pi_i(a_i | o_i), k_i the mixer's normalized weights. Defaults: the authors' ICQ-MA code (SMAC), where
     the critic temperature is also named beta.
     """
@@ -267,9 +268,10 @@ class IcqDiscreteConfig(Config):
     beta: float = option(0.1, "actor temperature (reference, SMAC: 0.1)", gt=0)
     state_baseline: bool = option(
         True,
-        "estimate the ICQ operator's Z(s) from exp((Q'_tot - V(s)) / alpha) over the minibatch (our fix); "
-        "--no-state-baseline: from exp(Q'_tot / alpha), the reference's, which diverges where values spread "
-        "across states by more than alpha",
+        "estimate the ICQ operator relative to each state's value: target V(s) + rho (Q'_tot - V(s)), "
+        "rho = B softmax_batch((Q'_tot - V(s)) / alpha) (our fix); --no-state-baseline: rho Q'_tot with "
+        "rho = B softmax_batch(Q'_tot / alpha), the reference's, which diverges where values spread across "
+        "states by more than alpha",
     )
 
 

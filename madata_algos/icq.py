@@ -14,10 +14,10 @@ each docstring gives the formula itself, checked against the authors' public cod
 
 One iteration (:meth:`IcqMa.update`), in the paper's order (critic, then policy):
 
-1. :meth:`IcqMa.value_loss`: V(s) <- rho(s, a) Q'_tot(s, a) at the data's joint action a,
-   rho = B * softmax over the minibatch of (Q'_tot - V(s)) / alpha (the ICQ operator's
-   expectation over a ~ mu; its partition function Z(s) estimated on the minibatch relative
-   to each state's value, see below);
+1. :meth:`IcqMa.value_loss`: V(s) <- V(s) + rho(s, a) (Q'_tot(s, a) - V(s)) at the data's joint
+   action a, rho = B * softmax over the minibatch of (Q'_tot - V(s)) / alpha, V(s) held fixed
+   (the ICQ operator's expectation E_{a ~ mu}[rho Q'_tot]; its partition function Z(s)
+   estimated on the minibatch relative to each state's value, see below);
 2. :meth:`IcqMa.critic_loss`: Q_tot(s, a) <- r + gamma (1 - terminated) V(s');
 3. :meth:`IcqMa.actor_loss`: -sum_i k_i(s) B softmax_batch(A_i / beta) log pi_i(a_i | o_i),
    k_i = w_i / sum_j w_j the mixer's normalized weights (the authors' code);
@@ -30,13 +30,14 @@ Choices where the paper or our data leave a detail open:
   above the batch get rho > 1 whatever their actions. On MaMuJoCo, whose values spread over
   hundreds (alpha = 1000), that made V(s) diverge on every task (docs/results/table2_analysis.md).
   Here the minibatch estimates E_mu[exp((Q - V(s)) / alpha) | s] instead, with V(s) the
-  state-value network held fixed: every state's own level cancels, and a state whose value
-  is underestimated gets rho > 1 only until V catches up. ``state_baseline=False``
-  (``--no-state-baseline``) restores the reference's estimate.
+  state-value network held fixed, and V(s) regresses on V(s) + rho (Q'_tot - V(s)): a state's
+  own level cancels from rho, and each target moves V towards Q' whatever the values' sign
+  (rho > 0). ``state_baseline=False`` (``--no-state-baseline``) restores the reference's
+  estimate, rho Q'_tot with rho = B softmax_batch(Q'_tot / alpha).
 
 - The paper's target r + gamma rho' Q'_tot(s', a') needs the dataset's *next* joint action
-  a'; a transition loader has none. V(s) is regressed on rho Q'_tot at the batch's own
-  (s, a) instead, whose conditional mean given s is the same E_{a ~ mu(.|s)}[rho Q'_tot(s, a)],
+  a'; a transition loader has none. V(s) is regressed on the estimate of rho Q'_tot at the
+  batch's own (s, a) instead, whose conditional mean given s is E_{a ~ mu(.|s)}[rho Q'_tot(s, a)],
   so the critic's fixed point is the paper's; the cost is one state-value network used in
   training only. No policy action ever enters a target.
 - ICQ-MA trains the critic with a TD(lambda)-like multi-step target on whole trajectories;
@@ -75,22 +76,25 @@ from madata_algos.networks import MLP, AgentMLP, Algorithm, soft_update
 
 
 def implicit_constraint_value(q_tot: torch.Tensor, alpha: float, baseline: torch.Tensor | None = None) -> torch.Tensor:
-    """ICQ operator (Sec. 4.1), per sample: rho * Q with rho = exp(Q(s, a) / alpha) / Z(s), Z(s) = E_{a ~ mu(.|s)} exp(Q / alpha).
+    """ICQ operator (Sec. 4.1), a per-sample estimate of E_{a ~ mu(.|s)}[rho Q(s, a)] with rho = exp(Q / alpha) / Z(s),
+    Z(s) = E_{a ~ mu(.|s)} exp(Q(s, a) / alpha).
 
     ``q_tot`` [B]: Q'_tot at the data's own (s, a) pairs -> [B]. The data hold one action per
     state, so Z(s) is estimated on the minibatch. With ``baseline`` [B], a value b(s) per
-    state: Z(s) = exp(b(s) / alpha) E_mu[exp((Q - b) / alpha) | s] and the minibatch estimates
-    the second factor, rho = B softmax_batch((Q - b) / alpha), exact when the advantages
-    Q - b are distributed alike in every state. Without (the reference code's), rho =
-    B softmax_batch(Q / alpha) takes Z to be the same for every state: states whose value is
-    above the batch's get rho > 1 whatever their actions, and where values spread over more
-    than about alpha, rho > 1 / gamma feeds back through the TD target without bound. The
-    ratios average to 1 over the batch; alpha -> inf gives rho = 1 (SARSA on the data),
-    alpha -> 0 puts all weight on the highest (Q - b).
+    state: Z(s) = exp(b(s) / alpha) E_mu[exp((Q - b) / alpha) | s], the minibatch estimates
+    the second factor, rho = B softmax_batch((Q - b) / alpha), and the estimate is
+    b + rho (Q - b) (equal to E_mu[rho Q | s] wherever E_mu[rho | s] = 1). Both rho and the
+    estimate's offset from b then depend on Q - b alone, so neither a state's level nor the
+    sign of the values enters. Without a baseline (the reference code's), rho =
+    B softmax_batch(Q / alpha) and the estimate is rho Q: Z is taken to be the same for every
+    state, states valued above the batch get rho > 1 whatever their actions, and where values
+    spread over more than about alpha, rho > 1 / gamma feeds back through the TD target without
+    bound. The ratios average to 1 over the batch; alpha -> inf gives rho = 1 (SARSA on the
+    data), alpha -> 0 puts all weight on the highest Q - b.
     """
-    centred = q_tot if baseline is None else q_tot - baseline
-    rho = q_tot.shape[-1] * torch.softmax(centred / alpha, dim=-1)
-    return rho * q_tot
+    b = torch.zeros_like(q_tot) if baseline is None else baseline
+    rho = q_tot.shape[-1] * torch.softmax((q_tot - b) / alpha, dim=-1)
+    return b + rho * (q_tot - b)  # = E_mu[rho Q | s] when E_mu[rho | s] = 1, and shifts with Q and b
 
 
 def advantage_weights(advantage: torch.Tensor, credit: torch.Tensor, beta: float) -> torch.Tensor:
@@ -164,9 +168,10 @@ class _IcqBase(Algorithm):
     # ------------------------------------------------------------ losses, one per equation
 
     def value_loss(self, obs: torch.Tensor, action: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-        """ICQ operator's next-state value (Sec. 4.1): (V(s) - rho Q'_tot(s, a))^2 at the data's joint action a,
-        rho = B softmax_batch((Q'_tot - V(s)) / alpha) from the target critics and mixer, V(s) held fixed
-        (:func:`implicit_constraint_value`; ``state_baseline=False``: the reference's softmax of Q'_tot / alpha)."""
+        """ICQ operator's next-state value (Sec. 4.1): (V(s) - [V(s) + rho (Q'_tot(s, a) - V(s))])^2 at the data's
+        joint action a, rho = B softmax_batch((Q'_tot - V(s)) / alpha), Q'_tot from the target critics and mixer,
+        V(s) inside the target held fixed (:func:`implicit_constraint_value`; ``state_baseline=False``: the
+        reference's rho Q'_tot, rho = B softmax_batch(Q'_tot / alpha))."""
         v = self.state_value(state)[..., 0]
         with torch.no_grad():
             baseline = v.detach() if self.cfg.state_baseline else None
