@@ -34,20 +34,20 @@ PACK_EVERY = 20.0  # seconds between packs of the results
 EVAL_SLACK = 1.5  # evaluations grow longer as the policy learns to stay up (hopper): their pace is padded
 
 
-def pace(log: Path, protocol: Protocol) -> float | None:
-    """Seconds this run still needs at its latest measured pace; None before its first evaluation."""
+def pace(log: Path, protocol: Protocol) -> tuple[int, float | None]:
+    """(evaluations logged, seconds this run still needs at the pace of its last interval); None before its first."""
     if not log.exists():
-        return None
+        return 0, None
     with open(log) as f:
         rows = list(csv.DictReader(f))
     if not rows:
-        return None
+        return 0, None
     last = rows[-1]
     prev = rows[-2] if len(rows) > 1 else {"step": 0, "train_seconds": 0.0}
     per_step = (float(last["train_seconds"]) - float(prev["train_seconds"])) / (int(last["step"]) - int(prev["step"]))
     per_eval = float(last["eval_seconds"]) / len(rows) * EVAL_SLACK
     left = protocol.steps - int(last["step"])
-    return left * per_step + left / protocol.eval_every * per_eval
+    return len(rows), left * per_step + left / protocol.eval_every * per_eval
 
 
 def pack(work: Path, out: Path, log_path: Path) -> None:
@@ -99,28 +99,32 @@ def main() -> None:
                 )
             say(f"started {method} seed {seed}: {' '.join(cmd)}")
     run_dir = {k: args.work / "runs" / Cell("a", args.task, "medium-expert", *k).path(protocol) for k in procs}
-    last_pack, last_shed, stopped = 0.0, 0.0, set()
+    last_pack, stopped = 0.0, set()
+    fresh_from = dict.fromkeys(procs, 1)  # a pace counts once this many evaluations are logged (see below)
     while True:
         live = [k for k, p in procs.items() if p.poll() is None]
         now = time.time() - t0
         if not live or now > args.deadline:
             break
-        need = {k: pace(run_dir[k] / "log.csv", protocol) for k in live}
+        measured = {k: pace(run_dir[k] / "log.csv", protocol) for k in live}
+        need = {k: v for k, (_, v) in measured.items()}
         if now - last_pack > PACK_EVERY:
             say(" | ".join(f"{m} s{s}: {'?' if need[m, s] is None else f'{need[m, s]:.0f} s left'}" for m, s in live))
             pack(args.work, args.out, log_path)
             last_pack = now
         seeds_live = sorted({s for _, s in live})
-        known = [v for v in need.values() if v is not None]
-        if len(seeds_live) > 1 and len(known) == len(live) and now - last_shed > 60:
-            if now + max(known) > args.deadline:
+        # shed only on paces measured wholly after the last shed (their interval's start too): the survivors
+        # run faster once fewer runs share the GPU, and an interval straddling a shed would not show it
+        if len(seeds_live) > 1 and all(measured[k][0] >= fresh_from[k] for k in live):
+            slowest = max(need[k] for k in live)
+            if now + slowest > args.deadline:
                 drop = seeds_live[-1]
-                say(f"the slowest run needs {max(known):.0f} s of {args.deadline - now:.0f} left: stopping seed {drop}")
+                say(f"the slowest run needs {slowest:.0f} s of {args.deadline - now:.0f} left: stopping seed {drop}")
                 for k in live:
                     if k[1] == drop:
                         os.killpg(procs[k].pid, signal.SIGTERM)
                         stopped.add(k)
-                last_shed = now
+                fresh_from = {k: measured[k][0] + 2 for k in live}
         time.sleep(2)
     for k, p in procs.items():
         if p.poll() is None:
