@@ -1,0 +1,125 @@
+"""Which part of a trained BCQ-family policy helps or hurts: a Table 2 run's final checkpoint acting
+four ways in the real environment, on the same episode seeds.
+
+    python benchmarks/table2_components.py RUN_DIR [RUN_DIR ...] [--episodes 10] [--out FILE.md]
+
+- ``vae``: one draw of each agent's VAE G_i(o_i), nothing else (per-agent behaviour cloning);
+- ``vae + xi``: that draw perturbed by the actor xi_i, which was trained through Q_i;
+- ``as trained``: the policy as it executes, each agent's best of n candidates under its own Q_i;
+- ``joint critic`` (CAST-BCQ only): n joint candidates from the agents' policies, the best under the
+  run's joint critic Q(s, a) (Eq. 10) -- a centralized choice, for diagnosis only.
+
+Going down the list, each step adds one learned part; a step that lowers the return says that part
+misleads the policy. Episode k resets with seed 10000 (seed + 1) + k, as the runs' own evaluations;
+the draws come from a generator seeded with ``--seed``. Runs written by madata versions whose
+checkpoints this version cannot read are refused with the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from madata.envs.registry import get_task
+from madata_algos import registry
+from madata_algos.networks import pad_agents
+from madata_algos.registry import DataInfo
+from madata_algos.train import eval_seed, load_checkpoint
+
+MODES = ["vae", "vae + xi", "as trained", "joint critic"]
+
+
+def load(run: Path):
+    """(algorithm, data description, settings) of a finished run, from its config and last checkpoint."""
+    settings = json.loads((run / "config.json").read_text())
+    data = DataInfo.from_json(settings["data"])
+    spec = registry.get(settings["algorithm"])
+    algo = registry.build(
+        spec.name, data, registry.config_from_json(spec, data, settings["config"]), torch.device("cpu")
+    )
+    algo.load_state_dict(load_checkpoint(run / "checkpoint.pt", torch.device("cpu"))["model"])
+    return algo, data, settings
+
+
+@torch.no_grad()
+def act(algo, mode: str, obs: torch.Tensor, state: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Actions [N, E, A] of ``mode`` for observations [N, E, O] and global states [E, S]."""
+    if mode == "vae":
+        return algo.policy.decode(obs, g)
+    if mode == "vae + xi":
+        return algo.policy.sample(obs, g)
+    if mode == "as trained":
+        return algo.act(obs, g)
+    k, E = algo.cfg.n_act, obs.shape[1]  # joint critic: the best of k joint candidates under Q(s, a)
+    _, cand = algo.policy.candidates(obs, k, g)  # [N, E*k, A], row e's at e*k .. e*k+k-1
+    q = algo.joint_q(state.repeat_interleave(k, 0), cand.transpose(0, 1)).view(E, k)
+    return cand.view(algo.n, E, k, -1)[:, torch.arange(E), q.argmax(-1)]
+
+
+def returns(algo, data: DataInfo, mode: str, episodes: int, seed: int, draw_seed: int) -> np.ndarray:
+    """Undiscounted returns [episodes] of ``mode`` in the run's task, the episodes side by side."""
+    task = get_task(data.task)
+    envs = [task.team_env(None) for _ in range(episodes)]
+    try:
+        f, g, width = envs[0].factorization, torch.Generator().manual_seed(draw_seed), max(data.obs_dims)
+        first = [e.reset(eval_seed(seed) + k) for k, e in enumerate(envs)]
+        states, sources = np.stack([s for s, _ in first]), np.stack([src for _, src in first])
+        out, running = np.zeros(episodes), np.ones(episodes, dtype=bool)
+        while running.any():
+            live = np.flatnonzero(running)
+            obs = f.local_obs(sources[live])
+            x = pad_agents([torch.as_tensor(obs[a], dtype=torch.float32) for a in data.agent_ids], width)
+            a = act(algo, mode, x, torch.as_tensor(states[live], dtype=torch.float32), g).numpy()
+            joint = f.join_actions({agent: a[i, :, : data.act_dims[i]] for i, agent in enumerate(data.agent_ids)})
+            for row, k in enumerate(live):
+                states[k], sources[k], r, term, trunc = envs[k].step(joint[row])
+                out[k] += r
+                running[k] = not (term or trunc)
+        return out
+    finally:
+        for e in envs:
+            e.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument("--episodes", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the policies' random draws")
+    ap.add_argument("--out", type=Path, help="also write the table here (markdown)")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    lines = [
+        "| task | method | run seed | " + " | ".join(MODES) + " |",
+        "|---|---|---:|" + "---:|" * len(MODES),
+    ]
+    for run in args.runs:
+        algo, data, settings = load(run)
+        cells = []
+        for mode in MODES:
+            if mode == "joint critic" and not hasattr(algo, "joint_q"):
+                cells.append("")
+                continue
+            r = returns(algo, data, mode, args.episodes, settings["seed"], args.seed)
+            cells.append(f"{r.mean():.0f} +- {r.std():.0f}")
+            print(f"{run}: {mode}: {r.mean():.1f} +- {r.std():.1f} over {len(r)} episodes", flush=True)
+        lines.append(f"| {data.task} | {settings['algorithm']} | {settings['seed']} | " + " | ".join(cells) + " |")
+    table = "\n".join(lines)
+    print(table)
+    if args.out:
+        args.out.write_text(
+            f"Final checkpoints acting four ways, {args.episodes} episodes each (mean +- std of the return), "
+            "generated by\n`python benchmarks/table2_components.py "
+            + " ".join(str(r) for r in args.runs)
+            + f" --episodes {args.episodes} --seed {args.seed}`.\n\n"
+            + table
+            + "\n"
+        )
+
+
+if __name__ == "__main__":
+    main()
