@@ -11,6 +11,9 @@ madata error naming the file.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import errno
 import os
 import shutil
 from collections.abc import Iterator
@@ -56,11 +59,41 @@ def _os_errors_named(path: Path) -> Iterator[None]:
         raise OutputError(f"{path}: cannot be written ({e.strerror or e})") from e
 
 
+# errors of os.link on file systems that have no hard links (FAT, exFAT, some network and FUSE mounts)
+_NO_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EMLINK}
+
+
+def _rename_noreplace(src: Path, dst: Path) -> None:
+    """Rename ``src`` to ``dst`` unless ``dst`` exists (FileExistsError), in one step: Linux's
+    renameat2(RENAME_NOREPLACE). OSError where neither the C library nor the file system offers it."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    if not hasattr(libc, "renameat2"):
+        raise OSError(errno.ENOSYS, "renameat2 is not available on this system")
+    at_fdcwd, rename_noreplace = -100, 1
+    if libc.renameat2(at_fdcwd, os.fsencode(src), at_fdcwd, os.fsencode(dst), rename_noreplace) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), str(dst))  # EEXIST makes it a FileExistsError
+
+
+def _link_noreplace(src: Path, dst: Path) -> None:
+    """Give ``src``'s file the name ``dst`` unless ``dst`` exists (FileExistsError), atomically: a hard link,
+    or where the file system has none, a rename that refuses to replace."""
+    try:
+        os.link(src, dst)
+    except FileExistsError:
+        raise
+    except OSError as e:
+        if e.errno not in _NO_LINKS:
+            raise
+        _rename_noreplace(src, dst)
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike, overwrite: bool = True, what: str = "file") -> Iterator[Path]:
     """A temporary path to write to; on success it replaces ``path`` (durably), on any error it is removed.
-    Without ``overwrite`` it becomes ``path`` only if no one else created it first (a hard link: atomic,
-    refused when the name exists); madata's create-if-absent commits rest on that."""
+    Without ``overwrite`` it becomes ``path`` only if no one else created it first (a hard link, or a
+    rename with RENAME_NOREPLACE on file systems without links: atomic, refused when the name exists);
+    madata's create-if-absent commits rest on that."""
     path = check_output(path, overwrite, what)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -70,9 +103,9 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = True, what: str = "
                 os.fsync(f.fileno())
             if overwrite:
                 os.replace(tmp, path)
-            else:  # a hard link fails if the name was taken meanwhile: never replace what someone else wrote
+            else:  # refused if the name was taken meanwhile: never replace what someone else wrote
                 try:
-                    os.link(tmp, path)
+                    _link_noreplace(tmp, path)
                 except FileExistsError:
                     raise _appeared(path) from None
             fsync_dir(path.parent)

@@ -355,9 +355,23 @@ def test_missing_ranges_cover_exactly_what_no_shard_holds(spans, episodes_, size
     assert rec.num_episodes == next((e for e in range(episodes_ + 1) if e not in taken), episodes_)
 
 
-def test_create_if_absent_locally_never_replaces_what_appeared_meanwhile(tmp_path):
-    """The local create-if-absent ends with a hard link: a file another writer put there while this one was
-    writing stays as it was, and this one is refused (a rename would have replaced it)."""
+@pytest.fixture(params=["hard links", "no hard links"])
+def links(request, monkeypatch):
+    """Both ways a local create-if-absent ends: a hard link, or (file systems without links, where os.link
+    fails with EPERM) a rename that refuses to replace."""
+    if request.param == "no hard links":
+        import errno
+
+        def no_link(src, dst):
+            raise PermissionError(errno.EPERM, "Operation not permitted", str(dst))
+
+        monkeypatch.setattr("madata.atomic.os.link", no_link)
+    return request.param
+
+
+def test_create_if_absent_locally_never_replaces_what_appeared_meanwhile(tmp_path, links):
+    """The local create-if-absent ends with a hard link (or a no-replace rename): a file another writer put
+    there while this one was writing stays as it was, and this one is refused (a rename would have replaced it)."""
     from madata.atomic import atomic_output
 
     target = tmp_path / "commits" / "0000000001.json"
@@ -367,6 +381,36 @@ def test_create_if_absent_locally_never_replaces_what_appeared_meanwhile(tmp_pat
             tmp.write_bytes(b"mine")
             target.write_bytes(b"theirs")  # the other writer, between the check and the commit
     assert target.read_bytes() == b"theirs" and list(target.parent.iterdir()) == [target]
+
+
+def test_create_if_absent_locally_writes_once_with_or_without_hard_links(tmp_path, links):
+    from madata.location import location
+
+    loc = location(tmp_path / "ds")
+    loc.create("commits/0000000001.json", b"first")
+    with pytest.raises(DatasetExistsError, match=r"0000000001\.json: exists"):
+        loc.create("commits/0000000001.json", b"second")
+    assert loc.read("commits/0000000001.json") == b"first"
+    assert loc.keys() == ["commits/0000000001.json"]  # no temporary file left behind
+
+
+def test_create_if_absent_without_any_exclusive_rename_is_a_clear_error(tmp_path, monkeypatch):
+    """Where the file system has neither hard links nor a no-replace rename, the commit is refused in one
+    madata error naming the file, and nothing is left behind."""
+    import errno
+
+    from madata.errors import OutputError
+    from madata.location import location
+
+    def unsupported(*args):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr("madata.atomic.os.link", unsupported)
+    monkeypatch.setattr("madata.atomic._rename_noreplace", unsupported)
+    loc = location(tmp_path / "ds")
+    with pytest.raises(OutputError, match=r"0000000001\.json: cannot be written \(Operation not permitted\)"):
+        loc.create("commits/0000000001.json", b"first")
+    assert loc.keys() == []
 
 
 def test_read_many_of_one_key_on_object_storage(tmp_path):
