@@ -10,7 +10,13 @@ four ways in the real environment, on the same episode seeds.
   run's joint critic Q(s, a) (Eq. 10) -- a centralized choice, for diagnosis only.
 
 Going down the list, each step adds one learned part; a step that lowers the return says that part
-misleads the policy. Episode k resets with seed 10000 (seed + 1) + k, as the runs' own evaluations;
+misleads the policy. With ``--values`` (CAST-BCQ runs), a second table compares the joint critic's
+values with the data: on 4,096 transitions drawn from the run's dataset, Q(s, a) at the data's
+joint action, the discounted return the data actually collected from there (gamma^k r summed to
+the episode's end; truncated episodes stop at their time limit, which understates long ones), and
+max_j Q(s, a_j) over the policy's 10 joint candidates -- the value Eq. 6 bootstraps from. A critic
+that rates its policy's candidates far above what the data earned, while that policy earns less
+than the data, is overestimating the joint actions it has not seen. Episode k resets with seed 10000 (seed + 1) + k, as the runs' own evaluations;
 the draws come from a generator seeded with ``--seed``. Runs written by madata versions whose
 checkpoints this version cannot read are refused with the reason.
 """
@@ -85,12 +91,42 @@ def returns(algo, data: DataInfo, mode: str, episodes: int, seed: int, draw_seed
             e.close()
 
 
+@torch.no_grad()
+def values(algo, data: DataInfo, settings: dict, samples: int = 4096, seed: int = 0) -> dict[str, float]:
+    """Means over ``samples`` dataset transitions: the joint critic at the data's joint action, the data's own
+    discounted return from there, and the best of the policy's joint candidates under the joint critic."""
+    import madata
+
+    ds = madata.open(settings["dataset"])
+    agents = data.agent_ids
+    t = ds.transitions(["state", "reward", "episode_id", "obs", "action"])
+    gamma, reward, ep = algo.cfg.gamma, t["reward"].astype(np.float64), t["episode_id"]
+    ret = np.zeros_like(reward)  # discounted return to the episode's end, backwards through each episode
+    for i in range(len(reward) - 1, -1, -1):
+        same = i + 1 < len(reward) and ep[i + 1] == ep[i]
+        ret[i] = reward[i] + (gamma * ret[i + 1] if same else 0.0)
+    rows = np.random.default_rng(seed).choice(len(reward), size=min(samples, len(reward)), replace=False)
+    state = torch.as_tensor(t["state"][rows], dtype=torch.float32)
+    width, g = max(data.obs_dims), torch.Generator().manual_seed(seed)
+    obs = pad_agents([torch.as_tensor(t[f"obs/{a}"][rows], dtype=torch.float32) for a in agents], width)
+    act = pad_agents([torch.as_tensor(t[f"action/{a}"][rows], dtype=torch.float32) for a in agents], algo.A)
+    k = algo.cfg.n_act
+    _, cand = algo.policy.candidates(obs, k, g)
+    best = algo.joint_q(state.repeat_interleave(k, 0), cand.transpose(0, 1)).view(len(rows), k).max(-1).values
+    return {
+        "Q(s, a_data)": algo.joint_q(state, act.transpose(0, 1)).mean().item(),
+        "data's discounted return": float(ret[rows].mean()),
+        "max_j Q(s, a_j), policy candidates": best.mean().item(),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", type=Path)
     ap.add_argument("--episodes", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0, help="seed of the policies' random draws")
     ap.add_argument("--out", type=Path, help="also write the table here (markdown)")
+    ap.add_argument("--values", action="store_true", help="also compare CAST-BCQ's joint critic with the data")
     args = ap.parse_args()
     torch.set_num_threads(1)
     lines = [
@@ -109,6 +145,25 @@ def main() -> None:
             print(f"{run}: {mode}: {r.mean():.1f} +- {r.std():.1f} over {len(r)} episodes", flush=True)
         lines.append(f"| {data.task} | {settings['algorithm']} | {settings['seed']} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
+    if args.values:
+        value_lines = []
+        for run in args.runs:
+            algo, data, settings = load(run)
+            if not hasattr(algo, "joint_q"):
+                continue
+            v = values(algo, data, settings, seed=args.seed)
+            if not value_lines:
+                value_lines = [
+                    "",
+                    "| task | method | run seed | " + " | ".join(v) + " |",
+                    "|---|---|---:|" + "---:|" * len(v),
+                ]
+            value_lines.append(
+                f"| {data.task} | {settings['algorithm']} | {settings['seed']} | "
+                + " | ".join(f"{x:.1f}" for x in v.values())
+                + " |"
+            )
+        table += "\n" + "\n".join(value_lines)
     print(table)
     if args.out:
         args.out.write_text(
