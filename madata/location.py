@@ -8,8 +8,9 @@ Each kind of storage says here how it provides them:
   directory: temporary file, fsync, rename; object storage: one PUT, which is atomic);
 * ``create(key, data)``: the same, only if ``key`` does not exist yet, else
   ``FileExistsError`` (local: a hard link of the fsynced temporary file, which fails when the
-  name exists, or without hard links a rename with RENAME_NOREPLACE; S3: a conditional PUT, ``If-None-Match: *``). The commit protocol of sharded
-  datasets (:mod:`madata.sharded`) rests on it, since object storage has no rename;
+  name exists, or without hard links a rename with RENAME_NOREPLACE; S3: a conditional PUT,
+  ``If-None-Match: *``). The commit protocol of sharded datasets (:mod:`madata.sharded`)
+  rests on it, since object storage has no rename;
 * ``keys(prefix)``, ``delete(key)``, ``exists(key)``;
 * ``zarr_store()``: a Zarr store here that remembers the CRC-32 of every object it wrote
   (the writer puts them in the commit record), and ``durable(keys)``: make those writes
