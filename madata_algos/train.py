@@ -62,6 +62,9 @@ def agent_major(batch: Batch, action_starts: tuple[int, ...] | None = None) -> d
     return out
 
 
+STATE_PART = 1 << 18  # transitions of the state read at a time by state_standardizer
+
+
 def state_standardizer(ds: madata.Dataset, data: DataInfo, device) -> Callable[[dict], dict]:
     """What the trainer does to every batch's global state: nothing, or where the task stores it raw (SMAX's
     world state: positions in map units, cooldowns that drift below zero) (s - mean) / std per feature, with
@@ -69,10 +72,17 @@ def state_standardizer(ds: madata.Dataset, data: DataInfo, device) -> Callable[[
     unit-scale inputs; the policies act on observations, so evaluation needs none of it."""
     if not data.standardize_state:
         return lambda batch: batch
-    s = np.asarray(ds.transitions(["state"])["state"], dtype=np.float64)
-    s = s.reshape(len(s), -1)
-    sd = s.std(0)
-    mean = torch.as_tensor(s.mean(0), dtype=torch.float32, device=device)
+    n, mean, m2 = 0, 0.0, 0.0  # per feature, over parts of the data read one at a time (Chan et al.'s merge)
+    for episodes in ds.episode_groups(STATE_PART):
+        s = np.asarray(ds.select(episodes=episodes).transitions(["state"])["state"], dtype=np.float64)
+        s = s.reshape(len(s), -1)
+        k, part_mean = len(s), s.mean(0)
+        delta = part_mean - mean
+        mean = mean + delta * k / (n + k)
+        m2 = m2 + ((s - part_mean) ** 2).sum(0) + delta**2 * n * k / (n + k)
+        n += k
+    sd = np.sqrt(m2 / n)
+    mean = torch.as_tensor(mean, dtype=torch.float32, device=device)
     std = torch.as_tensor(np.where(sd > 1e-6, sd, 1.0), dtype=torch.float32, device=device)
 
     def standardize(batch: dict) -> dict:

@@ -341,12 +341,18 @@ def test_the_trained_policy_acts_among_the_available_actions():
 
 
 @needs_jaxmarl
-def test_training_standardizes_the_raw_world_state(team_data):
+@pytest.mark.parametrize("part", [1 << 18, 37])
+def test_training_standardizes_the_raw_world_state(team_data, part, monkeypatch):
     """SMAX's world state (positions up to the map size, cooldowns drifting below zero) reaches the critics
-    with mean 0 and std 1 per feature over the training data; a constant feature is only centred."""
+    with mean 0 and std 1 per feature over the training data; a constant feature is only centred. The
+    statistics are the same whether the state is read in one part or in many (37 transitions at a time)."""
+    from madata_algos import train
     from madata_algos.registry import describe
     from madata_algos.train import state_standardizer
 
+    monkeypatch.setattr(train, "STATE_PART", part)
+    parts = len(team_data.episode_groups(part))
+    assert parts > 10 if part == 37 else parts == 1
     info = describe(team_data)
     assert info.standardize_state
     s = torch.as_tensor(team_data.transitions(["state"])["state"])
