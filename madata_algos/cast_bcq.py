@@ -161,16 +161,29 @@ class CastBcq(Algorithm):
         q_now = self.joint_values(state, action.transpose(0, 1))  # [twins, B]
         return ((q_now - y[None]) ** 2).mean(-1).sum()
 
+    def joint_policy_action(self, state, obs, k: int, generator=None) -> torch.Tensor:
+        """Sec. 3.2's joint policy pi(o): of k candidate joint actions drawn from the agents' VAEs and perturbed
+        by their actors, the one with the highest joint value (Eq. 10, current critics). [B, N, A]."""
+        B = state.shape[0]
+        _, cand = self.policy.candidates(obs, k, generator)  # [N, B*k, A], row b's at b*k .. b*k+k-1
+        q = self.joint_q(state.repeat_interleave(k, dim=0), cand.transpose(0, 1)).view(B, k)
+        best = cand.view(self.n, B, k, self.A)[:, torch.arange(B, device=state.device), q.argmax(-1)]
+        return best.transpose(0, 1)
+
     def counterfactual_target(self, state, obs, action, generator=None) -> torch.Tensor:
         """Eq. 8 with the current joint critic (no gradient): Delta [B, N].
 
-        Teammates follow the joint policy (VAE sample + perturbation) unless masked.
+        Teammates follow the joint policy unless masked: one VAE sample + perturbation each, or with
+        ``teammate_candidates = k`` the best of k joint candidates (:meth:`joint_policy_action`).
         Ablations: ``csaa=False`` regresses on Q(o, (a_i, pi_-i)) itself (no baseline, no
         masking); ``subteam_sampling=False`` keeps the baseline with the empty subteam only.
         """
-        N, dev = self.n, state.device
+        N, dev, k = self.n, state.device, self.cfg.teammate_candidates
         with torch.no_grad():
-            pi = self.policy.sample(obs, generator).transpose(0, 1)  # [B, N, A]
+            if k:  # the joint policy of Eq. 6-7: the best joint candidate under the joint critic
+                pi = self.joint_policy_action(state, obs, k, generator)
+            else:  # one draw of each agent's policy
+                pi = self.policy.sample(obs, generator).transpose(0, 1)  # [B, N, A]
             a = action.transpose(0, 1)  # [B, N, A]
             if not self.cfg.csaa:
                 own = torch.eye(N, dtype=torch.bool, device=dev)[:, None, :, None]

@@ -184,6 +184,12 @@ class CastBcqConfig(BcqConfig):
     csaa: bool = option(True, "ablation --no-csaa: regress Q_i on the joint Q with the joint policy's teammates")
     subteam_sampling: bool = option(True, "ablation --no-subteam: the empty subteam only", flag="subteam")
     clipped_double_q: bool = option(True, "ablation --no-clipped-double-q: one joint critic, Eq. 10 with lambda = 1")
+    teammate_candidates: int = option(
+        0,
+        "Eq. 7-8's teammates: 0 = one VAE sample + perturbation each (Table 2's runs); k >= 1 = the joint "
+        "policy's action, the best of k candidate joint actions under the current joint critic (Sec. 3.2's pi)",
+        ge=0,
+    )
 
 
 @dataclass

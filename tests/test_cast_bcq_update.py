@@ -180,9 +180,26 @@ def test_joint_q_combines_the_twins_by_eq10_and_target_selects_the_copy():
 # ---------------------------------------------------------------------------- Eq. 8: the counterfactual target
 
 
-def hand_delta(algo, d, g, masks=None, mode="csaa"):
-    """Delta_i per Eq. 8 (or an ablation's variant) with the CURRENT joint critic: [B, N]."""
-    pi = policy_actions(algo, d["obs"], g)
+def hand_joint_policy(algo, d, g, k):
+    """Sec. 3.2's joint policy: of k candidate joint actions per sample (one decode call over k copies of every
+    o_i, perturbed by the actors), the one of highest joint value under the current critics: [B][N] lists."""
+    z = latents(g, B * k, algo)
+    out = []
+    for b in range(B):
+        cands = [
+            [perturb(algo, algo.policy.actor, i, d["obs"][i, b], decode(algo, i, d["obs"][i, b], z[i, b * k + j]))
+             for i in range(algo.n)]
+            for j in range(k)
+        ]  # fmt: skip
+        values = torch.stack([joint_q(algo, algo.joint_critic, d["state"][b], c) for c in cands])
+        out.append(cands[int(values.argmax())])
+    return out
+
+
+def hand_delta(algo, d, g, masks=None, mode="csaa", pi=None):
+    """Delta_i per Eq. 8 (or an ablation's variant) with the CURRENT joint critic: [B, N]. ``pi``: the
+    teammates' joint-policy actions [B][N] (default: one draw of each agent's policy, from ``g``)."""
+    pi = policy_actions(algo, d["obs"], g) if pi is None else pi
     if mode == "csaa" and masks is None:
         masks = subteam_masks(algo.n, algo.cfg.subteams, g)  # drawn after the policy's latents
     out = torch.zeros(B, algo.n)
@@ -238,7 +255,21 @@ def test_ablations_change_only_their_own_branch(flag, mode):
     assert not torch.allclose(got, full, atol=1e-3)  # and it is not the full method
 
 
-@pytest.mark.parametrize("kw", [{}, dict(n=4, subteams=3), dict(csaa=False), dict(subteam_sampling=False)])
+@pytest.mark.parametrize("mode", ["csaa", "no-csaa"])
+def test_teammates_can_follow_the_joint_policys_best_candidate(mode):
+    """teammate_candidates = k: the teammates of Eq. 8 (and of --no-csaa) take the components of the best of k
+    candidate joint actions under the joint critic, not one draw of each agent's policy."""
+    algo = hand_made(make(teammate_candidates=4, csaa=mode == "csaa"))
+    d = batch()
+    got = algo.counterfactual_target(d["state"], d["obs"], d["action"], torch.Generator().manual_seed(6))
+    g = torch.Generator().manual_seed(6)
+    want = hand_delta(algo, d, g, mode=mode, pi=hand_joint_policy(algo, d, g, 4))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kw", [{}, dict(n=4, subteams=3), dict(csaa=False), dict(subteam_sampling=False), dict(teammate_candidates=3)]
+)
 def test_every_tensor_of_eq8_is_made_on_the_algorithms_device(kw):
     """On "meta" (torch's shape-only device) a mask, default action or network left on the CPU raises,
     the way it would on a GPU; this machine has none."""
