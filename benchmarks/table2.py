@@ -34,6 +34,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -181,8 +182,6 @@ def same_data(result: dict, data_dir: Path) -> bool | None:
     """Whether a run trained on the dataset now in ``data_dir``: its ``data_sha256`` is the present commit record's
     digest with the record's sequence number at some earlier value (collections resumed by older versions of
     this script committed the same record again, advancing only that number). None: the dataset is not here."""
-    import re
-
     path = data_dir / Path(result["data"]).name / "commit.json"
     if not path.exists():
         return None

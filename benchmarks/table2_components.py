@@ -14,7 +14,7 @@ misleads the policy. With ``--values`` (CAST-BCQ runs), a second table compares 
 values with the data: on 4,096 transitions drawn from the run's dataset, Q(s, a) at the data's
 joint action, the discounted return the data actually collected from there (gamma^k r summed to
 the episode's end; truncated episodes stop at their time limit, which understates long ones), and
-max_j Q(s, a_j) over the policy's 10 joint candidates -- the value Eq. 6 bootstraps from. A critic
+max_j Q(s, a_j) over the policy's n_act joint candidates (100 in Table 2's runs). A critic
 that rates its policy's candidates far above what the data earned, while that policy earns less
 than the data, is overestimating the joint actions it has not seen. Episode k resets with seed 10000 (seed + 1) + k, as the runs' own evaluations;
 the draws come from a generator seeded with ``--seed``. Runs written by madata versions whose
@@ -29,9 +29,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.signal import lfilter
 
-from madata.envs.registry import get_task
 from madata_algos import registry
+from madata_algos.evaluate import evaluate
 from madata_algos.networks import pad_agents
 from madata_algos.registry import DataInfo
 from madata_algos.train import eval_seed, load_checkpoint
@@ -60,35 +61,20 @@ def act(algo, mode: str, obs: torch.Tensor, state: torch.Tensor, g: torch.Genera
         return algo.policy.sample(obs, g)
     if mode == "as trained":
         return algo.act(obs, g)
-    k, E = algo.cfg.n_act, obs.shape[1]  # joint critic: the best of k joint candidates under Q(s, a)
-    _, cand = algo.policy.candidates(obs, k, g)  # [N, E*k, A], row e's at e*k .. e*k+k-1
-    q = algo.joint_q(state.repeat_interleave(k, 0), cand.transpose(0, 1)).view(E, k)
-    return cand.view(algo.n, E, k, -1)[:, torch.arange(E), q.argmax(-1)]
+    return algo.joint_policy_action(state, obs, algo.cfg.n_act, g).transpose(0, 1)  # the best of n_act
 
 
 def returns(algo, data: DataInfo, mode: str, episodes: int, seed: int, draw_seed: int) -> np.ndarray:
-    """Undiscounted returns [episodes] of ``mode`` in the run's task, the episodes side by side."""
-    task = get_task(data.task)
-    envs = [task.team_env(None) for _ in range(episodes)]
-    try:
-        f, g, width = envs[0].factorization, torch.Generator().manual_seed(draw_seed), max(data.obs_dims)
-        first = [e.reset(eval_seed(seed) + k) for k, e in enumerate(envs)]
-        states, sources = np.stack([s for s, _ in first]), np.stack([src for _, src in first])
-        out, running = np.zeros(episodes), np.ones(episodes, dtype=bool)
-        while running.any():
-            live = np.flatnonzero(running)
-            obs = f.local_obs(sources[live])
-            x = pad_agents([torch.as_tensor(obs[a], dtype=torch.float32) for a in data.agent_ids], width)
-            a = act(algo, mode, x, torch.as_tensor(states[live], dtype=torch.float32), g).numpy()
-            joint = f.join_actions({agent: a[i, :, : data.act_dims[i]] for i, agent in enumerate(data.agent_ids)})
-            for row, k in enumerate(live):
-                states[k], sources[k], r, term, trunc = envs[k].step(joint[row])
-                out[k] += r
-                running[k] = not (term or trunc)
-        return out
-    finally:
-        for e in envs:
-            e.close()
+    """Undiscounted returns [episodes] of ``mode`` in the run's task, on the run's own evaluation episodes."""
+    g, width = torch.Generator().manual_seed(draw_seed), max(data.obs_dims)
+
+    @torch.no_grad()
+    def policy(obs: dict[str, np.ndarray], state: np.ndarray) -> dict[str, np.ndarray]:
+        x = pad_agents([torch.as_tensor(obs[a], dtype=torch.float32) for a in data.agent_ids], width)
+        a = act(algo, mode, x, torch.as_tensor(state, dtype=torch.float32), g).numpy()
+        return {agent: a[i, :, : data.act_dims[i]] for i, agent in enumerate(data.agent_ids)}
+
+    return np.array(evaluate(data.task, policy, episodes, eval_seed(seed), with_state=True).returns)
 
 
 @torch.no_grad()
@@ -101,10 +87,10 @@ def values(algo, data: DataInfo, settings: dict, samples: int = 4096, seed: int 
     agents = data.agent_ids
     t = ds.transitions(["state", "reward", "episode_id", "obs", "action"])
     gamma, reward, ep = algo.cfg.gamma, t["reward"].astype(np.float64), t["episode_id"]
-    ret = np.zeros_like(reward)  # discounted return to the episode's end, backwards through each episode
-    for i in range(len(reward) - 1, -1, -1):
-        same = i + 1 < len(reward) and ep[i + 1] == ep[i]
-        ret[i] = reward[i] + (gamma * ret[i + 1] if same else 0.0)
+    ret = np.zeros_like(reward)  # discounted return to the episode's end: G_t = r_t + gamma G_t+1, per episode
+    starts = np.flatnonzero(np.r_[True, ep[1:] != ep[:-1]])
+    for a, b in zip(starts, np.r_[starts[1:], len(ep)], strict=True):
+        ret[a:b] = lfilter([1.0], [1.0, -gamma], reward[a:b][::-1])[::-1]
     rows = np.random.default_rng(seed).choice(len(reward), size=min(samples, len(reward)), replace=False)
     state = torch.as_tensor(t["state"][rows], dtype=torch.float32)
     width, g = max(data.obs_dims), torch.Generator().manual_seed(seed)

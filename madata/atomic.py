@@ -14,6 +14,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import functools
 import os
 import shutil
 from collections.abc import Iterator
@@ -63,10 +64,15 @@ def _os_errors_named(path: Path) -> Iterator[None]:
 _NO_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EMLINK}
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
 def _rename_noreplace(src: Path, dst: Path) -> None:
     """Rename ``src`` to ``dst`` unless ``dst`` exists (FileExistsError), in one step: Linux's
     renameat2(RENAME_NOREPLACE). OSError where neither the C library nor the file system offers it."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc = _libc()
     if not hasattr(libc, "renameat2"):
         raise OSError(errno.ENOSYS, "renameat2 is not available on this system")
     at_fdcwd, rename_noreplace = -100, 1

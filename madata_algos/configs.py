@@ -250,9 +250,10 @@ class MabcqDiscreteConfig(TransitionWeightOptions, BcqDiscreteConfig):
 class IcqDiscreteConfig(Config):
     """ICQ-MA (Yang et al., NeurIPS 2021) with discrete actions; the losses are in ``madata_algos/icq.py``.
 
-    alpha: the ICQ operator's temperature, implicit-constraint weights rho = B * softmax_batch((Q'_tot - V(s)) / alpha)
-    in the next-state value's target V(s) + rho (Q'_tot - V(s)) (state_baseline; without it, rho Q'_tot with
-    rho = B * softmax_batch(Q'_tot / alpha), as in the reference code). beta: the policy's temperature, weights k_i(s) B softmax_batch(A_i / beta) on
+    alpha: the ICQ operator's temperature, implicit-constraint weights
+    rho = B * softmax_batch((Q'_tot - V(s)) / alpha) in the next-state value's target V(s) + rho (Q'_tot - V(s))
+    (state_baseline; without it, rho Q'_tot with rho = B * softmax_batch(Q'_tot / alpha), as in the reference
+    code). beta: the policy's temperature, weights k_i(s) B softmax_batch(A_i / beta) on
     log pi_i(a_i | o_i), k_i the mixer's normalized weights. Defaults: the authors' ICQ-MA code (SMAC), where
     the critic temperature is also named beta.
     """

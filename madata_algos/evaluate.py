@@ -5,6 +5,8 @@ makes one batched policy call for all running episodes. Agent ``i``'s policy see
 own local observations only. Episode ``k`` resets with seed ``seed + k``. Families that step
 their environments in batches themselves (SMAX) run their own evaluator: the policy is then
 called with the available actions too, ``policy(obs, masks)``, and the win rate is reported.
+With ``with_state=True`` (MaMuJoCo-like families) the policy is called ``policy(obs, state)``
+with the running episodes' global states [E, S]: centralized choices, for diagnosis only.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 
 from madata.envs.family import Task
 from madata.envs.registry import get_task
+from madata.errors import SchemaError
 from madata.summary import normalized_score
 
 # obs {agent: [E, o_i]} -> actions {agent: [E, d_i]} (int64 [E] for Discrete)
@@ -44,11 +47,18 @@ class EvalResult:
 
 
 def evaluate(
-    task: str | Task, policy: Policy, episodes: int = 10, seed: int = 0, max_steps: int | None = None
+    task: str | Task,
+    policy: Policy,
+    episodes: int = 10,
+    seed: int = 0,
+    max_steps: int | None = None,
+    with_state: bool = False,
 ) -> EvalResult:
     """Run ``episodes`` episodes of ``policy`` in ``task`` at once; returns their statistics."""
     spec = get_task(task)
     if spec.family.batched:
+        if with_state:
+            raise SchemaError(f"{spec.name}: with_state applies to families that step one environment per episode")
         out = spec.family.evaluate_policy(spec, policy, episodes, seed, max_steps)
         res = _result(spec, episodes, seed, out["returns"], out["lengths"], float(out["won"].mean()))
         res.unavailable_actions = out["unavailable"]
@@ -56,16 +66,17 @@ def evaluate(
     envs = [spec.team_env(max_steps) for _ in range(episodes)]
     try:
         f = envs[0].factorization
-        sources = np.stack([e.reset(seed + k)[1] for k, e in enumerate(envs)])  # [E, D]
+        first = [e.reset(seed + k) for k, e in enumerate(envs)]
+        states, sources = np.stack([s for s, _ in first]), np.stack([src for _, src in first])  # [E, S], [E, D]
         returns, lengths = np.zeros(episodes), np.zeros(episodes, dtype=np.int64)
         running = np.ones(episodes, dtype=bool)
         while running.any():
             live = np.flatnonzero(running)
-            actions = policy(f.local_obs(sources[live]))
+            obs = f.local_obs(sources[live])
+            actions = policy(obs, states[live]) if with_state else policy(obs)
             joint = f.join_actions(actions)  # [E_live, A]
             for row, k in enumerate(live):
-                _, src, r, term, trunc = envs[k].step(joint[row])
-                sources[k] = src
+                states[k], sources[k], r, term, trunc = envs[k].step(joint[row])
                 returns[k] += r
                 lengths[k] += 1
                 running[k] = not (term or trunc)

@@ -17,6 +17,35 @@ def test_grid_optimal_policy_scores_six():
     assert res.returns == [6.0] * 4 and res.lengths == [5] * 4 and res.mean_normalized is None
 
 
+def _grid_optimal(obs):
+    y = obs["agent_1"][:, 1]
+    return {"agent_0": np.full(len(y), 2), "agent_1": np.where(y < 3, 2, 1)}
+
+
+def test_with_state_hands_the_policy_each_running_episodes_global_state():
+    """with_state=True: policy(obs, state) sees the global state of every running episode, step by step (the
+    states an environment replaying the same actions goes through)."""
+    from madata.envs.registry import get_task
+
+    seen = []
+
+    def policy(obs, state):
+        seen.append(state.copy())
+        return _grid_optimal(obs)
+
+    res = evaluate("grid", policy, episodes=2, seed=3, with_state=True)
+    assert res.returns == [6.0, 6.0] and len(seen) == 5
+    env = get_task("grid").team_env(None)
+    f = env.factorization
+    for k in range(2):
+        state, source = env.reset(3 + k)
+        for t in range(5):
+            np.testing.assert_array_equal(seen[t][k], state)
+            joint = f.join_actions(_grid_optimal(f.local_obs(source[None])))
+            state, source, *_ = env.step(joint[0])
+    env.close()
+
+
 def test_mamujoco_zero_actions_normalized():
     pytest.importorskip("gymnasium_robotics")
     seen = []

@@ -205,6 +205,8 @@ def test_madata_algos_evaluate_reports_the_win_rate_in_smax():
     res = evaluate("smax-2s3z", random_available, episodes=8, seed=0)
     assert res.win_rate == 0.0 and res.task == "smax-2s3z" and len(res.returns) == 8
     assert 0.05 < res.mean_return < 1.0 and res.mean_normalized is None  # enemy health taken, no win bonus
+    with pytest.raises(SchemaError, match="smax-2s3z: with_state applies to families that step one environment"):
+        evaluate("smax-2s3z", random_available, episodes=2, with_state=True)  # SMAX steps its own batches
 
 
 # ---------------------------------------------------------------- learning from masked data
