@@ -128,3 +128,13 @@ def save_figure(fig, path: Path) -> None:
     fig.savefig(tmp, dpi=90)
     plt.close(fig)
     os.replace(tmp, path)
+
+
+def band(ax, steps: list, y, label: str, style: str = "-") -> None:
+    """One learning curve on ``ax``: the mean over runs of ``y`` [runs, len(steps)] with a +-1 std band."""
+    import numpy as np
+
+    y = np.asarray(y, dtype=float)
+    mean, std = y.mean(0), y.std(0)
+    line = ax.plot(steps, mean, style, label=label)[0]
+    ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.12)

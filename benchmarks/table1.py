@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from harness import claimed, command_line, machine_line, save_figure, write_result
+from harness import band, claimed, command_line, machine_line, save_figure, write_result
 from table2 import data_digest, gather, git_commit, summary
 
 import madata
@@ -191,9 +191,7 @@ def curves_plot(results: dict, path: Path) -> None:
             steps = [row["step"] for row in logs[0]]
             for row_i, (key, scale) in enumerate((("eval_win_rate", 100), ("eval_return", 1))):
                 y = scale * np.array([[row[key] for row in log] for log in logs])
-                ax = axes[row_i][col]
-                line = ax.plot(steps, y.mean(0), label=f"{label} ({len(logs)})")[0]
-                ax.fill_between(steps, y.mean(0) - y.std(0), y.mean(0) + y.std(0), color=line.get_color(), alpha=0.12)
+                band(axes[row_i][col], steps, y, f"{label} ({len(logs)})")
         axes[0][col].set_title(f"SMAX {m}, per-agent mix")
         axes[0][col].set_ylabel(f"win rate % ({PROTOCOL.eval_episodes} episodes)")
         axes[1][col].set_ylabel("evaluation return")

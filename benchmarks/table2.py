@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from harness import claimed, save_figure, write_result
+from harness import band, claimed, save_figure, write_result
 
 ROOT = Path(__file__).resolve().parent.parent
 TASKS = ["hopper-3x1", "halfcheetah-2x3", "walker2d-2x3"]
@@ -358,10 +358,8 @@ def curves_plot(results: list[dict], task: str, path: Path) -> None:
             if not logs:
                 continue
             steps = [row["step"] for row in logs[0]]
-            y = np.array([[row["eval_return"] for row in log] for log in logs])
-            style = "--" if method in ABLATIONS or method == "bcq" else "-"
-            line = ax.plot(steps, y.mean(0), style, label=f"{label} ({len(logs)})")[0]
-            ax.fill_between(steps, y.mean(0) - y.std(0), y.mean(0) + y.std(0), color=line.get_color(), alpha=0.12)
+            y = [[row["eval_return"] for row in log] for log in logs]
+            band(ax, steps, y, f"{label} ({len(logs)})", "--" if method in ABLATIONS or method == "bcq" else "-")
         ax.set_title(f"{task}, {data}")
         ax.set_xlabel("training iterations")
         ax.set_ylabel("evaluation return (10 episodes)")
