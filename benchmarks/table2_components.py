@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from scipy.signal import lfilter
 
+import madata
 from madata_algos import registry
 from madata_algos.evaluate import evaluate
 from madata_algos.networks import pad_agents
@@ -77,26 +78,30 @@ def returns(algo, data: DataInfo, mode: str, episodes: int, seed: int, draw_seed
     return np.array(evaluate(data.task, policy, episodes, eval_seed(seed), with_state=True).returns)
 
 
+def dataset_sample(algo, data: DataInfo, settings: dict, samples: int, seed: int):
+    """``samples`` transitions drawn without replacement from the run's dataset (seeded): (rows [R], the
+    columns read, global states [R, S], observations [N, R, O] and joint actions [N, R, A], padded)."""
+    ds = madata.open(settings["dataset"])
+    agents, width = data.agent_ids, max(data.obs_dims)
+    t = ds.transitions(["state", "reward", "episode_id", "obs", "action"])
+    rows = np.random.default_rng(seed).choice(len(t["reward"]), size=min(samples, len(t["reward"])), replace=False)
+    state = torch.as_tensor(t["state"][rows], dtype=torch.float32)
+    obs = pad_agents([torch.as_tensor(t[f"obs/{a}"][rows], dtype=torch.float32) for a in agents], width)
+    act = pad_agents([torch.as_tensor(t[f"action/{a}"][rows], dtype=torch.float32) for a in agents], algo.A)
+    return rows, t, state, obs, act
+
+
 @torch.no_grad()
 def values(algo, data: DataInfo, settings: dict, samples: int = 4096, seed: int = 0) -> dict[str, float]:
     """Means over ``samples`` dataset transitions: the joint critic at the data's joint action, the data's own
     discounted return from there, and the best of the policy's joint candidates under the joint critic."""
-    import madata
-
-    ds = madata.open(settings["dataset"])
-    agents = data.agent_ids
-    t = ds.transitions(["state", "reward", "episode_id", "obs", "action"])
+    rows, t, state, obs, act = dataset_sample(algo, data, settings, samples, seed)
     gamma, reward, ep = algo.cfg.gamma, t["reward"].astype(np.float64), t["episode_id"]
     ret = np.zeros_like(reward)  # discounted return to the episode's end: G_t = r_t + gamma G_t+1, per episode
     starts = np.flatnonzero(np.r_[True, ep[1:] != ep[:-1]])
     for a, b in zip(starts, np.r_[starts[1:], len(ep)], strict=True):
         ret[a:b] = lfilter([1.0], [1.0, -gamma], reward[a:b][::-1])[::-1]
-    rows = np.random.default_rng(seed).choice(len(reward), size=min(samples, len(reward)), replace=False)
-    state = torch.as_tensor(t["state"][rows], dtype=torch.float32)
-    width, g = max(data.obs_dims), torch.Generator().manual_seed(seed)
-    obs = pad_agents([torch.as_tensor(t[f"obs/{a}"][rows], dtype=torch.float32) for a in agents], width)
-    act = pad_agents([torch.as_tensor(t[f"action/{a}"][rows], dtype=torch.float32) for a in agents], algo.A)
-    k = algo.cfg.n_act
+    g, k = torch.Generator().manual_seed(seed), algo.cfg.n_act
     _, cand = algo.policy.candidates(obs, k, g)
     best = algo.joint_q(state.repeat_interleave(k, 0), cand.transpose(0, 1)).view(len(rows), k).max(-1).values
     return {
@@ -106,20 +111,91 @@ def values(algo, data: DataInfo, settings: dict, samples: int = 4096, seed: int 
     }
 
 
+def rank_correlation(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Spearman's rho along the last axis (no ties in continuous values): [..., k] x2 -> [...]."""
+    rx, ry = (v.argsort(-1).argsort(-1).to(torch.float64) for v in (x, y))
+    rx, ry = rx - rx.mean(-1, keepdim=True), ry - ry.mean(-1, keepdim=True)
+    return (rx * ry).sum(-1) / (rx.square().sum(-1) * ry.square().sum(-1)).sqrt()
+
+
+@torch.no_grad()
+def critic_agreement(
+    algo, data: DataInfo, settings: dict, samples: int = 512, k: int = 10, draws: int = 16, seed: int = 0
+) -> dict[str, float]:
+    """How CAST-BCQ's critics judge its actions, at ``samples`` dataset states (means over states and agents;
+    values in the critics' units, discounted return).
+
+    Delta_i(o, a_i) is Eq. 8's estimate averaged over ``draws`` independent draws of the teammates'
+    actions and subteams (Eq. 9 regresses Q_i on one such draw).
+    - ``xi's gain under Q / Delta_i / Q_i``: what the perturbation xi adds to one VAE draw a~, by the
+      joint critic (all agents perturbed, Eq. 10), by Delta_i and by Q_{i,1} (agent i's perturbed);
+    - among the k candidates agent i chooses from when acting (VAE + xi): ``candidate spread``, the
+      spread of mean Delta_i (what the choice can gain), ``Delta split-half rho``, Spearman's rho between
+      two halves of the draws (how consistently Delta ranks them), ``Q_i vs Delta rho``, and ``Q_i pick``:
+      mean Delta_i of Q_i's argmax above a random candidate's, as a share of the best one's (1: Delta's
+      best; 0: chance; < 0: worse than chance).
+    """
+    g = torch.Generator().manual_seed(seed)
+    _, _, state, obs, _ = dataset_sample(algo, data, settings, samples, seed)
+    N, B = obs.shape[:2]
+
+    def delta(action: torch.Tensor) -> torch.Tensor:  # Delta_i at agent i's own action [N, B, A]: [draws, N, B]
+        return torch.stack([algo.counterfactual_target(state, obs, action, g) for _ in range(draws)]).transpose(1, 2)
+
+    vae = algo.policy.decode(obs, g)
+    xi = algo.policy.perturb(obs, vae)
+    joint = algo.joint_q(state, xi.transpose(0, 1)) - algo.joint_q(state, vae.transpose(0, 1))
+    rep, cand = algo.policy.candidates(obs, k, g)  # [N, B*k, A]
+    q_i = algo.critic.first(rep, cand).view(N, B, k)
+    cand = cand.view(N, B, k, algo.A)
+    per_cand = torch.stack([delta(cand[:, :, c]) for c in range(k)], -1)  # [draws, N, B, k]
+    mean = per_cand.mean(0)
+    picked = mean.gather(-1, q_i.argmax(-1, keepdim=True))[..., 0]
+    chance = mean.mean(-1)
+    half = draws // 2
+    return {
+        "xi's gain under Q": joint.mean().item(),
+        "under Delta_i": (delta(xi).mean(0) - delta(vae).mean(0)).mean().item(),
+        "under Q_i": (algo.critic.first(obs, xi) - algo.critic.first(obs, vae)).mean().item(),
+        "candidate spread": mean.std(-1).mean().item(),
+        "Delta split-half rho": rank_correlation(per_cand[:half].mean(0), per_cand[half:].mean(0)).mean().item(),
+        "Q_i vs Delta rho": rank_correlation(q_i, mean).mean().item(),
+        "Q_i pick": ((picked - chance).mean() / (mean.max(-1).values - chance).mean()).item(),
+    }
+
+
+def joint_critic_table(runs: list[Path], measure, seed: int) -> str:
+    """A markdown table of ``measure(algo, data, settings, seed=seed)`` for each run with a joint critic."""
+    lines = []
+    for run in runs:
+        algo, data, settings = load(run)
+        if not hasattr(algo, "joint_q"):
+            continue
+        v = measure(algo, data, settings, seed=seed)
+        if not lines:
+            lines = ["| task | method | run seed | " + " | ".join(v) + " |", "|---|---|---:|" + "---:|" * len(v)]
+        row = " | ".join(f"{x:.2f}" if abs(x) < 10 else f"{x:.1f}" for x in v.values())
+        lines.append(f"| {data.task} | {settings['algorithm']} | {settings['seed']} | {row} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", type=Path)
-    ap.add_argument("--episodes", type=int, default=10)
+    ap.add_argument("--episodes", type=int, default=10, help="episodes per mode; 0 skips the returns table")
     ap.add_argument("--seed", type=int, default=0, help="seed of the policies' random draws")
     ap.add_argument("--out", type=Path, help="also write the table here (markdown)")
     ap.add_argument("--values", action="store_true", help="also compare CAST-BCQ's joint critic with the data")
+    ap.add_argument(
+        "--critics", action="store_true", help="also compare CAST-BCQ's individual critics with their targets (Eq. 8)"
+    )
     args = ap.parse_args()
     torch.set_num_threads(1)
     lines = [
         "| task | method | run seed | " + " | ".join(MODES) + " |",
         "|---|---|---:|" + "---:|" * len(MODES),
     ]
-    for run in args.runs:
+    for run in args.runs if args.episodes else []:
         algo, data, settings = load(run)
         cells = []
         for mode in MODES:
@@ -130,35 +206,25 @@ def main() -> None:
             cells.append(f"{r.mean():.0f} +- {r.std():.0f}")
             print(f"{run}: {mode}: {r.mean():.1f} +- {r.std():.1f} over {len(r)} episodes", flush=True)
         lines.append(f"| {data.task} | {settings['algorithm']} | {settings['seed']} | " + " | ".join(cells) + " |")
-    table = "\n".join(lines)
-    if args.values:
-        value_lines = []
-        for run in args.runs:
-            algo, data, settings = load(run)
-            if not hasattr(algo, "joint_q"):
-                continue
-            v = values(algo, data, settings, seed=args.seed)
-            if not value_lines:
-                value_lines = [
-                    "",
-                    "| task | method | run seed | " + " | ".join(v) + " |",
-                    "|---|---|---:|" + "---:|" * len(v),
-                ]
-            value_lines.append(
-                f"| {data.task} | {settings['algorithm']} | {settings['seed']} | "
-                + " | ".join(f"{x:.1f}" for x in v.values())
-                + " |"
-            )
-        table += "\n" + "\n".join(value_lines)
+    parts = []
+    if args.episodes:
+        caption = f"Final checkpoints acting four ways, {args.episodes} episodes each (mean +- std of the return):"
+        parts.append(caption + "\n\n" + "\n".join(lines))
+    captions = {
+        values: "The joint critic against the data, on 4,096 dataset transitions (`--values`):",
+        critic_agreement: "How the critics judge the policy's actions, at 512 dataset states (`--critics`; "
+        "see `critic_agreement`):",
+    }
+    for wanted, measure in ((args.values, values), (args.critics, critic_agreement)):
+        if wanted:
+            parts.append(captions[measure] + "\n\n" + joint_critic_table(args.runs, measure, args.seed))
+    table = "\n\n".join(parts)
     print(table)
     if args.out:
+        flags = "".join(f" --{f}" for f in ("values", "critics") if getattr(args, f))
+        command = " ".join(["python benchmarks/table2_components.py", *map(str, args.runs)])
         args.out.write_text(
-            f"Final checkpoints acting four ways, {args.episodes} episodes each (mean +- std of the return), "
-            "generated by\n`python benchmarks/table2_components.py "
-            + " ".join(str(r) for r in args.runs)
-            + f" --episodes {args.episodes} --seed {args.seed}`.\n\n"
-            + table
-            + "\n"
+            f"Generated by\n`{command} --episodes {args.episodes} --seed {args.seed}{flags}`.\n\n{table}\n"
         )
 
 
