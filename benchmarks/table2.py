@@ -7,7 +7,9 @@
 
 ``run`` trains the cells of the table, in priority order (tier a: the five methods on
 uncoordinated medium-expert data of the three robots; b: CAST-BCQ's ablations on hopper
-and walker2d; c: CAST-BCQ and I-BCQ on the coordinated medium and expert datasets), one
+and walker2d; c: CAST-BCQ and I-BCQ on the coordinated medium and expert datasets; x,
+exploratory, outside the paper's table: CAST-BCQ whose teammates follow the joint policy,
+``--teammate-candidates 10``), one
 ``madata_algos.train`` run per (task, dataset, method, seed). Several ``run`` processes
 may share one work directory: each cell is claimed with a file lock, a killed run resumes
 from its last checkpoint, and a finished one (``result.json`` in the work directory or
@@ -49,6 +51,8 @@ TASKS = ["hopper-3x1", "halfcheetah-2x3", "walker2d-2x3"]
 DATASETS = {"medium-expert": ["medium", "expert"], "medium": ["medium"], "expert": ["expert"]}
 BASELINES = ["ibcq", "mabcq", "icq-ma", "bcq"]
 ABLATIONS = ["cast-bcq-no-csaa", "cast-bcq-no-subteam", "cast-bcq-no-clipped-double-q"]
+# Sec. 3.2's reading of Eq. 7-8: teammates take the best of 10 joint candidates under the joint critic
+EXPLORATORY = ["cast-bcq-teammates-10"]
 LABELS = {
     "cast-bcq": "CAST-BCQ",
     "ibcq": "I-BCQ",
@@ -58,6 +62,7 @@ LABELS = {
     "cast-bcq-no-csaa": "CAST-BCQ --no-csaa",
     "cast-bcq-no-subteam": "CAST-BCQ --no-subteam",
     "cast-bcq-no-clipped-double-q": "CAST-BCQ --no-clipped-double-q",
+    "cast-bcq-teammates-10": "CAST-BCQ --teammate-candidates 10",
 }
 # The paper's Table 2 (uncoordinated medium-expert): HalfCheetah-2x3, Hopper-3x1, Walker2d-2x3
 PAPER = {
@@ -117,6 +122,9 @@ def cells(seeds: list[int]) -> list[Cell]:
     out += [
         Cell("c", t, d, m, s) for s in seeds for t in TASKS for d in ["medium", "expert"] for m in ["cast-bcq", "ibcq"]
     ]
+    out += [
+        Cell("x", t, "medium-expert", m, s) for s in seeds for t in ["walker2d-2x3", "hopper-3x1"] for m in EXPLORATORY
+    ]
     return out
 
 
@@ -132,6 +140,7 @@ def method_config(method: str, protocol: Protocol):
             "cast-bcq-no-csaa": {"csaa": False},
             "cast-bcq-no-subteam": {"subteam_sampling": False},
             "cast-bcq-no-clipped-double-q": {"clipped_double_q": False},
+            "cast-bcq-teammates-10": {"teammate_candidates": 10},
         }[method]
         return "cast-bcq", CastBcqConfig(**bcq_sizes, **ablation)
     if method in ("ibcq", "bcq"):
@@ -359,7 +368,13 @@ def curves_plot(results: list[dict], task: str, path: Path) -> None:
                 continue
             steps = [row["step"] for row in logs[0]]
             y = [[row["eval_return"] for row in log] for log in logs]
-            band(ax, steps, y, f"{label} ({len(logs)})", "--" if method in ABLATIONS or method == "bcq" else "-")
+            band(
+                ax,
+                steps,
+                y,
+                f"{label} ({len(logs)})",
+                "--" if method in ABLATIONS or method == "bcq" else ":" if method in EXPLORATORY else "-",
+            )
         ax.set_title(f"{task}, {data}")
         ax.set_xlabel("training iterations")
         ax.set_ylabel("evaluation return (10 episodes)")
@@ -432,6 +447,12 @@ def cmd_report(args) -> None:
         ),
         ("b", "(b) CAST-BCQ's ablations, uncoordinated medium-expert", ["medium-expert"], ["cast-bcq", *ABLATIONS]),
         ("c", "(c) Coordinated datasets (one level for the whole team)", ["medium", "expert"], ["cast-bcq", "ibcq"]),
+        (
+            "x",
+            "(x) Exploratory, outside the paper's table: teammates that follow the joint policy",
+            ["medium-expert"],
+            ["cast-bcq", *EXPLORATORY],
+        ),
     ):
         rows = []
         for task in TASKS:
@@ -574,7 +595,9 @@ def main() -> None:
     r = sub.add_parser("run", help="train the table's cells (resumable; several workers may share --work)")
     r.add_argument("--tier", default="a,b,c", type=lambda s: s.split(","))
     r.add_argument("--tasks", default=",".join(TASKS), type=lambda s: s.split(","))
-    r.add_argument("--methods", default=",".join(["cast-bcq", *BASELINES, *ABLATIONS]), type=lambda s: s.split(","))
+    r.add_argument(
+        "--methods", default=",".join(["cast-bcq", *BASELINES, *ABLATIONS, *EXPLORATORY]), type=lambda s: s.split(",")
+    )
     r.add_argument("--datasets", default=None, type=lambda s: s.split(","))
     r.add_argument("--seeds", default="0,1,2", type=lambda s: [int(x) for x in s.split(",")])
     r.add_argument("--work", type=Path, default=ROOT / ".runs" / "table2")
