@@ -293,37 +293,29 @@ class Dataset:
             s0, o0 = int(rows.min()), int(rows.min() + ep.min())
         s1 = int(rows.max()) + 1 if len(rows) else 0
         o1 = int((rows + ep).max()) + 2 if len(rows) else 0
-        spans: dict[str, np.ndarray] = {}  # each stored array is read once, even for obs and next_obs
-        stored_names = {
-            key.replace(f, _STORED.get(f, f), 1)
+        # (field, output key, stored array) for every output; episode_id and timestep are derived, not read
+        plan = [
+            (f, key, None if f in ("episode_id", "timestep") else key.replace(f, _STORED.get(f, f), 1))
             for f in fields
-            if f not in ("episode_id", "timestep")
             for key in ([f"{f}/{a}" for a in agents] if f in _PER_AGENT else [f])
-        }
-        self.store.prefetch(
-            {n: (s0, s1) if self.spec.array(n).rows == "step" else (o0, o1) for n in stored_names}
-        )  # on object storage: every chunk needed in one batch of requests
-
-        def span(stored: str) -> np.ndarray:
-            if stored not in spans:
-                step = self.spec.array(stored).rows == "step"
-                spans[stored] = self.read_rows(stored, s0, s1) if step else self.read_rows(stored, o0, o1)
-            return spans[stored]
-
-        for f in fields:
-            names = [f"{f}/{a}" for a in agents] if f in _PER_AGENT else [f]
-            for key in names:
-                if f == "episode_id":
-                    out[key] = ep
-                elif f == "timestep":
-                    out[key] = rows - self.store.column("step_offset")[ep]
-                else:
-                    stored = key.replace(f, _STORED.get(f, f), 1)
-                    if self.spec.array(stored).rows == "step":
-                        out[key] = span(stored)[rows - s0]
-                    else:
-                        shift = 1 if f.startswith("next_") else 0
-                        out[key] = span(stored)[rows + ep + shift - o0]
+        ]
+        per_step = {stored: self.spec.array(stored).rows == "step" for _, _, stored in plan if stored}
+        windows = {n: (s0, s1) if step else (o0, o1) for n, step in per_step.items()}
+        self.store.prefetch(windows)  # on object storage: every chunk needed in one batch of requests
+        spans: dict[str, np.ndarray] = {}  # each stored array is read once, even for obs and next_obs
+        for f, key, stored in plan:
+            if f == "episode_id":
+                out[key] = ep
+            elif f == "timestep":
+                out[key] = rows - self.store.column("step_offset")[ep]
+            else:
+                if stored not in spans:
+                    spans[stored] = self.read_rows(stored, *windows[stored])
+                if per_step[stored]:
+                    out[key] = spans[stored][rows - s0]
+                else:  # observation rows: one more per episode than steps
+                    shift = 1 if f.startswith("next_") else 0
+                    out[key] = spans[stored][rows + ep + shift - o0]
         return out
 
     def default_fields(self) -> list[str]:
