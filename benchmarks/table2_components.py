@@ -17,8 +17,8 @@ the episode's end; truncated episodes stop at their time limit, which understate
 max_j Q(s, a_j) over the policy's n_act joint candidates (100 in Table 2's runs). A critic
 that rates its policy's candidates far above what the data earned, while that policy earns less
 than the data, is overestimating the joint actions it has not seen. Episode k resets with seed 10000 (seed + 1) + k, as the runs' own evaluations;
-the draws come from a generator seeded with ``--seed``. Runs written by madata versions whose
-checkpoints this version cannot read are refused with the reason.
+the draws come from a generator seeded with ``--seed``. I-BCQ and centralized BCQ runs from before
+71cdf84 (Table 2's, from a8193c5) are read through their old network names (``LEGACY_NAMES``).
 """
 
 from __future__ import annotations
@@ -41,15 +41,39 @@ from madata_algos.train import eval_seed, load_checkpoint
 MODES = ["vae", "vae + xi", "as trained", "joint critic"]
 
 
+# Runs from before 71cdf84 (Table 2's I-BCQ and centralized BCQ runs, from a8193c5) saved a plain
+# state dict, without a checksum, with the BCQ policy's and the critics' networks at the top level;
+# the layout of each network is unchanged. Their configs also held the discrete variant's options.
+LEGACY_NAMES = {
+    **{k: f"policy.{k}" for k in ("encoder", "decoder", "actor", "actor_target", "max_action", "act_mask")},
+    "critic": "critic.net",
+    "critic_target": "critic_target.net",
+    **{k: k for k in ("obs_columns", "act_columns")},  # centralized BCQ's joint-vector columns
+}
+LEGACY_DISCRETE_OPTIONS = ("discrete_hidden", "threshold")
+
+
 def load(run: Path):
     """(algorithm, data description, settings) of a finished run, from its config and last checkpoint."""
     settings = json.loads((run / "config.json").read_text())
-    data = DataInfo.from_json(settings["data"])
     spec = registry.get(settings["algorithm"])
-    algo = registry.build(
-        spec.name, data, registry.config_from_json(spec, data, settings["config"]), torch.device("cpu")
-    )
-    algo.load_state_dict(load_checkpoint(run / "checkpoint.pt", torch.device("cpu"))["model"])
+    if "data" in settings:
+        data = DataInfo.from_json(settings["data"])
+        config = registry.config_from_json(spec, data, settings["config"])
+        model = load_checkpoint(run / "checkpoint.pt", torch.device("cpu"))["model"]
+    else:  # a run from before 71cdf84: describe its dataset, rename its networks
+        if settings["algorithm"] not in ("ibcq", "bcq"):
+            raise SystemExit(
+                f"{run}: a {settings['algorithm']} run from before 71cdf84; only ibcq and bcq ones are read"
+            )
+        data = registry.describe(madata.open(settings["dataset"]))
+        values = {k: v for k, v in settings["config"].items() if k not in LEGACY_DISCRETE_OPTIONS}
+        config = registry.config_from_json(spec, data, values)
+        old = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)["model"]
+        model = {LEGACY_NAMES[k.partition(".")[0]] + "".join(k.partition(".")[1:]): v for k, v in old.items()}
+        settings = {**settings, "data": data.to_json()}
+    algo = registry.build(spec.name, data, config, torch.device("cpu"))
+    algo.load_state_dict(model)  # strict: a name or shape that does not fit stops here
     return algo, data, settings
 
 
