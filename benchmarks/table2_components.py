@@ -80,10 +80,11 @@ def load(run: Path):
 @torch.no_grad()
 def act(algo, mode: str, obs: torch.Tensor, state: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """Actions [N, E, A] of ``mode`` for observations [N, E, O] and global states [E, S]."""
-    if mode == "vae":
-        return algo.policy.decode(obs, g)
-    if mode == "vae + xi":
-        return algo.policy.sample(obs, g)
+    if mode in ("vae", "vae + xi"):
+        joint = hasattr(algo, "split")  # centralized BCQ: one VAE and actor on the joint observation
+        x = algo.joint(obs, algo.obs_columns) if joint else obs
+        a = algo.policy.decode(x, g) if mode == "vae" else algo.policy.sample(x, g)
+        return algo.split(a) if joint else a
     if mode == "as trained":
         return algo.act(obs, g)
     return algo.joint_policy_action(state, obs, algo.cfg.n_act, g).transpose(0, 1)  # the best of n_act
