@@ -1,9 +1,11 @@
 """Which part of a trained BCQ-family policy helps or hurts: a Table 2 run's final checkpoint acting
 four ways in the real environment, on the same episode seeds.
 
-    python benchmarks/table2_components.py RUN_DIR [RUN_DIR ...] [--episodes 10] [--out FILE.md]
+    python benchmarks/table2_components.py RUN_DIR [RUN_DIR ...] [--episodes 10] [--values] [--critics]
+        [--out FILE.md]
 
-- ``vae``: one draw of each agent's VAE G_i(o_i), nothing else (per-agent behaviour cloning);
+- ``vae``: one draw of each agent's VAE G_i(o_i), nothing else (per-agent behaviour cloning;
+  centralized BCQ: one draw of its VAE of the joint action);
 - ``vae + xi``: that draw perturbed by the actor xi_i, which was trained through Q_i;
 - ``as trained``: the policy as it executes, each agent's best of n candidates under its own Q_i;
 - ``joint critic`` (CAST-BCQ only): n joint candidates from the agents' policies, the best under the
@@ -16,7 +18,9 @@ joint action, the discounted return the data actually collected from there (gamm
 the episode's end; truncated episodes stop at their time limit, which understates long ones), and
 max_j Q(s, a_j) over the policy's n_act joint candidates (100 in Table 2's runs). A critic
 that rates its policy's candidates far above what the data earned, while that policy earns less
-than the data, is overestimating the joint actions it has not seen. Episode k resets with seed 10000 (seed + 1) + k, as the runs' own evaluations;
+than the data, is overestimating the joint actions it has not seen. With ``--critics`` (CAST-BCQ
+runs), a third table asks whether Q_i follows its target Delta_i (Eq. 8) and what each critic
+says of xi (``critic_agreement``). Episode k resets with seed 10000 (seed + 1) + k, as the runs' own evaluations;
 the draws come from a generator seeded with ``--seed``. I-BCQ and centralized BCQ runs from before
 71cdf84 (Table 2's, from a8193c5) are read through their old network names (``LEGACY_NAMES``).
 """
