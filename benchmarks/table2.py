@@ -434,8 +434,8 @@ def cmd_report(args) -> None:
         "",
         data_line,
         "",
-        "Commands: `python benchmarks/table2.py run --tier a,b,c --seeds 0,1,2` (any number of workers) and "
-        "`python benchmarks/table2.py report`.",
+        "Commands: `python benchmarks/table2.py run --tier a,b,c --seeds 0,1,2` (any number of workers; "
+        "`--tier x` for the exploratory runs) and `python benchmarks/table2.py report`.",
     ]
     blob = {"protocol": vars(protocol), "commits": commits, "cells": table, "behaviour": {}, "aggregate": {}}
     for tier, title, datas, methods in (
