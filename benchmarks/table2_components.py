@@ -2,14 +2,17 @@
 four ways in the real environment, on the same episode seeds.
 
     python benchmarks/table2_components.py RUN_DIR [RUN_DIR ...] [--episodes 10] [--values] [--critics]
-        [--out FILE.md]
+        [--modes MODE,...] [--out FILE.md]
 
 - ``vae``: one draw of each agent's VAE G_i(o_i), nothing else (per-agent behaviour cloning;
   centralized BCQ: one draw of its VAE of the joint action);
 - ``vae + xi``: that draw perturbed by the actor xi_i, which was trained through Q_i;
 - ``as trained``: the policy as it executes, each agent's best of n candidates under its own Q_i;
 - ``joint critic`` (CAST-BCQ only): n joint candidates from the agents' policies, the best under the
-  run's joint critic Q(s, a) (Eq. 10) -- a centralized choice, for diagnosis only.
+  run's joint critic Q(s, a) (Eq. 10) -- a centralized choice, for diagnosis only;
+- ``vae + random-sign xi`` (a control, by ``--modes`` only): the VAE draw moved by xi's step
+  in each action component, each step's sign a coin flip, so that the change has xi's size but
+  not its direction.
 
 Going down the list, each step adds one learned part; a step that lowers the return says that part
 misleads the policy. With ``--values`` (CAST-BCQ runs), a second table compares the joint critic's
@@ -43,6 +46,7 @@ from madata_algos.registry import DataInfo
 from madata_algos.train import eval_seed, load_checkpoint
 
 MODES = ["vae", "vae + xi", "as trained", "joint critic"]
+CONTROL = "vae + random-sign xi"  # xi's step sizes in random directions (``--modes``)
 
 
 # Runs from before 71cdf84 (Table 2's I-BCQ and centralized BCQ runs, from a8193c5) saved a plain
@@ -84,14 +88,23 @@ def load(run: Path):
 @torch.no_grad()
 def act(algo, mode: str, obs: torch.Tensor, state: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """Actions [N, E, A] of ``mode`` for observations [N, E, O] and global states [E, S]."""
-    if mode in ("vae", "vae + xi"):
-        joint = hasattr(algo, "split")  # centralized BCQ: one VAE and actor on the joint observation
-        x = algo.joint(obs, algo.obs_columns) if joint else obs
-        a = algo.policy.decode(x, g) if mode == "vae" else algo.policy.sample(x, g)
-        return algo.split(a) if joint else a
     if mode == "as trained":
         return algo.act(obs, g)
-    return algo.joint_policy_action(state, obs, algo.cfg.n_act, g).transpose(0, 1)  # the best of n_act
+    if mode == "joint critic":
+        return algo.joint_policy_action(state, obs, algo.cfg.n_act, g).transpose(0, 1)  # the best of n_act
+    joint = hasattr(algo, "split")  # centralized BCQ: one VAE and actor on the joint observation
+    x = algo.joint(obs, algo.obs_columns) if joint else obs
+    a = algo.policy.decode(x, g)
+    if mode == "vae + xi":
+        a = algo.policy.perturb(x, a)
+    elif mode == CONTROL:  # the same step in each component, its sign a coin flip: does xi's direction matter?
+        step = (algo.policy.perturb(x, a) - a).abs()
+        sign = torch.randint(0, 2, step.shape, generator=g, device=step.device) * 2 - 1
+        m = algo.policy.max_action
+        a = torch.maximum(torch.minimum(a + sign * step, m), -m)
+    elif mode != "vae":
+        raise SystemExit(f"unknown mode {mode!r}; modes: {', '.join([*MODES, CONTROL])}")
+    return algo.split(a) if joint else a
 
 
 def returns(algo, data: DataInfo, mode: str, episodes: int, seed: int, draw_seed: int) -> np.ndarray:
@@ -212,6 +225,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", type=Path)
     ap.add_argument("--episodes", type=int, default=10, help="episodes per mode; 0 skips the returns table")
+    ap.add_argument(
+        "--modes",
+        default=",".join(MODES),
+        type=lambda v: v.split(","),
+        help=f"comma-separated, from: {', '.join([*MODES, CONTROL])}",
+    )
     ap.add_argument("--seed", type=int, default=0, help="seed of the policies' random draws")
     ap.add_argument("--out", type=Path, help="also write the table here (markdown)")
     ap.add_argument("--values", action="store_true", help="also compare CAST-BCQ's joint critic with the data")
@@ -221,13 +240,13 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     lines = [
-        "| task | method | run seed | " + " | ".join(MODES) + " |",
-        "|---|---|---:|" + "---:|" * len(MODES),
+        "| task | method | run seed | " + " | ".join(args.modes) + " |",
+        "|---|---|---:|" + "---:|" * len(args.modes),
     ]
     for run in args.runs if args.episodes else []:
         algo, data, settings = load(run)
         cells = []
-        for mode in MODES:
+        for mode in args.modes:
             if mode == "joint critic" and not hasattr(algo, "joint_q"):
                 cells.append("")
                 continue
@@ -237,7 +256,7 @@ def main() -> None:
         lines.append(f"| {data.task} | {settings['algorithm']} | {settings['seed']} | " + " | ".join(cells) + " |")
     parts = []
     if args.episodes:
-        caption = f"Final checkpoints acting four ways, {args.episodes} episodes each (mean +- std of the return):"
+        caption = f"Final checkpoints acting {len(args.modes)} ways, {args.episodes} episodes each (mean +- std of the return):"
         parts.append(caption + "\n\n" + "\n".join(lines))
     captions = {
         values: "The joint critic against the data, on 4,096 dataset transitions (`--values`):",
@@ -251,6 +270,8 @@ def main() -> None:
     print(table)
     if args.out:
         flags = "".join(f" --{f}" for f in ("values", "critics") if getattr(args, f))
+        if args.modes != MODES:
+            flags += f" --modes '{','.join(args.modes)}'"
         command = " ".join(["python benchmarks/table2_components.py", *map(str, args.runs)])
         args.out.write_text(
             f"Generated by\n`{command} --episodes {args.episodes} --seed {args.seed}{flags}`.\n\n{table}\n"
