@@ -103,7 +103,7 @@ def act(algo, mode: str, obs: torch.Tensor, state: torch.Tensor, g: torch.Genera
         m = algo.policy.max_action
         a = torch.maximum(torch.minimum(a + sign * step, m), -m)
     elif mode != "vae":
-        raise SystemExit(f"unknown mode {mode!r}; modes: {', '.join([*MODES, CONTROL])}")
+        raise ValueError(f"unknown mode {mode!r}")
     return algo.split(a) if joint else a
 
 
@@ -238,6 +238,8 @@ def main() -> None:
         "--critics", action="store_true", help="also compare CAST-BCQ's individual critics with their targets (Eq. 8)"
     )
     args = ap.parse_args()
+    if unknown := set(args.modes) - {*MODES, CONTROL}:
+        ap.error(f"unknown --modes {sorted(unknown)}; modes: {', '.join([*MODES, CONTROL])}")
     torch.set_num_threads(1)
     lines = [
         "| task | method | run seed | " + " | ".join(args.modes) + " |",
