@@ -40,6 +40,8 @@ from scipy.signal import lfilter
 
 import madata
 from madata_algos import registry
+from madata_algos.bcq import JointBcq
+from madata_algos.cast_bcq import CastBcq
 from madata_algos.evaluate import evaluate
 from madata_algos.networks import pad_agents
 from madata_algos.registry import DataInfo
@@ -61,6 +63,12 @@ LEGACY_NAMES = {
 LEGACY_DISCRETE_OPTIONS = ("discrete_hidden", "threshold")
 
 
+def legacy_name(key: str) -> str:
+    """A pre-71cdf84 state-dict key under its present name: "critic.layers.0.weight" -> "critic.net.layers.0.weight"."""
+    network, dot, rest = key.partition(".")
+    return LEGACY_NAMES[network] + dot + rest
+
+
 def load(run: Path):
     """(algorithm, data description, settings) of a finished run, from its config and last checkpoint."""
     settings = json.loads((run / "config.json").read_text())
@@ -78,7 +86,7 @@ def load(run: Path):
         values = {k: v for k, v in settings["config"].items() if k not in LEGACY_DISCRETE_OPTIONS}
         config = registry.config_from_json(spec, data, values)
         old = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)["model"]
-        model = {LEGACY_NAMES[k.partition(".")[0]] + "".join(k.partition(".")[1:]): v for k, v in old.items()}
+        model = {legacy_name(k): v for k, v in old.items()}
         settings = {**settings, "data": data.to_json()}
     algo = registry.build(spec.name, data, config, torch.device("cpu"))
     algo.load_state_dict(model)  # strict: a name or shape that does not fit stops here
@@ -92,7 +100,7 @@ def act(algo, mode: str, obs: torch.Tensor, state: torch.Tensor, g: torch.Genera
         return algo.act(obs, g)
     if mode == "joint critic":
         return algo.joint_policy_action(state, obs, algo.cfg.n_act, g).transpose(0, 1)  # the best of n_act
-    joint = hasattr(algo, "split")  # centralized BCQ: one VAE and actor on the joint observation
+    joint = isinstance(algo, JointBcq)  # centralized BCQ: one VAE and actor on the joint observation
     x = algo.joint(obs, algo.obs_columns) if joint else obs
     a = algo.policy.decode(x, g)
     if mode == "vae + xi":
@@ -206,12 +214,11 @@ def critic_agreement(
     }
 
 
-def joint_critic_table(runs: list[Path], measure, seed: int) -> str:
-    """A markdown table of ``measure(algo, data, settings, seed=seed)`` for each run with a joint critic."""
+def joint_critic_table(runs: list[tuple], measure, seed: int) -> str:
+    """A markdown table of ``measure(algo, data, settings, seed=seed)`` for each loaded run with a joint critic."""
     lines = []
-    for run in runs:
-        algo, data, settings = load(run)
-        if not hasattr(algo, "joint_q"):
+    for algo, data, settings in runs:
+        if not isinstance(algo, CastBcq):
             continue
         v = measure(algo, data, settings, seed=seed)
         if not lines:
@@ -245,11 +252,11 @@ def main() -> None:
         "| task | method | run seed | " + " | ".join(args.modes) + " |",
         "|---|---|---:|" + "---:|" * len(args.modes),
     ]
-    for run in args.runs if args.episodes else []:
-        algo, data, settings = load(run)
+    loaded = [load(run) for run in args.runs]  # each checkpoint read once, for every table
+    for run, (algo, data, settings) in zip(args.runs, loaded, strict=True) if args.episodes else []:
         cells = []
         for mode in args.modes:
-            if mode == "joint critic" and not hasattr(algo, "joint_q"):
+            if mode == "joint critic" and not isinstance(algo, CastBcq):
                 cells.append("")
                 continue
             r = returns(algo, data, mode, args.episodes, settings["seed"], args.seed)
@@ -267,7 +274,7 @@ def main() -> None:
     }
     for wanted, measure in ((args.values, values), (args.critics, critic_agreement)):
         if wanted:
-            parts.append(captions[measure] + "\n\n" + joint_critic_table(args.runs, measure, args.seed))
+            parts.append(captions[measure] + "\n\n" + joint_critic_table(loaded, measure, args.seed))
     table = "\n\n".join(parts)
     print(table)
     if args.out:
