@@ -1,18 +1,22 @@
-"""Table 2's reference-size check on one GPU: CAST-BCQ and I-BCQ at the reference code's
-network sizes and batch 1024 (``table2.py --protocol reference``), several seeds at once.
+"""Table 2's runs on one GPU, several at once: the reference-size check (CAST-BCQ and I-BCQ
+at the reference code's network sizes and batch 1024, ``--protocol reference``) or cells of
+the CPU protocol that the CPU workers have not started (``--protocol cpu --cells``).
 
     python benchmarks/table2_device.py --data DIR --work DIR --out DIR --deadline 480
-        [--task hopper-3x1] [--methods cast-bcq,ibcq] [--seeds 0,1,2] [--smoke]
+        [--protocol reference|cpu] [--task hopper-3x1] [--methods cast-bcq,ibcq] [--seeds 0,1,2]
+        [--cells TIER:METHOD:SEED,...] [--smoke]
 
-One ``table2.py run`` process per (method, seed), all started together on the GPU (each
-is launch-bound, so several share the card). Seeds come in priority order: when the
-measured pace says the slowest run would not finish before ``--deadline`` seconds, the
-runs of the highest seed still running are stopped, so that the others finish sooner; a
-stopped run keeps its checkpoint and log (it resumes with the same command). Every 20 s,
-and at the end, the runs' logs, configs and results and this script's own log are packed
-into ``OUT/table2_reference.tgz`` (written atomically), so that a machine taken back
-halfway still returns what had finished. ``report`` in table2.py puts the finished runs
-beside the CPU protocol's.
+One ``table2.py run`` process per cell, all started together on the GPU (each is
+launch-bound, so several share the card). ``--cells`` lists them in priority order
+(default: every seed of every method in tier a, seed by seed). When the measured pace says
+the slowest run would not finish before ``--deadline`` seconds, the live run lowest in
+priority is stopped, so that the others finish sooner; a stopped run keeps its checkpoint
+and log (it resumes with the same command, on the same kind of device: a CUDA generator's
+state does not load into a CPU one). Every 20 s, and at the end, the runs' logs, configs
+and results and this script's own log are packed into ``OUT/table2_device.tgz`` (written
+atomically), so that a machine taken back halfway still returns what had finished.
+``report`` in table2.py puts the finished runs beside the CPU protocol's (each
+``result.json`` names its device).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import tarfile
 import time
 from pathlib import Path
 
-from table2 import REFERENCE, SMOKE, Cell, Protocol
+from table2 import PROTOCOLS, SMOKE, Cell, Protocol
 
 HERE = Path(__file__).resolve().parent
 PACK_EVERY = 20.0  # seconds between packs of the results
@@ -52,13 +56,26 @@ def pace(log: Path, protocol: Protocol) -> tuple[int, float | None]:
 
 def pack(work: Path, out: Path, log_path: Path) -> None:
     """The runs' small files and the logs, into one archive, replaced atomically."""
-    tmp = out / "table2_reference.tgz.partial"
+    tmp = out / "table2_device.tgz.partial"
     with tarfile.open(tmp, "w:gz") as tar:
         for p in sorted(work.rglob("*")):
             if p.is_file() and (p.name in ("log.csv", "config.json", "result.json") or p.suffix == ".log"):
                 tar.add(p, arcname=str(p.relative_to(work)))
         tar.add(log_path, arcname="driver.log")
-    os.replace(tmp, out / "table2_reference.tgz")
+    os.replace(tmp, out / "table2_device.tgz")
+
+
+def parse_cells(text: str) -> list[Cell]:
+    """``TIER:METHOD:SEED,...`` -> cells (task and dataset filled in later)."""
+    out = []
+    for item in text.split(","):
+        tier, method, seed = item.split(":")
+        out.append(Cell(tier, "", "", method, int(seed)))
+    return out
+
+
+def name(cell: Cell) -> str:
+    return f"{cell.method} s{cell.seed}"
 
 
 def main() -> None:
@@ -70,10 +87,14 @@ def main() -> None:
     ap.add_argument("--task", default="hopper-3x1")
     ap.add_argument("--methods", default="cast-bcq,ibcq", type=lambda s: s.split(","))
     ap.add_argument("--seeds", default="0,1,2", type=lambda s: [int(x) for x in s.split(",")])
+    ap.add_argument("--cells", default=None, type=parse_cells, help="TIER:METHOD:SEED,... in priority order")
+    ap.add_argument("--protocol", choices=["reference", "cpu"], default="reference")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--smoke", action="store_true", help="the tiny protocol, to check this script anywhere")
     args = ap.parse_args()
-    protocol = SMOKE if args.smoke else REFERENCE
+    protocol = SMOKE if args.smoke else PROTOCOLS[args.protocol]
+    cells = args.cells or [Cell("a", "", "", m, s) for s in args.seeds for m in args.methods]
+    cells = [Cell(c.tier, args.task, "medium-expert", c.method, c.seed) for c in cells]
     t0 = time.time()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.work / "logs").mkdir(parents=True, exist_ok=True)
@@ -86,45 +107,39 @@ def main() -> None:
         log_file.write(msg + "\n")
         log_file.flush()
 
-    procs: dict[tuple[str, int], subprocess.Popen] = {}
-    for seed in args.seeds:
-        for method in args.methods:
-            cmd = [sys.executable, str(HERE / "table2.py"), "run", "--tier", "a", "--tasks", args.task]
-            cmd += ["--methods", method, "--seeds", str(seed), "--work", str(args.work), "--data", str(args.data)]
-            cmd += ["--done", str(args.work / "none"), "--device", args.device]
-            cmd += ["--smoke"] if args.smoke else ["--protocol", "reference"]
-            with open(args.work / "logs" / f"{method}-seed{seed}.log", "a") as out:
-                procs[method, seed] = subprocess.Popen(
-                    cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-                )
-            say(f"started {method} seed {seed}: {' '.join(cmd)}")
-    run_dir = {k: args.work / "runs" / Cell("a", args.task, "medium-expert", *k).path(protocol) for k in procs}
+    procs: dict[Cell, subprocess.Popen] = {}
+    for cell in cells:
+        cmd = [sys.executable, str(HERE / "table2.py"), "run", "--tier", cell.tier, "--tasks", cell.task]
+        cmd += ["--methods", cell.method, "--seeds", str(cell.seed), "--work", str(args.work)]
+        cmd += ["--data", str(args.data), "--done", str(args.work / "none"), "--device", args.device]
+        cmd += ["--smoke"] if args.smoke else ["--protocol", args.protocol]
+        with open(args.work / "logs" / f"{cell.method}-seed{cell.seed}.log", "a") as out:
+            procs[cell] = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        say(f"started {name(cell)}: {' '.join(cmd)}")
+    run_dir = {c: args.work / "runs" / c.path(protocol) for c in procs}
     last_pack, stopped = 0.0, set()
     fresh_from = dict.fromkeys(procs, 1)  # a pace counts once this many evaluations are logged (see below)
     while True:
-        live = [k for k, p in procs.items() if p.poll() is None]
+        live = [c for c in cells if procs[c].poll() is None]  # in priority order
         now = time.time() - t0
         if not live or now > args.deadline:
             break
-        measured = {k: pace(run_dir[k] / "log.csv", protocol) for k in live}
-        need = {k: v for k, (_, v) in measured.items()}
+        measured = {c: pace(run_dir[c] / "log.csv", protocol) for c in live}
+        need = {c: v for c, (_, v) in measured.items()}
         if now - last_pack > PACK_EVERY:
-            say(" | ".join(f"{m} s{s}: {'?' if need[m, s] is None else f'{need[m, s]:.0f} s left'}" for m, s in live))
+            say(" | ".join(f"{name(c)}: {'?' if need[c] is None else f'{need[c]:.0f} s left'}" for c in live))
             pack(args.work, args.out, log_path)
             last_pack = now
-        seeds_live = sorted({s for _, s in live})
         # shed only on paces measured wholly after the last shed (their interval's start too): the survivors
         # run faster once fewer runs share the GPU, and an interval straddling a shed would not show it
-        if len(seeds_live) > 1 and all(measured[k][0] >= fresh_from[k] for k in live):
-            slowest = max(need[k] for k in live)
+        if len(live) > 1 and all(measured[c][0] >= fresh_from[c] for c in live):
+            slowest = max(need[c] for c in live)
             if now + slowest > args.deadline:
-                drop = seeds_live[-1]
-                say(f"the slowest run needs {slowest:.0f} s of {args.deadline - now:.0f} left: stopping seed {drop}")
-                for k in live:
-                    if k[1] == drop:
-                        os.killpg(procs[k].pid, signal.SIGTERM)
-                        stopped.add(k)
-                fresh_from = {k: measured[k][0] + 2 for k in live}
+                drop = live[-1]
+                say(f"the slowest run needs {slowest:.0f} s of {args.deadline - now:.0f} left: stopping {name(drop)}")
+                os.killpg(procs[drop].pid, signal.SIGTERM)
+                stopped.add(drop)
+                fresh_from = {c: measured[c][0] + 2 for c in live}
         time.sleep(2)
     for k, p in procs.items():
         if p.poll() is None:
@@ -133,9 +148,9 @@ def main() -> None:
             p.wait()
     for k, p in procs.items():
         finished = (run_dir[k] / "result.json").exists()
-        say(f"{k[0]} seed {k[1]}: {'finished' if finished else 'stopped' if k in stopped else f'exit {p.returncode}'}")
+        say(f"{name(k)}: {'finished' if finished else 'stopped' if k in stopped else f'exit {p.returncode}'}")
     pack(args.work, args.out, log_path)
-    say(f"packed into {args.out / 'table2_reference.tgz'}")
+    say(f"packed into {args.out / 'table2_device.tgz'}")
 
 
 if __name__ == "__main__":
