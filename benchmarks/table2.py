@@ -324,6 +324,20 @@ def gather(roots: list[Path], store: Path, runs: str = "runs") -> list[dict]:
     return out
 
 
+def short_commit(commit: str) -> str:
+    """A commit's first 12 hex digits, keeping the mark of a tree that differed from it."""
+    return commit[:12] + ("+dirty" if commit.endswith("+dirty") else "")
+
+
+def devices_line(results: list[dict]) -> str:
+    """How many runs trained on each device, e.g. '42 runs on cpu, 5 runs on cuda: NVIDIA H200'."""
+    count: dict[str, int] = {}
+    for r in results:
+        dev = r.get("device", "a device not recorded")  # the field came after the first runs
+        count[dev] = count.get(dev, 0) + 1
+    return ", ".join(f"{n} run{'s' * (n != 1)} on {dev}" for dev, n in sorted(count.items(), key=lambda kv: -kv[1]))
+
+
 def summary(finals: list[float], seed: int = 0) -> dict:
     """mean, std and a 95 % percentile bootstrap interval of the mean over seeds."""
     from madata_algos.stats import bootstrap_interval
@@ -429,8 +443,8 @@ def cmd_report(args) -> None:
         f"last {protocol.final_evals} evaluations; cells show mean +- std over seeds, the 95 % percentile bootstrap "
         "interval of the mean in brackets, and [n] seeds.",
         "",
-        f"Ran from commit{'s' if len(commits) > 1 else ''} {', '.join(f'`{c[:12]}`' for c in commits)} "
-        "(per run in its `result.json`).",
+        f"Ran from commit{'s' if len(commits) > 1 else ''} {', '.join(f'`{short_commit(c)}`' for c in commits)} "
+        f"(per run in its `result.json`). Devices: {devices_line(results)}.",
         "",
         data_line,
         "",
@@ -562,7 +576,7 @@ def reference_section(reference: list[dict], cpu_cells: dict, blob: dict, out: P
         f"## The reference sizes and batch {REFERENCE.batch_size} (protocol `{REFERENCE.name}`)",
         "",
         f"The same protocol with {REFERENCE.sizes} at batch {REFERENCE.batch_size}, on {', '.join(devices)}; "
-        f"from commit {', '.join(f'`{c[:12]}`' for c in commits)}. Final returns per seed, beside the CPU "
+        f"from commit {', '.join(f'`{short_commit(c)}`' for c in commits)}. Final returns per seed, beside the CPU "
         f"protocol's (`{PROTOCOL.name}`) runs of the same cells. Command: `python benchmarks/table2_device.py` "
         "(its docstring).",
         "",
