@@ -31,7 +31,7 @@ import tarfile
 import time
 from pathlib import Path
 
-from table2 import PROTOCOLS, SMOKE, Cell, Protocol
+from table2 import LABELS, PROTOCOLS, SMOKE, Cell, Protocol
 
 HERE = Path(__file__).resolve().parent
 PACK_EVERY = 20.0  # seconds between packs of the results
@@ -69,8 +69,12 @@ def parse_cells(text: str) -> list[Cell]:
     """``TIER:METHOD:SEED,...`` -> cells (task and dataset filled in later)."""
     out = []
     for item in text.split(","):
-        tier, method, seed = item.split(":")
-        out.append(Cell(tier, "", "", method, int(seed)))
+        parts = item.split(":")
+        if len(parts) != 3 or parts[0] not in ("a", "b", "c", "x") or parts[1] not in LABELS or not parts[2].isdigit():
+            raise argparse.ArgumentTypeError(
+                f"{item!r}: expected TIER:METHOD:SEED, TIER one of a, b, c, x and METHOD one of {', '.join(LABELS)}"
+            )
+        out.append(Cell(parts[0], "", "", parts[1], int(parts[2])))
     return out
 
 
@@ -85,15 +89,18 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--deadline", type=float, required=True, help="seconds from now by which runs must end")
     ap.add_argument("--task", default="hopper-3x1")
-    ap.add_argument("--methods", default="cast-bcq,ibcq", type=lambda s: s.split(","))
-    ap.add_argument("--seeds", default="0,1,2", type=lambda s: [int(x) for x in s.split(",")])
+    ap.add_argument("--methods", type=lambda s: s.split(","), help="tier a's methods (default cast-bcq,ibcq)")
+    ap.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], help="their seeds (default 0,1,2)")
     ap.add_argument("--cells", default=None, type=parse_cells, help="TIER:METHOD:SEED,... in priority order")
     ap.add_argument("--protocol", choices=["reference", "cpu"], default="reference")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--smoke", action="store_true", help="the tiny protocol, to check this script anywhere")
     args = ap.parse_args()
     protocol = SMOKE if args.smoke else PROTOCOLS[args.protocol]
-    cells = args.cells or [Cell("a", "", "", m, s) for s in args.seeds for m in args.methods]
+    if args.cells and (args.methods or args.seeds):
+        ap.error("--cells names methods and seeds itself; --methods and --seeds do not apply with it")
+    seeds, methods = args.seeds or [0, 1, 2], args.methods or ["cast-bcq", "ibcq"]
+    cells = args.cells or [Cell("a", "", "", m, s) for s in seeds for m in methods]
     cells = [Cell(c.tier, args.task, "medium-expert", c.method, c.seed) for c in cells]
     t0 = time.time()
     args.out.mkdir(parents=True, exist_ok=True)
