@@ -507,7 +507,7 @@ def cmd_report(args) -> None:
             "",
             "IQM and mean over all runs of the three tasks, with 95 % stratified bootstrap intervals (runs "
             "resampled within each task), and the probability that a CAST-BCQ run beats a run of the "
-            "method on the same task (averaged over tasks).",
+            "method on the same task (averaged over tasks; its interval resamples both methods' runs).",
             "",
             "| method | runs | IQM | mean | P(CAST-BCQ > method) |",
             "|---|---:|---:|---:|---:|",
@@ -517,21 +517,25 @@ def cmd_report(args) -> None:
             ci_iqm = bootstrap_interval(groups, lambda g: iqm(np.concatenate(g)))
             ci_mean = bootstrap_interval(groups, lambda g: float(np.concatenate(g).mean()))
             allx = np.concatenate(groups)
-            poi = (
-                ""
-                if m == "cast-bcq" or "cast-bcq" not in complete
-                else f"{probability_of_improvement(norm['cast-bcq'], groups):.2f}"
-            )
+            poi, ci_poi = None, None
+            if m != "cast-bcq" and "cast-bcq" in complete:
+                poi = probability_of_improvement(norm["cast-bcq"], groups)
+                # both methods' runs resampled within each task, as rliable does for this statistic
+                ci_poi = bootstrap_interval(
+                    norm["cast-bcq"] + groups, lambda g: probability_of_improvement(g[: len(TASKS)], g[len(TASKS) :])
+                )
             blob["aggregate"][m] = {
                 "iqm": iqm(allx),
                 "iqm_ci95": ci_iqm,
                 "mean": float(allx.mean()),
                 "mean_ci95": ci_mean,
-                "p_cast_bcq_better": poi or None,
+                "p_cast_bcq_better": poi,
+                "p_cast_bcq_better_ci95": ci_poi,
             }
+            shown = "" if poi is None else f"{poi:.2f} [{ci_poi[0]:.2f}, {ci_poi[1]:.2f}]"
             lines.append(
                 f"| {LABELS[m]} | {allx.size} | {iqm(allx):.1f} [{ci_iqm[0]:.1f}, {ci_iqm[1]:.1f}] | "
-                f"{allx.mean():.1f} [{ci_mean[0]:.1f}, {ci_mean[1]:.1f}] | {poi} |"
+                f"{allx.mean():.1f} [{ci_mean[0]:.1f}, {ci_mean[1]:.1f}] | {shown} |"
             )
     # the behaviour data's own returns
     beh_rows = []
