@@ -40,6 +40,7 @@ import re
 import shutil
 import subprocess
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -331,11 +332,9 @@ def short_commit(commit: str) -> str:
 
 def devices_line(results: list[dict]) -> str:
     """How many runs trained on each device, e.g. '42 runs on cpu, 5 runs on cuda: NVIDIA H200'."""
-    count: dict[str, int] = {}
-    for r in results:
-        dev = r.get("device", "a device not recorded")  # the field came after the first runs
-        count[dev] = count.get(dev, 0) + 1
-    return ", ".join(f"{n} run{'s' * (n != 1)} on {dev}" for dev, n in sorted(count.items(), key=lambda kv: -kv[1]))
+    # the field came after the first runs
+    count = Counter(r.get("device", "a device not recorded") for r in results)
+    return ", ".join(f"{n} run{'s' * (n != 1)} on {dev}" for dev, n in count.most_common())
 
 
 def summary(finals: list[float], seed: int = 0) -> dict:
